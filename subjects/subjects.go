@@ -1,0 +1,179 @@
+package subjects
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the first subject token and the bucket-name prefix unless
+// configured otherwise.
+const DefaultPrefix = "rbee"
+
+// MaxIDLen is the longest hive or worker ID accepted.
+const MaxIDLen = 64
+
+// MaxPrefixLen is the longest prefix accepted.
+const MaxPrefixLen = 32
+
+// Kind is the kind of heartbeat a subject carries.
+type Kind string
+
+const (
+	// KindWorker marks a worker heartbeat.
+	KindWorker Kind = "worker"
+	// KindHive marks a hive heartbeat.
+	KindHive Kind = "hive"
+)
+
+// ErrInvalidID is returned (wrapped) for a hive or worker ID outside [A-Za-z0-9_-]{1,64}.
+var ErrInvalidID = errors.New("invalid id")
+
+// ErrInvalidPrefix is returned (wrapped) for a prefix outside [A-Za-z0-9_-]{1,32}.
+var ErrInvalidPrefix = errors.New("invalid prefix")
+
+// ErrNotHeartbeat is returned (wrapped) by Parse for a subject outside the heartbeat scheme.
+var ErrNotHeartbeat = errors.New("not a heartbeat subject")
+
+// ErrInvalidKey is returned (wrapped) by the key parsers for a malformed registry key.
+var ErrInvalidKey = errors.New("invalid registry key")
+
+func validToken(s string, max int) bool {
+	if len(s) == 0 || len(s) > max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ValidID reports whether id matches [A-Za-z0-9_-]{1,64}.
+func ValidID(id string) bool { return validToken(id, MaxIDLen) }
+
+// ValidateID returns nil if id is a valid hive or worker ID, else an error
+// wrapping ErrInvalidID that names what (e.g. "hive id") and says why.
+func ValidateID(what, id string) error {
+	if ValidID(id) {
+		return nil
+	}
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: %s is empty", ErrInvalidID, what)
+	case len(id) > MaxIDLen:
+		return fmt.Errorf("%w: %s is %d bytes, at most %d allowed", ErrInvalidID, what, len(id), MaxIDLen)
+	default:
+		return fmt.Errorf("%w: %s %q may only contain A-Z a-z 0-9 _ -", ErrInvalidID, what, id)
+	}
+}
+
+// Scheme builds and parses subjects and keys under one prefix. The zero value
+// is not usable; create one with New.
+type Scheme struct {
+	prefix string
+	hb     string // "<prefix>.hb."
+}
+
+// New returns the Scheme for prefix, or an error wrapping ErrInvalidPrefix if
+// prefix is not a single [A-Za-z0-9_-]{1,32} token (it is also used in bucket
+// names, which allow no dots).
+func New(prefix string) (Scheme, error) {
+	if !validToken(prefix, MaxPrefixLen) {
+		return Scheme{}, fmt.Errorf("%w: %q must be 1-%d characters of A-Z a-z 0-9 _ -", ErrInvalidPrefix, prefix, MaxPrefixLen)
+	}
+	return Scheme{prefix: prefix, hb: prefix + ".hb."}, nil
+}
+
+// Default returns the Scheme for DefaultPrefix.
+func Default() Scheme {
+	s, _ := New(DefaultPrefix)
+	return s
+}
+
+// Prefix returns the scheme's prefix.
+func (s Scheme) Prefix() string { return s.prefix }
+
+// Worker returns the subject of a worker's heartbeat. It does not validate the IDs.
+func (s Scheme) Worker(hiveID, workerID string) string {
+	return s.hb + string(KindWorker) + "." + hiveID + "." + workerID
+}
+
+// Hive returns the subject of a hive's heartbeat. It does not validate the ID.
+func (s Scheme) Hive(hiveID string) string {
+	return s.hb + string(KindHive) + "." + hiveID
+}
+
+// All returns the wildcard subject matching every heartbeat.
+func (s Scheme) All() string { return s.hb + ">" }
+
+// AllWorkers returns the wildcard subject matching every worker heartbeat.
+func (s Scheme) AllWorkers() string { return s.hb + string(KindWorker) + ".*.*" }
+
+// AllHives returns the wildcard subject matching every hive heartbeat.
+func (s Scheme) AllHives() string { return s.hb + string(KindHive) + ".*" }
+
+// HiveWorkers returns the wildcard subject matching the heartbeats of one hive's workers.
+func (s Scheme) HiveWorkers(hiveID string) string {
+	return s.hb + string(KindWorker) + "." + hiveID + ".*"
+}
+
+// WorkersBucket returns the name of the worker registry bucket ("rbee_workers" by default).
+func (s Scheme) WorkersBucket() string { return s.prefix + "_workers" }
+
+// HivesBucket returns the name of the hive registry bucket ("rbee_hives" by default).
+func (s Scheme) HivesBucket() string { return s.prefix + "_hives" }
+
+// Address names the sender of a heartbeat: its kind and IDs. WorkerID is empty for a hive.
+type Address struct {
+	Kind     Kind
+	HiveID   string
+	WorkerID string
+}
+
+// Parse returns the Address of a heartbeat subject under this scheme, or an
+// error wrapping ErrNotHeartbeat if the subject is outside the scheme, or
+// ErrInvalidID if a token is not a valid ID.
+func (s Scheme) Parse(subject string) (Address, error) {
+	rest, ok := strings.CutPrefix(subject, s.hb)
+	if !ok {
+		return Address{}, fmt.Errorf("%w: %q lacks prefix %q", ErrNotHeartbeat, subject, s.hb)
+	}
+	parts := strings.Split(rest, ".")
+	switch {
+	case parts[0] == string(KindWorker) && len(parts) == 3:
+		if err := ValidateID("hive id", parts[1]); err != nil {
+			return Address{}, err
+		}
+		if err := ValidateID("worker id", parts[2]); err != nil {
+			return Address{}, err
+		}
+		return Address{Kind: KindWorker, HiveID: parts[1], WorkerID: parts[2]}, nil
+	case parts[0] == string(KindHive) && len(parts) == 2:
+		if err := ValidateID("hive id", parts[1]); err != nil {
+			return Address{}, err
+		}
+		return Address{Kind: KindHive, HiveID: parts[1]}, nil
+	}
+	return Address{}, fmt.Errorf("%w: %q", ErrNotHeartbeat, subject)
+}
+
+// WorkerKey returns the registry key of a worker: "<hive_id>.<worker_id>".
+func WorkerKey(hiveID, workerID string) string { return hiveID + "." + workerID }
+
+// HiveKey returns the registry key of a hive: "<hive_id>".
+func HiveKey(hiveID string) string { return hiveID }
+
+// ParseWorkerKey splits a worker registry key into its hive and worker IDs, or
+// returns an error wrapping ErrInvalidKey.
+func ParseWorkerKey(key string) (hiveID, workerID string, err error) {
+	h, w, ok := strings.Cut(key, ".")
+	if !ok || !ValidID(h) || !ValidID(w) {
+		return "", "", fmt.Errorf("%w: %q is not <hive_id>.<worker_id>", ErrInvalidKey, key)
+	}
+	return h, w, nil
+}

@@ -1,0 +1,165 @@
+package wire
+
+import (
+	"bytes"
+	"fmt"
+	"sync"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// MaxPayload is the largest heartbeat payload accepted, in bytes. A hive with
+// 1,024 workers and 64 GPUs stays well below it.
+const MaxPayload = 256 << 10
+
+var encPool = sync.Pool{New: func() any {
+	e := &encoder{}
+	e.enc = msgpack.NewEncoder(&e.buf)
+	e.enc.UseCompactInts(true)
+	e.enc.UseCompactFloats(true)
+	return e
+}}
+
+type encoder struct {
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+// Marshal returns the msgpack encoding of v (a Worker, Hive, WorkerEntry or
+// HiveEntry), with integers and floats in their most compact form.
+func Marshal(v any) ([]byte, error) {
+	e := encPool.Get().(*encoder)
+	defer encPool.Put(e)
+	e.buf.Reset()
+	if err := e.enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.Clone(e.buf.Bytes()), nil
+}
+
+var decPool = sync.Pool{New: func() any { return msgpack.NewDecoder(nil) }}
+
+// unmarshal decodes data into v and classifies any failure as ErrOversize,
+// ErrUndecodable or ErrBadType.
+func unmarshal(data []byte, v any) error {
+	if len(data) > MaxPayload {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrOversize, len(data), MaxPayload)
+	}
+	if len(data) == 0 || !isMap(data[0]) {
+		return fmt.Errorf("%w: not a msgpack map", ErrUndecodable)
+	}
+	d := decPool.Get().(*msgpack.Decoder)
+	defer decPool.Put(d)
+	d.Reset(bytes.NewReader(data))
+	if err := d.Decode(v); err != nil {
+		// Only on failure: tell malformed bytes from a well-formed map with
+		// values of the wrong type.
+		d.Reset(bytes.NewReader(data))
+		if d.Skip() != nil {
+			return fmt.Errorf("%w: %v", ErrUndecodable, err)
+		}
+		return fmt.Errorf("%w: %v", ErrBadType, err)
+	}
+	return nil
+}
+
+func isMap(b byte) bool { return b&0xf0 == 0x80 || b == 0xde || b == 0xdf }
+
+// DecodeWorker decodes and validates a worker payload. It returns an error
+// wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema or
+// ErrInvalid.
+func DecodeWorker(data []byte) (*Worker, error) {
+	var w Worker
+	if err := unmarshal(data, &w); err != nil {
+		return nil, err
+	}
+	if err := w.Validate(); err != nil {
+		return nil, err
+	}
+	return &w, nil
+}
+
+// DecodeHive decodes and validates a hive payload. It returns an error
+// wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema or
+// ErrInvalid.
+func DecodeHive(data []byte) (*Hive, error) {
+	var h Hive
+	if err := unmarshal(data, &h); err != nil {
+		return nil, err
+	}
+	if err := h.Validate(); err != nil {
+		return nil, err
+	}
+	return &h, nil
+}
+
+// DecodeWorkerEntry decodes a worker registry value. It does not validate it:
+// the queen validated the beat before storing it.
+func DecodeWorkerEntry(data []byte) (*WorkerEntry, error) {
+	var e WorkerEntry
+	if err := unmarshal(data, &e); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+// DecodeHiveEntry decodes a hive registry value without validating it.
+func DecodeHiveEntry(data []byte) (*HiveEntry, error) {
+	var e HiveEntry
+	if err := unmarshal(data, &e); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+// DecodeAny decodes any msgpack value into plain Go values (maps, slices,
+// strings, numbers), for printing as JSON. It refuses oversize input and
+// trailing bytes.
+func DecodeAny(data []byte) (any, error) {
+	if len(data) > 16*MaxPayload {
+		return nil, fmt.Errorf("%w: %d bytes", ErrOversize, len(data))
+	}
+	r := bytes.NewReader(data)
+	d := msgpack.NewDecoder(r)
+	d.SetMapDecoder(func(d *msgpack.Decoder) (any, error) { return d.DecodeUntypedMap() })
+	v, err := d.DecodeInterfaceLoose()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
+	}
+	if r.Len() != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes after the value", ErrUndecodable, r.Len())
+	}
+	return jsonable(v), nil
+}
+
+// jsonable turns maps with non-string keys into maps with string keys so that
+// encoding/json can print any msgpack value.
+func jsonable(v any) any {
+	switch t := v.(type) {
+	case map[any]any:
+		m := make(map[string]any, len(t))
+		for k, e := range t {
+			m[fmt.Sprint(k)] = jsonable(e)
+		}
+		return m
+	case map[string]any:
+		for k, e := range t {
+			t[k] = jsonable(e)
+		}
+		return t
+	case []any:
+		for i, e := range t {
+			t[i] = jsonable(e)
+		}
+		return t
+	}
+	return v
+}
+
+// SchemaOf returns the schema header value for a payload kind ("worker" or "hive").
+func SchemaOf(kind string) string {
+	if kind == "hive" {
+		return SchemaHive
+	}
+	return SchemaWorker
+}
