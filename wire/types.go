@@ -149,3 +149,13 @@ type HiveEntry struct {
 	Hive     `msgpack:",inline"`
 	Received `msgpack:",inline"`
 }
+
+// Stamp sets the keys the publisher owns: schema version, instance, sequence,
+// send time and interval. The payload's own keys, health included, are left alone.
+func (m *Meta) Stamp(instanceID string, seq uint64, sentAtMs, intervalMs int64) {
+	m.V = SchemaVersion
+	m.InstanceID = instanceID
+	m.Seq = seq
+	m.SentAtMs = sentAtMs
+	m.IntervalMs = intervalMs
+}

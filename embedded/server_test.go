@@ -1,0 +1,82 @@
+package embedded
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		f    func(c *Config)
+		ok   bool
+	}{
+		{"default", func(c *Config) {}, true},
+		{"no store", func(c *Config) { c.StoreDir = "" }, false},
+		{"bad port", func(c *Config) { c.Port = 70000 }, false},
+		{"negative limit", func(c *Config) { c.MaxStore = -1 }, false},
+		{"no ready timeout", func(c *Config) { c.ReadyTimeout = 0 }, false},
+		{"cluster without name", func(c *Config) { c.Cluster = "127.0.0.1:-1" }, false},
+		{"routes without cluster", func(c *Config) { c.Routes = []string{"nats-route://127.0.0.1:1"} }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig("/tmp/x")
+			tt.f(&c)
+			err := c.Validate()
+			if (err == nil) != tt.ok {
+				t.Fatalf("Validate = %v, want ok=%v", err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("%v does not wrap ErrInvalidConfig", err)
+			}
+		})
+	}
+}
+
+func TestServerJetStreamKV(t *testing.T) {
+	c := DefaultConfig(t.TempDir())
+	c.Port = -1
+	s, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "t", TTL: time.Minute, LimitMarkerTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "k")
+	if err != nil || string(e.Value()) != "v" {
+		t.Fatalf("Get = %v, %v", e, err)
+	}
+	s.Shutdown()
+	s.Shutdown() // twice is safe
+}
+
+func TestConfigFileAndOverrides(t *testing.T) {
+	c := DefaultConfig(t.TempDir())
+	c.ConfigFile = "does-not-exist.conf"
+	if _, err := New(c); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("missing config file: %v", err)
+	}
+}

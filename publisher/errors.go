@@ -1,0 +1,12 @@
+package publisher
+
+import "errors"
+
+// ErrInvalidConfig is returned (wrapped) by Config.Validate and New.
+var ErrInvalidConfig = errors.New("invalid publisher config")
+
+// ErrNotStarted is returned by Stop when Start was never called.
+var ErrNotStarted = errors.New("publisher not started")
+
+// ErrStopped is returned by Start after Stop.
+var ErrStopped = errors.New("publisher stopped")
