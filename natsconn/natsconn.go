@@ -5,6 +5,7 @@
 package natsconn
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -123,4 +124,18 @@ func Connect(c Config) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", c.URL, err)
 	}
 	return nc, nil
+}
+
+// DefaultFlushTimeout bounds Flush when ctx has no deadline.
+const DefaultFlushTimeout = 5 * time.Second
+
+// Flush waits until the server has processed everything sent on nc, within
+// ctx, or DefaultFlushTimeout if ctx has no deadline.
+func Flush(ctx context.Context, nc *nats.Conn) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultFlushTimeout)
+		defer cancel()
+	}
+	return nc.FlushWithContext(ctx)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/wire"
 )
 
@@ -37,9 +38,6 @@ type Config struct {
 	// Logger receives send failures (rate-limited); nil discards.
 	Logger *slog.Logger
 }
-
-// DefaultFlushTimeout bounds Stop's flush of the goodbye when ctx has no deadline.
-const DefaultFlushTimeout = 2 * time.Second
 
 // DefaultConfig returns a Config for subject and schema with the contract's
 // defaults: 30 s interval, ±10 % jitter.
@@ -187,12 +185,7 @@ func (p *Publisher[T]) Stop(ctx context.Context) error {
 	if err := p.beat(true); err != nil {
 		return err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultFlushTimeout)
-		defer cancel()
-	}
-	if err := p.nc.FlushWithContext(ctx); err != nil {
+	if err := natsconn.Flush(ctx, p.nc); err != nil {
 		return fmt.Errorf("flush goodbye: %w", err)
 	}
 	return nil

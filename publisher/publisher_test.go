@@ -70,7 +70,7 @@ type beats struct {
 }
 
 func (b *beats) add(m *nats.Msg) { b.mu.Lock(); b.msgs = append(b.msgs, m); b.mu.Unlock() }
-func (b *beats) len() int       { b.mu.Lock(); defer b.mu.Unlock(); return len(b.msgs) }
+func (b *beats) len() int        { b.mu.Lock(); defer b.mu.Unlock(); return len(b.msgs) }
 func (b *beats) all() []*nats.Msg {
 	b.mu.Lock()
 	defer b.mu.Unlock()

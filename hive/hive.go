@@ -1,0 +1,217 @@
+// Package hive is the heartbeat side of a machine's agent: it publishes the
+// machine's stats (through an injected source) and its own view of the
+// workers it hosts, which it learns by subscribing to their heartbeats — the
+// two-level chain. A worker's goodbye removes it from the view at once; a
+// worker silent for its TTL is dropped.
+package hive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/natsconn"
+	"github.com/rbee/heartbeat/publisher"
+	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/subscriber"
+	"github.com/rbee/heartbeat/wire"
+)
+
+// ErrInvalidConfig is returned (wrapped) by Config.Validate and New.
+var ErrInvalidConfig = errors.New("invalid hive config")
+
+// StatsFunc fills a hive beat's machine stats (CPU, RAM, GPUs, temperature,
+// staleness, health) just before it is sent. It is called from the
+// publisher's goroutine and must return promptly: sample elsewhere and copy
+// the last sample here.
+type StatsFunc func(h *wire.Hive)
+
+// Config configures a Hive.
+type Config struct {
+	Prefix   string
+	HiveID   string
+	Interval time.Duration
+	Jitter   float64
+	// WorkerTTL drops a worker from the view after this long without a beat.
+	WorkerTTL time.Duration
+	Version   string
+	Hostname  string // os.Hostname() when empty
+	// Stats fills the machine stats; nil sends empty stats with gpus: [].
+	Stats      StatsFunc
+	InstanceID string
+	Logger     *slog.Logger
+}
+
+// DefaultConfig returns a Config with the contract's defaults: 30 s interval,
+// ±10 % jitter, workers dropped after 90 s of silence.
+func DefaultConfig(hiveID string) Config {
+	return Config{Prefix: subjects.DefaultPrefix, HiveID: hiveID, Interval: 30 * time.Second,
+		Jitter: 0.10, WorkerTTL: 90 * time.Second}
+}
+
+// Validate returns an error wrapping ErrInvalidConfig if c cannot work.
+func (c Config) Validate() error {
+	if _, err := subjects.New(c.Prefix); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if err := subjects.ValidateID("hive id", c.HiveID); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if c.WorkerTTL <= 0 {
+		return fmt.Errorf("%w: worker TTL must be positive", ErrInvalidConfig)
+	}
+	return nil
+}
+
+type seen struct {
+	view     wire.HiveWorker
+	instance string
+	seq      uint64
+	at       time.Time
+}
+
+// Hive publishes one hive's heartbeats. Its methods may be called concurrently.
+type Hive struct {
+	nc     *nats.Conn
+	cfg    Config
+	scheme subjects.Scheme
+	log    *slog.Logger
+	pub    *publisher.Publisher[*wire.Hive]
+	sub    *nats.Subscription
+
+	mu      sync.Mutex
+	workers map[string]*seen
+	now     func() time.Time
+}
+
+// New returns a Hive. It returns an error wrapping ErrInvalidConfig for a bad Config.
+func New(nc *nats.Conn, cfg Config) (*Hive, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname, _ = os.Hostname()
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s, _ := subjects.New(cfg.Prefix)
+	h := &Hive{nc: nc, cfg: cfg, scheme: s, log: log.With("component", "hive", "hive", cfg.HiveID),
+		workers: map[string]*seen{}, now: time.Now}
+	pc := publisher.DefaultConfig(s.Hive(cfg.HiveID), wire.SchemaHive)
+	pc.Interval, pc.Jitter, pc.InstanceID, pc.Logger = cfg.Interval, cfg.Jitter, cfg.InstanceID, cfg.Logger
+	var err error
+	if h.pub, err = publisher.New(nc, pc, h.snapshot); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return h, nil
+}
+
+// InstanceID returns this start's instance ID.
+func (h *Hive) InstanceID() string { return h.pub.InstanceID() }
+
+// Start subscribes to the hive's workers and begins beating.
+func (h *Hive) Start(ctx context.Context) error {
+	var err error
+	h.sub, err = subscriber.Subscribe(h.nc, h.scheme, h.scheme.HiveWorkers(h.cfg.HiveID), "", subscriber.Handler{
+		Beat: h.onWorker,
+		Reject: func(r *subscriber.RejectError) {
+			h.log.Debug("worker beat rejected", "reason", r.Reason, "subject", r.Subject, "err", r.Err)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to workers: %w", err)
+	}
+	if err := natsconn.Flush(ctx, h.nc); err != nil {
+		return fmt.Errorf("flush subscription: %w", err)
+	}
+	return h.pub.Start(ctx)
+}
+
+// onWorker updates the view from one worker beat; a new worker, a changed
+// status or health, and a goodbye publish a hive beat at once.
+func (h *Hive) onWorker(hb *subscriber.Heartbeat) {
+	w := hb.Worker
+	h.mu.Lock()
+	s := h.workers[w.WorkerID]
+	if s != nil && s.instance == w.InstanceID && w.Seq <= s.seq {
+		h.mu.Unlock()
+		return // replayed or reordered
+	}
+	changed := s == nil || s.view.Status != w.Status || s.view.Health != w.Health
+	if hb.Goodbye {
+		delete(h.workers, w.WorkerID)
+		changed = s != nil
+	} else {
+		now := h.now()
+		h.workers[w.WorkerID] = &seen{
+			view: wire.HiveWorker{WorkerID: w.WorkerID, Status: w.Status, Health: w.Health,
+				ModelID: w.ModelID, Device: w.Device, LastSeenMs: now.UnixMilli()},
+			instance: w.InstanceID, seq: w.Seq, at: now,
+		}
+	}
+	h.mu.Unlock()
+	if changed {
+		h.pub.Trigger()
+	}
+}
+
+// Workers returns the hive's current view of its workers, sorted by ID,
+// dropping those silent for longer than the worker TTL.
+func (h *Hive) Workers() []wire.HiveWorker {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cutoff := h.now().Add(-h.cfg.WorkerTTL)
+	out := make([]wire.HiveWorker, 0, len(h.workers))
+	for id, s := range h.workers {
+		if s.at.Before(cutoff) {
+			delete(h.workers, id)
+			h.log.Info("worker dropped from view", "worker", id, "silent_for", h.now().Sub(s.at).Round(time.Millisecond))
+			continue
+		}
+		out = append(out, s.view)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].WorkerID < out[j].WorkerID })
+	return out
+}
+
+func (h *Hive) snapshot() *wire.Hive {
+	b := &wire.Hive{
+		Meta:     wire.Meta{Health: wire.Healthy},
+		HiveID:   h.cfg.HiveID,
+		Hostname: h.cfg.Hostname,
+		Version:  h.cfg.Version,
+		GPUs:     []wire.GPU{},
+	}
+	if h.cfg.Stats != nil {
+		h.cfg.Stats(b)
+	}
+	if b.GPUs == nil {
+		b.GPUs = []wire.GPU{}
+	}
+	b.Workers = h.Workers()
+	return b
+}
+
+// Stop unsubscribes and sends the goodbye beat.
+func (h *Hive) Stop(ctx context.Context) error {
+	if h.sub != nil {
+		_ = h.sub.Unsubscribe()
+	}
+	return h.pub.Stop(ctx)
+}
+
+// Abandon stops beating without a goodbye, as a crash would.
+func (h *Hive) Abandon() {
+	if h.sub != nil {
+		_ = h.sub.Unsubscribe()
+	}
+	h.pub.Abandon()
+}
