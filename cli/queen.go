@@ -1,0 +1,149 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rbee/heartbeat/embedded"
+	"github.com/rbee/heartbeat/queen"
+)
+
+type queenFlags struct {
+	common
+	listen      string
+	data        string
+	workerTTL   time.Duration
+	hiveTTL     time.Duration
+	replicas    int
+	http        string
+	cluster     string
+	clusterName string
+	routes      string
+	serverName  string
+	config      string
+}
+
+func runQueen(e *env, args []string) error {
+	var f queenFlags
+	fs := newFlagSet(e, "queen")
+	f.register(fs, "")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:4222", "embedded broker's client address (loopback by default)")
+	fs.StringVar(&f.data, "data", "rbee-data", "embedded broker's JetStream directory")
+	fs.DurationVar(&f.workerTTL, "worker-ttl", 90*time.Second, "worker entries expire after this long without a beat (missed beats × interval)")
+	fs.DurationVar(&f.hiveTTL, "hive-ttl", 90*time.Second, "hive entries expire after this long without a beat")
+	fs.IntVar(&f.replicas, "replicas", 1, "bucket replicas (3 in a cluster of three)")
+	fs.StringVar(&f.http, "http", "127.0.0.1:8500", "HTTP API and /metrics address, or off")
+	fs.StringVar(&f.cluster, "cluster", "", "embedded broker's cluster address host:port (joins a NATS cluster)")
+	fs.StringVar(&f.clusterName, "cluster-name", "rbee", "cluster name, the same on every member")
+	fs.StringVar(&f.routes, "routes", "", "comma-separated cluster URLs of the other members, e.g. nats-route://127.0.0.1:6223")
+	fs.StringVar(&f.serverName, "server-name", "", "embedded broker's name (distinct per cluster member; default from the host and port)")
+	fs.StringVar(&f.config, "config", "", "nats-server configuration file for the embedded broker (authorization, TLS)")
+	if err := f.parse(fs, args); err != nil {
+		return err
+	}
+	log := f.logger(e)
+	qc := queen.DefaultConfig()
+	qc.Prefix, qc.WorkerTTL, qc.HiveTTL, qc.Replicas, qc.Logger = f.prefix, f.workerTTL, f.hiveTTL, f.replicas, log
+	if err := qc.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
+	if f.http != "off" {
+		if _, _, err := net.SplitHostPort(f.http); err != nil {
+			return usagef("--http %q: want host:port or off", f.http)
+		}
+	}
+
+	var srv *embedded.Server
+	if f.natsURL == "" {
+		ec, err := f.embeddedConfig(log)
+		if err != nil {
+			return err
+		}
+		if srv, err = embedded.New(ec); err != nil {
+			if errors.Is(err, embedded.ErrInvalidConfig) {
+				return usageError{err.Error()}
+			}
+			return err
+		}
+		defer srv.Shutdown()
+		f.natsURL = srv.ClientURL()
+		log.Info("embedded broker ready", "url", f.natsURL, "data", ec.StoreDir)
+	} else if f.cluster != "" || f.routes != "" || f.config != "" {
+		return usagef("--cluster, --routes and --config configure the embedded broker; they do not go with --nats-url")
+	}
+
+	nc, err := f.connect("rbee-queen", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	q, err := queen.New(nc, qc)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	startCtx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	err = q.Start(startCtx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	}()
+	if f.http != "off" {
+		hs, err := serveHTTP(f.http, q, log)
+		if err != nil {
+			return err
+		}
+		defer hs.Close()
+	}
+	<-e.ctx.Done()
+	log.Info("stopping")
+	return nil
+}
+
+func (f *queenFlags) embeddedConfig(log *slog.Logger) (embedded.Config, error) {
+	host, port, err := net.SplitHostPort(f.listen)
+	if err != nil {
+		return embedded.Config{}, usagef("--listen %q: want host:port", f.listen)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return embedded.Config{}, usagef("--listen %q: bad port", f.listen)
+	}
+	dir, err := filepath.Abs(f.data)
+	if err != nil {
+		return embedded.Config{}, usagef("--data %q: %v", f.data, err)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return embedded.Config{}, fmt.Errorf("--data %q: %w", f.data, err)
+	}
+	c := embedded.DefaultConfig(dir)
+	c.Host, c.Port, c.Logger, c.ConfigFile = host, p, log, f.config
+	c.ServerName = f.serverName
+	if f.cluster != "" {
+		c.Cluster, c.ClusterName = f.cluster, f.clusterName
+		if c.ServerName == "" {
+			c.ServerName = "rbee-" + strings.NewReplacer(":", "-", ".", "-").Replace(f.cluster)
+		}
+		if f.routes != "" {
+			c.Routes = strings.Split(f.routes, ",")
+		}
+	} else if f.routes != "" {
+		return embedded.Config{}, usagef("--routes needs --cluster")
+	}
+	if err := c.Validate(); err != nil {
+		return embedded.Config{}, usageError{err.Error()}
+	}
+	return c, nil
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need
+# beyond Go modules (the pinned nats CLI, the Node.js subscriber's packages),
+# then checks formatting and vet, then runs every test with the race detector.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== go modules"
+go mod download
+
+if [ -x scripts/tools.sh ]; then
+	echo "== tools"
+	scripts/tools.sh
+fi
+export PATH="$PWD/.bin:$PATH"
+
+echo "== gofmt, go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './node_modules/*'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change: $unformatted" >&2
+	exit 1
+fi
+go vet ./...
+CGO_ENABLED=0 go build ./...
+
+echo "== go test -race"
+go test -race -count=1 -timeout 12m ./...
