@@ -182,9 +182,12 @@ func runWatch(e *env, args []string) error {
 	}
 	defer w.Stop()
 	nw, nh := w.Sizes()
-	if !*asJSON {
-		fmt.Fprintf(e.stdout, "watching %s: %d workers, %d hives live\n", c.natsURL, nw, nh)
+	// The banner goes to stderr in JSON mode so stdout stays one event per line.
+	banner := e.stdout
+	if *asJSON {
+		banner = e.stderr
 	}
+	fmt.Fprintf(banner, "watching %s: %d workers, %d hives live\n", c.natsURL, nw, nh)
 	enc := json.NewEncoder(e.stdout)
 	for {
 		select {
