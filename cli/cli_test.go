@@ -165,15 +165,21 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func TestWatch(t *testing.T) {
 	url, _ := system(t, time.Second)
 	var out, errOut syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int)
-	go func() { done <- Main(ctx, []string{"watch", "--nats-url", url, "--json"}, strings.NewReader(""), &out, &errOut) }()
+	go func() {
+		done <- Main(ctx, []string{"watch", "--nats-url", url, "--json"}, strings.NewReader(""), &out, &errOut)
+	}()
 	defer func() { cancel(); <-done }()
 	testutil.Eventually(t, 5*time.Second, func() bool { return strings.Contains(errOut.String(), "watching") }, "watch banner")
 
