@@ -129,6 +129,14 @@ func New(c Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A taken port would otherwise only show as a ready timeout.
+	if c.Port > 0 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+		}
+		_ = ln.Close()
+	}
 	return Start(opts, c.Logger, c.ReadyTimeout)
 }
 

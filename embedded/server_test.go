@@ -3,6 +3,7 @@ package embedded
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -78,5 +79,20 @@ func TestConfigFileAndOverrides(t *testing.T) {
 	c.ConfigFile = "does-not-exist.conf"
 	if _, err := New(c); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("missing config file: %v", err)
+	}
+}
+
+func TestPortInUse(t *testing.T) {
+	c := DefaultConfig(t.TempDir())
+	c.Port = -1
+	s, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	c2 := DefaultConfig(t.TempDir())
+	c2.Port = s.NATS().Addr().(*net.TCPAddr).Port
+	if _, err := New(c2); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("second server on a taken port: %v", err)
 	}
 }

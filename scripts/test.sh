@@ -13,6 +13,8 @@ if [ -x scripts/tools.sh ]; then
 	scripts/tools.sh
 fi
 export PATH="$PWD/.bin:$PATH"
+# Tests that drive the nats CLI and the Node.js subscriber fail, not skip, when they are missing.
+export RBEE_REQUIRE_TOOLS=1
 
 echo "== gofmt, go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './node_modules/*'))

@@ -1,0 +1,110 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// requireTool returns the path of an external program the README's test
+// command installs. Under that command (RBEE_REQUIRE_TOOLS=1) a missing tool
+// fails the test; a plain `go test ./...` skips it with the reason.
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("RBEE_REQUIRE_TOOLS") != "" {
+		t.Fatalf("%s not found on PATH: run ./scripts/test.sh, which installs it", name)
+	}
+	t.Skipf("%s not on PATH (./scripts/test.sh installs it)", name)
+	return ""
+}
+
+var (
+	rbeeOnce sync.Once
+	rbeeDir  string
+	rbeeErr  error
+)
+
+// rbeeBinary builds cmd/rbee once per test run and returns the folder holding it.
+func rbeeBinary(t *testing.T) string {
+	t.Helper()
+	rbeeOnce.Do(func() {
+		rbeeDir, rbeeErr = os.MkdirTemp("", "rbee-bin-")
+		if rbeeErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(rbeeDir, "rbee"), "../cmd/rbee")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			rbeeErr = &buildError{string(out)}
+		}
+	})
+	if rbeeErr != nil {
+		t.Fatalf("build rbee: %v", rbeeErr)
+	}
+	return rbeeDir
+}
+
+type buildError struct{ out string }
+
+func (e *buildError) Error() string { return e.out }
+
+// lines collects a running program's output line by line.
+type lines struct {
+	mu  sync.Mutex
+	all []string
+}
+
+func (l *lines) read(r io.Reader) {
+	s := bufio.NewScanner(r)
+	s.Buffer(make([]byte, 1<<20), 1<<20)
+	for s.Scan() {
+		l.mu.Lock()
+		l.all = append(l.all, s.Text())
+		l.mu.Unlock()
+	}
+}
+
+func (l *lines) text() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.all, "\n")
+}
+
+func (l *lines) snapshot() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.all...)
+}
+
+// start runs a program in the background, collecting stdout and stderr
+// together, and kills it at cleanup.
+func start(t *testing.T, env []string, name string, args ...string) *lines {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.WaitDelay = 5 * time.Second
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	out := &lines{}
+	done := make(chan struct{})
+	go func() { out.read(pr); close(done) }()
+	go func() { _ = cmd.Wait(); pw.Close() }()
+	t.Cleanup(func() { cancel(); <-done })
+	return out
+}
