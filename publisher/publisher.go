@@ -33,6 +33,11 @@ type Config struct {
 	// Jitter spreads each interval uniformly by ± this fraction, so that many
 	// senders started together do not beat together.
 	Jitter float64
+	// MinGap is the least time between two beats: triggers that come sooner
+	// are merged into one beat sent when the gap has passed, so a sender
+	// whose status flips per request cannot flood the bus. It is capped at
+	// half the interval.
+	MinGap time.Duration
 	// InstanceID identifies this process start; empty picks a random one.
 	InstanceID string
 	// Logger receives send failures (rate-limited); nil discards.
@@ -47,6 +52,7 @@ func DefaultConfig(subject, schema string) Config {
 		Schema:   schema,
 		Interval: 30 * time.Second,
 		Jitter:   0.10,
+		MinGap:   100 * time.Millisecond,
 	}
 }
 
@@ -61,6 +67,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: interval %s outside [%dms, %dms]", ErrInvalidConfig, c.Interval, wire.MinIntervalMs, wire.MaxIntervalMs)
 	case c.Jitter < 0 || c.Jitter >= 1:
 		return fmt.Errorf("%w: jitter %v outside [0, 1)", ErrInvalidConfig, c.Jitter)
+	case c.MinGap < 0:
+		return fmt.Errorf("%w: negative min gap %s", ErrInvalidConfig, c.MinGap)
 	case len(c.InstanceID) > wire.MaxInstanceIDLen:
 		return fmt.Errorf("%w: instance id longer than %d", ErrInvalidConfig, wire.MaxInstanceIDLen)
 	}
@@ -115,6 +123,7 @@ func New[T Stamper](nc *nats.Conn, cfg Config, snapshot func() T) (*Publisher[T]
 	if cfg.InstanceID == "" {
 		cfg.InstanceID = NewInstanceID()
 	}
+	cfg.MinGap = min(cfg.MinGap, cfg.Interval/2)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -219,6 +228,7 @@ func (p *Publisher[T]) loop(ctx context.Context) {
 	defer p.nc.RemoveStatusListener(status)
 
 	_ = p.beat(false)
+	last := time.Now()
 	t := time.NewTimer(NextDelay(p.cfg.Interval, p.cfg.Jitter, rand.Float64()))
 	defer t.Stop()
 	for {
@@ -227,11 +237,22 @@ func (p *Publisher[T]) loop(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-p.trigger:
+			if wait := TriggerWait(last, time.Now(), p.cfg.MinGap); wait > 0 {
+				t.Reset(wait) // merged: the beat goes out when the gap has passed
+				continue
+			}
 		case <-status:
 		}
 		_ = p.beat(false)
+		last = time.Now()
 		t.Reset(NextDelay(p.cfg.Interval, p.cfg.Jitter, rand.Float64()))
 	}
+}
+
+// TriggerWait returns how long a triggered beat must wait so that beats stay
+// at least minGap apart, given the last beat's time; 0 means send now.
+func TriggerWait(last, now time.Time, minGap time.Duration) time.Duration {
+	return max(0, minGap-now.Sub(last))
 }
 
 // beat builds, stamps and sends one beat. It never blocks on the network:

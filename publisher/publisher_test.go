@@ -26,6 +26,7 @@ func TestConfigValidate(t *testing.T) {
 		{"interval too long", func(c *publisher.Config) { c.Interval = 2 * time.Hour }, false},
 		{"negative jitter", func(c *publisher.Config) { c.Jitter = -0.1 }, false},
 		{"jitter one", func(c *publisher.Config) { c.Jitter = 1 }, false},
+		{"negative min gap", func(c *publisher.Config) { c.MinGap = -1 }, false},
 		{"long instance", func(c *publisher.Config) { c.InstanceID = string(make([]byte, 65)) }, false},
 	}
 	for _, tt := range tests {
@@ -61,6 +62,51 @@ func TestNextDelay(t *testing.T) {
 				t.Fatalf("NextDelay(u=%v) = %s, want %s", tt.u, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestTriggerWait(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	tests := []struct {
+		name  string
+		since time.Duration
+		want  time.Duration
+	}{
+		{"right after a beat", 10 * time.Millisecond, 90 * time.Millisecond},
+		{"exactly the gap", 100 * time.Millisecond, 0},
+		{"long after", time.Second, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := publisher.TriggerWait(t0, t0.Add(tt.since), 100*time.Millisecond); got != tt.want {
+				t.Fatalf("TriggerWait = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestTriggerFloodIsMerged flips the status many times in a row: the flips
+// are merged into few beats, and the last state goes out.
+func TestTriggerFloodIsMerged(t *testing.T) {
+	_, got, p, mu, status := setup(t, time.Hour)
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Abandon()
+	testutil.Eventually(t, 5*time.Second, func() bool { return got.len() == 1 }, "first beat")
+	for i := range 1000 {
+		mu.Lock()
+		*status = []wire.Status{wire.StatusBusy, wire.StatusReady}[i%2]
+		mu.Unlock()
+		p.Trigger()
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		m := got.all()
+		w, err := wire.DecodeWorker(m[len(m)-1].Data)
+		return err == nil && w.Status == wire.StatusReady
+	}, "last state sent")
+	if n := got.len(); n > 100 {
+		t.Fatalf("1000 triggers sent %d beats; they should be merged", n)
 	}
 }
 
