@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond Go modules, idempotently:
+#   - the nats CLI, pinned, into ./.bin
+#   - the Node.js example subscriber's packages, from its lockfile
+# Each step is skipped when what it installs is already there and current.
+# Prints one line per step; a failing step prints its log and exits non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+natscli_module=github.com/nats-io/natscli/nats
+natscli_version=0.5.1
+node_dir=examples/node-subscriber
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# run LABEL CMD...: runs CMD with its output in the log, shown only on failure.
+run() {
+	local label=$1
+	shift
+	if ! "$@" </dev/null >"$log" 2>&1; then
+		echo "$label: failed: $*" >&2
+		cat "$log" >&2
+		exit 1
+	fi
+}
+
+sha256() {
+	if command -v sha256sum >/dev/null; then
+		sha256sum "$1" | cut -d' ' -f1
+	else
+		shasum -a 256 "$1" | cut -d' ' -f1
+	fi
+}
+
+# The nats CLI.
+if [ -x .bin/nats ] && .bin/nats --version 2>/dev/null </dev/null | grep -qx "v\{0,1\}$natscli_version"; then
+	echo "nats cli: v$natscli_version already in .bin"
+else
+	command -v go >/dev/null || { echo "nats cli: go not found" >&2; exit 1; }
+	mkdir -p .bin
+	run "nats cli" env GOFLAGS= GOBIN="$root/.bin" go install "$natscli_module@v$natscli_version"
+	echo "nats cli: installed v$natscli_version into .bin"
+fi
+
+# The Node.js subscriber's packages. npm ci removes node_modules first, so the
+# lockfile hash stored inside it is present only after a complete install.
+stamp=$node_dir/node_modules/.rbee-lock-sha256
+want=$(sha256 "$node_dir/package-lock.json")
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+	echo "node-subscriber: node_modules matches package-lock.json"
+else
+	if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+		echo "node-subscriber: node and npm not found (Node.js 20 or later is needed)" >&2
+		exit 1
+	fi
+	run "node-subscriber" npm ci --prefix "$node_dir" --no-audit --no-fund
+	echo "$want" >"$stamp"
+	echo "node-subscriber: npm ci done (node $(node --version))"
+fi
