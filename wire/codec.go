@@ -50,7 +50,8 @@ func unmarshal(data []byte, v any) error {
 	}
 	d := decPool.Get().(*msgpack.Decoder)
 	defer decPool.Put(d)
-	d.Reset(bytes.NewReader(data))
+	r := bytes.NewReader(data)
+	d.Reset(r)
 	if err := d.Decode(v); err != nil {
 		// Only on failure: tell malformed bytes from a well-formed map with
 		// values of the wrong type.
@@ -59,6 +60,9 @@ func unmarshal(data []byte, v any) error {
 			return fmt.Errorf("%w: %v", ErrUndecodable, err)
 		}
 		return fmt.Errorf("%w: %v", ErrBadType, err)
+	}
+	if r.Len() != 0 {
+		return fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, r.Len())
 	}
 	return nil
 }

@@ -16,6 +16,9 @@ const (
 	MaxHiveWorkers   = 1024
 	MinIntervalMs    = 10
 	MaxIntervalMs    = 3_600_000
+	// MaxSeq keeps seq exact in every reader (JavaScript numbers are exact to
+	// 2^53) and refuses negative values that msgpack would wrap to 2^64−n.
+	MaxSeq = 1 << 53
 )
 
 func invalid(format string, args ...any) error {
@@ -38,8 +41,8 @@ func (m *Meta) Validate() error {
 	if m.InstanceID == "" || len(m.InstanceID) > MaxInstanceIDLen {
 		return invalid("instance_id must be 1-%d bytes", MaxInstanceIDLen)
 	}
-	if m.Seq == 0 {
-		return invalid("seq must be at least 1")
+	if m.Seq == 0 || m.Seq > MaxSeq {
+		return invalid("seq %d outside [1, 2^53]", m.Seq)
 	}
 	if m.IntervalMs < MinIntervalMs || m.IntervalMs > MaxIntervalMs {
 		return invalid("interval_ms %d outside [%d, %d]", m.IntervalMs, MinIntervalMs, MaxIntervalMs)

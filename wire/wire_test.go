@@ -164,6 +164,8 @@ func TestDecodeWorkerErrors(t *testing.T) {
 		{"invalid worker id", mutateWorker(func(m map[string]any) { m["worker_id"] = "a.b" }), ErrInvalid},
 		{"unknown status", mutateWorker(func(m map[string]any) { m["status"] = "dancing" }), ErrInvalid},
 		{"unknown health", mutateWorker(func(m map[string]any) { m["health"] = "fine" }), ErrInvalid},
+		{"negative seq", mutateWorker(func(m map[string]any) { m["seq"] = -1 }), ErrInvalid},
+		{"trailing bytes", append(mutateWorker(func(map[string]any) {}), 0x01), ErrUndecodable},
 		{"seq zero", mutateWorker(func(m map[string]any) { m["seq"] = 0 }), ErrInvalid},
 		{"no instance", mutateWorker(func(m map[string]any) { m["instance_id"] = "" }), ErrInvalid},
 		{"busy over total", mutateWorker(func(m map[string]any) { m["slots_busy"] = 9 }), ErrInvalid},
