@@ -116,16 +116,16 @@ func DecodeHiveEntry(data []byte) (*HiveEntry, error) {
 	return &e, nil
 }
 
-// DecodeAny decodes any msgpack value into plain Go values (maps, slices,
-// strings, numbers), for printing as JSON. It refuses oversize input and
-// trailing bytes.
+// DecodeAny decodes any msgpack value into plain Go values (maps with string
+// keys, slices, strings, numbers), for printing as JSON. Map keys that are not
+// strings are printed as strings. It refuses oversize input and trailing bytes.
 func DecodeAny(data []byte) (any, error) {
 	if len(data) > 16*MaxPayload {
 		return nil, fmt.Errorf("%w: %d bytes", ErrOversize, len(data))
 	}
 	r := bytes.NewReader(data)
 	d := msgpack.NewDecoder(r)
-	d.SetMapDecoder(func(d *msgpack.Decoder) (any, error) { return d.DecodeUntypedMap() })
+	d.SetMapDecoder(decodeStringMap)
 	v, err := d.DecodeInterfaceLoose()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
@@ -133,31 +133,34 @@ func DecodeAny(data []byte) (any, error) {
 	if r.Len() != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes after the value", ErrUndecodable, r.Len())
 	}
-	return jsonable(v), nil
+	return v, nil
 }
 
-// jsonable turns maps with non-string keys into maps with string keys so that
-// encoding/json can print any msgpack value.
-func jsonable(v any) any {
-	switch t := v.(type) {
-	case map[any]any:
-		m := make(map[string]any, len(t))
-		for k, e := range t {
-			m[fmt.Sprint(k)] = jsonable(e)
-		}
-		return m
-	case map[string]any:
-		for k, e := range t {
-			t[k] = jsonable(e)
-		}
-		return t
-	case []any:
-		for i, e := range t {
-			t[i] = jsonable(e)
-		}
-		return t
+// decodeStringMap decodes a map of any keys into map[string]any. Decoding
+// into map[any]any panics on an unhashable key (a map used as a key), which a
+// fuzzer finds at once.
+func decodeStringMap(d *msgpack.Decoder) (any, error) {
+	n, err := d.DecodeMapLen()
+	if err != nil || n < 0 {
+		return nil, err
 	}
-	return v
+	m := make(map[string]any, min(n, 1024))
+	for range n {
+		k, err := d.DecodeInterfaceLoose()
+		if err != nil {
+			return nil, err
+		}
+		v, err := d.DecodeInterfaceLoose()
+		if err != nil {
+			return nil, err
+		}
+		ks, ok := k.(string)
+		if !ok {
+			ks = fmt.Sprint(k)
+		}
+		m[ks] = v
+	}
+	return m, nil
 }
 
 // SchemaOf returns the schema header value for a payload kind ("worker" or "hive").
