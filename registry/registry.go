@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
@@ -115,8 +116,8 @@ func Watch(ctx context.Context, js jetstream.JetStream, cfg Config) (*Watcher, e
 	initial.Add(2)
 	go func() { initial.Wait(); close(w.ready) }()
 	w.wg.Add(2)
-	go w.run(ctx, ww, subjects.KindWorker, &initial)
-	go w.run(ctx, hw, subjects.KindHive, &initial)
+	go w.run(ctx, js.Conn(), wkv, ww, subjects.KindWorker, &initial)
+	go w.run(ctx, js.Conn(), hkv, hw, subjects.KindHive, &initial)
 	return w, nil
 }
 
@@ -141,9 +142,26 @@ func (w *Watcher) Stop() {
 	})
 }
 
-func (w *Watcher) run(ctx context.Context, kw jetstream.KeyWatcher, kind subjects.Kind, initial *sync.WaitGroup) {
+// rewatchTimeout bounds the creation of a replacement watch; rewatchRetry is
+// the pause before trying again.
+const (
+	rewatchTimeout = 5 * time.Second
+	rewatchRetry   = 250 * time.Millisecond
+)
+
+// run applies one bucket's updates. After a reconnect it replaces the watch
+// with one resuming at the next revision: the ordered consumer under a KV
+// watch notices a consumer lost with a restarted server only after two
+// missed idle heartbeats (10-20 s), and the registry would be blind until
+// then. A watch that ends on its own is replaced the same way.
+func (w *Watcher) run(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, kw jetstream.KeyWatcher, kind subjects.Kind, initial *sync.WaitGroup) {
 	defer w.wg.Done()
 	defer func() { _ = kw.Stop() }()
+	var reconnected chan nats.Status
+	if nc != nil {
+		reconnected = nc.StatusChanged(nats.CONNECTED)
+		defer nc.RemoveStatusListener(reconnected)
+	}
 	loading := true
 	done := func() {
 		if loading {
@@ -152,18 +170,47 @@ func (w *Watcher) run(ctx context.Context, kw jetstream.KeyWatcher, kind subject
 		}
 	}
 	defer done()
+	var (
+		last    uint64 // revision of the last entry applied
+		updates = kw.Updates()
+		retry   <-chan time.Time
+	)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case e, ok := <-kw.Updates():
+		case <-reconnected:
+			retry = time.After(0)
+		case <-retry:
+			retry = nil
+			var opts []jetstream.WatchOpt
+			if !loading {
+				opts = append(opts, jetstream.ResumeFromRevision(last+1))
+			}
+			rctx, cancel := context.WithTimeout(ctx, rewatchTimeout)
+			nkw, err := kv.WatchAll(rctx, opts...)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					retry = time.After(rewatchRetry)
+				}
+				continue
+			}
+			_ = kw.Stop()
+			kw, updates = nkw, nkw.Updates()
+		case e, ok := <-updates:
 			if !ok {
-				return
+				updates, retry = nil, time.After(rewatchRetry)
+				continue
 			}
 			if e == nil {
 				done()
 				continue
 			}
+			if e.Revision() <= last {
+				continue // delivered again by a replacement watch
+			}
+			last = e.Revision()
 			w.apply(kind, e, loading)
 		}
 	}
