@@ -176,8 +176,9 @@ func TestClusterFailover(t *testing.T) {
 	testutil.Eventually(t, 15*time.Second, func() bool {
 		var current int
 		leader, current = streamCluster(js, "rbee_workers")
-		return leader != "" && current == 2
-	}, "KV_rbee_workers has a leader and two current followers")
+		hl, hc := streamCluster(js, "rbee_hives")
+		return leader != "" && current == 2 && hl != "" && hc == 2
+	}, "both buckets have a leader and two current followers (3 replicas)")
 	wkv, _ := kvs(t, urls)
 	before := map[string]uint64{}
 	for _, k := range live {
