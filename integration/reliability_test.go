@@ -618,7 +618,6 @@ func TestBrokerRestart(t *testing.T) {
 	if n := ev.count(registry.Expired, "hive-1.w3"); n != 0 {
 		t.Fatalf("live w3 expired %d times", n)
 	}
-	_ = w3
 	t.Logf("broker down %s (TTL %s), all clients reconnected %s after the stop; %d+ beats per worker after the restart, no expiry; queen watcher saw a leave %s after the goodbye and an expiry after the restart",
 		outage.Round(time.Millisecond), ttl, reconnected.Round(time.Millisecond), need, leftAfter.Round(time.Millisecond))
 }
