@@ -28,6 +28,12 @@ type encoder struct {
 // Marshal returns the msgpack encoding of v (a Worker, Hive, WorkerEntry or
 // HiveEntry), with integers and floats in their most compact form.
 func Marshal(v any) ([]byte, error) {
+	switch v := v.(type) {
+	case *Worker:
+		return appendWorker(make([]byte, 0, workerSize(v, nil)), v, nil), nil
+	case *WorkerEntry:
+		return appendWorker(make([]byte, 0, workerSize(&v.Worker, &v.Received)), &v.Worker, &v.Received), nil
+	}
 	e := encPool.Get().(*encoder)
 	defer encPool.Put(e)
 	e.buf.Reset()
@@ -73,14 +79,17 @@ func isMap(b byte) bool { return b&0xf0 == 0x80 || b == 0xde || b == 0xdf }
 // wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema or
 // ErrInvalid.
 func DecodeWorker(data []byte) (*Worker, error) {
-	var w Worker
-	if err := unmarshal(data, &w); err != nil {
-		return nil, err
+	w := new(Worker)
+	if len(data) > MaxPayload || !decodeWorkerFast(data, w, nil) {
+		*w = Worker{}
+		if err := unmarshal(data, w); err != nil {
+			return nil, err
+		}
 	}
 	if err := w.Validate(); err != nil {
 		return nil, err
 	}
-	return &w, nil
+	return w, nil
 }
 
 // DecodeHive decodes and validates a hive payload. It returns an error
@@ -100,11 +109,14 @@ func DecodeHive(data []byte) (*Hive, error) {
 // DecodeWorkerEntry decodes a worker registry value. It does not validate it:
 // the queen validated the beat before storing it.
 func DecodeWorkerEntry(data []byte) (*WorkerEntry, error) {
-	var e WorkerEntry
-	if err := unmarshal(data, &e); err != nil {
-		return nil, err
+	e := new(WorkerEntry)
+	if len(data) > MaxPayload || !decodeWorkerFast(data, &e.Worker, &e.Received) {
+		*e = WorkerEntry{}
+		if err := unmarshal(data, e); err != nil {
+			return nil, err
+		}
 	}
-	return &e, nil
+	return e, nil
 }
 
 // DecodeHiveEntry decodes a hive registry value without validating it.
