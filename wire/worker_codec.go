@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/binary"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -44,6 +45,13 @@ const (
 	workerFields = 16
 	entryFields  = workerFields + 3
 )
+
+// AppendWorkerEntry appends to dst the registry value of an accepted worker
+// beat, the bytes Marshal(&WorkerEntry{Worker: *w, Received: rec}) returns,
+// without copying w, and returns the extended buffer.
+func AppendWorkerEntry(dst []byte, w *Worker, rec Received) []byte {
+	return appendWorker(slices.Grow(dst, workerSize(w, &rec)), w, &rec)
+}
 
 // appendWorker appends the msgpack map of w, plus rec's keys if rec is not
 // nil, exactly as the reflection encoder with compact integers writes it.

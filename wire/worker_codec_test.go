@@ -67,6 +67,9 @@ func TestWorkerCodecMatchesReflection(t *testing.T) {
 					}
 				}
 				b := reflectMarshal(t, &e)
+				if got := AppendWorkerEntry(nil, &e.Worker, e.Received); !bytes.Equal(got, b) {
+					t.Fatalf("case %d: AppendWorkerEntry:\n got  %s\n want %s", i, short(got), short(b))
+				}
 				checkFastDecode(t, b)
 			}
 		})
