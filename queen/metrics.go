@@ -135,8 +135,8 @@ func (q *Queen) Stats() Stats {
 	if q.watcher != nil {
 		s.Workers, s.Hives = q.watcher.Sizes()
 	}
-	if q.js != nil {
-		s.InFlight = q.js.PublishAsyncPending()
+	if q.w != nil {
+		s.InFlight = q.w.inFlight()
 	}
 	return s
 }

@@ -32,6 +32,8 @@ type Queen struct {
 	w       *writer
 
 	rejectLog map[subscriber.Reason]*rate.Sometimes
+	// kvWorkers and kvHives prefix the subjects of KV writes: $KV.<bucket>.
+	kvWorkers, kvHives string
 
 	life    sync.Mutex
 	started bool
@@ -62,6 +64,8 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		tracker:   newTracker(),
 		metrics:   newMetrics(),
 		rejectLog: map[subscriber.Reason]*rate.Sometimes{},
+		kvWorkers: "$KV." + scheme.WorkersBucket() + ".",
+		kvHives:   "$KV." + scheme.HivesBucket() + ".",
 	}
 	for _, r := range subscriber.Reasons {
 		q.rejectLog[r] = &rate.Sometimes{Interval: 5 * time.Second}
@@ -95,14 +99,7 @@ func (q *Queen) Start(ctx context.Context) error {
 }
 
 func (q *Queen) start(ctx, runCtx context.Context) error {
-	q.w = newWriter(q)
-	js, err := jetstream.New(q.nc,
-		jetstream.WithPublishAsyncMaxPending(q.cfg.MaxInFlight),
-		jetstream.WithPublishAsyncTimeout(q.cfg.RequestTimeout),
-		jetstream.WithDefaultTimeout(q.cfg.RequestTimeout),
-		jetstream.WithPublishAsyncAckHandler(q.w.acked),
-		jetstream.WithPublishAsyncErrHandler(q.w.failed),
-	)
+	js, err := jetstream.New(q.nc, jetstream.WithDefaultTimeout(q.cfg.RequestTimeout))
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -125,8 +122,14 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 	nw, nh := q.watcher.Sizes()
 	q.log.Info("registry loaded", "workers", nw, "hives", nh)
 
+	q.w = newWriter(q, runCtx.Done())
+	if err := q.w.start(); err != nil {
+		return err
+	}
 	q.wg.Add(1)
 	go q.w.retryLoop(runCtx, &q.wg)
+	q.wg.Add(1)
+	go q.w.watch(runCtx, &q.wg)
 	q.wg.Add(1)
 	go q.housekeeping(runCtx)
 
@@ -196,12 +199,8 @@ func (q *Queen) Stop(ctx context.Context) {
 	if q.sub != nil {
 		_ = q.sub.Unsubscribe()
 	}
-	if q.js != nil {
-		select {
-		case <-q.js.PublishAsyncComplete():
-		case <-ctx.Done():
-			q.log.Warn("stopping with writes in flight", "in_flight", q.js.PublishAsyncPending())
-		}
+	if q.w != nil && !q.w.wait(ctx) {
+		q.log.Warn("stopping with writes in flight", "in_flight", q.w.inFlight())
 	}
 	q.shutdown()
 }
@@ -209,6 +208,9 @@ func (q *Queen) Stop(ctx context.Context) {
 func (q *Queen) shutdown() {
 	q.cancel()
 	q.wg.Wait()
+	if q.w != nil {
+		q.w.stop()
+	}
 	if q.watcher != nil {
 		q.watcher.Stop()
 	}
@@ -247,12 +249,15 @@ func (q *Queen) onMsg(msg *nats.Msg) {
 // accept applies a decoded heartbeat: replay check, then the KV write.
 func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	m := hb.Meta()
-	var key, bucket string
+	// One string holds the KV subject and, as its tail, the key.
+	var subject, key string
 	kind := hb.Addr.Kind
 	if kind == subjects.KindWorker {
-		key, bucket = subjects.WorkerKey(hb.Addr.HiveID, hb.Addr.WorkerID), q.scheme.WorkersBucket()
+		subject = q.kvWorkers + subjects.WorkerKey(hb.Addr.HiveID, hb.Addr.WorkerID)
+		key = subject[len(q.kvWorkers):]
 	} else {
-		key, bucket = subjects.HiveKey(hb.Addr.HiveID), q.scheme.HivesBucket()
+		subject = q.kvHives + subjects.HiveKey(hb.Addr.HiveID)
+		key = subject[len(q.kvHives):]
 	}
 	now := time.Now().UnixMilli()
 	first, ok := q.tracker.admit(key, m, now)
@@ -265,24 +270,22 @@ func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	q.metrics.skew(now - m.SentAtMs)
 	if hb.Goodbye {
 		q.metrics.goodbye(kind)
-		q.w.write(&write{kind: kind, bucket: bucket, key: key, instance: m.InstanceID, seq: m.Seq, del: true})
+		q.w.write(newWrite(kind, subject, key, m.InstanceID, m.Seq, nil))
 		return
 	}
 	rec := wire.Received{ReceivedAtMs: now, FirstSeenMs: first, SkewMs: now - m.SentAtMs}
-	var (
-		data []byte
-		err  error
-	)
+	var data []byte
 	if kind == subjects.KindWorker {
-		data, err = wire.Marshal(&wire.WorkerEntry{Worker: *hb.Worker, Received: rec})
+		data = wire.AppendWorkerEntry(nil, hb.Worker, rec)
 	} else {
+		var err error
 		data, err = wire.Marshal(&wire.HiveEntry{Hive: *hb.Hive, Received: rec})
+		if err != nil { // cannot happen for a validated beat; never crash on it
+			q.log.Error("encode registry entry", "key", key, "err", err)
+			return
+		}
 	}
-	if err != nil { // cannot happen for a validated beat; never crash on it
-		q.log.Error("encode registry entry", "key", key, "err", err)
-		return
-	}
-	q.w.write(&write{kind: kind, bucket: bucket, key: key, instance: m.InstanceID, seq: m.Seq, data: data})
+	q.w.write(newWrite(kind, subject, key, m.InstanceID, m.Seq, data))
 }
 
 func kindOf(s subjects.Scheme, subject string) subjects.Kind {

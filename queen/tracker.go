@@ -1,6 +1,7 @@
 package queen
 
 import (
+	"strings"
 	"sync"
 
 	"github.com/rbee/heartbeat/wire"
@@ -15,7 +16,9 @@ type sender struct {
 	goneAtMs    int64  // queen clock when the entry left or expired; 0 while live
 }
 
-// tracker holds the last accepted (instance, seq) per registry key. It is fed
+// tracker holds the last accepted (instance, seq) per registry key. It keeps
+// its own copies of the key and instance ID of a beat: those share their
+// memory with the beat's other strings, which the tracker should not hold alive. It is fed
 // by accepted beats and by the KV watcher (what other queens accepted), so a
 // restarted queen and a queue group of queens agree on what is stale.
 type tracker struct {
@@ -33,7 +36,7 @@ func (t *tracker) admit(key string, m *wire.Meta, nowMs int64) (firstSeenMs int6
 	s := t.m[key]
 	switch {
 	case s == nil:
-		t.m[key] = &sender{instance: m.InstanceID, seq: m.Seq, firstSeenMs: nowMs}
+		t.m[strings.Clone(key)] = &sender{instance: strings.Clone(m.InstanceID), seq: m.Seq, firstSeenMs: nowMs}
 		return nowMs, true
 	case s.instance == m.InstanceID:
 		if m.Seq <= s.seq {
@@ -47,7 +50,7 @@ func (t *tracker) admit(key string, m *wire.Meta, nowMs int64) (firstSeenMs int6
 	case s.retired == m.InstanceID:
 		return 0, false
 	default: // a new instance: the sender restarted
-		*s = sender{instance: m.InstanceID, seq: m.Seq, firstSeenMs: nowMs, retired: s.instance}
+		*s = sender{instance: strings.Clone(m.InstanceID), seq: m.Seq, firstSeenMs: nowMs, retired: s.instance}
 		return nowMs, true
 	}
 }
