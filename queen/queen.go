@@ -253,7 +253,7 @@ func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	var subject, key string
 	kind := hb.Addr.Kind
 	if kind == subjects.KindWorker {
-		subject = q.kvWorkers + subjects.WorkerKey(hb.Addr.HiveID, hb.Addr.WorkerID)
+		subject = q.kvWorkers + hb.Addr.HiveID + "." + hb.Addr.WorkerID // subjects.WorkerKey, in one allocation
 		key = subject[len(q.kvWorkers):]
 	} else {
 		subject = q.kvHives + subjects.HiveKey(hb.Addr.HiveID)
