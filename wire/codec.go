@@ -33,6 +33,10 @@ func Marshal(v any) ([]byte, error) {
 		return appendWorker(make([]byte, 0, workerSize(v, nil)), v, nil), nil
 	case *WorkerEntry:
 		return appendWorker(make([]byte, 0, workerSize(&v.Worker, &v.Received)), &v.Worker, &v.Received), nil
+	case *Hive:
+		return marshalHive(v, nil), nil
+	case *HiveEntry:
+		return marshalHive(&v.Hive, &v.Received), nil
 	}
 	e := encPool.Get().(*encoder)
 	defer encPool.Put(e)
@@ -96,14 +100,17 @@ func DecodeWorker(data []byte) (*Worker, error) {
 // wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema or
 // ErrInvalid.
 func DecodeHive(data []byte) (*Hive, error) {
-	var h Hive
-	if err := unmarshal(data, &h); err != nil {
-		return nil, err
+	h := new(Hive)
+	if len(data) > MaxPayload || !decodeHiveFast(data, h, nil) {
+		*h = Hive{}
+		if err := unmarshal(data, h); err != nil {
+			return nil, err
+		}
 	}
 	if err := h.Validate(); err != nil {
 		return nil, err
 	}
-	return &h, nil
+	return h, nil
 }
 
 // DecodeWorkerEntry decodes a worker registry value. It does not validate it:
@@ -121,11 +128,14 @@ func DecodeWorkerEntry(data []byte) (*WorkerEntry, error) {
 
 // DecodeHiveEntry decodes a hive registry value without validating it.
 func DecodeHiveEntry(data []byte) (*HiveEntry, error) {
-	var e HiveEntry
-	if err := unmarshal(data, &e); err != nil {
-		return nil, err
+	e := new(HiveEntry)
+	if len(data) > MaxPayload || !decodeHiveFast(data, &e.Hive, &e.Received) {
+		*e = HiveEntry{}
+		if err := unmarshal(data, e); err != nil {
+			return nil, err
+		}
 	}
-	return &e, nil
+	return e, nil
 }
 
 // DecodeAny decodes any msgpack value into plain Go values (maps with string
