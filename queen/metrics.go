@@ -26,7 +26,7 @@ type metrics struct {
 	rejectedC map[counterKey]*atomic.Uint64
 	eventC    map[counterKey]*atomic.Uint64
 
-	inFlight         prometheus.Gauge
+	inFlight         prometheus.GaugeFunc
 	writeErrors      prometheus.Counter
 	writeRetries     prometheus.Counter
 	writesLost       prometheus.Counter
@@ -35,14 +35,15 @@ type metrics struct {
 	skewSeconds      prometheus.Histogram
 }
 
-func newMetrics() *metrics {
+// newMetrics returns the counters; inFlight reports the writes in flight.
+func newMetrics(inFlight func() float64) *metrics {
 	m := &metrics{
 		acceptedC: map[subjects.Kind]*atomic.Uint64{},
 		goodbyeC:  map[subjects.Kind]*atomic.Uint64{},
 		rejectedC: map[counterKey]*atomic.Uint64{},
 		eventC:    map[counterKey]*atomic.Uint64{},
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rbee_queen_kv_writes_in_flight",
-			Help: "Registry writes sent and not yet acknowledged."}),
+		inFlight: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rbee_queen_kv_writes_in_flight",
+			Help: "Registry writes sent and not yet acknowledged."}, inFlight),
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_kv_write_errors_total",
 			Help: "Registry writes that failed (timeout, no responders, stream error)."}),
 		writeRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_kv_write_retries_total",
@@ -135,9 +136,7 @@ func (q *Queen) Stats() Stats {
 	if q.watcher != nil {
 		s.Workers, s.Hives = q.watcher.Sizes()
 	}
-	if q.w != nil {
-		s.InFlight = q.w.inFlight()
-	}
+	s.InFlight = q.w.inFlight()
 	return s
 }
 

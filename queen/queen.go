@@ -62,7 +62,6 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		scheme:    scheme,
 		log:       log.With("component", "queen"),
 		tracker:   newTracker(),
-		metrics:   newMetrics(),
 		rejectLog: map[subscriber.Reason]*rate.Sometimes{},
 		kvWorkers: "$KV." + scheme.WorkersBucket() + ".",
 		kvHives:   "$KV." + scheme.HivesBucket() + ".",
@@ -70,6 +69,8 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 	for _, r := range subscriber.Reasons {
 		q.rejectLog[r] = &rate.Sometimes{Interval: 5 * time.Second}
 	}
+	q.w = newWriter(q)
+	q.metrics = newMetrics(func() float64 { return float64(q.w.inFlight()) })
 	return q, nil
 }
 
@@ -122,8 +123,7 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 	nw, nh := q.watcher.Sizes()
 	q.log.Info("registry loaded", "workers", nw, "hives", nh)
 
-	q.w = newWriter(q, runCtx.Done())
-	if err := q.w.start(); err != nil {
+	if err := q.w.start(runCtx.Done()); err != nil {
 		return err
 	}
 	q.wg.Add(1)
@@ -199,7 +199,7 @@ func (q *Queen) Stop(ctx context.Context) {
 	if q.sub != nil {
 		_ = q.sub.Unsubscribe()
 	}
-	if q.w != nil && !q.w.wait(ctx) {
+	if !q.w.wait(ctx) {
 		q.log.Warn("stopping with writes in flight", "in_flight", q.w.inFlight())
 	}
 	q.shutdown()
@@ -208,9 +208,7 @@ func (q *Queen) Stop(ctx context.Context) {
 func (q *Queen) shutdown() {
 	q.cancel()
 	q.wg.Wait()
-	if q.w != nil {
-		q.w.stop()
-	}
+	q.w.stop()
 	if q.watcher != nil {
 		q.watcher.Stop()
 	}

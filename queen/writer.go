@@ -81,21 +81,22 @@ type writer struct {
 	idle    chan struct{} // closed when pending empties; nil while nobody waits
 }
 
-func newWriter(q *Queen, done <-chan struct{}) *writer {
+func newWriter(q *Queen) *writer {
 	return &writer{
 		q:       q,
 		nc:      q.nc,
 		prefix:  q.nc.NewInbox() + ".",
 		timeout: q.cfg.RequestTimeout,
 		slots:   make(chan struct{}, q.cfg.MaxInFlight),
-		done:    done,
 		retry:   make(chan *write, 1024),
 		pending: map[uint64]*write{},
 	}
 }
 
-// start subscribes to the acknowledgements.
-func (w *writer) start() error {
+// start subscribes to the acknowledgements; writes blocked for a free slot
+// give up once done is closed.
+func (w *writer) start(done <-chan struct{}) error {
+	w.done = done
 	sub, err := w.nc.Subscribe(w.prefix+"*", w.acked)
 	if err != nil {
 		return fmt.Errorf("subscribe %s*: %w", w.prefix, err)
@@ -130,7 +131,6 @@ func (w *writer) write(wr *write) {
 	w.pending[id] = wr
 	wr.start, wr.noResp = time.Now(), 0
 	w.mu.Unlock()
-	w.q.metrics.inFlight.Inc()
 	if err := w.publish(wr, id); err != nil {
 		if w.take(id) != nil {
 			w.failed(wr, err)
@@ -139,7 +139,8 @@ func (w *writer) write(wr *write) {
 }
 
 func (w *writer) publish(wr *write, id uint64) error {
-	reply := w.prefix + strconv.FormatUint(id, 10)
+	var buf [80]byte
+	reply := string(strconv.AppendUint(append(buf[:0], w.prefix...), id, 10))
 	if wr.data == nil {
 		return w.nc.PublishMsg(&nats.Msg{Subject: wr.subject, Reply: reply, Header: delHeader})
 	}
@@ -162,7 +163,6 @@ func (w *writer) take(id uint64) *write {
 	}
 	w.mu.Unlock()
 	<-w.slots
-	w.q.metrics.inFlight.Dec()
 	return wr
 }
 
