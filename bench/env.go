@@ -100,21 +100,6 @@ func pidCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
-// threadCPU returns the CPU time of the calling OS thread (the caller locks
-// its goroutine to the thread), from /proc/thread-self/schedstat.
-func threadCPU() time.Duration {
-	b, err := os.ReadFile("/proc/thread-self/schedstat")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0
-	}
-	ns, _ := strconv.ParseInt(f[0], 10, 64)
-	return time.Duration(ns)
-}
-
 // heap returns the live heap after two full collections.
 func heap() uint64 {
 	runtime.GC()

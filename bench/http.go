@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,7 +102,6 @@ func (c *seedClient) run(beats uint64, limit time.Duration) (trial, error) {
 		wg       sync.WaitGroup
 		failed   atomic.Uint64
 		firstErr onceErr
-		genCPU   atomic.Int64
 	)
 	pcpu0 := processCPU()
 	start := time.Now()
@@ -114,10 +112,6 @@ func (c *seedClient) run(beats uint64, limit time.Duration) (trial, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			cpu0 := threadCPU()
-			defer func() { genCPU.Add(int64(threadCPU() - cpu0)) }()
 			var body []byte
 			rd := bytes.NewReader(nil)
 			for {
@@ -154,8 +148,7 @@ func (c *seedClient) run(beats uint64, limit time.Duration) (trial, error) {
 	if err := firstErr.get(); err != nil {
 		return trial{}, fmt.Errorf("%d failed posts: %w", failed.Load(), err)
 	}
-	return trial{Beats: beats, Elapsed: el, Rate: float64(beats) / el.Seconds(), GenCPU: time.Duration(genCPU.Load()),
-		ProcCPU: processCPU() - pcpu0}, nil
+	return trial{Beats: beats, Elapsed: el, Rate: float64(beats) / el.Seconds(), ProcCPU: processCPU() - pcpu0}, nil
 }
 
 // trials warms with one beat per worker, then runs count timed trials.

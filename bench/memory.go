@@ -31,7 +31,7 @@ type memoryResult struct {
 	Beats            uint64       `json:"cpu_beats"`
 	Rate             float64      `json:"beats_per_s"`
 	ProcCPUPer100k   float64      `json:"queen_process_cpu_s_per_100k"`
-	GenCPUPer100k    float64      `json:"generator_thread_cpu_s_per_100k"`
+	GenCPUPer100k    float64      `json:"generator_cpu_s_per_100k"`
 	QueenCPUPer100k  float64      `json:"queen_cpu_s_per_100k"`
 	BrokerCPUPer100k float64      `json:"broker_cpu_s_per_100k"`
 	Verify           verification `json:"verification"`
@@ -89,9 +89,16 @@ func measureMemory(o options) (memoryResult, *profileResult, error) {
 	per := func(d time.Duration) float64 { return d.Seconds() / float64(r.Beats) * 1e5 }
 	r.Rate = t.Rate
 	r.ProcCPUPer100k = per(p1 - p0)
-	r.GenCPUPer100k = per(t.GenCPU)
-	r.QueenCPUPer100k = per(p1 - p0 - t.GenCPU)
 	r.BrokerCPUPer100k = per(b1 - b0)
+	// What the generator costs on its own: the same messages published where
+	// nobody listens.
+	ng := &gen{f: f, s: &nullSink{core: &coreSink{pub: s.gen, f: f}}, window: o.window}
+	nt, err := ng.run(r.Beats, limit)
+	if err != nil {
+		return r, nil, fmt.Errorf("generator calibration: %w", err)
+	}
+	r.GenCPUPer100k = nt.ProcCPU.Seconds() / float64(r.Beats) * 1e5
+	r.QueenCPUPer100k = r.ProcCPUPer100k - r.GenCPUPer100k
 
 	var prof *profileResult
 	if o.cpuProfile != "" {

@@ -225,7 +225,7 @@ func ingestSection(p func(string, ...any), res *results) {
 	row("**queen / (a)**", func(r ingestResult) string { return fmt.Sprintf("**%.2f**", r.RatioCore) })
 	p("\n(b) is the faster of its two rows. (c) uses %d keep-alive senders posting the same beats as JSON (%.0f B); the server\n", res.Settings.HTTPSenders, r0.JSONBytes)
 	p("decodes with `encoding/json`, runs the same `Validate` and stores the beat in a map; its trials are %d beats.\n\n", res.Settings.HTTPBeats)
-	p("CPU seconds per 100k beats, whole process (system, broker, generator), and the generator thread's share:\n\n")
+	p("CPU seconds per 100k beats of the whole process (system under test, broker, generator; `getrusage`):\n\n")
 	p("| system | ")
 	for _, r := range res.Ingest {
 		p("%dk workers | ", r.Workers/1000)
@@ -235,7 +235,7 @@ func ingestSection(p func(string, ...any), res *results) {
 		p("---|")
 	}
 	p("\n")
-	cpu := func(s summary) string { return fmt.Sprintf("%.2f (gen %.2f)", s.ProcCPUPer100k, s.GenCPUPer100k) }
+	cpu := func(s summary) string { return fmt.Sprintf("%.2f", s.ProcCPUPer100k) }
 	row("queen", func(r ingestResult) string { return cpu(r.Queen) })
 	row("(a) core NATS", func(r ingestResult) string { return cpu(r.Core) })
 	row("(b) KV puts, lean", func(r ingestResult) string { return cpu(r.Store) })
@@ -286,8 +286,9 @@ func memorySection(p func(string, ...any), m *memoryResult) {
 	p("| queen process RSS, registered (includes the generator's fixtures) | %s |\n", mib(m.RSSRegistered))
 	p("| broker process RSS | %s |\n", mib(m.BrokerRSS))
 	p("| throughput while measuring CPU (%d beats) | %.1f k/s |\n", m.Beats, m.Rate/1000)
-	p("| **queen CPU per 100k beats** (its process minus the generator's thread) | **%.2f s** |\n", m.QueenCPUPer100k)
-	p("| load generator thread CPU per 100k beats | %.2f s |\n", m.GenCPUPer100k)
+	p("| queen process CPU per 100k beats (queen and generator) | %.2f s |\n", m.ProcCPUPer100k)
+	p("| **queen CPU per 100k beats** (the process minus the generator) | **%.2f s** |\n", m.QueenCPUPer100k)
+	p("| load generator CPU per 100k beats (the same messages published where nobody listens) | %.2f s |\n", m.GenCPUPer100k)
 	p("| broker CPU per 100k beats (child process) | %.2f s |\n", m.BrokerCPUPer100k)
 	p("| verified (as in section 1) | %v |\n\n", yesNo(m.Verify.OK))
 }
