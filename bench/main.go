@@ -57,7 +57,7 @@ func main() {
 		child string
 	)
 	flag.StringVar(&sizes, "sizes", "10000,100000", "fleet sizes (distinct workers) for the ingest runs")
-	flag.IntVar(&o.trials, "trials", 3, "timed trials per system and size (the median is reported)")
+	flag.IntVar(&o.trials, "trials", 5, "timed trials per system and size (the median is reported)")
 	flag.IntVar(&o.beats, "beats", 300000, "beats per timed trial")
 	flag.Uint64Var(&o.window, "window", 16384, "most beats the generator has sent and the system has not yet handled")
 	flag.IntVar(&o.httpSenders, "http-senders", 4, "concurrent keep-alive senders for the HTTP/JSON design")

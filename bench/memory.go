@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -43,6 +45,86 @@ type profileResult struct {
 	Beats uint64  `json:"beats"`
 	Rate  float64 `json:"beats_per_s"`
 	Top   string  `json:"top"`
+	Split []share `json:"by_activity"`
+}
+
+// share is the part of the profile's samples spent on one activity.
+type share struct {
+	Activity string  `json:"activity"`
+	Percent  float64 `json:"percent"`
+}
+
+// activities classify a sample by the functions on its stack, first match
+// wins.
+var activities = []struct {
+	name string
+	all  []string
+}{
+	{"load generator (bench)", []string{"main.(*gen).run"}},
+	{"garbage collector (background)", []string{"runtime.gcBgMarkWorker"}},
+	{"garbage collector (background)", []string{"runtime.bgsweep"}},
+	{"garbage collector (background)", []string{"runtime.bgscavenge"}},
+	{"beat: decode and validate (subscriber.Decode)", []string{"queen.(*Queen).onMsg", "subscriber.Decode"}},
+	{"beat: registry write (writer.write, nats publish)", []string{"queen.(*Queen).onMsg", "queen.(*writer)"}},
+	{"beat: replay check (tracker.admit)", []string{"queen.(*Queen).onMsg", "tracker"}},
+	{"beat: encode the entry", []string{"queen.(*Queen).onMsg", "wire."}},
+	{"beat: other", []string{"queen.(*Queen).onMsg"}},
+	{"write acknowledgements (writer.acked)", []string{"queen.(*writer).acked"}},
+	{"registry watcher: decode entry", []string{"registry.(*Watcher)", "DecodeWorkerEntry"}},
+	{"registry watcher: tracker.observe", []string{"registry.(*Watcher)", "tracker"}},
+	{"registry watcher: mirror map and events", []string{"registry.(*Watcher)"}},
+	{"KV watch delivery (nats.go jetstream)", []string{"jetstream.(*kvs)"}},
+	{"KV watch delivery (nats.go jetstream)", []string{"jetstream.(*orderedConsumer)"}},
+	{"NATS client: read and parse (readLoop)", []string{"nats%2ego.(*Conn).readLoop"}},
+	{"NATS client: write (flusher)", []string{"nats%2ego.(*Conn).flusher"}},
+}
+
+// splitProfile attributes the samples of go tool pprof -traces output to
+// activities.
+func splitProfile(traces string) []share {
+	ms := func(v string) float64 {
+		switch {
+		case strings.HasSuffix(v, "ms"):
+			f, _ := strconv.ParseFloat(strings.TrimSuffix(v, "ms"), 64)
+			return f
+		case strings.HasSuffix(v, "us"), strings.HasSuffix(v, "µs"):
+			return 0
+		case strings.HasSuffix(v, "s"):
+			f, _ := strconv.ParseFloat(strings.TrimSuffix(v, "s"), 64)
+			return f * 1000
+		}
+		return 0
+	}
+	by := map[string]float64{}
+	var total float64
+	for block := range strings.SplitSeq(traces, "-----------+-------------------------------------------------------") {
+		lines := strings.Split(strings.TrimSpace(block), "\n")
+		f := strings.Fields(lines[0])
+		if len(f) < 2 || !strings.HasSuffix(f[0], "s") {
+			continue
+		}
+		v := ms(f[0])
+		total += v
+		stack := strings.Join(lines, "\n")
+		name := "other (runtime, scheduler, syscalls)"
+	match:
+		for _, a := range activities {
+			for _, fn := range a.all {
+				if !strings.Contains(stack, fn) {
+					continue match
+				}
+			}
+			name = a.name
+			break
+		}
+		by[name] += v
+	}
+	var out []share
+	for k, v := range by {
+		out = append(out, share{k, 100 * v / total})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Percent > out[j].Percent })
+	return out
 }
 
 func measureMemory(o options) (memoryResult, *profileResult, error) {
@@ -156,5 +238,8 @@ func profile(path, memPath string, g *gen, beats uint64, limit time.Duration) (*
 		return p, nil
 	}
 	p.Top = strings.TrimSpace(string(out))
+	if out, err := exec.Command(goBin, "tool", "pprof", "-traces", path).Output(); err == nil {
+		p.Split = splitProfile(string(out))
+	}
 	return p, nil
 }

@@ -167,7 +167,15 @@ func markdown(res *results, notes string) string {
 	if pr := res.Profile; pr != nil {
 		p("## 6. CPU profile of the queen under load\n\n")
 		p("%d worker beats from %dk registered workers at %.1f k/s, broker in a child process, so the profile holds the\n", pr.Beats, res.Memory.Workers/1000, pr.Rate/1000)
-		p("queen, its NATS client and the load generator's thread (`main.(*gen).run`, `main.(*coreSink).send`).\n")
+		p("queen, its NATS client and the load generator (`main.(*gen).run`, `main.(*coreSink).send`).\n\n")
+		if len(pr.Split) > 0 {
+			p("Samples by activity (a sample counts for the first activity whose functions are all on its stack):\n\n")
+			p("| activity | share of CPU samples |\n|---|---|\n")
+			for _, sh := range pr.Split {
+				p("| %s | %.1f %% |\n", sh.Activity, sh.Percent)
+			}
+			p("\n")
+		}
 		p("`go tool pprof -top -nodecount=30 %s`:\n\n```\n%s\n```\n\n", pr.Path, pr.Top)
 	}
 	p("## Reproduce\n\n")
