@@ -58,21 +58,19 @@ func unmarshal(data []byte, v any) error {
 	if len(data) == 0 || !isMap(data[0]) {
 		return fmt.Errorf("%w: not a msgpack map", ErrUndecodable)
 	}
+	// Structure first: the reflection decoder trusts declared lengths.
+	if err := wellFormed(data); err != nil {
+		return err
+	}
 	d := decPool.Get().(*msgpack.Decoder)
-	defer decPool.Put(d)
 	r := bytes.NewReader(data)
 	d.Reset(r)
-	if err := d.Decode(v); err != nil {
-		// Only on failure: tell malformed bytes from a well-formed map with
-		// values of the wrong type.
-		d.Reset(bytes.NewReader(data))
-		if d.Skip() != nil {
-			return fmt.Errorf("%w: %v", ErrUndecodable, err)
-		}
+	err := d.Decode(v)
+	d.Reset(nil) // keep no reference to data in the pool
+	decPool.Put(d)
+	if err != nil {
+		// The bytes are well-formed msgpack: a value has the wrong type.
 		return fmt.Errorf("%w: %v", ErrBadType, err)
-	}
-	if r.Len() != 0 {
-		return fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, r.Len())
 	}
 	return nil
 }
@@ -145,15 +143,14 @@ func DecodeAny(data []byte) (any, error) {
 	if len(data) > 16*MaxPayload {
 		return nil, fmt.Errorf("%w: %d bytes", ErrOversize, len(data))
 	}
-	r := bytes.NewReader(data)
-	d := msgpack.NewDecoder(r)
+	if err := wellFormed(data); err != nil {
+		return nil, err
+	}
+	d := msgpack.NewDecoder(bytes.NewReader(data))
 	d.SetMapDecoder(decodeStringMap)
 	v, err := d.DecodeInterfaceLoose()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
-	}
-	if r.Len() != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes after the value", ErrUndecodable, r.Len())
 	}
 	return v, nil
 }

@@ -60,6 +60,9 @@ func FuzzDecode(f *testing.F) {
 		} else if !classified(err) {
 			t.Fatalf("unclassified hive error: %v", err)
 		}
+		if ok, why := agreesWithSkip(data); !ok {
+			t.Fatal(why)
+		}
 		_, _ = DecodeWorkerEntry(data)
 		_, _ = DecodeHiveEntry(data)
 		_, _ = DecodeAny(data)
