@@ -189,6 +189,14 @@ func TestQueenRejectsBadInput(t *testing.T) {
 		{name: "trailing bytes", msg: func() *nats.Msg {
 			return beatMsg(wsubj, wire.SchemaWorker, append(mustMarshal(t, valid()), 0xc0))
 		}, reason: subscriber.ReasonUndecodable},
+		{name: "hive gpus declaring 2^31 elements in 5 bytes", msg: func() *nats.Msg {
+			b := append([]byte{0x81, 0xa4}, "gpus"...)
+			return beatMsg(hsubj, wire.SchemaHive, append(b, 0xdd, 0x7f, 0xff, 0xff, 0x80))
+		}, reason: subscriber.ReasonUndecodable},
+		{name: "worker nested 10,000 arrays deep", msg: func() *nats.Msg {
+			b := append([]byte{0x81, 0xa1, 'x'}, bytes.Repeat([]byte{0x91}, 10000)...)
+			return beatMsg(wsubj, wire.SchemaWorker, append(b, 0xc0))
+		}, reason: subscriber.ReasonUndecodable},
 		{name: "oversize 512 KiB", msg: func() *nats.Msg {
 			return beatMsg(wsubj, wire.SchemaWorker, mustMarshal(t, oversize))
 		}, reason: subscriber.ReasonOversize},
