@@ -20,6 +20,8 @@ import (
 // process holds only the queen, its connection and the load generator.
 type memoryResult struct {
 	Workers int `json:"workers"`
+	// FixtureHeap is the heap the load generator's fixtures hold.
+	FixtureHeap uint64 `json:"fixture_heap_bytes"`
 	// Heap is the live heap after two GCs: with the queen started on empty
 	// buckets, and once every worker is registered (KV entry, tracker entry,
 	// watcher mirror entry).
@@ -131,10 +133,12 @@ func measureMemory(o options) (memoryResult, *profileResult, error) {
 	n := o.memWorkers
 	r := memoryResult{Workers: n}
 	log.Printf("memory and CPU: %d workers, broker in a child process", n)
+	h0 := heap()
 	f, err := newFleet(n)
 	if err != nil {
 		return r, nil, err
 	}
+	r.FixtureHeap = heap() - h0
 	dir, err := os.MkdirTemp("", "rbee-bench-mem-")
 	if err != nil {
 		return r, nil, err

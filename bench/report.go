@@ -206,22 +206,25 @@ func ingestSection(p func(string, ...any), res *results) {
 	} else {
 		p("slow-consumer drops. The broker runs in this process, as `rbee queen` runs it.\n\n")
 	}
-	p("| system | ")
-	for _, r := range res.Ingest {
-		p("%dk workers | ", r.Workers/1000)
-	}
-	p("\n|---|")
-	for range res.Ingest {
-		p("---|")
-	}
-	p("\n")
 	row := func(name string, get func(ingestResult) string) {
-		p("| %s | ", name)
+		p("| %s |", name)
 		for _, r := range res.Ingest {
-			p("%s | ", get(r))
+			p(" %s |", get(r))
 		}
 		p("\n")
 	}
+	header := func(first string) {
+		p("| %s |", first)
+		for _, r := range res.Ingest {
+			p(" %dk workers |", r.Workers/1000)
+		}
+		p("\n|---|")
+		for range res.Ingest {
+			p("---|")
+		}
+		p("\n")
+	}
+	header("system")
 	row("**queen**: decode, validate, replay check, KV put acknowledged", func(r ingestResult) string { return "**" + spread(r.Queen) + "**" })
 	row("(a) core NATS publish → subscriber (bus limit)", func(r ingestResult) string { return spread(r.Core) })
 	row("(b) KV puts straight into `$KV.rbee_workers.<key>`, lean acks (store limit)", func(r ingestResult) string { return spread(r.Store) })
@@ -234,15 +237,7 @@ func ingestSection(p func(string, ...any), res *results) {
 	p("\n(b) is the faster of its two rows. (c) uses %d keep-alive senders posting the same beats as JSON (%.0f B); the server\n", res.Settings.HTTPSenders, r0.JSONBytes)
 	p("decodes with `encoding/json`, runs the same `Validate` and stores the beat in a map; its trials are %d beats.\n\n", res.Settings.HTTPBeats)
 	p("CPU seconds per 100k beats of the whole process (system under test, broker, generator; `getrusage`):\n\n")
-	p("| system | ")
-	for _, r := range res.Ingest {
-		p("%dk workers | ", r.Workers/1000)
-	}
-	p("\n|---|")
-	for range res.Ingest {
-		p("---|")
-	}
-	p("\n")
+	header("system")
 	cpu := func(s summary) string { return fmt.Sprintf("%.2f", s.ProcCPUPer100k) }
 	row("queen", func(r ingestResult) string { return cpu(r.Queen) })
 	row("(a) core NATS", func(r ingestResult) string { return cpu(r.Core) })
@@ -251,6 +246,7 @@ func ingestSection(p func(string, ...any), res *results) {
 	row("relay", func(r ingestResult) string { return cpu(r.Relay) })
 	row("(c) HTTP/JSON", func(r ingestResult) string { return cpu(r.HTTP) })
 	p("\nNothing lost — checked after the queen's trials:\n\n")
+	header("check")
 	row("beats sent / accepted / rejected", func(r ingestResult) string {
 		return fmt.Sprintf("%d / %d / %d", r.Verify.Sent, r.Verify.Accepted, r.Verify.Rejected)
 	})
@@ -285,7 +281,8 @@ func memorySection(p func(string, ...any), m *memoryResult) {
 	p("## 4. Memory and CPU\n\n")
 	p("The broker runs in a child process here (the same program, `-broker-child`), so this process holds only the\n")
 	p("queen, its NATS connection and the load generator, whose fixtures are allocated before the first reading.\n")
-	p("Heap is `runtime.MemStats.HeapAlloc` after two `runtime.GC()`s; RSS is `VmRSS`.\n\n")
+	p("Heap is `runtime.MemStats.HeapAlloc` and RSS is `VmRSS`, both read after `debug.FreeOSMemory()` (a full GC that\n")
+	p("also returns free pages). The first reading already holds the fixtures (%s of payloads and subjects).\n\n", mib(int64(m.FixtureHeap)))
 	p("| | |\n|---|---|\n")
 	p("| live heap, queen started on empty buckets | %s |\n", mib(int64(m.HeapStarted)))
 	p("| live heap, %dk workers registered (KV entry, tracker entry, watcher mirror entry each) | %s |\n", m.Workers/1000, mib(int64(m.HeapRegistered)))
