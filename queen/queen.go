@@ -168,21 +168,81 @@ func (q *Queen) ensureBuckets(ctx context.Context) error {
 		name string
 		ttl  time.Duration
 	}{{q.scheme.WorkersBucket(), q.cfg.WorkerTTL}, {q.scheme.HivesBucket(), q.cfg.HiveTTL}} {
-		cfg := BucketConfig(b.name, b.ttl, q.cfg.Replicas)
-		kv, err := q.js.CreateOrUpdateKeyValue(ctx, cfg)
-		if err != nil {
-			return fmt.Errorf("bucket %s: %w", b.name, err)
-		}
-		st, err := kv.Status(ctx)
-		if err != nil {
-			return fmt.Errorf("bucket %s status: %w", b.name, err)
-		}
-		if st.TTL() != b.ttl || st.LimitMarkerTTL() != b.ttl {
-			return fmt.Errorf("bucket %s has TTL %s and marker TTL %s, want %s", b.name, st.TTL(), st.LimitMarkerTTL(), b.ttl)
+		if err := q.retryUntilReady(ctx, "bucket "+b.name, func(ctx context.Context) error {
+			return q.ensureBucket(ctx, b.name, b.ttl)
+		}); err != nil {
+			return err
 		}
 	}
 	return nil
 }
+
+func (q *Queen) ensureBucket(ctx context.Context, name string, ttl time.Duration) error {
+	kv, err := q.js.CreateOrUpdateKeyValue(ctx, BucketConfig(name, ttl, q.cfg.Replicas))
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", name, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("bucket %s status: %w", name, err)
+	}
+	if st.TTL() != ttl || st.LimitMarkerTTL() != ttl {
+		return fmt.Errorf("bucket %s has TTL %s and marker TTL %s, want %s", name, st.TTL(), st.LimitMarkerTTL(), ttl)
+	}
+	return nil
+}
+
+// retryUntilReady runs f until it succeeds, fails for a reason waiting will
+// not change, or ctx ends. A JetStream cluster that is still forming (no
+// meta leader yet, too few peers for the replicas) leaves API requests
+// unanswered or answers 503; so does a server that is restarting. Each
+// attempt is bounded on its own, so a request lost to an election does not
+// use up the whole of ctx; attempts grow to RequestTimeout for a slow server.
+func (q *Queen) retryUntilReady(ctx context.Context, what string, f func(context.Context) error) error {
+	attempt := min(q.cfg.RequestTimeout, time.Second)
+	backoff := 100 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		err := f(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !jetStreamNotReady(err) {
+			return err
+		}
+		q.log.Info("waiting for JetStream", "what", what, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		attempt = min(2*attempt, q.cfg.RequestTimeout)
+	}
+}
+
+// jetStreamNotReady reports whether err says JetStream cannot answer yet.
+func jetStreamNotReady(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jsClusterNotAvail, jsInsufficientResources, jsClusterNoPeers:
+			return true
+		}
+		return apiErr.Code == 503
+	}
+	return false
+}
+
+// JetStream API error codes (nats-server's server/errors.json) that mean the
+// cluster is not ready yet.
+const (
+	jsClusterNotAvail       jetstream.ErrorCode = 10008
+	jsInsufficientResources jetstream.ErrorCode = 10023
+	jsClusterNoPeers        jetstream.ErrorCode = 10005
+)
 
 // Stop unsubscribes, waits up to ctx for the writes in flight, and stops the
 // registry watcher. It is safe to call twice.
