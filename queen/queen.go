@@ -178,6 +178,22 @@ func (q *Queen) ensureBuckets(ctx context.Context) error {
 }
 
 func (q *Queen) ensureBucket(ctx context.Context, name string, ttl time.Duration) error {
+	// Another queen may have made the bucket with other settings: say so
+	// before this one changes them, since every queen shares the bucket.
+	if kv, err := q.js.KeyValue(ctx, name); err == nil {
+		if st, err := kv.Status(ctx); err == nil {
+			if old := st.TTL(); old != ttl {
+				q.log.Warn("changing the bucket's TTL: every queen should run with the same TTL",
+					"bucket", name, "from", old, "to", ttl)
+			}
+			if info, ok := st.(*jetstream.KeyValueBucketStatus); ok && info.StreamInfo().Config.Replicas != q.cfg.Replicas {
+				q.log.Warn("changing the bucket's replicas: every queen should run with the same --replicas",
+					"bucket", name, "from", info.StreamInfo().Config.Replicas, "to", q.cfg.Replicas)
+			}
+		}
+	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("bucket %s: %w", name, err)
+	}
 	kv, err := q.js.CreateOrUpdateKeyValue(ctx, BucketConfig(name, ttl, q.cfg.Replicas))
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", name, err)
