@@ -43,7 +43,7 @@ func runHive(e *env, args []string) error {
 	}
 	defer stats.Stop()
 	hc.Stats = stats.Fill
-	nc, err := c.connect("rbee-hive-"+*hiveID, log)
+	nc, err := c.connectWaiting(e.ctx, "rbee-hive-"+*hiveID, log)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func runWorker(e *env, args []string) error {
 		}
 		cfgs[i] = wc
 	}
-	nc, err := c.connect("rbee-worker-"+*hiveID+"-"+*workerID, log)
+	nc, err := c.connectWaiting(e.ctx, "rbee-worker-"+*hiveID+"-"+*workerID, log)
 	if err != nil {
 		return err
 	}

@@ -86,7 +86,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		err := c.run(e, args[1:])
 		var ue usageError
 		switch {
-		case err == nil, errors.Is(err, flag.ErrHelp):
+		case err == nil, errors.Is(err, flag.ErrHelp), errors.Is(err, errStoppedWaiting):
 			return 0
 		case errors.As(err, &ue):
 			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, oneLine(err.Error()))
@@ -182,7 +182,10 @@ func (c *common) connConfig(name string, log *slog.Logger) natsconn.Config {
 }
 
 func (c *common) connect(name string, log *slog.Logger) (*nats.Conn, error) {
-	cfg := c.connConfig(name, log)
+	return dial(c.connConfig(name, log))
+}
+
+func dial(cfg natsconn.Config) (*nats.Conn, error) {
 	nc, err := natsconn.Connect(cfg)
 	if err != nil {
 		if errors.Is(err, natsconn.ErrInvalidConfig) {
@@ -190,6 +193,35 @@ func (c *common) connect(name string, log *slog.Logger) (*nats.Conn, error) {
 		}
 		return nil, err
 	}
+	return nc, nil
+}
+
+// errStoppedWaiting ends a role stopped (SIGINT, SIGTERM) before any server
+// answered: a clean exit.
+var errStoppedWaiting = errors.New("stopped while waiting for NATS")
+
+// connectWaiting connects a long-running role (queen, hive, worker): when no
+// server answers yet it says so once and keeps trying until one does or ctx
+// ends, so that agents may start before their broker.
+func (c *common) connectWaiting(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, error) {
+	cfg := c.connConfig(name, log)
+	cfg.RetryOnFailedConnect = true
+	nc, err := dial(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if nc.IsConnected() {
+		return nc, nil
+	}
+	log.Warn("no NATS server answers yet; retrying", "url", c.natsURL)
+	if err := natsconn.WaitConnected(ctx, nc); err != nil {
+		nc.Close()
+		if ctx.Err() != nil {
+			return nil, errStoppedWaiting
+		}
+		return nil, err
+	}
+	log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
 	return nc, nil
 }
 

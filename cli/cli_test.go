@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/wire"
@@ -278,5 +281,73 @@ func TestHTTPAndMetrics(t *testing.T) {
 	}
 	if v := metric("rbee_registry_events_total", map[string]string{"kind": "worker", "event": "joined"}); v != 1 {
 		t.Fatalf("joined events = %v", v)
+	}
+}
+
+// TestWorkerWaitsForBroker starts a worker before any server listens on its
+// URL: it says it is waiting, connects when the broker comes up, and beats.
+func TestWorkerWaitsForBroker(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"worker", "--nats-url", url, "--hive-id", "h1", "--worker-id", "early",
+			"--interval", "200ms"}, strings.NewReader(""), &out, &errOut)
+	}()
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(errOut.String(), "no NATS server answers yet")
+	}, "the worker says it is waiting for the broker: %s", &errOut)
+
+	c := embedded.DefaultConfig(t.TempDir())
+	c.Port = port
+	srv, err := embedded.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc := testutil.Connect(t, srv.ClientURL())
+	beats, err := nc.SubscribeSync("rbee.hb.worker.h1.early")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := beats.NextMsg(10 * time.Second); err != nil {
+		t.Fatalf("no beat after the broker came up: %v\n%s", err, &errOut)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, &errOut)
+	}
+}
+
+// TestStopWhileWaitingForBroker stops a worker that never reached a server:
+// it exits cleanly.
+func TestStopWhileWaitingForBroker(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "nats://" + l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"hive", "--nats-url", url, "--hive-id", "h1"}, strings.NewReader(""), &out, &errOut)
+	}()
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(errOut.String(), "no NATS server answers yet")
+	}, "the hive says it is waiting for the broker: %s", &errOut)
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, &errOut)
 	}
 }

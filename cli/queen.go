@@ -80,7 +80,7 @@ func runQueen(e *env, args []string) error {
 		return usagef("--cluster, --routes and --config configure the embedded broker; they do not go with --nats-url")
 	}
 
-	nc, err := f.connect("rbee-queen", log)
+	nc, err := f.connectWaiting(e.ctx, "rbee-queen", log)
 	if err != nil {
 		return err
 	}
@@ -89,7 +89,9 @@ func runQueen(e *env, args []string) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	startCtx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	// A JetStream cluster whose members start together needs a while to
+	// elect a meta leader; the queen waits for it (saying so) this long.
+	startCtx, cancel := context.WithTimeout(e.ctx, 2*time.Minute)
 	err = q.Start(startCtx)
 	cancel()
 	if err != nil {

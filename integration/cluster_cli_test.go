@@ -48,7 +48,9 @@ func TestQueenCLICluster(t *testing.T) {
 			"--worker-ttl", "3s", "--hive-ttl", "3s",
 			"--http", "off")
 	}
-	start(t, nil, bin, "worker", "--nats-url", all, "--hive-id", "gpu-node-1",
+	// The workers start with the queens, before any broker listens: they
+	// wait for one and connect when it comes up.
+	wout := start(t, nil, bin, "worker", "--nats-url", all, "--hive-id", "gpu-node-1",
 		"--worker-id", "llama", "--simulate", "3", "--interval", "1s")
 
 	// status reads the registry from any one member.
@@ -68,8 +70,8 @@ func TestQueenCLICluster(t *testing.T) {
 		return s.Workers
 	}
 	for i := range 3 {
-		testutil.Eventually(t, 60*time.Second, func() bool { return len(status(client(i))) == 3 },
-			"three workers in the registry read through member q%d\n%s", i+1, outs[fmt.Sprintf("q%d", i+1)].text())
+		testutil.Eventually(t, 90*time.Second, func() bool { return len(status(client(i))) == 3 },
+			"three workers in the registry read through member q%d\n%s\nworkers:\n%s", i+1, outs[fmt.Sprintf("q%d", i+1)].text(), wout.text())
 	}
 
 	nc := conn(t, all, "observer")

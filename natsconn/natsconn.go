@@ -126,6 +126,27 @@ func Connect(c Config) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// WaitConnected returns once nc is connected, or ctx's error. With
+// RetryOnFailedConnect, Connect returns before any server has answered; a
+// long-running role waits here, so that it can be started before its broker.
+func WaitConnected(ctx context.Context, nc *nats.Conn) error {
+	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(ch)
+	for {
+		switch nc.Status() {
+		case nats.CONNECTED:
+			return nil
+		case nats.CLOSED:
+			return nats.ErrConnectionClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // DefaultFlushTimeout bounds Flush when ctx has no deadline.
 const DefaultFlushTimeout = 5 * time.Second
 
