@@ -71,7 +71,7 @@ func TestQueenCLICluster(t *testing.T) {
 	}
 	for i := range 3 {
 		testutil.Eventually(t, 90*time.Second, func() bool { return len(status(client(i))) == 3 },
-			"three workers in the registry read through member q%d\n%s\nworkers:\n%s", i+1, outs[fmt.Sprintf("q%d", i+1)].text(), wout.text())
+			"three workers in the registry read through member q%d\nq1:\n%s\nq2:\n%s\nq3:\n%s\nworkers:\n%s", i+1, outs["q1"], outs["q2"], outs["q3"], wout)
 	}
 
 	nc := conn(t, all, "observer")

@@ -80,12 +80,12 @@ func TestNatsCLI(t *testing.T) {
 	t.Logf("nats sub --translate 'rbee decode' printed %d JSON payloads", decoded)
 
 	watch := start(t, env, natsBin, "--server", url, "kv", "watch", "rbee_workers")
-	testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(watch.text(), "PUT rbee_workers > h1.w1") }, "kv watch shows puts:\n%s", watch.text())
+	testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(watch.text(), "PUT rbee_workers > h1.w1") }, "kv watch shows puts:\n%s", watch)
 	w1.Abandon()
-	testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(watch.text(), "PURGE rbee_workers > h1.w1") }, "kv watch shows the expiry as PURGE:\n%s", watch.text())
+	testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(watch.text(), "PURGE rbee_workers > h1.w1") }, "kv watch shows the expiry as PURGE:\n%s", watch)
 	if err := w2.Stop(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(watch.text(), "DELETE rbee_workers > h1.w2") }, "kv watch shows the goodbye as DELETE:\n%s", watch.text())
+	testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(watch.text(), "DELETE rbee_workers > h1.w2") }, "kv watch shows the goodbye as DELETE:\n%s", watch)
 	t.Logf("nats kv watch showed PURGE on expiry and DELETE on goodbye")
 }

@@ -70,7 +70,7 @@ func TestNodeSubscriber(t *testing.T) {
 	testutil.Eventually(t, 20*time.Second, func() bool {
 		_, ok := findNode(parseNode(t, sub), func(l nodeLine) bool { return l.Type == "ready" })
 		return ok
-	}, "node subscriber ready:\n%s", sub.text())
+	}, "node subscriber ready:\n%s", sub)
 
 	mem, util := uint64(80<<30), 42.0
 	hc := hive.DefaultConfig("gpu-node-1")
@@ -112,7 +112,7 @@ func TestNodeSubscriber(t *testing.T) {
 			return l.Type == "kv" && l.Bucket == "rbee_workers" && l.Key == "gpu-node-1.crash" && l.Op == "PUT" && l.Value["received_at_ms"] != nil
 		})
 		return w && h && put
-	}, "worker beat, hive beat with its GPU list and a registry PUT decoded:\n%s", sub.text())
+	}, "worker beat, hive beat with its GPU list and a registry PUT decoded:\n%s", sub)
 	t.Logf("node decoded worker and hive beats (IDs, status, GPU list) and registry values")
 
 	crash.Abandon()
@@ -131,7 +131,7 @@ func TestNodeSubscriber(t *testing.T) {
 			return l.Type == "beat" && l.Payload["worker_id"] == "leave" && l.Event != nil && *l.Event == "goodbye"
 		})
 		return purge && del && bye
-	}, "PURGE on expiry, DEL and goodbye beat on a graceful stop:\n%s", sub.text())
+	}, "PURGE on expiry, DEL and goodbye beat on a graceful stop:\n%s", sub)
 	for _, l := range parseNode(t, sub) {
 		if l.Type == "error" {
 			t.Fatalf("node subscriber reported an error: %+v", l)

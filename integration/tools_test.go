@@ -81,6 +81,10 @@ func (l *lines) text() string {
 	return strings.Join(l.all, "\n")
 }
 
+// String is the output so far, read when it is formatted: passed to a
+// failure message as %s, it shows the output at the failure, not at the call.
+func (l *lines) String() string { return l.text() }
+
 func (l *lines) snapshot() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
