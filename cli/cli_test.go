@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -163,21 +162,9 @@ func TestStatusWithoutQueen(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 func TestWatch(t *testing.T) {
 	url, _ := system(t, time.Second)
-	var out, errOut syncBuffer
+	var out, errOut testutil.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int)
 	go func() {
@@ -297,7 +284,7 @@ func TestWorkerWaitsForBroker(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, []string{"worker", "--nats-url", url, "--hive-id", "h1", "--worker-id", "early",
@@ -338,7 +325,7 @@ func TestStopWhileWaitingForBroker(t *testing.T) {
 	url := "nats://" + l.Addr().String()
 	l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errOut syncBuffer
+	var out, errOut testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, []string{"hive", "--nats-url", url, "--hive-id", "h1"}, strings.NewReader(""), &out, &errOut)

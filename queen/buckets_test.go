@@ -1,11 +1,9 @@
 package queen
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,30 +11,13 @@ import (
 	"github.com/rbee/heartbeat/internal/testutil"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestBucketTTLChangeIsLogged: a second queen with another TTL takes the
 // bucket over with its own TTL and says so at warn level; one with the same
 // TTL says nothing.
 func TestBucketTTLChangeIsLogged(t *testing.T) {
 	srv := testutil.Server(t)
 	startWith := func(ttl time.Duration) string {
-		var log syncBuffer
+		var log testutil.Buffer
 		cfg := DefaultConfig()
 		cfg.WorkerTTL, cfg.HiveTTL = ttl, time.Minute
 		cfg.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -3,8 +3,10 @@
 package testutil
 
 import (
+	"bytes"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -71,4 +73,24 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg strin
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Buffer is a bytes.Buffer safe for one writer (a logger, a program's
+// output) and a concurrent reader (a test polling it).
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
