@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -87,4 +89,49 @@ func TestHiveView(t *testing.T) {
 		t.Fatalf("killed worker left the view after %s, before its TTL %s", gone, ttl)
 	}
 	t.Logf("killed worker left the hive's view %s after its last beat (TTL %s)", time.Since(killed).Round(time.Millisecond), ttl)
+}
+
+// TestRbeeHiveMachineStats runs the `rbee hive` program on this machine and
+// reads its registry entry: real CPU and RAM figures from gopsutil, the
+// machine's hostname, and a GPU list that is empty where there is no NVML
+// (or lists devices with UUIDs where there is), never absent.
+func TestRbeeHiveMachineStats(t *testing.T) {
+	bin := filepath.Join(rbeeBinary(t), "rbee")
+	srv := testutil.Server(t)
+	url := srv.ClientURL()
+	startQueen(t, url, 10*time.Second)
+	_, hkv := kvs(t, url)
+	out := start(t, nil, bin, "hive", "--nats-url", url, "--hive-id", "this-machine", "--interval", "1s")
+
+	var h *wire.HiveEntry
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		e, err := hkv.Get(context.Background(), "this-machine")
+		if err != nil {
+			return false
+		}
+		h, err = wire.DecodeHiveEntry(e.Value())
+		return err == nil && !h.StatsStale
+	}, "no fresh hive entry from rbee hive:\n%s", out)
+
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case h.Hostname != host:
+		t.Fatalf("hostname %q, want %q", h.Hostname, host)
+	case h.RAMTotalBytes == 0 || h.RAMUsedBytes == 0 || h.RAMUsedBytes > h.RAMTotalBytes:
+		t.Fatalf("RAM used %d of %d bytes: not a real reading", h.RAMUsedBytes, h.RAMTotalBytes)
+	case h.CPUPercent < 0 || h.CPUPercent > 100:
+		t.Fatalf("cpu_percent %v out of 0-100", h.CPUPercent)
+	case h.GPUs == nil:
+		t.Fatal("gpus absent, want a list (empty without NVML)")
+	}
+	for _, g := range h.GPUs {
+		if g.UUID == "" {
+			t.Fatalf("gpu %d without a UUID: %+v", g.Index, g)
+		}
+	}
+	t.Logf("rbee hive on this machine: cpu %.1f%%, RAM %d/%d bytes, %d GPUs, host temperature %v, stats age %d ms",
+		h.CPUPercent, h.RAMUsedBytes, h.RAMTotalBytes, len(h.GPUs), h.HostTemperatureC, h.StatsAgeMs)
 }
