@@ -3,6 +3,7 @@ package hive
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -82,6 +83,12 @@ func (b *beats) last() *wire.Hive {
 	return b.all[len(b.all)-1]
 }
 
+// latest formats the last beat received when a failure message is printed,
+// not when the message's arguments are evaluated.
+type latest struct{ b *beats }
+
+func (l latest) String() string { return fmt.Sprintf("%+v", l.b.last()) }
+
 func startHive(t *testing.T, url string, cfg Config) *Hive {
 	t.Helper()
 	h, err := New(testutil.Connect(t, url), cfg)
@@ -153,7 +160,7 @@ func TestBeatsOnTimeWhileStatsHang(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		fresh = got.first(0, func(h *wire.Hive) bool { return !h.StatsStale && carriesGood(h) })
 		return fresh != nil
-	}, "no beat carried the first sample fresh: last %+v", got.last())
+	}, "no beat carried the first sample fresh: last %s", latest{got})
 
 	// Then the second collection hangs; once past its timeout, beats keep
 	// going out with the last good sample, marked stale.
@@ -162,11 +169,11 @@ func TestBeatsOnTimeWhileStatsHang(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		stale = got.first(fresh.Seq, func(h *wire.Hive) bool { return h.StatsStale })
 		return stale != nil
-	}, "no stale beat after the collection hung: last %+v", got.last())
+	}, "no stale beat after the collection hung: last %s", latest{got})
 
 	const more = 5
 	testutil.Eventually(t, 10*time.Second, func() bool { return len(got.since(stale.Seq)) >= more },
-		"the hive stopped beating while stats hung: %d beats after seq %d", len(got.since(stale.Seq)), stale.Seq)
+		"the hive stopped beating while stats hung: beats after seq %d: last %s", stale.Seq, latest{got})
 	after := append([]*wire.Hive{stale}, got.since(stale.Seq)...)
 	for _, h := range after {
 		if !h.StatsStale || !carriesGood(h) {
@@ -271,7 +278,7 @@ func TestWorkerViewGoodbyeAndTTL(t *testing.T) {
 			return b != nil && slices.Equal(workerIDs(b.Workers), want)
 		}
 	}
-	testutil.Eventually(t, 10*time.Second, beatLists("w0", "w1"), "joining workers not in the hive's beat: %+v", got.last())
+	testutil.Eventually(t, 10*time.Second, beatLists("w0", "w1"), "joining workers not in the hive's beat: %s", latest{got})
 	if b := got.last(); b.Workers[0].LastSeenMs != clock.Now().UnixMilli() || b.Workers[0].ModelID != "model-w0" {
 		t.Fatalf("w0 in the view: %+v, want last_seen_ms from the hive's clock %d and its model", b.Workers[0], clock.Now().UnixMilli())
 	}
@@ -280,7 +287,7 @@ func TestWorkerViewGoodbyeAndTTL(t *testing.T) {
 	if err := w1.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, beatLists("w0"), "w1's goodbye did not reach the hive's beat: %+v", got.last())
+	testutil.Eventually(t, 10*time.Second, beatLists("w0"), "w1's goodbye did not reach the hive's beat: %s", latest{got})
 
 	// w0 now stays silent (its next beat is an hour away): it is kept up to
 	// its TTL on the hive's clock and dropped just past it.
@@ -301,5 +308,5 @@ func TestWorkerViewGoodbyeAndTTL(t *testing.T) {
 		return got.first(before, func(b *wire.Hive) bool {
 			return len(b.Workers) == 1 && b.Workers[0].WorkerID == "w0" && b.Workers[0].Status == wire.StatusReady
 		}) != nil
-	}, "w0 not back in the hive's beat after beating again: %+v", got.last())
+	}, "w0 not back in the hive's beat after beating again: %s", latest{got})
 }
