@@ -63,7 +63,7 @@ func runDemo(e *env, args []string) error {
 	qc := queen.DefaultConfig()
 	qc.WorkerTTL, qc.HiveTTL, qc.Logger = ttl, ttl, log
 	qc.OnEvent = func(ev registry.Event) {
-		fmt.Fprintln(out, demoEventLine(ev))
+		fmt.Fprintln(out, formatEvent(ev))
 		events <- ev
 	}
 	qconn, err := connect("rbee-queen")
@@ -203,20 +203,6 @@ func runDemo(e *env, args []string) error {
 	_ = stopGracefully(workers["llama-0"].Stop)
 	_ = stopGracefully(h.Stop)
 	return nil
-}
-
-// demoEventLine is formatEvent with, for a hive, the machine stats its beat
-// carries: CPU use, RAM used/total and whether the sample is stale (the GPU
-// count is already in formatEvent's line).
-func demoEventLine(ev registry.Event) string {
-	s := formatEvent(ev)
-	if h := ev.Hive; h != nil {
-		s += fmt.Sprintf(" cpu=%.1f%% ram=%s/%sGiB", h.CPUPercent, gib(h.RAMUsedBytes), gib(h.RAMTotalBytes))
-		if h.StatsStale {
-			s += " stats=stale"
-		}
-	}
-	return s
 }
 
 func hasWorker(q *queen.Queen, hiveID, workerID string) bool {

@@ -205,7 +205,8 @@ func runWatch(e *env, args []string) error {
 	}
 }
 
-// formatEvent renders one event as a human-readable line.
+// formatEvent renders one event as a human-readable line; a hive's line
+// carries its machine stats.
 func formatEvent(ev registry.Event) string {
 	s := fmt.Sprintf("%s  %-9s %-6s %s", ev.At.Local().Format("15:04:05.000"), ev.Type, ev.Kind, ev.Key)
 	switch {
@@ -215,7 +216,12 @@ func formatEvent(ev registry.Event) string {
 			s += " (was " + ev.Previous + ")"
 		}
 	case ev.Hive != nil:
-		s += fmt.Sprintf("  health=%s gpus=%d workers=%d", ev.Hive.Health, len(ev.Hive.GPUs), len(ev.Hive.Workers))
+		h := ev.Hive
+		s += fmt.Sprintf("  health=%s gpus=%d workers=%d cpu=%.1f%% ram=%s/%sGiB",
+			h.Health, len(h.GPUs), len(h.Workers), h.CPUPercent, gib(h.RAMUsedBytes), gib(h.RAMTotalBytes))
+		if h.StatsStale {
+			s += " stats=stale"
+		}
 	}
 	return s
 }
