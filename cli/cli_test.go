@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -271,28 +270,28 @@ func TestHTTPAndMetrics(t *testing.T) {
 	}
 }
 
+// startBeforeBroker runs rbee with args against url, where no server
+// listens yet, and returns once it says it is waiting for one; done receives
+// its exit code.
+func startBeforeBroker(t *testing.T, ctx context.Context, args ...string) (errOut *testutil.Buffer, done <-chan int) {
+	t.Helper()
+	errOut = &testutil.Buffer{}
+	exit := make(chan int, 1)
+	go func() { exit <- Main(ctx, args, strings.NewReader(""), io.Discard, errOut) }()
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(errOut.String(), "no NATS server answers yet")
+	}, "rbee %s does not say it is waiting for the broker: %s", args[0], errOut)
+	return errOut, exit
+}
+
 // TestWorkerWaitsForBroker starts a worker before any server listens on its
 // URL: it says it is waiting, connects when the broker comes up, and beats.
 func TestWorkerWaitsForBroker(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-
+	port := testutil.FreePorts(t, 1)[0]
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut testutil.Buffer
-	done := make(chan int, 1)
-	go func() {
-		done <- Main(ctx, []string{"worker", "--nats-url", url, "--hive-id", "h1", "--worker-id", "early",
-			"--interval", "200ms"}, strings.NewReader(""), &out, &errOut)
-	}()
-	testutil.Eventually(t, 10*time.Second, func() bool {
-		return strings.Contains(errOut.String(), "no NATS server answers yet")
-	}, "the worker says it is waiting for the broker: %s", &errOut)
+	errOut, done := startBeforeBroker(t, ctx, "worker", "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", port),
+		"--hive-id", "h1", "--worker-id", "early", "--interval", "200ms")
 
 	c := embedded.DefaultConfig(t.TempDir())
 	c.Port = port
@@ -307,34 +306,23 @@ func TestWorkerWaitsForBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := beats.NextMsg(10 * time.Second); err != nil {
-		t.Fatalf("no beat after the broker came up: %v\n%s", err, &errOut)
+		t.Fatalf("no beat after the broker came up: %v\n%s", err, errOut)
 	}
 	cancel()
 	if code := <-done; code != 0 {
-		t.Fatalf("exit %d: %s", code, &errOut)
+		t.Fatalf("exit %d: %s", code, errOut)
 	}
 }
 
-// TestStopWhileWaitingForBroker stops a worker that never reached a server:
-// it exits cleanly.
+// TestStopWhileWaitingForBroker stops a hive that never reached a server: it
+// exits cleanly.
 func TestStopWhileWaitingForBroker(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "nats://" + l.Addr().String()
-	l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errOut testutil.Buffer
-	done := make(chan int, 1)
-	go func() {
-		done <- Main(ctx, []string{"hive", "--nats-url", url, "--hive-id", "h1"}, strings.NewReader(""), &out, &errOut)
-	}()
-	testutil.Eventually(t, 10*time.Second, func() bool {
-		return strings.Contains(errOut.String(), "no NATS server answers yet")
-	}, "the hive says it is waiting for the broker: %s", &errOut)
+	defer cancel()
+	errOut, done := startBeforeBroker(t, ctx, "hive", "--nats-url",
+		fmt.Sprintf("nats://127.0.0.1:%d", testutil.FreePorts(t, 1)[0]), "--hive-id", "h1")
 	cancel()
 	if code := <-done; code != 0 {
-		t.Fatalf("exit %d: %s", code, &errOut)
+		t.Fatalf("exit %d: %s", code, errOut)
 	}
 }

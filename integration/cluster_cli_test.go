@@ -23,7 +23,7 @@ import (
 // killed, and the workers stay registered and keep beating into the other two.
 func TestQueenCLICluster(t *testing.T) {
 	bin := filepath.Join(rbeeBinary(t), "rbee")
-	ports := freePorts(t, 6)
+	ports := testutil.FreePorts(t, 6)
 	client := func(i int) string { return fmt.Sprintf("nats://127.0.0.1:%d", ports[i]) }
 	route := func(i int) string { return fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3+i]) }
 	all := strings.Join([]string{client(0), client(1), client(2)}, ",")

@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -16,28 +15,12 @@ import (
 	"github.com/rbee/heartbeat/registry"
 )
 
-// freePorts returns n loopback TCP ports that were free a moment ago. They
-// are held open together so that the n are distinct.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
-
 // startCluster starts n embedded servers with JetStream, routed to each other
 // on loopback, each with its own name and store, and waits until the
 // JetStream meta group has a leader and every server is current.
 func startCluster(t *testing.T, n int) map[string]*embedded.Server {
 	t.Helper()
-	ports := freePorts(t, n)
+	ports := testutil.FreePorts(t, n)
 	var routes []string
 	for _, p := range ports {
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))

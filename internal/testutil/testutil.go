@@ -5,6 +5,7 @@ package testutil
 import (
 	"bytes"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"testing"
@@ -93,4 +94,20 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// FreePorts returns n loopback TCP ports that were free a moment ago. They
+// are held open together so that the n are distinct.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
 }
