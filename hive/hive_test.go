@@ -89,11 +89,16 @@ type latest struct{ b *beats }
 
 func (l latest) String() string { return fmt.Sprintf("%+v", l.b.last()) }
 
-func startHive(t *testing.T, url string, cfg Config) *Hive {
+// startHive starts a hive on its own connection; now, if not nil, is the
+// clock of its view of its workers.
+func startHive(t *testing.T, url string, cfg Config, now func() time.Time) *Hive {
 	t.Helper()
 	h, err := New(testutil.Connect(t, url), cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if now != nil {
+		h.now = now
 	}
 	if err := h.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -146,7 +151,7 @@ func TestBeatsOnTimeWhileStatsHang(t *testing.T) {
 	got := listen(t, url, "hive-stale")
 	cfg := DefaultConfig("hive-stale")
 	cfg.Interval, cfg.Jitter, cfg.Stats, cfg.Logger = 50*time.Millisecond, 0, smp.Fill, testutil.Logger(t)
-	startHive(t, url, cfg)
+	startHive(t, url, cfg, nil)
 
 	carriesGood := func(h *wire.Hive) bool {
 		return h.CPUPercent == good.CPUPercent && h.RAMUsedBytes == good.RAMUsedBytes &&
@@ -235,19 +240,11 @@ func TestWorkerViewGoodbyeAndTTL(t *testing.T) {
 	got := listen(t, url, "hive-view")
 	cfg := DefaultConfig("hive-view")
 	cfg.Interval, cfg.Jitter, cfg.WorkerTTL, cfg.Logger = time.Hour, 0, ttl, testutil.Logger(t)
-	h, err := New(testutil.Connect(t, url), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.now = clock.Now
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Abandon)
+	h := startHive(t, url, cfg, clock.Now)
 
 	wnc := testutil.Connect(t, url)
-	start := func(id string) *worker.Worker {
-		wc := worker.DefaultConfig("hive-view", id)
+	start := func(hiveID, id string) *worker.Worker {
+		wc := worker.DefaultConfig(hiveID, id)
 		wc.Interval, wc.Jitter, wc.ModelID, wc.Device = time.Hour, 0, "model-"+id, "cuda:0"
 		w, err := worker.New(wnc, wc)
 		if err != nil {
@@ -259,19 +256,8 @@ func TestWorkerViewGoodbyeAndTTL(t *testing.T) {
 		t.Cleanup(w.Abandon)
 		return w
 	}
-	// Another hive's worker must stay out of the view.
-	other := worker.DefaultConfig("hive-other", "w9")
-	other.Interval = time.Hour
-	w9, err := worker.New(wnc, other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w9.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w9.Abandon)
-
-	w0, w1 := start("w0"), start("w1")
+	start("hive-other", "w9") // another hive's worker must stay out of the view
+	w0, w1 := start("hive-view", "w0"), start("hive-view", "w1")
 	beatLists := func(want ...string) func() bool {
 		return func() bool {
 			b := got.last()

@@ -38,7 +38,7 @@ func TestQueenCLICluster(t *testing.T) {
 			}
 		}
 		name := fmt.Sprintf("q%d", i+1)
-		outs[name], kill[name] = startKillable(t, bin, "queen",
+		outs[name], kill[name] = startKillable(t, nil, bin, "queen",
 			"--listen", fmt.Sprintf("127.0.0.1:%d", ports[i]),
 			"--cluster", fmt.Sprintf("127.0.0.1:%d", ports[3+i]),
 			"--routes", strings.Join(routes, ","),
@@ -122,27 +122,4 @@ func TestQueenCLICluster(t *testing.T) {
 	}, "workers keep beating into the surviving members")
 	l, _ := streamCluster(js, "rbee_workers")
 	t.Logf("rbee_workers now led by %s; workers kept beating: seqs before the kill %v", l, before)
-}
-
-// startKillable is start with a handle that kills the program at once.
-func startKillable(t *testing.T, name string, args ...string) (*lines, func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second
-	out := &lines{}
-	pr, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { out.read(pr); _ = cmd.Wait(); close(done) }()
-	stop := func() { cancel(); <-done }
-	t.Cleanup(stop)
-	return out, stop
 }

@@ -95,6 +95,14 @@ func (l *lines) snapshot() []string {
 // together, and kills it at cleanup.
 func start(t *testing.T, env []string, name string, args ...string) *lines {
 	t.Helper()
+	out, _ := startKillable(t, env, name, args...)
+	return out
+}
+
+// startKillable is start with a handle that kills the program at once and
+// returns when its output is read to the end; calling it again is harmless.
+func startKillable(t *testing.T, env []string, name string, args ...string) (*lines, func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -109,6 +117,7 @@ func start(t *testing.T, env []string, name string, args ...string) *lines {
 	done := make(chan struct{})
 	go func() { out.read(pr); close(done) }()
 	go func() { _ = cmd.Wait(); pw.Close() }()
-	t.Cleanup(func() { cancel(); <-done })
-	return out
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return out, stop
 }
