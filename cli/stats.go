@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/rbee/heartbeat/gpu"
@@ -39,7 +38,6 @@ type statsSource struct {
 	gpus    *gpu.Sampler
 	sampler *hoststats.Sampler
 	log     *slog.Logger
-	stop    sync.Once
 }
 
 // startStats initialises NVML (once; without it the beats carry gpus: [])
@@ -75,12 +73,10 @@ func (s *statsSource) Fill(h *wire.Hive) { s.sampler.Fill(h) }
 
 // Stop stops sampling and then shuts NVML down. A collection stuck in the
 // driver is not waited for; NVML is shut down when it returns. Stop is safe
-// to call more than once.
+// to call more than once (both Stop and Close are).
 func (s *statsSource) Stop() {
-	s.stop.Do(func() {
-		s.sampler.Stop()
-		if err := s.gpus.Close(); err != nil {
-			s.log.Warn("nvml shutdown failed", "err", err)
-		}
-	})
+	s.sampler.Stop()
+	if err := s.gpus.Close(); err != nil {
+		s.log.Warn("nvml shutdown failed", "err", err)
+	}
 }
