@@ -24,6 +24,8 @@ const (
 	KindWorker Kind = "worker"
 	// KindHive marks a hive heartbeat.
 	KindHive Kind = "hive"
+	// KindQueen marks a queen heartbeat.
+	KindQueen Kind = "queen"
 )
 
 // ErrInvalidID is returned (wrapped) for a hive or worker ID outside [A-Za-z0-9_-]{1,64}.
@@ -108,6 +110,39 @@ func (s Scheme) Hive(hiveID string) string {
 	return s.hb + string(KindHive) + "." + hiveID
 }
 
+// Queen returns the subject of a queen's heartbeat. It does not validate the ID.
+func (s Scheme) Queen(queenID string) string {
+	return s.hb + string(KindQueen) + "." + queenID
+}
+
+// AllQueens returns the wildcard subject matching every queen heartbeat.
+func (s Scheme) AllQueens() string { return s.hb + string(KindQueen) + ".*" }
+
+// QueensBucket returns the name of the queen registry bucket ("rbee_queens" by default).
+func (s Scheme) QueensBucket() string { return s.prefix + "_queens" }
+
+// EventsStream returns the name of the event history stream ("rbee_events" by default).
+func (s Scheme) EventsStream() string { return s.prefix + "_events" }
+
+// Event returns the subject a registry event is published on:
+// <prefix>.evt.<event>.<hive_id> for a hive, <prefix>.evt.<event>.<hive_id>.<worker_id>
+// for a worker (workerID non-empty). It does not validate its arguments.
+func (s Scheme) Event(event, hiveID, workerID string) string {
+	subj := s.prefix + ".evt." + event + "." + hiveID
+	if workerID != "" {
+		subj += "." + workerID
+	}
+	return subj
+}
+
+// AllEvents returns the wildcard subject matching every registry event.
+func (s Scheme) AllEvents() string { return s.prefix + ".evt.>" }
+
+// HiveEvents returns the wildcard subjects matching every event of one hive and of its workers.
+func (s Scheme) HiveEvents(hiveID string) []string {
+	return []string{s.prefix + ".evt.*." + hiveID, s.prefix + ".evt.*." + hiveID + ".*"}
+}
+
 // All returns the wildcard subject matching every heartbeat.
 func (s Scheme) All() string { return s.hb + ">" }
 
@@ -128,11 +163,13 @@ func (s Scheme) WorkersBucket() string { return s.prefix + "_workers" }
 // HivesBucket returns the name of the hive registry bucket ("rbee_hives" by default).
 func (s Scheme) HivesBucket() string { return s.prefix + "_hives" }
 
-// Address names the sender of a heartbeat: its kind and IDs. WorkerID is empty for a hive.
+// Address names the sender of a heartbeat: its kind and IDs. WorkerID is
+// empty for a hive; a queen has only QueenID.
 type Address struct {
 	Kind     Kind
 	HiveID   string
 	WorkerID string
+	QueenID  string
 }
 
 // Parse returns the Address of a heartbeat subject under this scheme, or an
@@ -158,6 +195,11 @@ func (s Scheme) Parse(subject string) (Address, error) {
 			return Address{}, err
 		}
 		return Address{Kind: KindHive, HiveID: parts[1]}, nil
+	case parts[0] == string(KindQueen) && len(parts) == 2:
+		if err := ValidateID("queen id", parts[1]); err != nil {
+			return Address{}, err
+		}
+		return Address{Kind: KindQueen, QueenID: parts[1]}, nil
 	}
 	return Address{}, fmt.Errorf("%w: %q", ErrNotHeartbeat, subject)
 }

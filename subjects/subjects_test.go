@@ -63,12 +63,13 @@ func TestParse(t *testing.T) {
 		want    Address
 		wantErr error
 	}{
-		{"worker", "rbee.hb.worker.h1.w1", Address{KindWorker, "h1", "w1"}, nil},
+		{"worker", "rbee.hb.worker.h1.w1", Address{Kind: KindWorker, HiveID: "h1", WorkerID: "w1"}, nil},
 		{"hive", "rbee.hb.hive.h1", Address{Kind: KindHive, HiveID: "h1"}, nil},
+		{"queen", "rbee.hb.queen.q-1", Address{Kind: KindQueen, QueenID: "q-1"}, nil},
 		{"other prefix", "other.hb.hive.h1", Address{}, ErrNotHeartbeat},
 		{"worker missing id", "rbee.hb.worker.h1", Address{}, ErrNotHeartbeat},
 		{"hive extra token", "rbee.hb.hive.h1.x", Address{}, ErrNotHeartbeat},
-		{"unknown kind", "rbee.hb.queen.q1", Address{}, ErrNotHeartbeat},
+		{"unknown kind", "rbee.hb.king.q1", Address{}, ErrNotHeartbeat},
 		{"invalid hive id", "rbee.hb.hive.h$", Address{}, ErrInvalidID},
 		{"invalid worker id", "rbee.hb.worker.h1." + strings.Repeat("w", 65), Address{}, ErrInvalidID},
 		{"empty token", "rbee.hb.worker..w1", Address{}, ErrInvalidID},
@@ -92,7 +93,7 @@ func TestParse(t *testing.T) {
 func TestBuildParseRoundTrip(t *testing.T) {
 	s, _ := New("x")
 	a, err := s.Parse(s.Worker("hive_1", "w-2"))
-	if err != nil || a != (Address{KindWorker, "hive_1", "w-2"}) {
+	if err != nil || a != (Address{Kind: KindWorker, HiveID: "hive_1", WorkerID: "w-2"}) {
 		t.Fatalf("round trip worker: %+v %v", a, err)
 	}
 	a, err = s.Parse(s.Hive("hive_1"))
