@@ -4,8 +4,7 @@ import (
 	"errors"
 	"testing"
 	"time"
-
-	)
+)
 
 func TestConfigValidate(t *testing.T) {
 	tests := []struct {
@@ -45,4 +44,3 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("New without a connection: %v", err)
 	}
 }
-
