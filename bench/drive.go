@@ -194,6 +194,7 @@ func (c *coreSink) drained() bool { return true }
 // subscription, a byte scan of the ack).
 type kvPublisher struct {
 	std    bool
+	ttl    string // Nats-TTL of every publish (std only); empty: none
 	js     jetstream.JetStream
 	nc     *nats.Conn
 	prefix string
@@ -230,7 +231,11 @@ func newKVPublisher(nc *nats.Conn, std bool, maxInFlight int, ackTimeout time.Du
 
 func (p *kvPublisher) publish(subject string, data []byte) error {
 	if p.std {
-		_, err := p.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: data})
+		m := &nats.Msg{Subject: subject, Data: data}
+		if p.ttl != "" {
+			m.Header = nats.Header{jetstream.MsgTTLHeader: {p.ttl}}
+		}
+		_, err := p.js.PublishMsgAsync(m)
 		return err
 	}
 	p.slots <- struct{}{}

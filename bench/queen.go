@@ -91,7 +91,7 @@ func (s *queenSink) done() uint64 {
 	}
 	return n
 }
-func (s *queenSink) drained() bool { return s.q.Stats().InFlight == 0 }
+func (s *queenSink) drained() bool { st := s.q.Stats(); return st.InFlight == 0 && st.Backlog == 0 }
 
 // verification is the proof that an ingest run lost nothing.
 type verification struct {
