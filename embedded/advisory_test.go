@@ -61,31 +61,8 @@ func TestAdvisoryForFrozenClient(t *testing.T) {
 	s := startServer(t, c)
 	adv := watchAdvisories(t, connect(t, s.ClientURL()), Account)
 
-	addr := s.NATS().Addr().String()
-	raw, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = raw.Close() })
-	r := bufio.NewReader(raw)
-	line, err := r.ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "INFO ") {
-		t.Fatalf("INFO: %q, %v", line, err)
-	}
-	var info struct {
-		ServerID string `json:"server_id"`
-		ClientID uint64 `json:"client_id"`
-	}
-	if err := json.Unmarshal([]byte(strings.TrimPrefix(strings.TrimSpace(line), "INFO ")), &info); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fmt.Fprint(raw, "CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"frozen\"}\r\nPING\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "PONG" {
-		t.Fatalf("PONG: %q, %v", line, err)
-	}
-	id := fmt.Sprintf("%s/%d", info.ServerID, info.ClientID)
+	_, info := rawClient(t, s)
+	id := info.id
 	checkFor(t, 5*time.Second, func() error { _, err := adv.find(ConnectAdvisoryType, id); return err })
 	// From here on the client reads and answers nothing.
 	checkFor(t, 10*time.Second, func() error { _, err := adv.find(DisconnectAdvisoryType, id); return err })
@@ -273,4 +250,40 @@ func freePorts(t testing.TB, n int) []int {
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports
+}
+
+// rawInfo is what a raw client learnt from the server's INFO.
+type rawInfo struct {
+	id string // "<server_id>/<client_id>"
+	r  *bufio.Reader
+}
+
+// rawClient connects over plain TCP, sends CONNECT and waits for the PONG:
+// a client whose reading and writing the test controls.
+func rawClient(t testing.TB, s *Server) (net.Conn, rawInfo) {
+	t.Helper()
+	raw, err := net.Dial("tcp", s.NATS().Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = raw.Close() })
+	r := bufio.NewReader(raw)
+	line, err := r.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "INFO ") {
+		t.Fatalf("INFO: %q, %v", line, err)
+	}
+	var info struct {
+		ServerID string `json:"server_id"`
+		ClientID uint64 `json:"client_id"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimPrefix(strings.TrimSpace(line), "INFO ")), &info); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fmt.Fprint(raw, "CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"raw\"}\r\nPING\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "PONG" {
+		t.Fatalf("PONG: %q, %v", line, err)
+	}
+	return raw, rawInfo{id: fmt.Sprintf("%s/%d", info.ServerID, info.ClientID), r: r}
 }
