@@ -111,6 +111,54 @@ func ClientAccount(ctx context.Context, nc *nats.Conn) (string, error) {
 	return r.Data.Account, nil
 }
 
+// AdvisoriesReachable reports whether nc receives the connect advisories of
+// account: it subscribes to the CONNECT subject, opens a second connection
+// with dial, and waits for that connection's advisory until ctx ends (2 s
+// when ctx has no deadline). It returns nil when the advisory came, an error
+// wrapping ErrNoAdvisories when it did not (a server without the system
+// account's export and the account's import, or a user not allowed to
+// subscribe), or dial's or the subscription's error.
+func AdvisoriesReachable(ctx context.Context, nc *nats.Conn, account string, dial func() (*nats.Conn, error)) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+	}
+	connect, _ := AdvisorySubjects(account)
+	ch := make(chan string, 64)
+	sub, err := nc.Subscribe(connect, func(m *nats.Msg) {
+		if a, err := ParseConnAdvisory(m.Data); err == nil {
+			select {
+			case ch <- a.ConnID():
+			default:
+			}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", connect, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("subscribe %s: %w", connect, err)
+	}
+	probe, err := dial()
+	if err != nil {
+		return fmt.Errorf("probe connection: %w", err)
+	}
+	id := ConnID(probe)
+	probe.Close()
+	for {
+		select {
+		case got := <-ch:
+			if got == id {
+				return nil
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("%w: nothing on %s for probe connection %s", ErrNoAdvisories, connect, id)
+		}
+	}
+}
+
 // configureAdvisories lets the clients of the global account subscribe to
 // their own account's connect and disconnect advisories: the system account
 // exports the two subjects to the global account, which imports them. It

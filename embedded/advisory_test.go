@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -286,4 +287,33 @@ func rawClient(t testing.TB, s *Server) (net.Conn, rawInfo) {
 		t.Fatalf("PONG: %q, %v", line, err)
 	}
 	return raw, rawInfo{id: fmt.Sprintf("%s/%d", info.ServerID, info.ClientID), r: r}
+}
+
+// AdvisoriesReachable tells a server that sends a client its advisories from
+// one that does not (a configuration file with accounts but no import).
+func TestAdvisoriesReachable(t *testing.T) {
+	s := startServer(t, testConfig(t))
+	nc := connect(t, s.ClientURL())
+	dial := func() (*nats.Conn, error) { return nats.Connect(s.ClientURL()) }
+	if err := AdvisoriesReachable(context.Background(), nc, Account, dial); err != nil {
+		t.Fatalf("embedded broker: %v", err)
+	}
+
+	c := testConfig(t)
+	c.ConfigFile = writeConf(t, `
+accounts { RBEE: { jetstream: enabled, users: [{user: anon}] } }
+no_auth_user: anon
+`)
+	bare := startServer(t, c)
+	nc = connect(t, bare.ClientURL())
+	acc, err := ClientAccount(context.Background(), nc)
+	if err != nil || acc != "RBEE" {
+		t.Fatalf("ClientAccount = %q, %v", acc, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	dial = func() (*nats.Conn, error) { return nats.Connect(bare.ClientURL()) }
+	if err := AdvisoriesReachable(ctx, nc, acc, dial); !errors.Is(err, ErrNoAdvisories) {
+		t.Fatalf("server without the import: %v, want ErrNoAdvisories", err)
+	}
 }

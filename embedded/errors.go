@@ -19,3 +19,7 @@ var ErrNoJetStream = errors.New("no jetstream to enable")
 // ErrJetStreamStopping is returned (wrapped) by EnsureJetStream while the
 // server is still taking JetStream down; try again shortly.
 var ErrJetStreamStopping = errors.New("jetstream still shutting down")
+
+// ErrNoAdvisories is returned (wrapped) by AdvisoriesReachable when the
+// server sends the client no connection advisories for its account.
+var ErrNoAdvisories = errors.New("no connection advisories")
