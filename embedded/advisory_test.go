@@ -175,9 +175,7 @@ func TestAdvisoriesWithConfigFile(t *testing.T) {
 		checkFor(t, 5*time.Second, func() error { _, err := adv.find(DisconnectAdvisoryType, id); return err })
 	})
 	t.Run("accounts of its own", func(t *testing.T) {
-		conf := writeConf(t, readmeSnippet+`
-no_auth_user: anon
-`)
+		conf := writeConf(t, readmeSnippet(t)+"\nno_auth_user: queen\n")
 		c := testConfig(t)
 		c.ConfigFile = conf
 		opts, err := c.Options()
@@ -208,27 +206,24 @@ no_auth_user: anon
 	})
 }
 
-// readmeSnippet is the external-server configuration the README gives.
-const readmeSnippet = `
-accounts {
-  SYS: {
-    users: [{user: admin, password: change-me}]
-    exports: [
-      {stream: "$SYS.ACCOUNT.RBEE.CONNECT", accounts: [RBEE]}
-      {stream: "$SYS.ACCOUNT.RBEE.DISCONNECT", accounts: [RBEE]}
-    ]
-  }
-  RBEE: {
-    jetstream: enabled
-    users: [{user: anon}]
-    imports: [
-      {stream: {account: SYS, subject: "$SYS.ACCOUNT.RBEE.CONNECT"}}
-      {stream: {account: SYS, subject: "$SYS.ACCOUNT.RBEE.DISCONNECT"}}
-    ]
-  }
+// readmeSnippet returns the external-server configuration the README gives
+// (the first fenced block after "Connection advisories").
+func readmeSnippet(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "**Connection advisories.**")
+	if ok {
+		_, rest, ok = strings.Cut(rest, "```\n")
+	}
+	snippet, _, found := strings.Cut(rest, "```")
+	if !ok || !found {
+		t.Fatal("README.md has no advisory configuration block")
+	}
+	return snippet
 }
-system_account: SYS
-`
 
 func writeConf(t testing.TB, text string) string {
 	t.Helper()
