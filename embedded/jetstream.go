@@ -66,5 +66,38 @@ func (s *Server) RestartJetStream() error {
 	return nil
 }
 
+// StoreFailed reports whether nats-server has reported a failed store write
+// (a full disk, a permission error) since the server started or JetStream was
+// last restarted.
+func (s *Server) StoreFailed() bool { return s.storeFailed.Load() }
+
+// RecoverJetStream brings JetStream back after a storage failure: it
+// re-enables JetStream if the server turned it off (EnsureJetStream), and
+// restarts it if a store write failed since the last start
+// (RestartJetStream). It reports whether it did either; with nothing to
+// recover it returns false, nil. Call it while store writes fail, every few
+// seconds: while the disk is still full the restart fails again, or its
+// streams fail their next write, and a later call tries again.
+//
+// It returns ErrNoJetStream, ErrJetStreamStopping or nats-server's error as
+// EnsureJetStream and RestartJetStream do.
+func (s *Server) RecoverJetStream() (bool, error) {
+	if again, err := s.EnsureJetStream(); again || err != nil {
+		if again {
+			s.storeFailed.Store(false)
+		}
+		return again, err
+	}
+	if !s.storeFailed.Load() {
+		return false, nil
+	}
+	s.storeFailed.Store(false) // failures after the restart raise it again
+	if err := s.RestartJetStream(); err != nil {
+		s.storeFailed.Store(true)
+		return false, err
+	}
+	return true, nil
+}
+
 // JetStreamEnabled reports whether the server's JetStream is running.
 func (s *Server) JetStreamEnabled() bool { return s.srv.JetStreamEnabled() }

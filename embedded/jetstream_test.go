@@ -40,7 +40,7 @@ func put(kv jetstream.KeyValue, key string, value []byte) error {
 
 // After the server takes JetStream down (as it does on a storage failure),
 // EnsureJetStream brings it back with the buckets it held.
-func TestEnsureJetStreamAfterShutdown(t *testing.T) {
+func TestRecoverJetStreamAfterShutdown(t *testing.T) {
 	s := startServer(t, testConfig(t))
 	if again, err := s.EnsureJetStream(); again || err != nil {
 		t.Fatalf("EnsureJetStream with JetStream running = %v, %v", again, err)
@@ -60,7 +60,7 @@ func TestEnsureJetStreamAfterShutdown(t *testing.T) {
 		t.Fatal("a write succeeded without JetStream")
 	}
 	checkFor(t, 10*time.Second, func() error {
-		again, err := s.EnsureJetStream()
+		again, err := s.RecoverJetStream()
 		if err == nil && !again {
 			return errors.New("EnsureJetStream did nothing")
 		}
@@ -89,9 +89,9 @@ func TestEnsureJetStreamAfterShutdownOfServer(t *testing.T) {
 }
 
 // A full disk (a small tmpfs) makes the bucket's stream fail its writes;
-// once space is free again, RestartJetStream brings it back and writes
+// once space is free again, RecoverJetStream (a RestartJetStream) brings it back and writes
 // succeed, without a restart of the server. It needs root to mount the tmpfs.
-func TestRestartJetStreamAfterFullDisk(t *testing.T) {
+func TestRecoverJetStreamAfterFullDisk(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a tmpfs needs root")
 	}
@@ -138,11 +138,20 @@ func TestRestartJetStreamAfterFullDisk(t *testing.T) {
 		if err := put(kv, "after", []byte("v")); err == nil {
 			return nil
 		}
-		if err := s.RestartJetStream(); err != nil {
+		if !s.StoreFailed() {
+			return errors.New("StoreFailed is false while writes fail")
+		}
+		if _, err := s.RecoverJetStream(); err != nil {
 			return err
 		}
 		return put(kv, "after", []byte("v"))
 	})
+	if s.StoreFailed() {
+		t.Fatal("StoreFailed after the recovery")
+	}
+	if again, err := s.RecoverJetStream(); again || err != nil {
+		t.Fatalf("RecoverJetStream with nothing to recover = %v, %v", again, err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if e, err := kv.Get(ctx, "keep"); err != nil || string(e.Value()) != "v" {

@@ -68,7 +68,7 @@ func TestServerLogLevels(t *testing.T) {
 			t.Fatalf("%q logged at info or above:\n%s", banner, out)
 		}
 	}
-	l := slogLogger{slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	l := slogLogger{l: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	l.Warnf("a warning %d", 1)
 	l.Noticef("%s - Slow Consumer Detected: WriteDeadline of %v exceeded", "cid:5", "3s")
 	l.Noticef("Listening for client connections on %s", "127.0.0.1:4222")

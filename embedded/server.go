@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -124,9 +125,10 @@ type Server struct {
 	lock   *dirLock
 	logger *slog.Logger
 
-	mu       sync.Mutex // guards down and the re-enabling of JetStream
-	down     bool
-	shutOnce sync.Once
+	mu          sync.Mutex // guards down and the re-enabling of JetStream
+	down        bool
+	shutOnce    sync.Once
+	storeFailed atomic.Bool // nats-server reported a failed store write
 }
 
 // Options returns the nats-server options this Config stands for, or an error
@@ -246,14 +248,15 @@ func Start(opts *server.Options, logger *slog.Logger, ready time.Duration) (*Ser
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "nats-server")
-	srv.SetLoggerV2(slogLogger{logger}, false, false, false)
+	s := &Server{srv: srv, logger: logger}
+	srv.SetLoggerV2(slogLogger{l: logger, storeFailed: &s.storeFailed}, false, false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(ready) {
 		srv.Shutdown()
 		srv.WaitForShutdown()
 		return nil, fmt.Errorf("%w: no connections accepted within %s", ErrNotReady, ready)
 	}
-	s := &Server{srv: srv, logger: logger}
+	s.srv = srv
 	if opts.JetStream {
 		// The configuration nats-server itself starts JetStream with.
 		s.js = &server.JetStreamConfig{
