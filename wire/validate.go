@@ -156,3 +156,46 @@ func (g *GPU) validate() error {
 	}
 	return nil
 }
+
+// Validate checks a queen payload. It returns an error wrapping
+// ErrUnknownSchema or ErrInvalid.
+func (q *Queen) Validate() error {
+	if err := q.Meta.Validate(); err != nil {
+		return err
+	}
+	if err := subjects.ValidateID("queen_id", q.QueenID); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	for _, f := range []struct{ k, v string }{{"hostname", q.Hostname}, {"version", q.Version}, {"reason", q.Reason}} {
+		if err := checkText(f.k, f.v, MaxTextLen); err != nil {
+			return err
+		}
+	}
+	if !q.State.Valid() {
+		return invalid("state %q is not ok|degraded|disrupted", q.State)
+	}
+	if q.Backlog < 0 || q.WriteLagMs < 0 || q.LastWriteMs < 0 || q.Entries < 0 {
+		return invalid("backlog %d, write_lag_ms %d, last_write_ms %d, entries %d: negative", q.Backlog, q.WriteLagMs, q.LastWriteMs, q.Entries)
+	}
+	return nil
+}
+
+// Validate checks a registry event. It returns an error wrapping
+// ErrUnknownSchema for another version, ErrInvalid otherwise.
+func (e *Event) Validate() error {
+	if e.V != SchemaVersion {
+		return fmt.Errorf("%w: v=%d, this build reads v=%d", ErrUnknownSchema, e.V, SchemaVersion)
+	}
+	if e.Event == "" || len(e.Event) > MaxTextLen || e.Kind == "" || len(e.Kind) > MaxTextLen {
+		return invalid("event %q kind %q", e.Event, e.Kind)
+	}
+	if err := subjects.ValidateID("hive_id", e.HiveID); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if e.WorkerID != "" {
+		if err := subjects.ValidateID("worker_id", e.WorkerID); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+	}
+	return nil
+}
