@@ -233,7 +233,9 @@ func TestOwnIntervals(t *testing.T) {
 // elsewhere and beat at once.
 func TestClusterAdvisories(t *testing.T) {
 	servers := startCluster(t, 3)
-	_, ev := startQueenConfig(t, servers["n1"].ClientURL(), queen.DefaultConfig())
+	qc := queen.DefaultConfig()
+	qc.Replicas = 3 // the buckets outlive the server shut down below
+	_, ev := startQueenConfig(t, servers["n1"].ClientURL(), qc)
 	closer, err := nats.Connect(servers["n2"].ClientURL(), nats.Name("w-closer"))
 	if err != nil {
 		t.Fatal(err)
@@ -257,15 +259,15 @@ func TestClusterAdvisories(t *testing.T) {
 		}
 		return nil
 	})
+	wkv, _ := kvs(t, servers["n1"].ClientURL())
 	servers["n3"].Shutdown()
 	down := time.Now()
 	// Over several beats after the shutdown, the survivor is never marked.
 	seen := 0
-	checkFor(t, 20*time.Second, func() error {
+	checkFor(t, 30*time.Second, func() error {
 		if _, ok := ev.find(registry.Disconnected, "hive-1.survivor"); ok {
 			return nil // checked below: it must have come back at once
 		}
-		wkv, _ := kvs(t, servers["n1"].ClientURL())
 		if e := getWorker(wkv, "hive-1.survivor"); e != nil && e.ReceivedAtMs > down.UnixMilli() {
 			seen++
 		}
