@@ -7,6 +7,7 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,8 +15,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rbee/heartbeat/hive"
 	"github.com/rbee/heartbeat/internal/testutil"
+	"github.com/rbee/heartbeat/publisher"
 	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/registry"
+	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
 
@@ -285,4 +288,81 @@ func TestClusterAdvisories(t *testing.T) {
 	if n := ev.count(registry.Expired, "hive-1.survivor"); n != 0 {
 		t.Fatalf("survivor expired %d times", n)
 	}
+}
+
+// TestStalledWorker: a busy worker whose progress stands still for 3 of its
+// intervals is stalled; when progress grows it recovers; an idle worker with
+// frozen progress is not stalled.
+func TestStalledWorker(t *testing.T) {
+	srv := testutil.Server(t)
+	url := srv.ClientURL()
+	_, ev := startQueen(t, url, 0)
+	var (
+		mu       sync.Mutex
+		busy     = 0
+		progress = uint64(100)
+	)
+	s := subjects.Default()
+	pc := publisher.DefaultConfig(s.Worker("hive-1", "gpu0"), wire.SchemaWorker)
+	pc.Interval = 500 * time.Millisecond
+	p, err := publisher.New(conn(t, url, "gpu0"), pc, func() *wire.Worker {
+		mu.Lock()
+		defer mu.Unlock()
+		n := progress
+		w := &wire.Worker{HiveID: "hive-1", WorkerID: "gpu0", Status: wire.StatusReady, SlotsTotal: 4, SlotsBusy: busy,
+			Progress: &n, Meta: wire.Meta{Health: wire.Healthy}}
+		return w
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Abandon)
+	key := "hive-1.gpu0"
+	checkFor(t, 10*time.Second, func() error {
+		if _, ok := ev.find(registry.Joined, key); !ok {
+			return errors.New("not joined")
+		}
+		return nil
+	})
+	// Idle for well over 3 intervals with frozen progress: not stalled.
+	wkv, _ := kvs(t, url)
+	first := getWorker(wkv, key).Seq
+	checkFor(t, 10*time.Second, func() error {
+		if e := getWorker(wkv, key); e == nil || e.Seq < first+5 {
+			return fmt.Errorf("waiting for 5 idle beats: %+v", e)
+		}
+		return nil
+	})
+	if _, ok := ev.find(registry.Stalled, key); ok {
+		t.Fatal("an idle worker was stalled")
+	}
+	mu.Lock()
+	busy = 2
+	mu.Unlock()
+	p.Trigger()
+	busyAt := time.Now()
+	checkFor(t, 15*time.Second, func() error {
+		if _, ok := ev.find(registry.Stalled, key); !ok {
+			return fmt.Errorf("not stalled %s after going busy with frozen progress", time.Since(busyAt))
+		}
+		return nil
+	})
+	stalledAfter := time.Since(busyAt)
+	if l, _, _ := workerLiveness(t, url, key); l != wire.LivenessStalled {
+		t.Fatalf("entry liveness %s, want stalled", l)
+	}
+	mu.Lock()
+	progress += 50
+	mu.Unlock()
+	p.Trigger()
+	checkFor(t, 10*time.Second, func() error {
+		if _, ok := ev.find(registry.Recovered, key); !ok {
+			return errors.New("not recovered after progress grew")
+		}
+		return nil
+	})
+	t.Logf("busy with frozen progress → stalled after %s (3 × 500 ms); progress grew → recovered", stalledAfter)
 }
