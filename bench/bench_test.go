@@ -40,7 +40,7 @@ func TestPercentiles(t *testing.T) {
 		ds = append(ds, time.Duration(i)*time.Millisecond)
 	}
 	got := percentiles(ds)
-	if want := (percentile{N: 100, P50ms: 50, P99ms: 99, MaxMs: 100}); got != want {
+	if want := (percentile{N: 100, P50ms: 50, P99ms: 99, MaxMs: 100, MinMs: 1}); got != want {
 		t.Errorf("percentiles = %+v, want %+v", got, want)
 	}
 	if got := percentiles(nil); got.N != 0 {

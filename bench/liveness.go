@@ -39,9 +39,10 @@ type livenessResult struct {
 	// Wrong counts events that should not have happened: an expiry, leave or
 	// disconnect of a worker still beating, a left for a crashed one, a
 	// disconnect or expiry of one that said goodbye.
-	Wrong    int      `json:"wrong_events"`
-	Missing  int      `json:"missing_events"`
-	Problems []string `json:"problems,omitempty"`
+	Wrong    int            `json:"wrong_events"`
+	WrongBy  map[string]int `json:"wrong_events_by_kind,omitempty"`
+	Missing  int            `json:"missing_events"`
+	Problems []string       `json:"problems,omitempty"`
 }
 
 // percentile holds p50/p99/max in milliseconds.
@@ -50,6 +51,7 @@ type percentile struct {
 	P50ms float64 `json:"p50_ms"`
 	P99ms float64 `json:"p99_ms"`
 	MaxMs float64 `json:"max_ms"`
+	MinMs float64 `json:"min_ms"`
 }
 
 func percentiles(ds []time.Duration) percentile {
@@ -60,7 +62,7 @@ func percentiles(ds []time.Duration) percentile {
 	at := func(p float64) float64 {
 		return float64(ds[max(0, int(math.Ceil(p*float64(len(ds))))-1)].Microseconds()) / 1000
 	}
-	return percentile{N: len(ds), P50ms: at(0.50), P99ms: at(0.99), MaxMs: at(1)}
+	return percentile{N: len(ds), P50ms: at(0.50), P99ms: at(0.99), MaxMs: at(1), MinMs: at(0)}
 }
 
 // eventLog keeps the arrival time of the first event of each type per key.
@@ -199,7 +201,13 @@ func measureLiveness(n int) (livenessResult, error) {
 			return r, fmt.Errorf("%d of %d workers joined", ev.count(registry.Joined), n)
 		}
 	}
-	r.Wrong = ev.count(registry.Expired) + ev.count(registry.Left) + ev.count(registry.Disconnected)
+	r.WrongBy = map[string]int{}
+	wrong := func(what string) { r.Wrong++; r.WrongBy[what]++ }
+	for _, t := range []registry.EventType{registry.Expired, registry.Left, registry.Disconnected} {
+		for range ev.count(t) {
+			wrong(string(t) + " while beating")
+		}
+	}
 	if reg := st.q.Registry(); reg != nil {
 		for _, lw := range ws {
 			if e, _, ok := reg.Worker(lw.key); ok && e.Conn != "" {
@@ -248,8 +256,11 @@ func measureLiveness(n int) (livenessResult, error) {
 		x, xOK := ev.get(registry.Expired, lw.key)
 		l, lOK := ev.get(registry.Left, lw.key)
 		if i%2 == 1 {
-			if dOK || xOK {
-				r.Wrong++
+			if dOK {
+				wrong("disconnected after a goodbye")
+			}
+			if xOK {
+				wrong("expired after a goodbye")
 			}
 			if !lOK {
 				r.Missing++
@@ -259,7 +270,7 @@ func measureLiveness(n int) (livenessResult, error) {
 			continue
 		}
 		if lOK {
-			r.Wrong++
+			wrong("left after a crash")
 		}
 		if dOK {
 			disc = append(disc, d.Sub(lw.gone))
@@ -278,7 +289,7 @@ func measureLiveness(n int) (livenessResult, error) {
 			len(disc), r.Crashed, r.Advisories, r.ConnKnown, n))
 	}
 	if r.Wrong+r.Missing > 0 {
-		r.Problems = append(r.Problems, fmt.Sprintf("%d wrong and %d missing events", r.Wrong, r.Missing))
+		r.Problems = append(r.Problems, fmt.Sprintf("%d wrong events %v and %d missing", r.Wrong, r.WrongBy, r.Missing))
 	}
 	r.Disconnected, r.Expired, r.Marker, r.Goodbye = percentiles(disc), percentiles(late), percentiles(marker), percentiles(left)
 	return r, nil
