@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"math/rand/v2"
 	"os"
 	"slices"
 	"sync/atomic"
@@ -17,7 +16,6 @@ import (
 	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/subjects"
-	"github.com/rbee/heartbeat/wire"
 )
 
 // ingestResult is the queen and its references at one fleet size.
@@ -138,7 +136,7 @@ func (g *gen) run(beats uint64) (trial, error) {
 		}
 		return nil
 	}
-	for ; sent < beats; sent++ {
+	for sent < beats {
 		i := int(g.cursor % n)
 		if i == 0 {
 			sentAt = time.Now().UnixMilli()
@@ -148,8 +146,9 @@ func (g *gen) run(beats uint64) (trial, error) {
 			return t, fmt.Errorf("send beat %d: %w", g.cursor, err)
 		}
 		g.cursor++
-		if sent-seen > g.window {
-			if err := wait(func() bool { return sent-seen <= g.window/2 }); err != nil {
+		sent++
+		if sent > seen+g.window { // seen may pass sent: the sink counts stray beats too
+			if err := wait(func() bool { return sent <= seen+g.window/2 }); err != nil {
 				return t, err
 			}
 		}
@@ -382,14 +381,14 @@ func (s *queenSink) drained() bool { st := s.q.Stats(); return st.InFlight == 0 
 type verification struct {
 	Sent, Accepted, Rejected, Coalesced, Lost, Dropped uint64
 	KVValues                                           uint64
-	MirrorAtLastSeq, SampledGets, SampledGetsOK        int
+	MirrorAtLastSeq                                    int
 	OK                                                 bool
 	Problems                                           []string `json:",omitempty"`
 }
 
 // verify checks that every beat sent was accepted, nothing was lost or
-// dropped, and KV holds exactly one value per worker at the last round's
-// seq, in the queen's mirror and read back with kv.Get.
+// dropped, and the bucket holds exactly one value per worker, each at the
+// last round's seq in the queen's mirror (fed by a KV watch).
 func verify(st *stack, f *fleet, sent uint64) verification {
 	s := st.q.Stats()
 	v := verification{Sent: sent, Accepted: s.Accepted[subjects.KindWorker], Coalesced: s.Coalesced, Lost: s.Lost, Dropped: s.Dropped}
@@ -431,18 +430,6 @@ func verify(st *stack, f *fleet, sent uint64) verification {
 	}
 	if v.KVValues = ks.Values(); v.KVValues != uint64(f.n) {
 		bad("bucket holds %d values, want %d", v.KVValues, f.n)
-	}
-	for range 200 {
-		i := rand.IntN(f.n)
-		v.SampledGets++
-		if e, err := kv.Get(ctx, f.keys[i]); err == nil {
-			if w, err := wire.DecodeWorkerEntry(e.Value()); err == nil && w.Seq == want && w.InstanceID == f.instance[i] {
-				v.SampledGetsOK++
-			}
-		}
-	}
-	if v.SampledGetsOK != v.SampledGets {
-		bad("%d of %d sampled keys at the last seq", v.SampledGetsOK, v.SampledGets)
 	}
 	if err := st.errs.err(); err != nil {
 		bad("%v", err)

@@ -13,6 +13,7 @@ import (
 	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/registry"
+	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
 
@@ -65,24 +66,24 @@ func percentiles(ds []time.Duration) percentile {
 	return percentile{N: len(ds), P50ms: at(0.50), P99ms: at(0.99), MaxMs: at(1), MinMs: at(0)}
 }
 
-// eventLog keeps the arrival time of the first event of each type per key.
+// eventLog keeps the arrival time of the first event of each type per key,
+// and the server time of each expiry's purge marker.
 type eventLog struct {
-	mu  sync.Mutex
-	at  map[registry.EventType]map[string]time.Time
-	srv map[string]time.Time // server time of the expiry's purge marker
+	mu    sync.Mutex
+	first map[[2]string]time.Time // {type, key}
+	n     map[registry.EventType]int
+	srv   map[string]time.Time
 }
 
 func (l *eventLog) add(ev registry.Event) {
-	now := time.Now()
+	if ev.Kind != subjects.KindWorker {
+		return // the queen's own entry
+	}
+	now, k := time.Now(), [2]string{string(ev.Type), ev.Key}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	m := l.at[ev.Type]
-	if m == nil {
-		m = map[string]time.Time{}
-		l.at[ev.Type] = m
-	}
-	if _, ok := m[ev.Key]; !ok {
-		m[ev.Key] = now
+	if _, ok := l.first[k]; !ok {
+		l.first[k], l.n[ev.Type] = now, l.n[ev.Type]+1
 		if ev.Type == registry.Expired {
 			l.srv[ev.Key] = ev.At
 		}
@@ -92,14 +93,14 @@ func (l *eventLog) add(ev registry.Event) {
 func (l *eventLog) get(t registry.EventType, key string) (time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	v, ok := l.at[t][key]
+	v, ok := l.first[[2]string{string(t), key}]
 	return v, ok
 }
 
 func (l *eventLog) count(t registry.EventType) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.at[t])
+	return l.n[t]
 }
 
 // liveWorker is one simulated worker on its own connection.
@@ -134,7 +135,7 @@ func (lw *liveWorker) beat(header nats.Header) error {
 // no goodbye) and the odd ones leave, one goodbye every 2 ms, closing their
 // connection after it.
 func measureLiveness(n int) (livenessResult, error) {
-	ev := &eventLog{at: map[registry.EventType]map[string]time.Time{}, srv: map[string]time.Time{}}
+	ev := &eventLog{first: map[[2]string]time.Time{}, n: map[registry.EventType]int{}, srv: map[string]time.Time{}}
 	st, err := startStack(func(c *queen.Config) {
 		c.Missed, c.MaxTTL, c.Advisories, c.OnEvent = 3, time.Minute, true, ev.add
 	})

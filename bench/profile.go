@@ -10,14 +10,13 @@ import (
 	"github.com/google/pprof/profile"
 )
 
-// profileResult is the CPU profile of one queen trial, by activity and by
-// function.
+// profileResult is the CPU profile of one queen trial by activity
+// (go tool pprof -top gives the functions).
 type profileResult struct {
 	Path  string  `json:"path"`
 	Beats uint64  `json:"beats"`
 	Rate  float64 `json:"beats_per_s"`
 	Split []share `json:"by_activity"`
-	Top   []share `json:"top_functions_flat"`
 }
 
 // share is the part of the profile's CPU time spent on one activity or function.
@@ -62,20 +61,18 @@ func profileTrial(path string, g *gen, beats uint64) (*profileResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	split, top := classify(p, 15)
-	return &profileResult{Path: path, Beats: beats, Rate: t.Rate, Split: split, Top: top}, nil
+	return &profileResult{Path: path, Beats: beats, Rate: t.Rate, Split: classify(p)}, nil
 }
 
-// classify returns the shares of p's CPU time by activity, and the top
-// functions by flat (leaf) time.
-func classify(p *profile.Profile, top int) (split, flat []share) {
+// classify returns the shares of p's CPU time by activity, largest first.
+func classify(p *profile.Profile) []share {
 	vi := len(p.SampleType) - 1
 	for i, st := range p.SampleType {
 		if st.Type == "cpu" {
 			vi = i
 		}
 	}
-	by, leaf := map[string]int64{}, map[string]int64{}
+	by := map[string]int64{}
 	var total int64
 	for _, s := range p.Sample {
 		v := s.Value[vi]
@@ -86,12 +83,16 @@ func classify(p *profile.Profile, top int) (split, flat []share) {
 				names = append(names, ln.Function.Name)
 			}
 		}
-		if len(names) > 0 {
-			leaf[names[0]] += v
-		}
 		by[activityOf(names)] += v
 	}
-	return shares(by, total, 0), shares(leaf, total, top)
+	var out []share
+	for k, v := range by {
+		out = append(out, share{k, 100 * float64(v) / float64(max(total, 1))})
+	}
+	slices.SortFunc(out, func(a, b share) int {
+		return cmp.Or(cmp.Compare(b.Percent, a.Percent), strings.Compare(a.Name, b.Name))
+	})
+	return out
 }
 
 func activityOf(frames []string) string {
@@ -105,19 +106,4 @@ func activityOf(frames []string) string {
 		}
 	}
 	return "other (runtime, scheduler, syscalls)"
-}
-
-// shares returns m as percentages of total, largest first, at most limit (0: all).
-func shares(m map[string]int64, total int64, limit int) []share {
-	var out []share
-	for k, v := range m {
-		out = append(out, share{k, 100 * float64(v) / float64(max(total, 1))})
-	}
-	slices.SortFunc(out, func(a, b share) int {
-		return cmp.Or(cmp.Compare(b.Percent, a.Percent), strings.Compare(a.Name, b.Name))
-	})
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
-	}
-	return out
 }

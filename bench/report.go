@@ -148,8 +148,8 @@ func ingestSection(p func(string, ...any), res *results) {
 	row("beats coalesced (replaced before written) / writes lost / beats dropped", func(r ingestResult) string {
 		return fmt.Sprintf("%d / %d / %d |", r.Verify.Coalesced, r.Verify.Lost, r.Verify.Dropped)
 	})
-	row("KV values; mirror entries at the last seq; sampled `kv.Get`s at it", func(r ingestResult) string {
-		return fmt.Sprintf("%d; %d; %d of %d |", r.Verify.KVValues, r.Verify.MirrorAtLastSeq, r.Verify.SampledGetsOK, r.Verify.SampledGets)
+	row("KV values; mirror entries at the last seq", func(r ingestResult) string {
+		return fmt.Sprintf("%d; %d |", r.Verify.KVValues, r.Verify.MirrorAtLastSeq)
 	})
 	row("verified", func(r ingestResult) string {
 		if r.Verify.OK {
@@ -165,10 +165,6 @@ func ingestSection(p func(string, ...any), res *results) {
 			p("A sample counts for the first activity with a frame on its stack.\n\n| activity | CPU |\n|---|---|\n")
 			for _, s := range pr.Split {
 				p("| %s | %.1f %% |\n", s.Name, s.Percent)
-			}
-			p("\n| function (flat) | CPU |\n|---|---|\n")
-			for _, s := range pr.Top {
-				p("| `%s` | %.1f %% |\n", s.Name, s.Percent)
 			}
 			p("\n")
 		}
