@@ -54,6 +54,40 @@ func TestAdvisoriesForAnonymousClients(t *testing.T) {
 	}
 }
 
+// A wildcard subscription over every account's DISCONNECT (as a queen that
+// does not know its account makes) gets its own account's through the
+// import, in a queue group too.
+func TestAdvisoriesForWildcardQueueSubscription(t *testing.T) {
+	s := startServer(t, testConfig(t))
+	sub := connect(t, s.ClientURL())
+	got := make(chan ConnAdvisory, 16)
+	if _, err := sub.QueueSubscribe("$SYS.ACCOUNT.*.DISCONNECT", "rbee-queen", func(m *nats.Msg) {
+		if a, err := ParseConnAdvisory(m.Data); err == nil {
+			got <- a
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc := connect(t, s.ClientURL())
+	id := ConnID(nc)
+	nc.Close()
+	var seen []string
+	checkFor(t, 5*time.Second, func() error {
+		select {
+		case a := <-got:
+			if a.ConnID() == id {
+				return nil
+			}
+			seen = append(seen, a.ConnID())
+		default:
+		}
+		return fmt.Errorf("no DISCONNECT for %s; seen %q", id, seen)
+	})
+}
+
 // A client that completes CONNECT and then neither reads nor writes (a frozen
 // process) is dropped by the server's pings and reported disconnected.
 func TestAdvisoryForFrozenClient(t *testing.T) {
