@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/queen"
 )
@@ -86,6 +87,23 @@ func runQueen(e *env, args []string) error {
 		defer srv.Shutdown()
 		f.natsURL = srv.ClientURL()
 		log.Info("embedded broker ready", "url", f.natsURL, "data", ec.StoreDir)
+		if cr := srv.Credentials(); cr != nil {
+			// Beyond loopback the broker requires its generated password.
+			if cr.Generated {
+				fmt.Fprintf(e.stderr, "rbee queen: the embedded broker listens beyond loopback and requires a password now.\n"+
+					"  connect every role with: --nats-url %s\n  (kept in %s; shown only this once)\n", cr.URL(f.natsURL), cr.File)
+			} else {
+				log.Info("embedded broker requires its generated credentials", "file", cr.File)
+			}
+			f.natsURL = cr.URL(f.natsURL)
+		}
+		qc.Repair = func(context.Context) error {
+			again, err := srv.RecoverJetStream()
+			if again {
+				log.Warn("embedded JetStream recovered after a storage failure")
+			}
+			return err
+		}
 	} else if f.cluster != "" || f.routes != "" || f.config != "" {
 		return usagef("--cluster, --routes and --config configure the embedded broker; they do not go with --nats-url")
 	}
@@ -101,6 +119,22 @@ func runQueen(e *env, args []string) error {
 	}
 	if err := q.Start(e.ctx); err != nil {
 		return err
+	}
+	if qc.Advisories {
+		go func() {
+			// A server without the advisory import leaves crash detection to the TTL: say so once.
+			ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+			defer cancel()
+			acc, err := embedded.ClientAccount(ctx, nc)
+			if err == nil {
+				err = embedded.AdvisoriesReachable(ctx, nc, acc, func() (*nats.Conn, error) {
+					return f.connect("rbee-queen-probe", log)
+				})
+			}
+			if err != nil && e.ctx.Err() == nil {
+				log.Warn("no connection advisories from the server: crash detection falls back to the TTL", "err", err)
+			}
+		}()
 	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
