@@ -1,0 +1,85 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/subjects"
+)
+
+// StreamConfig bounds the event stream.
+type StreamConfig struct {
+	// MaxAge is how long an event is kept.
+	MaxAge time.Duration
+	// MaxBytes is the most the stream stores; the oldest events go first.
+	MaxBytes int64
+	// Duplicates is the window within which a second event with the same
+	// Nats-Msg-Id is dropped by the server. It is shortened to MaxAge when longer.
+	Duplicates time.Duration
+	// Replicas is the number of stream replicas (1, or 3 in a cluster of three).
+	Replicas int
+	// Storage is where the stream keeps its events.
+	Storage jetstream.StorageType
+}
+
+// DefaultStreamConfig returns a week of history, at most 1 GiB, on file.
+func DefaultStreamConfig() StreamConfig {
+	return StreamConfig{
+		MaxAge:     7 * 24 * time.Hour,
+		MaxBytes:   1 << 30,         // 1 GiB
+		Duplicates: 2 * time.Minute, // the JetStream default
+		Replicas:   1,
+		Storage:    jetstream.FileStorage,
+	}
+}
+
+// Validate returns an error wrapping ErrInvalidConfig if c cannot work.
+func (c StreamConfig) Validate() error {
+	switch {
+	case c.MaxAge < time.Second:
+		return fmt.Errorf("%w: event max age %s is below 1s", ErrInvalidConfig, c.MaxAge)
+	case c.MaxBytes < 1<<10:
+		return fmt.Errorf("%w: event max bytes %d is below 1 KiB", ErrInvalidConfig, c.MaxBytes)
+	case c.Duplicates < 0:
+		return fmt.Errorf("%w: negative duplicates window %s", ErrInvalidConfig, c.Duplicates)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("%w: event stream replicas %d, want 1 to 5", ErrInvalidConfig, c.Replicas)
+	}
+	return nil
+}
+
+// jetStreamConfig returns the stream definition for scheme s.
+func (c StreamConfig) jetStreamConfig(s subjects.Scheme) jetstream.StreamConfig {
+	dup := c.Duplicates
+	if dup == 0 || dup > c.MaxAge {
+		dup = min(2*time.Minute, c.MaxAge)
+	}
+	return jetstream.StreamConfig{
+		Name:        s.EventsStream(),
+		Description: "rbee registry events",
+		Subjects:    []string{s.AllEvents()},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      c.MaxAge,
+		MaxBytes:    c.MaxBytes,
+		Duplicates:  dup,
+		Replicas:    c.Replicas,
+		Storage:     c.Storage,
+	}
+}
+
+// EnsureStream creates the event stream of scheme s, or updates its limits
+// if it exists, and returns it. It returns an error wrapping
+// ErrInvalidConfig for a bad c, or the JetStream API error.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, s subjects.Scheme, c StreamConfig) (jetstream.Stream, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := js.CreateOrUpdateStream(ctx, c.jetStreamConfig(s))
+	if err != nil {
+		return nil, fmt.Errorf("event stream %s: %w", s.EventsStream(), err)
+	}
+	return st, nil
+}
