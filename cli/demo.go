@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/rbee/heartbeat/embedded"
@@ -70,7 +73,9 @@ func runDemo(e *env, args []string) error {
 		defer srv.Shutdown()
 		url = srv.ClientURL()
 	}
-	out := e.stdout
+	// The queen's events are printed from its watcher's goroutine: one
+	// lock keeps them from tearing the demo's own lines and tables.
+	out := &syncWriter{w: e.stdout}
 	where := "embedded broker " + url
 	if external {
 		where = "existing server " + url
@@ -174,7 +179,9 @@ func runDemo(e *env, args []string) error {
 	}
 	table := func(title string) {
 		fmt.Fprintf(out, "\n--- %s ---\n", title)
-		printStatus(out, q.Registry().Workers(), q.Registry().Hives(), time.Now())
+		var b bytes.Buffer
+		printStatus(&b, q.Registry().Workers(), q.Registry().Hives(), time.Now())
+		_, _ = out.Write(b.Bytes())
 		fmt.Fprintln(out)
 	}
 	step := func(msg string) { fmt.Fprintf(out, "\n>>> %s\n", msg) }
@@ -240,4 +247,16 @@ func hasWorker(q *queen.Queen, hiveID, workerID string) bool {
 		}
 	}
 	return false
+}
+
+// syncWriter serialises writes to w; each Write reaches w whole.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
