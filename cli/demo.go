@@ -38,8 +38,8 @@ func runDemo(e *env, args []string) error {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if *missed < 1 || *interval < 100*time.Millisecond {
-		return usagef("--missed must be at least 1 and --interval at least 100ms")
+	if *missed < 2 || *missed > 100 || *interval < 100*time.Millisecond || *interval > time.Minute {
+		return usagef("--missed must be 2 to 100 and --interval 100ms to 1m")
 	}
 	external := c.natsURL != ""
 	if external && set["listen"] {
@@ -51,7 +51,11 @@ func runDemo(e *env, args []string) error {
 	if external && !set["prefix"] {
 		c.prefix = demoPrefix
 	}
-	ttl := time.Duration(*missed) * *interval
+	// Each registry write's TTL is missed × interval in whole seconds, rounded up.
+	ttl := (time.Duration(*missed) * *interval).Round(0)
+	if r := ttl % time.Second; r != 0 {
+		ttl += time.Second - r
+	}
 	log := c.logger(e)
 
 	url := c.natsURL
@@ -91,7 +95,7 @@ func runDemo(e *env, args []string) error {
 	}
 	events := make(chan registry.Event, 256)
 	qc := queen.DefaultConfig()
-	qc.Prefix, qc.WorkerTTL, qc.HiveTTL, qc.Logger = c.prefix, ttl, ttl, log
+	qc.Prefix, qc.Missed, qc.Version, qc.Logger = c.prefix, *missed, Version, log
 	qc.OnEvent = func(ev registry.Event) {
 		fmt.Fprintln(out, formatEvent(ev))
 		events <- ev

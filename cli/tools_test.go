@@ -387,12 +387,12 @@ func historySystem(t *testing.T) (string, *queen.Queen) {
 	}
 	t.Cleanup(func() { p.Stop(context.Background()) })
 	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL, qc.OnEvent = 2*time.Second, 2*time.Second, p.OnEvent
+	qc.OnEvent = p.OnEvent
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })

@@ -474,3 +474,22 @@ func TestPublisherDropsWhenFull(t *testing.T) {
 		t.Fatalf("stats %+v, want 3 dropped", s)
 	}
 }
+
+// TestPublisherSkipsQueenEventsAndRefreshes keeps the history to workers
+// and hives, and to changes.
+func TestPublisherSkipsQueenEventsAndRefreshes(t *testing.T) {
+	srv := testutil.Server(t)
+	c := events.DefaultConfig("q")
+	c.Buffer = 1
+	p, err := events.NewPublisher(jsOn(t, srv.ClientURL()), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.OnEvent(registry.Event{Type: registry.Joined, Kind: subjects.KindQueen, Key: "q1", QueenID: "q1"})
+	p.OnEvent(workerEvent(registry.Refreshed, "h1", "w1", 2))
+	p.OnEvent(workerEvent(registry.Joined, "h1", "w1", 3))
+	p.OnEvent(workerEvent(registry.Left, "h1", "w1", 4))
+	if s := p.Stats(); s.Dropped != 1 {
+		t.Fatalf("stats %+v: want only the second worker event refused by the full buffer", s)
+	}
+}

@@ -152,7 +152,12 @@ func (p *Publisher) Stop(ctx context.Context) {
 
 // OnEvent hands ev over for publishing without blocking: when the buffer is
 // full, ev is dropped, counted and logged. It fits queen.Config.OnEvent.
+// Events of the queen registry and refreshes are not history: they are
+// left out (Publishes reports which are kept).
 func (p *Publisher) OnEvent(ev registry.Event) {
+	if !Publishes(ev) {
+		return
+	}
 	select {
 	case p.q <- ev:
 	default:
@@ -224,6 +229,12 @@ func (p *Publisher) publish(ctx context.Context, ev registry.Event) {
 		case <-time.After(p.cfg.RetryWait):
 		}
 	}
+}
+
+// Publishes reports whether ev belongs in the event history: a worker or
+// hive event other than a refresh (the next beat, no change).
+func Publishes(ev registry.Event) bool {
+	return (ev.Kind == subjects.KindWorker || ev.Kind == subjects.KindHive) && ev.Type != registry.Refreshed
 }
 
 // MsgID returns the Nats-Msg-Id of ev: its kind, key, KV revision and event

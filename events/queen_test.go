@@ -37,15 +37,12 @@ func startHistoryQueen(t *testing.T, url, id string) *historyQueen {
 	ensure(t, js, events.DefaultStreamConfig())
 	p := startPublisher(t, js, id)
 	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL = 2*time.Second, 2*time.Second
 	qc.Logger, qc.OnEvent = testutil.Logger(t), p.OnEvent
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	h := &historyQueen{q, p}

@@ -43,13 +43,13 @@ func startHistoryQueen(t *testing.T, url string, ttl time.Duration) *queen.Queen
 	}
 	t.Cleanup(func() { p.Stop(context.Background()) })
 	cfg := queen.DefaultConfig()
-	cfg.WorkerTTL, cfg.HiveTTL = ttl, ttl
+	cfg.Missed = missedOf(ttl)
 	cfg.Logger, cfg.OnEvent = testutil.Logger(t), p.OnEvent
 	q, err := queen.New(nc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })
