@@ -123,6 +123,7 @@ func TestClusterFailover(t *testing.T) {
 
 	qc := queen.DefaultConfig()
 	qc.Replicas = 3
+	qc.Missed = int(ttl / interval) // entries live 15 s
 	q, ev := startQueenConfig(t, urls, qc)
 
 	hc := hive.DefaultConfig("hive-1")

@@ -27,7 +27,13 @@ type advisory struct {
 	Client struct {
 		ID uint64 `json:"id"`
 	} `json:"client"`
+	Reason string `json:"reason"`
 }
+
+// serverShutdown is the reason a server gives for the connections it closes
+// as it shuts down: its clients reconnect to another server and beat at
+// once, so they are not marked.
+const serverShutdown = "Server Shutdown"
 
 // ConnID returns the connection identity a beat carries in conn:
 // "<server_id>/<client_id>", as the server's advisories name it.
@@ -48,7 +54,7 @@ func (q *Queen) subscribeAdvisories() error {
 
 func (q *Queen) onDisconnect(msg *nats.Msg) {
 	var a advisory
-	if err := json.Unmarshal(msg.Data, &a); err != nil || a.Server.ID == "" {
+	if err := json.Unmarshal(msg.Data, &a); err != nil || a.Server.ID == "" || a.Reason == serverShutdown {
 		return
 	}
 	conn := a.Server.ID + "/" + strconv.FormatUint(a.Client.ID, 10)
