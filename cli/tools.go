@@ -17,7 +17,6 @@ import (
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 func runDecode(e *env, args []string) error {
@@ -258,28 +257,13 @@ func readQueens(ctx context.Context, js jetstream.JetStream, s subjects.Scheme) 
 		if err != nil {
 			continue // expired between list and get
 		}
-		q, err := decodeQueen(e.Value())
+		q, err := wire.DecodeQueenEntry(e.Value())
 		if err != nil {
 			continue
 		}
 		out = append(out, q)
 	}
 	return out, nil
-}
-
-func decodeQueen(data []byte) (*wire.QueenEntry, error) {
-	v, err := wire.DecodeAny(data) // refuses malformed msgpack before the typed decode sizes anything
-	if err != nil {
-		return nil, err
-	}
-	if _, ok := v.(map[string]any); !ok {
-		return nil, fmt.Errorf("queen entry is not a map")
-	}
-	var q wire.QueenEntry
-	if err := msgpack.Unmarshal(data, &q); err != nil {
-		return nil, err
-	}
-	return &q, nil
 }
 
 func runWatch(e *env, args []string) error {

@@ -18,7 +18,6 @@ import (
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/rbee/heartbeat/worker"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // waitFor polls check until it returns nil or timeout passes, then fails
@@ -94,25 +93,13 @@ func registryJS(t *testing.T, url string) (js jetstream.JetStream, workers, hive
 
 func put(t *testing.T, kv jetstream.KeyValue, key string, v any) {
 	t.Helper()
-	// The reflection encoder writes every key the types hold.
-	b, err := msgpack.Marshal(v)
+	b, err := wire.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := kv.Put(context.Background(), key, b); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// codecReadsNewKeys reports whether wire's decoders read the keys added
-// this round (liveness, xid); the hand-written fast path skipped them until
-// the generated codec replaced it. Assertions on them wait for it.
-func codecReadsNewKeys() bool {
-	w := &wire.WorkerEntry{}
-	w.V, w.Liveness = 1, wire.LivenessStalled
-	b, _ := msgpack.Marshal(w)
-	got, err := wire.DecodeWorkerEntry(b)
-	return err == nil && got.Liveness == wire.LivenessStalled
 }
 
 func workerEntry(hive, id, model string, st wire.Status) *wire.WorkerEntry {
@@ -254,11 +241,7 @@ func TestStatusEightGPUs(t *testing.T) {
 	if gpuLines != 8 {
 		t.Errorf("%d gpu lines, want 8:\n%s", gpuLines, out)
 	}
-	want := []string{"gpu 3 hot", "thermal slowdown", "kv cache 97% full", "LIVENESS"}
-	if codecReadsNewKeys() {
-		want = append(want, "xid 79", "recovery node_reboot")
-	}
-	for _, want := range want {
+	for _, want := range []string{"gpu 3 hot", "thermal slowdown", "kv cache 97% full", "LIVENESS", "xid 79", "recovery node_reboot"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q", want)
 		}
@@ -306,7 +289,7 @@ func TestStatusLivenessAndQueens(t *testing.T) {
 		t.Fatalf("no row %s:\n%s", id, out)
 		return ""
 	}
-	if !strings.Contains(row("alive"), " alive ") || (codecReadsNewKeys() && !strings.Contains(row("gone"), " disconnected ")) {
+	if !strings.Contains(row("alive"), " alive ") || !strings.Contains(row("gone"), " disconnected ") {
 		t.Fatalf("liveness column:\n%s", out)
 	}
 	if r := row("queen-1"); !strings.Contains(r, "degraded") || !strings.Contains(r, "store slow") || !strings.Contains(r, "17") {
@@ -541,11 +524,6 @@ func TestCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if strings.Contains(tt.want, "stalled") || strings.Contains(tt.want, "disconnected") {
-				if !codecReadsNewKeys() {
-					t.Skip("wire's decoder does not read liveness yet")
-				}
-			}
 			args := append([]string{"check", "--nats-url", url}, tt.args...)
 			code, out, stderr := run(t, context.Background(), "", args...)
 			text := out + stderr

@@ -1,7 +1,6 @@
 package events
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Query says which events Read delivers.
@@ -161,26 +159,15 @@ func record(m jetstream.Msg) Record {
 	return r
 }
 
-// Decode returns the event in data, or an error wrapping ErrUndecodable.
+// Decode returns the event in data, or an error wrapping ErrUndecodable
+// (and wire's reason: ErrOversize, ErrUndecodable, ErrBadType,
+// ErrUnknownSchema or ErrInvalid).
 func Decode(data []byte) (*wire.Event, error) {
-	if len(data) == 0 || len(data) > wire.MaxPayload {
-		return nil, fmt.Errorf("%w: %d bytes", ErrUndecodable, len(data))
-	}
-	// Checked as a generic value first: it refuses malformed msgpack and
-	// declared lengths beyond the data before anything is sized from them.
-	v, err := wire.DecodeAny(data)
+	ev, err := wire.DecodeEvent(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUndecodable, err)
 	}
-	if _, ok := v.(map[string]any); !ok {
-		return nil, fmt.Errorf("%w: not a msgpack map", ErrUndecodable)
-	}
-	var ev wire.Event
-	d := msgpack.NewDecoder(bytes.NewReader(data))
-	if err := d.Decode(&ev); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
-	}
-	return &ev, nil
+	return ev, nil
 }
 
 // causeOr returns ctx's cause when ctx has ended with one (e.g. a
