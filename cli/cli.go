@@ -311,10 +311,6 @@ func (c *common) connConfig(name string, log *slog.Logger) natsconn.Config {
 	return cfg
 }
 
-func (c *common) connect(name string, log *slog.Logger) (*nats.Conn, error) {
-	return dial(c.connConfig(name, log))
-}
-
 func dial(cfg natsconn.Config) (*nats.Conn, error) {
 	nc, err := natsconn.Connect(cfg)
 	if err != nil {
