@@ -201,6 +201,15 @@ func formatEvent(ev registry.Event) string {
 		if ev.Previous != "" {
 			s += " (was " + ev.Previous + ")"
 		}
+	case ev.Queen != nil:
+		q := ev.Queen
+		s += fmt.Sprintf("  state=%s backlog=%d entries=%d version=%s", q.State, q.Backlog, q.Entries, q.Version)
+		if q.Reason != "" {
+			s += fmt.Sprintf(" reason=%q", q.Reason)
+		}
+		if ev.Previous != "" {
+			s += " (was " + ev.Previous + ")"
+		}
 	case ev.Hive != nil:
 		h := ev.Hive
 		s += fmt.Sprintf("  health=%s liveness=%s gpus=%d workers=%d cpu=%.1f%% ram=%s/%sGiB",

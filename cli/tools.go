@@ -386,7 +386,7 @@ func (c *common) printHistory(e *env, t *tool, q events.Query, asJSON bool) erro
 		return err
 	})
 	if errors.Is(err, events.ErrNoHistory) {
-		return fmt.Errorf("no event history at %s (the queen keeps it in stream %s): %w", c.natsURL, c.scheme().EventsStream(), err)
+		return fmt.Errorf("no event history at %s: stream %s does not exist (a queen that keeps the history creates it)", c.natsURL, c.scheme().EventsStream())
 	}
 	if err != nil {
 		return t.errf(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/rbee/heartbeat/events"
 	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/queen"
+	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/rbee/heartbeat/worker"
@@ -660,5 +661,19 @@ func TestWrongIdentity(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+func TestFormatQueenEvent(t *testing.T) {
+	q := &wire.QueenEntry{}
+	q.QueenID, q.State, q.Reason, q.Entries = "q1", wire.QueenDisrupted, "30% expired\x1b[2J", 12
+	line := formatEvent(registry.Event{Type: registry.Updated, Kind: "queen", Key: "q1", QueenID: "q1", At: time.Now(), Queen: q, Previous: "ok"})
+	for _, want := range []string{"updated", "queen", "q1", "state=disrupted", "entries=12", "(was ok)", `\x1b[2J`} {
+		if !strings.Contains(line, want) {
+			t.Fatalf("%q lacks %q", line, want)
+		}
+	}
+	if err := unsafeBytes(line); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -493,3 +493,26 @@ func TestPublisherSkipsQueenEventsAndRefreshes(t *testing.T) {
 		t.Fatalf("stats %+v: want only the second worker event refused by the full buffer", s)
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"1GiB", 1 << 30, true}, {"512MiB", 512 << 20, true}, {"4KiB", 4096, true}, {"2TiB", 2 << 40, true},
+		{"500MB", 500e6, true}, {"1GB", 1e9, true}, {"1048576", 1 << 20, true}, {"10B", 10, true}, {" 3 GiB ", 3 << 30, true},
+		{"", 0, false}, {"1.5GiB", 0, false}, {"-1GiB", 0, false}, {"lots", 0, false}, {"1PiB", 0, false}, {"99999999999TiB", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := events.ParseSize(tt.in)
+			if tt.ok && (err != nil || got != tt.want) {
+				t.Fatalf("ParseSize(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
+			}
+			if !tt.ok && !errors.Is(err, events.ErrInvalidConfig) {
+				t.Fatalf("ParseSize(%q) = %d, %v; want ErrInvalidConfig", tt.in, got, err)
+			}
+		})
+	}
+}

@@ -3,6 +3,9 @@ package events
 import (
 	"context"
 	"fmt"
+	"math"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -82,4 +85,30 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, s subjects.Scheme
 		return nil, fmt.Errorf("event stream %s: %w", s.EventsStream(), err)
 	}
 	return st, nil
+}
+
+// ParseSize reads a byte size for a flag such as --events-max-bytes: a
+// whole number with an optional unit, B, KiB, MiB, GiB, TiB (powers of
+// 1024) or KB, MB, GB, TB (powers of 1000), e.g. "1GiB" or "500MB". It
+// returns an error wrapping ErrInvalidConfig for anything else.
+func ParseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
+	}
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || (n > 0 && mult > math.MaxInt64/n) {
+		return 0, fmt.Errorf("%w: size %q: want a whole number and a unit such as 1GiB or 500MB", ErrInvalidConfig, s)
+	}
+	return n * mult, nil
 }
