@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rbee/heartbeat/events"
 	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/lifecycle"
@@ -514,5 +515,33 @@ func TestParseSize(t *testing.T) {
 				t.Fatalf("ParseSize(%q) = %d, %v; want ErrInvalidConfig", tt.in, got, err)
 			}
 		})
+	}
+}
+
+func TestCollector(t *testing.T) {
+	srv := testutil.Server(t)
+	js := jsOn(t, srv.ClientURL())
+	ensure(t, js, events.DefaultStreamConfig())
+	p := startPublisher(t, js, "q")
+	p.OnEvent(hiveEvent(registry.Joined, "h1", 1))
+	p.OnEvent(hiveEvent(registry.Joined, "h1", 1))
+	waitFor(t, 10*time.Second, func() error {
+		if s := p.Stats(); s.Published != 1 || s.Duplicates != 1 {
+			return fmt.Errorf("%+v", s)
+		}
+		return nil
+	})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(p.Collector())
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, m := range fams[0].GetMetric() {
+		got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+	}
+	if fams[0].GetName() != "rbee_events_total" || got["published"] != 1 || got["duplicate"] != 1 || got["dropped"] != 0 || got["failed"] != 0 {
+		t.Fatalf("%s %v", fams[0].GetName(), got)
 	}
 }
