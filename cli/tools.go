@@ -225,7 +225,11 @@ func runStatus(e *env, args []string) error {
 	}
 	queens, qerr := readQueens(ctx, t.js, c.scheme())
 	if qerr != nil && !errors.Is(qerr, jetstream.ErrBucketNotFound) {
-		return t.errf(qerr)
+		if err := t.errf(nil); err != nil {
+			return err // a permissions violation
+		}
+		// The registry is what status is for: the queens' own state is extra.
+		fmt.Fprintf(e.stderr, "rbee status: queens not shown: %s\n", termSafe(oneLine(qerr.Error())))
 	}
 	workers, hives = f.apply(workers, hives)
 	if *asJSON {
