@@ -2,6 +2,7 @@
 # Installs what the tests need beyond Go modules, idempotently:
 #   - the nats CLI, pinned, into ./.bin
 #   - the Node.js example subscriber's packages, from its lockfile
+#   - libnats-dev and libmsgpack-dev for the C example (apt-get, as root)
 # Each step is skipped when what it installs is already there and current.
 # Prints one line per step; a failing step prints its log and exits non-zero.
 set -euo pipefail
@@ -42,6 +43,28 @@ else
 	mkdir -p .bin
 	run "nats cli" env GOFLAGS= GOBIN="$root/.bin" go install "$natscli_module@v$natscli_version"
 	echo "nats cli: installed v$natscli_version into .bin"
+fi
+
+# The C example's libraries (integration TestCSubscriber): Debian's nats.c
+# and msgpack-c, installed with apt-get as root when pkg-config lacks them
+# (apt-get update only if the first try fails).
+if command -v pkg-config >/dev/null && pkg-config --exists libnats msgpack; then
+	echo "c-subscriber: libnats $(pkg-config --modversion libnats) and msgpack $(pkg-config --modversion msgpack) already installed"
+else
+	if ! command -v apt-get >/dev/null; then
+		echo "c-subscriber: libnats and msgpack-c not found, and no apt-get to install them: install nats.c and msgpack-c with their pkg-config files" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "c-subscriber: libnats-dev and libmsgpack-dev missing; installing them needs root: run 'apt-get install -y libnats-dev libmsgpack-dev pkg-config' as root, or this script as root" >&2
+		exit 1
+	fi
+	c_pkgs="libnats-dev libmsgpack-dev pkg-config gcc libc6-dev"
+	if ! env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $c_pkgs </dev/null >"$log" 2>&1; then
+		run "c-subscriber" env DEBIAN_FRONTEND=noninteractive apt-get update
+		run "c-subscriber" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $c_pkgs
+	fi
+	echo "c-subscriber: installed libnats $(pkg-config --modversion libnats) and msgpack $(pkg-config --modversion msgpack)"
 fi
 
 # The Node.js subscriber's packages. npm ci removes node_modules first, so the
