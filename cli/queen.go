@@ -13,7 +13,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/embedded"
+	"github.com/rbee/heartbeat/events"
+	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/queen"
 )
 
@@ -33,6 +36,8 @@ type queenFlags struct {
 	routes      string
 	serverName  string
 	config      string
+	evMaxAge    time.Duration
+	evMaxBytes  string
 }
 
 func runQueen(e *env, args []string) error {
@@ -53,10 +58,21 @@ func runQueen(e *env, args []string) error {
 	fs.StringVar(&f.routes, "routes", "", "comma-separated cluster URLs of the other members, e.g. nats-route://127.0.0.1:6223")
 	fs.StringVar(&f.serverName, "server-name", "", "embedded broker's name (distinct per cluster member; default from the host and port)")
 	fs.StringVar(&f.config, "config", "", "nats-server configuration file for the embedded broker (authorization, TLS)")
+	fs.DurationVar(&f.evMaxAge, "events-max-age", 7*24*time.Hour, "how long the event history (stream rbee_events) keeps an event")
+	fs.StringVar(&f.evMaxBytes, "events-max-bytes", "1GiB", "the most the event history may store, e.g. 512MiB or 1GiB")
 	if err := f.parse(fs, args); err != nil {
 		return err
 	}
 	log := f.logger(e)
+	sc := events.DefaultStreamConfig()
+	sc.MaxAge, sc.Replicas = f.evMaxAge, f.replicas
+	var err error
+	if sc.MaxBytes, err = events.ParseSize(f.evMaxBytes); err != nil {
+		return usagef("--events-max-bytes %q: %v", f.evMaxBytes, err)
+	}
+	if err := sc.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
 	qc := queen.DefaultConfig()
 	qc.Prefix, qc.Missed, qc.MaxTTL, qc.StallAfter, qc.Replicas, qc.Logger = f.prefix, f.missed, f.maxTTL, f.stallAfter, f.replicas, log
 	qc.DisruptionShare, qc.Version = f.disruption, Version
@@ -113,12 +129,36 @@ func runQueen(e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	// Every registry event also goes to the event history; the publisher
+	// never blocks the queen (what it must shed is counted and logged).
+	pc := events.DefaultConfig(qc.QueenID)
+	pc.Scheme, pc.Logger = f.scheme(), log
+	evp, err := events.NewPublisher(js, pc)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if err := evp.Start(e.ctx); err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		evp.Stop(ctx)
+	}()
+	qc.OnEvent = evp.OnEvent
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		return usageError{err.Error()}
 	}
 	if err := q.Start(e.ctx); err != nil {
 		return err
+	}
+	if _, err := events.EnsureStream(e.ctx, js, f.scheme(), sc); err != nil {
+		return fmt.Errorf("event history: %w", err)
 	}
 	if qc.Advisories {
 		go func() {
@@ -128,7 +168,7 @@ func runQueen(e *env, args []string) error {
 			acc, err := embedded.ClientAccount(ctx, nc)
 			if err == nil {
 				err = embedded.AdvisoriesReachable(ctx, nc, acc, func() (*nats.Conn, error) {
-					return f.connect("rbee-queen-probe", log)
+					return natsconn.Connect(f.connConfig("rbee-queen-probe", log))
 				})
 			}
 			if err != nil && e.ctx.Err() == nil {
