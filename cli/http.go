@@ -136,10 +136,10 @@ func (a *httpAPI) serveHealth(w http.ResponseWriter, r *http.Request) {
 	if err := a.health(r.Context()); err != nil {
 		// One line, so that a probe's log shows the whole reason.
 		reason := strings.Join(strings.Fields(err.Error()), " ")
-		writeJSONStatus(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": reason})
+		writeLine(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": reason})
 		return
 	}
-	writeJSON(w, map[string]string{"status": "ok"})
+	writeLine(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
 // filter is a parsed set of query filters: each key holds the values any of
@@ -279,19 +279,25 @@ func (a *httpAPI) serveHive(w http.ResponseWriter, r *http.Request) {
 	writeError(w, http.StatusNotFound, "hive "+id+" not in the registry")
 }
 
+// writeError answers {"error": msg} on one line.
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSONStatus(w, status, map[string]string{"error": msg})
+	writeLine(w, status, map[string]string{"error": msg})
 }
 
-func writeJSON(w http.ResponseWriter, v any) { writeJSONStatus(w, http.StatusOK, v) }
+// writeJSON answers 200 with v, indented for reading.
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
 
-func writeJSONStatus(w http.ResponseWriter, status int, v any) {
+// writeLine answers status with v as one line of JSON.
+func writeLine(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
-	if status == http.StatusOK {
-		enc.SetIndent("", "  ")
-	}
+	enc.SetEscapeHTML(false)
 	_ = enc.Encode(v)
 }
 
