@@ -192,7 +192,7 @@
       h.host_temperature_c !== undefined ? el("span", { text: "host " + num(h.host_temperature_c, " °C") }) : null,
       el("span", { text: (h.workers || []).length + " workers" }),
       el("span", { class: "beat", "data-ms": String(h.received_at_ms || 0), text: "beat " + ago(h.received_at_ms) + " ago" }));
-    const card = el("article", { class: "hive " + cls(live), "data-hive": h.hive_id }, head, stats);
+    const card = el("article", { class: "hive", "data-hive": h.hive_id, "data-liveness": live }, head, stats);
     const gpus = h.gpus || [];
     if (gpus.length === 0) card.append(el("div", { class: "reason", text: "no GPU data" }));
     for (const g of gpus) card.append(gpuView(g));
@@ -230,7 +230,8 @@
   function fillRow(tr, w) {
     const c = tr.children;
     const live = liveness(w);
-    tr.className = cls(live) + " " + cls(w.status);
+    tr.dataset.liveness = live;
+    tr.dataset.status = w.status || "";
     setCell(c[0], workerKey(w));
     setCell(c[1], w.status || "?", w.status);
     setCell(c[2], live, live);
@@ -280,12 +281,13 @@
   function eventView(e) {
     const t = new Date(e.at_ms);
     const details = [];
-    if (e.previous && e.status) details.push(e.previous + " → " + e.status);
-    else if (e.previous && e.health) details.push(e.previous + " → " + e.health);
+    const cur = e.kind === "worker" ? e.status : e.health;
+    if (e.previous && cur && e.previous !== cur) details.push(e.previous + " → " + cur);
     else if (e.status) details.push(e.status);
     if (e.liveness && e.liveness !== "alive") details.push(e.liveness);
     if (e.model_id) details.push(e.model_id);
-    if (e.health && e.health !== "healthy") details.push(e.health + (e.health_reason ? ": " + e.health_reason : ""));
+    if (e.kind === "worker" && e.health && e.health !== "healthy") details.push(e.health);
+    if (e.health_reason) details.push(e.health_reason);
     return el("li", { "data-event": e.event, "data-key": e.key },
       el("time", { datetime: t.toISOString(), text: t.toLocaleTimeString() }),
       el("span", { class: "badge ev-" + cls(e.event), text: e.event }),
