@@ -77,9 +77,11 @@ type page struct {
 		VRAM     string `json:"vram"`
 	} `json:"rows"`
 	Hives []struct {
-		ID   string   `json:"id"`
-		GPUs []string `json:"gpus"` // each GPU's VRAM label
+		ID     string   `json:"id"`
+		GPUs   []string `json:"gpus"`   // each GPU's VRAM label
+		Badges []string `json:"badges"` // health, XID, recovery
 	} `json:"hives"`
+	Queens []string `json:"queens"`
 	Events []string `json:"events"` // "<event> <key>", newest first
 }
 
@@ -97,7 +99,9 @@ const readPage = `JSON.stringify({
   })),
   hives: [...document.querySelectorAll("#hives .hive")].map((h) => ({
     id: h.dataset.hive, gpus: [...h.querySelectorAll(".vram")].map((x) => x.textContent),
+    badges: [...h.querySelectorAll(".badge")].map((x) => x.textContent),
   })),
+  queens: [...document.querySelectorAll("#queens .queen")].map((x) => x.textContent),
   events: [...document.querySelectorAll("#events li")].map((li) => li.dataset.event + " " + li.dataset.key),
 })`
 
@@ -288,7 +292,7 @@ func fleetWorker(t *testing.T, url, hiveID, id, model, device string, busy int) 
 func TestBrowserLiveView(t *testing.T) {
 	chromium := requireChromium(t)
 	out := testOutDir(t)
-	s := startHTTPSystem(t, 2*time.Second)
+	s := startHTTPSystem(t) // 200 ms beats: a TTL of 1 s
 	url := s.srv.ClientURL()
 
 	xid := 79
@@ -329,6 +333,14 @@ func TestBrowserLiveView(t *testing.T) {
 		}
 		if p.Hives[0].GPUs[0] != "71.0 GiB / 80.0 GiB · 9.0 GiB free" {
 			return fmt.Errorf("first GPU's VRAM label %q", p.Hives[0].GPUs[0])
+		}
+		for _, want := range []string{"degraded", "XID 79", "recovery: node_reboot"} {
+			if !slices.Contains(p.Hives[0].Badges, want) {
+				return fmt.Errorf("gpu-node-1 badges %q lack %q", p.Hives[0].Badges, want)
+			}
+		}
+		if want := "queen " + s.q.ID() + ": ok"; !slices.Contains(p.Queens, want) {
+			return fmt.Errorf("queens %q lack %q", p.Queens, want)
 		}
 		for _, r := range p.Rows {
 			if r.Key == "gpu-node-2.odd-name" && (r.Model != markup || r.Markup != 0) {
@@ -386,6 +398,12 @@ func TestBrowserLiveView(t *testing.T) {
 		b.waitPage(30*time.Second, func(p page) error {
 			if _, l, _, ok := p.row(victim); !ok || l != "disconnected" {
 				return fmt.Errorf("%s: liveness %q (present %v), want disconnected", victim, l, ok)
+			}
+			return nil
+		})
+		b.waitPage(10*time.Second, func(p page) error {
+			if !slices.Contains(p.Events, "disconnected "+victim) {
+				return fmt.Errorf("no disconnected event for %s in %v", victim, p.Events)
 			}
 			return nil
 		})

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rbee/heartbeat/queen"
+	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/web"
 	"github.com/rbee/heartbeat/wire"
@@ -43,13 +44,20 @@ import (
 type registrySource interface {
 	Workers() []*wire.WorkerEntry
 	Hives() []*wire.HiveEntry
+	Worker(key string) (*wire.WorkerEntry, uint64, bool)
+	Hive(key string) (*wire.HiveEntry, uint64, bool)
 }
 
-// healthReporter is a queen that judges its own health: nil when it is fine,
-// else the reason. Used when the queen has it.
+// healthReporter judges the queen's own health: nil when it is ok, else the
+// reason (overloaded, store failing, registry disrupted, stopped).
 type healthReporter interface {
 	Health() error
 }
+
+var (
+	_ registrySource = (*registry.Watcher)(nil)
+	_ healthReporter = (*queen.Queen)(nil)
+)
 
 // healthTimeout bounds the JetStream call behind /healthz.
 const healthTimeout = 2 * time.Second
@@ -57,6 +65,7 @@ const healthTimeout = 2 * time.Second
 // httpAPI holds what the handlers need.
 type httpAPI struct {
 	q    *queen.Queen
+	self healthReporter      // the queen
 	nc   *nats.Conn          // nil: no broker check
 	js   jetstream.JetStream // nil with nc
 	view *web.View           // nil: the page runs without live updates
@@ -73,7 +82,7 @@ func (a *httpAPI) source() registrySource {
 // newHTTPHandler serves the API for q without a broker connection: no live
 // web view and no broker check in /healthz.
 func newHTTPHandler(q *queen.Queen) http.Handler {
-	return (&httpAPI{q: q}).handler()
+	return (&httpAPI{q: q, self: q}).handler()
 }
 
 func (a *httpAPI) handler() http.Handler {
@@ -113,12 +122,7 @@ func (a *httpAPI) health(ctx context.Context) error {
 			return err
 		}
 	}
-	if hr, ok := any(a.q).(healthReporter); ok {
-		if err := hr.Health(); err != nil {
-			return fmt.Errorf("queen: %w", err)
-		}
-	}
-	return nil
+	return a.self.Health()
 }
 
 // jetStreamHealth asks the server for the account's JetStream information,
@@ -230,11 +234,9 @@ func (a *httpAPI) serveWorker(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "registry not loaded")
 		return
 	}
-	for _, e := range src.Workers() {
-		if e.HiveID == hive && e.WorkerID == id {
-			writeJSON(w, e)
-			return
-		}
+	if e, _, ok := src.Worker(subjects.WorkerKey(hive, id)); ok {
+		writeJSON(w, e)
+		return
 	}
 	writeError(w, http.StatusNotFound, "worker "+key+" not in the registry")
 }
@@ -270,11 +272,9 @@ func (a *httpAPI) serveHive(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "registry not loaded")
 		return
 	}
-	for _, e := range src.Hives() {
-		if e.HiveID == id {
-			writeJSON(w, e)
-			return
-		}
+	if e, _, ok := src.Hive(subjects.HiveKey(id)); ok {
+		writeJSON(w, e)
+		return
 	}
 	writeError(w, http.StatusNotFound, "hive "+id+" not in the registry")
 }
@@ -331,7 +331,7 @@ func serveHTTP(addr string, q *queen.Queen, log *slog.Logger) (*httpServer, erro
 // it; with nil the page loads without live updates and /healthz checks only
 // the queen.
 func startHTTP(ctx context.Context, addr string, q *queen.Queen, nc *nats.Conn, log *slog.Logger) (*httpServer, error) {
-	a := &httpAPI{q: q, nc: nc}
+	a := &httpAPI{q: q, self: q, nc: nc}
 	if nc != nil {
 		js, err := jetstream.New(nc)
 		if err != nil {

@@ -32,9 +32,9 @@ type httpSystem struct {
 
 func (s *httpSystem) url() string { return "http://" + s.http.Addr() }
 
-func startHTTPSystem(t *testing.T, ttl time.Duration) *httpSystem {
+func startHTTPSystem(t *testing.T) *httpSystem {
 	t.Helper()
-	return startHTTPSystemOn(t, ttl, embeddedOn(t, t.TempDir(), -1))
+	return startHTTPSystemOn(t, embeddedOn(t, t.TempDir(), -1))
 }
 
 // embeddedOn starts an embedded server storing in dir on port (-1: any).
@@ -50,18 +50,17 @@ func embeddedOn(t *testing.T, dir string, port int) *embedded.Server {
 	return srv
 }
 
-func startHTTPSystemOn(t *testing.T, ttl time.Duration, srv *embedded.Server) *httpSystem {
+func startHTTPSystemOn(t *testing.T, srv *embedded.Server) *httpSystem {
 	t.Helper()
 	nc := testutil.Connect(t, srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL, qc.Logger = ttl, ttl, testutil.Logger(t)
+	qc.Logger = testutil.Logger(t) // entries live 3 of their own intervals, rounded up to whole seconds
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := q.Start(ctx); err != nil {
+	// Start's context bounds the queen's whole run: t.Context ends with the test.
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })
@@ -128,7 +127,7 @@ func startTestHive(t *testing.T, url, id string) {
 // TestHTTPEntriesAndFilters: single entries by key with 404 and 400, and
 // every filter of the lists, repeated values included.
 func TestHTTPEntriesAndFilters(t *testing.T) {
-	s := startHTTPSystem(t, 5*time.Second)
+	s := startHTTPSystem(t)
 	url := s.srv.ClientURL()
 	startTestHive(t, url, "h1")
 	startTestHive(t, url, "h2")
@@ -217,10 +216,10 @@ func TestHTTPEntriesAndFilters(t *testing.T) {
 
 // TestHealthzBrokerDown: /healthz answers 200 with the broker up, then 503
 // with a one-line reason while the queen's connection is down, then 200
-// again once it is back.
+// again once it is back, and 503 once the queen itself has stopped.
 func TestHealthzBrokerDown(t *testing.T) {
 	dir, port := t.TempDir(), testutil.FreePorts(t, 1)[0]
-	s := startHTTPSystemOn(t, 5*time.Second, embeddedOn(t, dir, port))
+	s := startHTTPSystemOn(t, embeddedOn(t, dir, port))
 	health := func(want int, reason string) func() error {
 		return func() error {
 			code, body := get(t, s.url()+"/healthz")
@@ -237,6 +236,10 @@ func TestHealthzBrokerDown(t *testing.T) {
 
 	embeddedOn(t, dir, port)
 	checkFor(t, 20*time.Second, health(200, `"status":"ok"`))
+
+	// The queen's own judgement counts too.
+	s.q.Stop(context.Background())
+	checkFor(t, 10*time.Second, health(503, `"reason":"queen not ok: stopped"`))
 }
 
 // TestJetStreamHealth: a server without JetStream is reported as such.
@@ -262,7 +265,7 @@ func TestJetStreamHealth(t *testing.T) {
 // TestHTTPWebView: the page is served at /, and its stream is open only with
 // the queen's connection.
 func TestHTTPWebView(t *testing.T) {
-	s := startHTTPSystem(t, 5*time.Second)
+	s := startHTTPSystem(t)
 	code, body := get(t, s.url()+"/")
 	if code != 200 || !strings.Contains(body, "<title>rbee queen</title>") {
 		t.Fatalf("GET /: %d %.200s", code, body)

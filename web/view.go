@@ -26,10 +26,9 @@ type View struct {
 	cancel  context.CancelFunc
 	watcher *registry.Watcher
 	clients map[*client]struct{}
-	recent  []wire.Event // oldest first, at most cfg.Events
-	dirtyW  map[string]struct{}
-	dirtyH  map[string]struct{}
-	dropped uint64 // pages disconnected for falling behind
+	recent  []wire.Event                          // oldest first, at most cfg.Events
+	dirty   map[subjects.Kind]map[string]struct{} // keys changed since the last update
+	dropped uint64                                // pages disconnected for falling behind
 
 	wake chan struct{} // a change is waiting to be flushed
 	wg   sync.WaitGroup
@@ -54,9 +53,10 @@ func New(cfg Config) (*View, error) {
 		cfg:     cfg,
 		log:     log.With("component", "web"),
 		clients: map[*client]struct{}{},
-		dirtyW:  map[string]struct{}{},
-		dirtyH:  map[string]struct{}{},
-		wake:    make(chan struct{}, 1),
+		dirty: map[subjects.Kind]map[string]struct{}{
+			subjects.KindWorker: {}, subjects.KindHive: {}, subjects.KindQueen: {},
+		},
+		wake: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -75,10 +75,10 @@ func (v *View) Start(ctx context.Context) error {
 	v.mu.Unlock()
 
 	w, err := registry.Watch(runCtx, v.cfg.JetStream, registry.Config{
-		Scheme:   v.cfg.Scheme,
-		OnEvent:  v.onEvent,
-		OnPut:    func(kind subjects.Kind, key string, _ wire.Meta, _ wire.Received) { v.markDirty(kind, key) },
-		OnRemove: v.markDirty,
+		Scheme:    v.cfg.Scheme,
+		OnEvent:   v.onEvent,
+		Refreshes: true, // every beat: VRAM, slots and ages change without an event
+		Logger:    v.log,
 	})
 	if err == nil {
 		if err = w.WaitReady(ctx); err != nil {
@@ -160,27 +160,15 @@ func (v *View) run(ctx context.Context, w *registry.Watcher) {
 	}
 }
 
-func (v *View) markDirty(kind subjects.Kind, key string) {
-	v.mu.Lock()
-	if kind == subjects.KindWorker {
-		v.dirtyW[key] = struct{}{}
-	} else if kind == subjects.KindHive {
-		v.dirtyH[key] = struct{}{}
-	}
-	v.mu.Unlock()
-	select {
-	case v.wake <- struct{}{}:
-	default:
-	}
-}
-
 // update is the "update" message: the current value of every entry that
 // changed since the last one, and the keys of those that are gone.
 type update struct {
 	Workers        []*wire.WorkerEntry `json:"workers"`
 	Hives          []*wire.HiveEntry   `json:"hives"`
+	Queens         []*wire.QueenEntry  `json:"queens"`
 	RemovedWorkers []string            `json:"removed_workers"`
 	RemovedHives   []string            `json:"removed_hives"`
+	RemovedQueens  []string            `json:"removed_queens"`
 }
 
 // snapshot is the first message a page receives.
@@ -188,52 +176,75 @@ type snapshot struct {
 	NowMs   int64               `json:"now_ms"` // queen clock, for ages
 	Workers []*wire.WorkerEntry `json:"workers"`
 	Hives   []*wire.HiveEntry   `json:"hives"`
+	Queens  []*wire.QueenEntry  `json:"queens"`
 	Events  []wire.Event        `json:"events"` // oldest first
 }
 
 // flush sends one update with the dirty entries. It holds v.mu throughout,
 // so that a page connecting meanwhile gets either this update or a snapshot
-// at least as new. The watcher calls back into v only after releasing its
-// own lock, so reading the mirror here cannot deadlock.
+// at least as new. The watcher calls back into v without holding its mirror
+// lock, so reading the mirror here cannot deadlock.
 func (v *View) flush(w *registry.Watcher) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.dirtyW) == 0 && len(v.dirtyH) == 0 {
-		return
-	}
-	u := update{Workers: []*wire.WorkerEntry{}, Hives: []*wire.HiveEntry{}, RemovedWorkers: []string{}, RemovedHives: []string{}}
-	if len(v.dirtyW) > 0 {
-		for _, e := range w.Workers() {
-			k := subjects.WorkerKey(e.HiveID, e.WorkerID)
-			if _, ok := v.dirtyW[k]; ok {
-				u.Workers = append(u.Workers, e)
-				delete(v.dirtyW, k)
-			}
-		}
-		for k := range v.dirtyW {
+	u := update{Workers: []*wire.WorkerEntry{}, Hives: []*wire.HiveEntry{}, Queens: []*wire.QueenEntry{},
+		RemovedWorkers: []string{}, RemovedHives: []string{}, RemovedQueens: []string{}}
+	n := 0
+	for k := range v.dirty[subjects.KindWorker] {
+		if e, _, ok := w.Worker(k); ok {
+			u.Workers = append(u.Workers, e)
+		} else {
 			u.RemovedWorkers = append(u.RemovedWorkers, k)
 		}
-		clear(v.dirtyW)
+		n++
 	}
-	if len(v.dirtyH) > 0 {
-		for _, e := range w.Hives() {
-			if _, ok := v.dirtyH[e.HiveID]; ok {
-				u.Hives = append(u.Hives, e)
-				delete(v.dirtyH, e.HiveID)
-			}
-		}
-		for k := range v.dirtyH {
+	for k := range v.dirty[subjects.KindHive] {
+		if e, _, ok := w.Hive(k); ok {
+			u.Hives = append(u.Hives, e)
+		} else {
 			u.RemovedHives = append(u.RemovedHives, k)
 		}
-		clear(v.dirtyH)
+		n++
 	}
-	v.broadcastLocked("update", u)
+	if len(v.dirty[subjects.KindQueen]) > 0 {
+		present := map[string]bool{}
+		for _, e := range w.Queens() {
+			present[e.QueenID] = true
+			if _, ok := v.dirty[subjects.KindQueen][e.QueenID]; ok {
+				u.Queens = append(u.Queens, e)
+			}
+		}
+		for k := range v.dirty[subjects.KindQueen] {
+			if !present[k] {
+				u.RemovedQueens = append(u.RemovedQueens, k)
+			}
+			n++
+		}
+	}
+	for _, d := range v.dirty {
+		clear(d)
+	}
+	if n > 0 {
+		v.broadcastLocked("update", u)
+	}
 }
 
+// onEvent marks the event's entry for the next update and, for a change
+// worth an event, keeps it and sends it to the pages at once.
 func (v *View) onEvent(ev registry.Event) {
-	e := eventOf(ev)
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if d := v.dirty[ev.Kind]; d != nil {
+		d[ev.Key] = struct{}{}
+		select {
+		case v.wake <- struct{}{}:
+		default:
+		}
+	}
+	if ev.Type == registry.Refreshed {
+		return
+	}
+	e := eventOf(ev)
 	if v.cfg.Events > 0 {
 		if len(v.recent) == v.cfg.Events {
 			copy(v.recent, v.recent[1:])
@@ -259,6 +270,9 @@ func eventOf(ev registry.Event) wire.Event {
 	case ev.Hive != nil:
 		e.InstanceID = ev.Hive.InstanceID
 		e.Health, e.HealthReason, e.Liveness = string(ev.Hive.Health), ev.Hive.HealthReason, string(ev.Hive.Liveness)
+	case ev.Queen != nil:
+		e.InstanceID, e.QueenID, e.Status = ev.Queen.InstanceID, ev.Queen.QueenID, string(ev.Queen.State)
+		e.HealthReason = ev.Queen.Reason
 	}
 	return e
 }
@@ -297,6 +311,7 @@ func (v *View) subscribe() (*client, []byte, error) {
 		NowMs:   time.Now().UnixMilli(),
 		Workers: v.watcher.Workers(),
 		Hives:   v.watcher.Hives(),
+		Queens:  v.watcher.Queens(),
 		Events:  append([]wire.Event{}, v.recent...),
 	}
 	msg, err := frame("snapshot", s)

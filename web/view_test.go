@@ -29,15 +29,14 @@ func system(t *testing.T) (string, jetstream.JetStream) {
 	t.Helper()
 	srv := testutil.Server(t)
 	nc := testutil.Connect(t, srv.ClientURL())
-	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL = 2*time.Second, 2*time.Second
+	qc := queen.DefaultConfig() // entries live 3 of their own 100 ms intervals, rounded up: 1 s
+	qc.Logger = testutil.Logger(t)
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := q.Start(ctx); err != nil {
+	// Start's context bounds the queen's whole run: t.Context ends with the test.
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })

@@ -10,6 +10,7 @@
   const state = {
     workers: new Map(), // "<hive>.<worker>" -> entry
     hives: new Map(),   // hive_id -> entry
+    queens: new Map(),  // queen_id -> entry
     events: [],         // newest first
     offsetMs: 0,        // queen clock minus browser clock
     rows: new Map(),    // worker key -> <tr>
@@ -281,10 +282,12 @@
   function eventView(e) {
     const t = new Date(e.at_ms);
     const details = [];
-    const cur = e.kind === "worker" ? e.status : e.health;
+    const LIVENESS_EVENTS = ["disconnected", "reconnected", "stalled", "recovered"];
+    const cur = LIVENESS_EVENTS.includes(e.event) ? (e.liveness || "alive")
+      : e.kind === "worker" ? e.status : e.kind === "queen" ? e.status : e.health;
     if (e.previous && cur && e.previous !== cur) details.push(e.previous + " → " + cur);
     else if (e.status) details.push(e.status);
-    if (e.liveness && e.liveness !== "alive") details.push(e.liveness);
+    if (e.liveness && e.liveness !== "alive" && e.liveness !== cur) details.push(e.liveness);
     if (e.model_id) details.push(e.model_id);
     if (e.kind === "worker" && e.health && e.health !== "healthy") details.push(e.health);
     if (e.health_reason) details.push(e.health_reason);
@@ -326,10 +329,23 @@
     renderHives(f);
     renderWorkers(f);
     renderEvents(f);
+    renderQueens();
     const gone = ws.filter((w) => liveness(w) !== "alive").length;
     const gpus = [...state.hives.values()].reduce((n, h) => n + (h.gpus || []).length, 0);
     $("totals").textContent = state.hives.size + " hives · " + gpus + " GPUs · " + ws.length + " workers" +
       (gone ? " · " + gone + " not alive" : "");
+  }
+
+  // renderQueens shows each queen's judgement of its registry.
+  function renderQueens() {
+    const qs = [...state.queens.values()].sort((a, b) => (a.queen_id < b.queen_id ? -1 : 1));
+    $("queens").replaceChildren(...qs.map((q) => {
+      const st = q.state || "?";
+      const b = el("span", { class: "badge queen " + (st === "ok" ? "healthy" : st === "degraded" ? "degraded" : "unhealthy"),
+        "data-queen": q.queen_id, text: "queen " + q.queen_id + ": " + st + (q.reason ? " · " + q.reason : "") });
+      b.title = "backlog " + (q.backlog || 0) + " · write lag " + (q.write_lag_ms || 0) + " ms · " + (q.entries || 0) + " entries";
+      return b;
+    }));
   }
 
   // Ages tick locally; the data itself only changes on a message.
@@ -357,6 +373,8 @@
     state.hives.clear();
     for (const w of s.workers || []) state.workers.set(workerKey(w), w);
     for (const h of s.hives || []) state.hives.set(h.hive_id, h);
+    state.queens.clear();
+    for (const q of s.queens || []) state.queens.set(q.queen_id, q);
     state.events = (s.events || []).slice().reverse().slice(0, MAX_EVENTS);
     setConn("live", "live");
     schedule();
@@ -367,6 +385,8 @@
     for (const h of u.hives || []) state.hives.set(h.hive_id, h);
     for (const k of u.removed_workers || []) state.workers.delete(k);
     for (const k of u.removed_hives || []) state.hives.delete(k);
+    for (const q of u.queens || []) state.queens.set(q.queen_id, q);
+    for (const k of u.removed_queens || []) state.queens.delete(k);
     schedule();
   }
 
