@@ -428,3 +428,61 @@ func TestBrowserLiveView(t *testing.T) {
 	})
 	b.screenshot(filepath.Join(out, "web-view-expired.png"))
 }
+
+// TestBrowserManyWorkers: with hundreds of workers the page lists every one,
+// and the hive, model and status filters and the search narrow the table.
+func TestBrowserManyWorkers(t *testing.T) {
+	chromium := requireChromium(t)
+	s := startHTTPSystem(t)
+	const hives, perHive = 10, 30
+	nc := testutil.Connect(t, s.srv.ClientURL(), nats.ReconnectBufSize(-1))
+	models := []string{"model-a", "model-b", "model-c"}
+	for h := range hives {
+		for i := range perHive {
+			c := worker.DefaultConfig(fmt.Sprintf("h-%02d", h), fmt.Sprintf("w-%02d", i))
+			// Long intervals: the test needs presence, not traffic.
+			c.Interval, c.ModelID, c.Device, c.SlotsTotal = 10*time.Second, models[i%3], "cuda:0", 2
+			w, err := worker.New(nc, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(w.Abandon)
+			st := wire.StatusReady
+			if i%5 == 0 {
+				st = wire.StatusDraining
+			}
+			if err := w.SetStatus(st, wire.Healthy, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b := startBrowser(t, chromium)
+	b.run(time.Minute, "open the page", chromedp.Navigate("http://"+s.http.Addr()+"/"))
+	count := func(want int, what string) {
+		t.Helper()
+		b.waitPage(30*time.Second, func(p page) error {
+			if n := len(p.visible()); n != want {
+				return fmt.Errorf("%s: %d workers shown of %d, want %d", what, n, len(p.Rows), want)
+			}
+			if p.Overflow {
+				return fmt.Errorf("%s: the page scrolls sideways", what)
+			}
+			return nil
+		})
+	}
+	count(hives*perHive, "all")
+	b.choose("f-hive", "h-03")
+	count(perHive, "hive h-03")
+	b.choose("f-model", "model-b")
+	count(perHive/3, "hive h-03, model-b")
+	b.choose("f-hive", "")
+	b.choose("f-model", "")
+	b.choose("f-status", "draining")
+	count(hives*perHive/5, "status draining")
+	b.choose("f-status", "")
+	b.run(10*time.Second, "search", chromedp.SendKeys("#q", "h-07.w-1"))
+	count(10, "search h-07.w-1")
+}
