@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -485,4 +486,31 @@ func TestBrowserManyWorkers(t *testing.T) {
 	b.choose("f-status", "")
 	b.run(10*time.Second, "search", chromedp.SendKeys("#q", "h-07.w-1"))
 	count(10, "search h-07.w-1")
+}
+
+// TestBrowserWithoutStream: served without the queen's connection (no event
+// stream), the page still shows the registry as loaded and says it is not live.
+func TestBrowserWithoutStream(t *testing.T) {
+	chromium := requireChromium(t)
+	s := startHTTPSystem(t)
+	fleetWorker(t, s.srv.ClientURL(), "h1", "w1", "m", "cuda:0", 0)
+	checkFor(t, 10*time.Second, func() error {
+		if n, _ := s.q.Registry().Sizes(); n != 1 {
+			return fmt.Errorf("registry has %d workers, want 1", n)
+		}
+		return nil
+	})
+	srv := httptest.NewServer(newHTTPHandler(s.q))
+	t.Cleanup(srv.Close)
+	b := startBrowser(t, chromium)
+	b.run(time.Minute, "open the page", chromedp.Navigate(srv.URL+"/"))
+	b.waitPage(30*time.Second, func(p page) error {
+		if p.Conn != "off" {
+			return fmt.Errorf("connection state %q, want off", p.Conn)
+		}
+		if got := p.visible(); !slices.Equal(got, []string{"h1.w1"}) {
+			return fmt.Errorf("workers shown %v, want h1.w1", got)
+		}
+		return nil
+	})
 }

@@ -402,16 +402,41 @@
     };
   }
 
+  let loadedOnce = false;
+
+  // loadOnce reads the registry from the JSON API, for a queen that serves no
+  // stream; the page then says it is not live.
+  async function loadOnce() {
+    try {
+      let date = null;
+      const [ws, hs] = await Promise.all(["v1/workers", "v1/hives"].map(async (u) => {
+        const r = await fetch(u, { headers: { Accept: "application/json" } });
+        if (!r.ok) throw new Error(u + ": " + r.status);
+        date = date || r.headers.get("Date"); // the queen's clock, for ages
+        return r.json();
+      }));
+      onSnapshot({ now_ms: date ? Date.parse(date) : Date.now(), workers: ws, hives: hs, events: [] });
+      setConn("off", "not live: showing the registry as loaded; retrying");
+    } catch (err) {
+      console.error("rbee: load the registry", err);
+    }
+  }
+
   function connect() {
     if (!window.EventSource) { setConn("off", "no live updates in this browser"); return; }
     const es = new EventSource("v1/events");
-    es.addEventListener("snapshot", parse(onSnapshot));
+    es.addEventListener("snapshot", parse((m) => { loadedOnce = false; onSnapshot(m); }));
     es.addEventListener("update", parse(onUpdate));
     es.addEventListener("event", parse(onEvent));
     es.onerror = () => {
       if (es.readyState === EventSource.CLOSED) {
-        // The server refused the stream (e.g. 503): say so, try again later.
-        setConn("off", "live updates unavailable; retrying");
+        // The server refused the stream (e.g. 503): show the registry as it
+        // is once, say that it is not live, and try the stream again later.
+        setConn("off", "not live: showing the registry as loaded; retrying");
+        if (!loadedOnce) {
+          loadedOnce = true;
+          loadOnce();
+        }
         setTimeout(connect, 5000);
       } else {
         setConn("reconnecting", "reconnecting…");
