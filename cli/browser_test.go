@@ -17,7 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rbee/heartbeat/hive"
 	"github.com/rbee/heartbeat/internal/testutil"
+	"github.com/rbee/heartbeat/publisher"
 	"github.com/rbee/heartbeat/registry"
+	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/rbee/heartbeat/worker"
 )
@@ -252,6 +254,26 @@ func fleetHive(t *testing.T, url, id string, gpus []wire.GPU) {
 	t.Cleanup(h.Abandon)
 }
 
+// agentHive beats as a hive agent that reports the VRAM each of its workers'
+// processes hold (published directly: the hive package fills it from NVML).
+func agentHive(t *testing.T, url, id string, gpus []wire.GPU, workers []wire.HiveWorker) {
+	t.Helper()
+	nc := testutil.Connect(t, url)
+	pc := publisher.DefaultConfig(subjects.Default().Hive(id), wire.SchemaHive)
+	pc.Interval, pc.Jitter = 200*time.Millisecond, 0
+	p, err := publisher.New(nc, pc, func() *wire.Hive {
+		return &wire.Hive{Meta: wire.Meta{Health: wire.Healthy}, HiveID: id, Hostname: id + ".lab", Version: "dev",
+			CPUPercent: 41.2, RAMUsedBytes: 210 << 30, RAMTotalBytes: 1024 << 30, GPUs: gpus, Workers: workers}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Abandon)
+}
+
 func testGPU(index int, name string, usedGiB, totalGiB uint64, util, temp, power float64) wire.GPU {
 	used, total := usedGiB<<30, totalGiB<<30
 	return wire.GPU{Index: index, UUID: fmt.Sprintf("GPU-%d-%s", index, name), Name: name,
@@ -299,11 +321,18 @@ func TestBrowserLiveView(t *testing.T) {
 	xid := 79
 	bad := testGPU(3, "NVIDIA H100 80GB HBM3", 0, 80, 0, 41, 70)
 	bad.Health, bad.HealthReason, bad.Xid, bad.RecoveryAction = wire.Degraded, "GPU fell off the bus", &xid, "node_reboot"
-	fleetHive(t, url, "gpu-node-1", []wire.GPU{
+	vram := func(gib uint64) *uint64 { b := gib << 30; return &b }
+	now := time.Now().UnixMilli()
+	agentHive(t, url, "gpu-node-1", []wire.GPU{
 		testGPU(0, "NVIDIA H100 80GB HBM3", 71, 80, 97, 71, 612),
 		testGPU(1, "NVIDIA H100 80GB HBM3", 76, 80, 88, 68, 580),
 		testGPU(2, "NVIDIA H100 80GB HBM3", 40, 80, 35, 52, 240),
 		bad,
+	}, []wire.HiveWorker{
+		{WorkerID: "llama-70b-0", Status: wire.StatusBusy, Health: wire.Healthy, ModelID: "meta-llama/Llama-3.1-70B-Instruct",
+			Device: "cuda:0,1", LastSeenMs: now, PID: 4242, VRAMUsedBytes: vram(142), GPUUUIDs: []string{"GPU-0", "GPU-1"}},
+		{WorkerID: "qwen-32b-0", Status: wire.StatusBusy, Health: wire.Healthy, ModelID: "Qwen/Qwen2.5-32B-Instruct",
+			Device: "cuda:2", LastSeenMs: now, PID: 4243, VRAMUsedBytes: vram(38), GPUUUIDs: []string{"GPU-2"}},
 	})
 	fleetHive(t, url, "gpu-node-2", []wire.GPU{
 		testGPU(0, "NVIDIA L40S", 30, 48, 64, 61, 250),
@@ -344,6 +373,9 @@ func TestBrowserLiveView(t *testing.T) {
 			return fmt.Errorf("queens %q lack %q", p.Queens, want)
 		}
 		for _, r := range p.Rows {
+			if r.Key == "gpu-node-1.llama-70b-0" && r.VRAM != "142 GiB" {
+				return fmt.Errorf("%s: VRAM %q, want the hive's 142 GiB", r.Key, r.VRAM)
+			}
 			if r.Key == "gpu-node-2.odd-name" && (r.Model != markup || r.Markup != 0) {
 				return fmt.Errorf("model cell holds %q with %d elements: not shown as text", r.Model, r.Markup)
 			}
