@@ -231,7 +231,7 @@ func TestStream(t *testing.T) {
 
 	// A page connecting now gets the recent events in its snapshot.
 	s2 := follow(t, srv.URL)
-	waitFor(t, s2, has("snapshot", `"event":"joined"`, `"event":"left"`))
+	waitFor(t, s2, has("snapshot", `"event":"joined"`, `"event":"left"`, `"queens":[{`, `"state":"ok"`))
 }
 
 // TestSlowPageDropped: a page whose queue is full is disconnected, not
