@@ -82,3 +82,35 @@ else
 	echo "$want" >"$stamp"
 	echo "node-subscriber: npm ci done (node $(node --version))"
 fi
+
+# Chromium, headless, for the web view's browser test (cli TestBrowserLiveView):
+# Debian's package, installed with apt-get as root when no Chromium or Chrome
+# is on PATH (apt-get update only if the first try fails).
+chromium_bin=
+for c in chromium chromium-browser google-chrome google-chrome-stable; do
+	if command -v "$c" >/dev/null; then
+		chromium_bin=$c
+		break
+	fi
+done
+if [ -n "$chromium_bin" ]; then
+	echo "chromium: $("$chromium_bin" --version 2>/dev/null </dev/null | head -n1) already installed"
+else
+	if ! command -v apt-get >/dev/null; then
+		echo "chromium: not found, and no apt-get to install it: install Chromium so that 'chromium' is on PATH" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "chromium: not found; installing it needs root: run 'apt-get install -y chromium' as root, or this script as root" >&2
+		exit 1
+	fi
+	if ! env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium </dev/null >"$log" 2>&1; then
+		run "chromium" env DEBIAN_FRONTEND=noninteractive apt-get update
+		run "chromium" env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+	fi
+	if ! command -v chromium >/dev/null; then
+		echo "chromium: apt-get installed the package but 'chromium' is not on PATH" >&2
+		exit 1
+	fi
+	echo "chromium: installed $(chromium --version 2>/dev/null </dev/null | head -n1)"
+fi
