@@ -320,12 +320,6 @@ func (s *httpServer) Close() error {
 	return s.hs.Close()
 }
 
-// serveHTTP serves q's API on addr without a broker connection (see
-// startHTTP).
-func serveHTTP(addr string, q *queen.Queen, log *slog.Logger) (*httpServer, error) {
-	return startHTTP(context.Background(), addr, q, nil, log)
-}
-
 // startHTTP serves q's API and web view on addr. nc is the queen's
 // connection: the web view watches the registry on it and /healthz checks
 // it; with nil the page loads without live updates and /healthz checks only

@@ -150,6 +150,7 @@ func runQueen(e *env, args []string) error {
 		evp.Stop(ctx)
 	}()
 	qc.OnEvent = evp.OnEvent
+	qc.Collectors = append(qc.Collectors, evp.Collector())
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		return usageError{err.Error()}
@@ -182,7 +183,7 @@ func runQueen(e *env, args []string) error {
 		q.Stop(ctx)
 	}()
 	if f.http != "off" {
-		hs, err := serveHTTP(f.http, q, log)
+		hs, err := startHTTP(e.ctx, f.http, q, nc, log)
 		if err != nil {
 			return err
 		}
