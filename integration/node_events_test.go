@@ -66,7 +66,9 @@ func TestNodeSubscriberEventsAndLiveness(t *testing.T) {
 		return false
 	}
 	testutil.Eventually(t, 10*time.Second, func() bool {
-		return has(func(l line) bool { return l.Type == "kv" && l.Key == "h1.w1" && l.Op == "PUT" && l.Liveness != nil && *l.Liveness == "alive" })
+		return has(func(l line) bool {
+			return l.Type == "kv" && l.Key == "h1.w1" && l.Op == "PUT" && l.Liveness != nil && *l.Liveness == "alive"
+		})
 	}, "a PUT with liveness alive:\n%s", sub)
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		return has(func(l line) bool {
@@ -77,7 +79,9 @@ func TestNodeSubscriberEventsAndLiveness(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 10*time.Second, func() bool {
-		return has(func(l line) bool { return l.Type == "event" && l.Key == "h1.w1" && l.Event != nil && *l.Event == "left" }) &&
+		return has(func(l line) bool {
+			return l.Type == "event" && l.Key == "h1.w1" && l.Event != nil && *l.Event == "left"
+		}) &&
 			has(func(l line) bool { return l.Type == "kv" && l.Op == "DEL" && l.Key == "h1.w1" && l.Liveness == nil })
 	}, "the left event and a DEL without liveness:\n%s", sub)
 	testutil.Eventually(t, 20*time.Second, func() bool {
