@@ -142,18 +142,20 @@ func runDemo(e *env, args []string) error {
 	}
 	defer h.Abandon()
 
-	wconn, err := connect("rbee-workers")
-	if err != nil {
-		return err
-	}
-	defer wconn.Close()
 	specs := []struct{ id, model, device string }{
 		{"llama-0", "meta-llama/Llama-3.1-8B-Instruct", "cuda:0"},
 		{"qwen-1", "Qwen/Qwen2.5-7B-Instruct", "cuda:1"},
 		{"mistral-2", "mistralai/Mistral-7B-Instruct-v0.3", "cpu"},
 	}
 	workers := map[string]*worker.Worker{}
+	wconns := map[string]*natsConnCloser{} // one connection each, as separate processes would have
 	for _, s := range specs {
+		wconn, err := connect("rbee-worker-" + s.id)
+		if err != nil {
+			return err
+		}
+		defer wconn.Close()
+		wconns[s.id] = wconn
 		wc := worker.DefaultConfig("demo-hive", s.id)
 		wc.Prefix, wc.Interval, wc.ModelID, wc.Device, wc.Version, wc.SlotsTotal = c.prefix, *interval, s.model, s.device, Version, 4
 		wc.URL = "http://127.0.0.1:9000/" + s.id
@@ -205,9 +207,17 @@ func runDemo(e *env, args []string) error {
 	}
 	table("registry")
 
-	step(fmt.Sprintf("killing qwen-1 without a goodbye: it expires %s after its last beat", ttl))
+	step(fmt.Sprintf("killing qwen-1 without a goodbye: disconnected at once, expired %s after its last beat", ttl))
 	workers["qwen-1"].Abandon()
+	wconns["qwen-1"].Close() // as a crash closes the process's connection
 	killed := time.Now()
+	if err := wait("qwen-1 disconnected", func() bool {
+		e, _, ok := q.Registry().Worker("demo-hive.qwen-1")
+		return !ok || e.Liveness == wire.LivenessDisconnected
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "    qwen-1 disconnected %s after the kill\n", time.Since(killed).Round(time.Millisecond))
 	if err := wait("qwen-1 expiry", func() bool { return !hasWorker(q, "demo-hive", "qwen-1") }); err != nil {
 		return err
 	}
