@@ -159,6 +159,9 @@ func runQueen(e *env, args []string) error {
 		return err
 	}
 	if _, err := events.EnsureStream(e.ctx, js, f.scheme(), sc); err != nil {
+		if e.ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return fmt.Errorf("event history: %w", err)
 	}
 	if qc.Advisories {
