@@ -31,7 +31,8 @@ func runHive(e *env, args []string) error {
 	c.register(fs, DefaultURL)
 	hiveID := fs.String("hive-id", "", "this hive's ID ([A-Za-z0-9_-]{1,64}, required)")
 	interval := fs.Duration("interval", 30*time.Second, "heartbeat interval")
-	workerTTL := fs.Duration("worker-ttl", 0, "drop a worker from the hive's view after this long without a beat (default 3 × interval)")
+	missed := fs.Int("missed", 3, "drop a worker from the hive's view after this many of its own intervals without a beat")
+	workerTTL := fs.Duration("worker-ttl", 0, "drop every worker after this long without a beat instead (default: --missed × each worker's interval)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -41,19 +42,19 @@ func runHive(e *env, args []string) error {
 	log := c.logger(e)
 	hc := hive.DefaultConfig(*hiveID)
 	hc.Prefix, hc.Interval, hc.Version, hc.Logger = c.prefix, *interval, Version, log
-	hc.WorkerTTL = *workerTTL
-	if hc.WorkerTTL == 0 {
-		hc.WorkerTTL = 3 * *interval
+	hc.Missed, hc.WorkerTTL = *missed, *workerTTL
+	if ms := interval.Milliseconds(); *interval%time.Millisecond != 0 || ms < wire.MinIntervalMs || ms > wire.MaxIntervalMs {
+		return usagef("--interval %s: want %dms to %dms", *interval, wire.MinIntervalMs, wire.MaxIntervalMs)
 	}
 	if err := hc.Validate(); err != nil {
 		return usageError{err.Error()}
 	}
-	stats, err := startStats(e.ctx, *interval, log)
+	stats, err := hiveStats(e.ctx, *interval, log)
 	if err != nil {
 		return err
 	}
 	defer stats.Stop()
-	hc.Stats = stats.Fill
+	hc.Stats, hc.Processes = stats.Fill, stats.Processes
 	nc, err := c.connectWaiting(e.ctx, "rbee-hive-"+*hiveID, log)
 	if err != nil {
 		return err
@@ -63,6 +64,7 @@ func runHive(e *env, args []string) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
+	stats.OnEvent(h.Beat)
 	if err := h.Start(e.ctx); err != nil {
 		return err
 	}
@@ -70,6 +72,10 @@ func runHive(e *env, args []string) error {
 	<-e.ctx.Done()
 	return stopGracefully(h.Stop)
 }
+
+// hiveStats starts the hive's stats source; tests replace it to read GPUs
+// through go-nvml's mock.
+var hiveStats = startStats
 
 func stopGracefully(stop func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
