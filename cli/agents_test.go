@@ -165,6 +165,17 @@ func watchOps(t *testing.T, kv jetstream.KeyValue, key string) *ops {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = w.Stop() })
+	// Let the watcher deliver what the key holds now (its nil marker) before
+	// anything beats: updates that come while it starts may be folded into
+	// its initial value.
+	for initial := true; initial; { // the current value, if any, then the nil marker
+		select {
+		case e := <-w.Updates():
+			initial = e != nil
+		case <-time.After(10 * time.Second):
+			t.Fatal("watcher gave no initial marker")
+		}
+	}
 	go func() {
 		for e := range w.Updates() {
 			if e == nil {
@@ -214,6 +225,11 @@ func TestSuperviseChildExitsZero(t *testing.T) {
 	if !strings.Contains(s.stdout.String(), "hello from the engine") {
 		t.Fatalf("engine output not passed through: %q", s.stdout)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(s.stderr.String())
+		}
+	})
 	o.endsWith(t, "put:stopped/unhealthy:engine exited with code 0", "del")
 	s.waitFor(t, s.stderr, "goodbye sent")
 }

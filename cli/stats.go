@@ -85,7 +85,6 @@ func (s *statsSource) start(ctx context.Context, interval time.Duration) (*stats
 	return s, nil
 }
 
-
 // OnEvent sets what a GPU event does: the hive's immediate beat.
 func (s *statsSource) OnEvent(f func()) {
 	s.mu.Lock()

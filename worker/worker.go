@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rbee/heartbeat/engine"
 	"github.com/rbee/heartbeat/lifecycle"
+	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/publisher"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
@@ -34,16 +35,22 @@ type Config struct {
 	// reports (its OnState is the Worker's own). Nil beats what the
 	// setters say.
 	Engine *engine.Config
+	// ExitLinger is how long Exited waits after the last beat reached the
+	// server before the goodbye may follow. The registry keeps one revision
+	// per key, so a goodbye right behind the last beat can replace it before
+	// a watcher has read it, and the watcher never sees the engine stopped.
+	ExitLinger time.Duration
 	// InstanceID is random per start when empty.
 	InstanceID string
 	Logger     *slog.Logger
 }
 
 // DefaultConfig returns a Config for one worker with the contract's defaults
-// (30 s interval, ±10 % jitter, one slot).
+// (30 s interval, ±10 % jitter, one slot) and a 250 ms exit linger (a KV
+// watcher reads a write within about 150 ms on the 2-core test machine).
 func DefaultConfig(hiveID, workerID string) Config {
 	return Config{Prefix: subjects.DefaultPrefix, HiveID: hiveID, WorkerID: workerID,
-		Interval: 30 * time.Second, Jitter: 0.10, Device: "cpu", SlotsTotal: 1}
+		Interval: 30 * time.Second, Jitter: 0.10, Device: "cpu", SlotsTotal: 1, ExitLinger: 250 * time.Millisecond}
 }
 
 // Validate returns an error wrapping ErrInvalidConfig (and subjects.ErrInvalidID
@@ -69,6 +76,9 @@ func (c Config) Validate() error {
 	}
 	if c.PID < 0 {
 		return fmt.Errorf("%w: pid %d", ErrInvalidConfig, c.PID)
+	}
+	if c.ExitLinger < 0 || c.ExitLinger > 10*time.Second {
+		return fmt.Errorf("%w: exit linger %s: want 0s to 10s", ErrInvalidConfig, c.ExitLinger)
 	}
 	if c.Engine != nil {
 		if err := c.Engine.Validate(); err != nil {
@@ -350,9 +360,9 @@ func (w *Worker) Restart() error {
 
 // Exited reports that the engine process ended on its own: it sets status
 // stopped, health unhealthy with reason, and waits, within ctx, until a
-// beat carrying that state has been handed to the connection. Stop then
-// sends the goodbye. It returns an error wrapping ErrNotRunning when the
-// Worker is not running, or ctx's error.
+// beat carrying that state has reached the server, and then ExitLinger.
+// Stop then sends the goodbye. It returns an error wrapping ErrNotRunning
+// when the Worker is not running, or ctx's error.
 func (w *Worker) Exited(ctx context.Context, reason string) error {
 	w.life.Lock()
 	running := w.started && !w.stopped
@@ -374,7 +384,20 @@ func (w *Worker) Exited(ctx context.Context, reason string) error {
 	target = w.gen
 	w.mu.Unlock()
 	w.publisher().Trigger()
-	return w.waitBeat(ctx, target)
+	if err := w.waitBeat(ctx, target); err != nil {
+		return err
+	}
+	if err := natsconn.Flush(ctx, w.nc); err != nil {
+		return fmt.Errorf("last beat not confirmed: %w", err)
+	}
+	t := time.NewTimer(w.cfg.ExitLinger)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // waitBeat waits until a snapshot of generation gen or later has been sent.

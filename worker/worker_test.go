@@ -171,11 +171,19 @@ type watchKey struct {
 func watch(t *testing.T, kv jetstream.KeyValue, key string) *watchKey {
 	t.Helper()
 	wk := &watchKey{}
-	w, err := kv.Watch(context.Background(), key, jetstream.UpdatesOnly())
+	w, err := kv.Watch(context.Background(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = w.Stop() })
+	for initial := true; initial; { // the current value, if any, then the nil marker
+		select {
+		case e := <-w.Updates():
+			initial = e != nil
+		case <-time.After(10 * time.Second):
+			t.Fatal("watcher gave no initial marker")
+		}
+	}
 	go func() {
 		for e := range w.Updates() {
 			if e == nil {
