@@ -59,9 +59,10 @@ func mockGPUs(t *testing.T) (*server.Server, chan nvml.EventData) {
 	return srv, events
 }
 
-// TestHiveXidEventBeatsAtOnce runs rbee hive on the DGX H100 mock with an
-// hour-long interval, so that only an immediate beat can bring a GPU event
-// to the registry: an application Xid (13) leaves the hive healthy, Xid 79
+// TestHiveXidEventBeatsAtOnce runs rbee hive on the DGX H100 mock with a
+// 15-minute interval (its 45-minute TTL stays under the queen's 1 h
+// ceiling), so that only an immediate beat can bring a GPU event to the
+// registry: an application Xid (13) leaves the hive healthy, Xid 79
 // on GPU 3 makes it degraded naming the GPU, the Xid and the driver's
 // recovery action. The worker with pid 4242 gets its GPU memory in the view.
 func TestHiveXidEventBeatsAtOnce(t *testing.T) {
@@ -78,7 +79,7 @@ func TestHiveXidEventBeatsAtOnce(t *testing.T) {
 	stderr := &testutil.Buffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"hive", "--nats-url", sys.URL, "--hive-id", "dgx", "--interval", "1h", "--log-level", "debug"},
+		done <- Main(ctx, []string{"hive", "--nats-url", sys.URL, "--hive-id", "dgx", "--interval", "15m", "--log-level", "debug"},
 			strings.NewReader(""), &testutil.Buffer{}, stderr)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
@@ -90,7 +91,7 @@ func TestHiveXidEventBeatsAtOnce(t *testing.T) {
 	wdone := make(chan error, 1)
 	go func() {
 		wdone <- runWorker(&env{ctx: wctx, stdin: strings.NewReader(""), stdout: &testutil.Buffer{}, stderr: &testutil.Buffer{}},
-			[]string{"--nats-url", sys.URL, "--hive-id", "dgx", "--worker-id", "w1", "--interval", "1h", "--pid", "4242"})
+			[]string{"--nats-url", sys.URL, "--hive-id", "dgx", "--worker-id", "w1", "--interval", "15m", "--pid", "4242"})
 	}()
 	t.Cleanup(func() { wcancel(); <-wdone })
 

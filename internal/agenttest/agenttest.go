@@ -35,9 +35,8 @@ func Start(t testing.TB) *System {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := q.Start(ctx); err != nil {
+	// The queen runs until its Start context ends (the lifecycle contract).
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })
@@ -45,6 +44,8 @@ func Start(t testing.TB) *System {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	s := &System{URL: srv.ClientURL()}
 	if s.Workers, err = js.KeyValue(ctx, "rbee_workers"); err != nil {
 		t.Fatal(err)
