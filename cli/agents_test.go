@@ -246,7 +246,7 @@ func TestSuperviseChildKilledFromOutside(t *testing.T) {
 		if err != nil || e.Status != wire.StatusReady {
 			return fmt.Errorf("want the worker ready in the registry: %s %v", agenttest.Describe(e), err)
 		}
-		if agenttest.CodecCarriesNewKeys() && e.PID != pid {
+		if e.PID != pid {
 			return fmt.Errorf("registry pid %d, child pid %d", e.PID, pid)
 		}
 		return nil
@@ -350,7 +350,7 @@ func TestSimulateHangFreezesProgress(t *testing.T) {
 		if err != nil || e.Status != wire.StatusBusy || e.SlotsBusy != 1 {
 			return fmt.Errorf("want sim-0 busy: %s %v", agenttest.Describe(e), err)
 		}
-		if agenttest.CodecCarriesNewKeys() && (e.Progress == nil || *e.Progress != 0 || e.Seq < 5) {
+		if e.Progress == nil || *e.Progress != 0 || e.Seq < 5 {
 			return fmt.Errorf("want sim-0's progress frozen at 0 over 5 beats: %s", agenttest.Describe(e))
 		}
 		return nil

@@ -95,7 +95,6 @@ func TestHiveXidEventBeatsAtOnce(t *testing.T) {
 	}()
 	t.Cleanup(func() { wcancel(); <-wdone })
 
-	newKeys := agenttest.CodecCarriesNewKeys()
 	var seq uint64
 	hiveIs := func(what string, ok func(h *wire.HiveEntry) bool) {
 		t.Helper()
@@ -113,18 +112,18 @@ func TestHiveXidEventBeatsAtOnce(t *testing.T) {
 	}
 	hiveIs("8 GPUs and worker w1", func(h *wire.HiveEntry) bool {
 		return len(h.GPUs) == 8 && len(h.Workers) == 1 && h.Health == wire.Healthy &&
-			(!newKeys || h.Workers[0].VRAMUsedBytes != nil && *h.Workers[0].VRAMUsedBytes == 20<<30 && len(h.Workers[0].GPUUUIDs) == 2)
+			(h.Workers[0].VRAMUsedBytes != nil && *h.Workers[0].VRAMUsedBytes == 20<<30 && len(h.Workers[0].GPUUUIDs) == 2)
 	})
 
 	events <- nvml.EventData{Device: srv.Devices[1], EventType: nvml.EventTypeXidCriticalError, EventData: 13}
 	hiveIs("still healthy after an application Xid", func(h *wire.HiveEntry) bool {
-		return h.Health == wire.Healthy && h.GPUs[1].Health == wire.Healthy && (!newKeys || h.GPUs[1].Xid != nil && *h.GPUs[1].Xid == 13)
+		return h.Health == wire.Healthy && h.GPUs[1].Health == wire.Healthy && (h.GPUs[1].Xid != nil && *h.GPUs[1].Xid == 13)
 	})
 
 	events <- nvml.EventData{Device: srv.Devices[3], EventType: nvml.EventTypeXidCriticalError, EventData: 79}
 	hiveIs("degraded by Xid 79 on GPU 3", func(h *wire.HiveEntry) bool {
 		return h.Health == wire.Degraded && strings.Contains(h.HealthReason, "gpu 3: Xid 79: GPU has fallen off the bus, recovery node_reboot") &&
 			h.GPUs[3].Health == wire.Unhealthy &&
-			(!newKeys || h.GPUs[3].Xid != nil && *h.GPUs[3].Xid == 79 && h.GPUs[3].RecoveryAction == "node_reboot" && h.GPUs[3].XidAtMs > 0)
+			(h.GPUs[3].Xid != nil && *h.GPUs[3].Xid == 79 && h.GPUs[3].RecoveryAction == "node_reboot" && h.GPUs[3].XidAtMs > 0)
 	})
 }

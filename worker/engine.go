@@ -18,7 +18,7 @@ import "github.com/rbee/heartbeat/engine"
 // stale (engine_stale, engine_age_ms).
 func (w *Worker) applyEngine(s engine.State) {
 	if s.Restarted {
-		if err := w.Restart(); err != nil {
+		if err := w.restart(s.Metrics.Tokens); err != nil {
 			w.log.Debug("engine restarted, new instance not started", "err", err)
 		}
 	}

@@ -329,7 +329,11 @@ func (w *Worker) SetPID(pid int) {
 // restarted, so the queen must see a restart, not a departure. Progress is
 // cleared, since it only grows within an instance. It returns an error
 // wrapping ErrNotRunning unless the Worker is started and not stopped.
-func (w *Worker) Restart() error {
+func (w *Worker) Restart() error { return w.restart(nil) }
+
+// restart is Restart with the new instance's first progress, so that its
+// first beat already carries the engine's new counter.
+func (w *Worker) restart(progress *uint64) error {
 	w.life.Lock()
 	defer w.life.Unlock()
 	if !w.started || w.stopped {
@@ -342,7 +346,7 @@ func (w *Worker) Restart() error {
 		return fmt.Errorf("restart: %w", err)
 	}
 	w.mu.Lock()
-	w.state.Progress = nil
+	w.state.Progress = progress
 	w.mu.Unlock()
 	w.pubMu.Lock()
 	old := w.pub

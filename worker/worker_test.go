@@ -49,6 +49,8 @@ func entry(s *agenttest.System, key, what string, ok func(e *wire.WorkerEntry) b
 	}
 }
 
+func progressIs(e *wire.WorkerEntry, n uint64) bool { return e.Progress != nil && *e.Progress == n }
+
 func engineConfig(t *testing.T, kind engine.Kind, url string) *engine.Config {
 	t.Helper()
 	spec, err := engine.Preset(kind)
@@ -70,10 +72,6 @@ func engineConfig(t *testing.T, kind engine.Kind, url string) *engine.Config {
 // hangs past its timeout.
 func TestEngineReadingsReachTheRegistry(t *testing.T) {
 	sys := agenttest.Start(t)
-	newKeys := agenttest.CodecCarriesNewKeys()
-	if !newKeys {
-		t.Log("wire.Marshal drops this round's keys; checking requests_waiting, progress, engine_stale in the registry is left to a codec that carries them")
-	}
 	for _, kind := range engine.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			fake := enginetest.Start(t, string(kind))
@@ -98,7 +96,7 @@ func TestEngineReadingsReachTheRegistry(t *testing.T) {
 			fake.Set(0, 0, 10)
 			check("ready and healthy", func(e *wire.WorkerEntry) bool {
 				return e.Status == wire.StatusReady && e.Health == wire.Healthy && e.SlotsBusy == 0 &&
-					(!newKeys || e.Progress != nil && *e.Progress == 10 && e.Engine == string(kind))
+					(progressIs(e, 10) && e.Engine == string(kind))
 			})
 			if kind != engine.Generic {
 				check("the engine's version (and model where the preset reads one)", func(e *wire.WorkerEntry) bool {
@@ -109,13 +107,13 @@ func TestEngineReadingsReachTheRegistry(t *testing.T) {
 			fake.Set(2, 3, 100)
 			check("busy with 2 running and 3 waiting", func(e *wire.WorkerEntry) bool {
 				return e.Status == wire.StatusBusy && e.SlotsBusy == 2 &&
-					(!newKeys || e.RequestsWaiting != nil && *e.RequestsWaiting == 3 && *e.Progress == 100)
+					(e.RequestsWaiting != nil && *e.RequestsWaiting == 3 && progressIs(e, 100))
 			})
 			fake.Set(2, 3, 180)
 			first := ""
 			check("progress grows to 180", func(e *wire.WorkerEntry) bool {
 				first = e.InstanceID
-				return e.Status == wire.StatusBusy && (!newKeys || *e.Progress == 180)
+				return e.Status == wire.StatusBusy && progressIs(e, 180)
 			})
 			// Frozen: the counter stays; the worker keeps beating it unchanged.
 			seq := uint64(0)
@@ -123,22 +121,22 @@ func TestEngineReadingsReachTheRegistry(t *testing.T) {
 				if seq == 0 {
 					seq = e.Seq
 				}
-				return e.Seq >= seq+2 && e.InstanceID == first && (!newKeys || *e.Progress == 180)
+				return e.Seq >= seq+2 && e.InstanceID == first && progressIs(e, 180)
 			})
 
 			fake.Set(1, 0, 5) // the engine restarted: its counter began again
 			check("a new instance after the counter reset", func(e *wire.WorkerEntry) bool {
-				return e.InstanceID != first && e.Status == wire.StatusBusy && (!newKeys || *e.Progress == 5)
+				return e.InstanceID != first && e.Status == wire.StatusBusy && progressIs(e, 5)
 			})
 
 			fake.SetHang(true)
 			check("unhealthy with the probe timeout, last good reading kept", func(e *wire.WorkerEntry) bool {
 				return e.Health == wire.Unhealthy && strings.Contains(e.HealthReason, "no answer in time") &&
-					e.SlotsBusy == 1 && (!newKeys || e.EngineStale && e.EngineAgeMs > 0 && *e.Progress == 5)
+					e.SlotsBusy == 1 && (e.EngineStale && e.EngineAgeMs > 0 && progressIs(e, 5))
 			})
 			fake.SetHang(false)
 			check("healthy again", func(e *wire.WorkerEntry) bool {
-				return e.Health == wire.Healthy && (!newKeys || !e.EngineStale)
+				return e.Health == wire.Healthy && (!e.EngineStale)
 			})
 		})
 	}

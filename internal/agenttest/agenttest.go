@@ -104,23 +104,6 @@ func CheckFor(t testing.TB, timeout time.Duration, f func() error) {
 	}
 }
 
-// CodecCarriesNewKeys reports whether wire.Marshal writes the keys added to
-// the contract this round (requests_waiting, progress, pid, engine, …): the
-// hand-written fast path drops them until the generated codec replaces it.
-// Tests check those keys in the registry only when it does.
-func CodecCarriesNewKeys() bool {
-	n, p := 1, uint64(2)
-	w := wire.WorkerEntry{Worker: wire.Worker{Meta: wire.Meta{Health: wire.Healthy}, HiveID: "h", WorkerID: "w",
-		Status: wire.StatusReady, RequestsWaiting: &n, Progress: &p, PID: 3, Engine: "vllm", EngineStale: true}}
-	w.Stamp("i", 1, 1, 1000)
-	b, err := wire.Marshal(&w)
-	if err != nil {
-		return false
-	}
-	got, err := wire.DecodeWorkerEntry(b)
-	return err == nil && got.RequestsWaiting != nil && got.Progress != nil && got.PID == 3 && got.Engine == "vllm" && got.EngineStale
-}
-
 // Describe renders the worker keys the agents' tests check, for failure messages.
 func Describe(e *wire.WorkerEntry) string {
 	if e == nil {
