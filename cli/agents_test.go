@@ -334,7 +334,7 @@ func TestWorkerWithEngineAndSupervision(t *testing.T) {
 }
 
 // TestSimulateHangFreezesProgress: K simulated workers go busy with a
-// progress that never grows, the rest keep working.
+// progress that never grows, and the queen marks them stalled.
 func TestSimulateHangFreezesProgress(t *testing.T) {
 	sys := agenttest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -363,3 +363,27 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("second Stop: %v", err)
 	}
 }
+
+// TestFrozenEngineCounterUnderLoadIsStalled: an engine that reports running
+// requests while its generated-token counter stops growing is what a hung
+// CUDA kernel looks like from outside. The queen marks the worker stalled,
+// and alive again once the counter grows.
+func TestFrozenEngineCounterUnderLoadIsStalled(t *testing.T) {
+	sys := agenttest.Start(t)
+	fake := enginetest.Start(t, "vllm")
+	fake.Set(3, 2, 1000)
+	w := newWorker(t, sys.URL, "w1", engineConfig(t, engine.VLLM, fake.URL))
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "busy and alive", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusBusy && progressIs(e, 1000) && (e.Liveness == "" || e.Liveness == wire.LivenessAlive)
+	}))
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "stalled: busy, counter frozen at 1000", func(e *wire.WorkerEntry) bool {
+		return e.Liveness == wire.LivenessStalled && e.Status == wire.StatusBusy && progressIs(e, 1000) && e.Health == wire.Healthy
+	}))
+	fake.Set(3, 2, 1100)
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "alive again once the counter grows", func(e *wire.WorkerEntry) bool {
+		return (e.Liveness == "" || e.Liveness == wire.LivenessAlive) && progressIs(e, 1100)
+	}))
+}
