@@ -43,35 +43,6 @@ func gpuKey(index int, uuid string) string {
 	return fmt.Sprintf("#%d", index)
 }
 
-// note folds one event into the state.
-func (e *events) note(ev Event) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.byID == nil {
-		e.byID = map[string]*record{}
-	}
-	k := gpuKey(ev.Index, ev.UUID)
-	r := e.byID[k]
-	if r == nil {
-		r = &record{}
-		e.byID[k] = r
-	}
-	if ev.Xid != nil {
-		x := *ev.Xid
-		r.xid, r.at = &x, ev.At
-		r.action = ClassifyXid(x).Action
-	}
-	if ev.Unavailable {
-		r.unavailable, r.at = true, ev.At
-	}
-	if ev.RecoveryAction != "" {
-		r.action = ev.RecoveryAction
-		if r.at.IsZero() {
-			r.at = ev.At
-		}
-	}
-}
-
 // Apply puts the latest event of each GPU into its record in gpus (matched
 // by UUID, or by index for a GPU without one): xid, xid_at_ms and
 // recovery_action, and the GPU's health by NVIDIA's Xid catalogue. It

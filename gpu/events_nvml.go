@@ -257,3 +257,32 @@ func fieldUint(v nvml.FieldValue) uint64 {
 		return binary.LittleEndian.Uint64(v.Value[:])
 	}
 }
+
+// note folds one event into the state.
+func (e *events) note(ev Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.byID == nil {
+		e.byID = map[string]*record{}
+	}
+	k := gpuKey(ev.Index, ev.UUID)
+	r := e.byID[k]
+	if r == nil {
+		r = &record{}
+		e.byID[k] = r
+	}
+	if ev.Xid != nil {
+		x := *ev.Xid
+		r.xid, r.at = &x, ev.At
+		r.action = ClassifyXid(x).Action
+	}
+	if ev.Unavailable {
+		r.unavailable, r.at = true, ev.At
+	}
+	if ev.RecoveryAction != "" {
+		r.action = ev.RecoveryAction
+		if r.at.IsZero() {
+			r.at = ev.At
+		}
+	}
+}

@@ -195,7 +195,7 @@ func readCPU(ctx context.Context) (cpu.TimesStat, error) {
 // cpuSeconds returns the CPU time t accounts for. On Linux guest time is
 // already counted in user time, so it is left out.
 func cpuSeconds(t cpu.TimesStat) float64 {
-	total := t.Total()
+	total := t.User + t.System + t.Idle + t.Nice + t.Iowait + t.Irq + t.Softirq + t.Steal + t.Guest + t.GuestNice
 	if runtime.GOOS == "linux" {
 		total -= t.Guest + t.GuestNice
 	}
