@@ -294,8 +294,28 @@ func runWorker(e *env, args []string) error {
 		log.Info("stopping engine", "pid", child.PID(), "signal", sig, "grace", f.stopGrace)
 		return exitResult(child.Stop(sig, f.stopGrace))
 	}
-	nc, err := c.connectWaiting(e.ctx, "rbee-worker-"+f.hiveID+"-"+f.workerID, log)
+	// Waiting for a broker ends early if the engine exits meanwhile.
+	connCtx, connCancel := context.WithCancel(e.ctx)
+	defer connCancel()
+	if child != nil {
+		go func() {
+			select {
+			case <-child.Done():
+				connCancel()
+			case <-connCtx.Done():
+			}
+		}()
+	}
+	nc, err := c.connectWaiting(connCtx, "rbee-worker-"+f.hiveID+"-"+f.workerID, log)
 	if err != nil {
+		if child != nil && e.ctx.Err() == nil {
+			select {
+			case <-child.Done():
+				log.Warn("engine exited before a NATS server answered", "exit", child.Exit().String())
+				return exitResult(child.Exit())
+			default:
+			}
+		}
 		return cmp.Or(stopChild(received(sigs)), err)
 	}
 	defer nc.Close()

@@ -364,3 +364,14 @@ func TestSimulateHangFreezesProgress(t *testing.T) {
 		t.Fatalf("no goodbye line: %s", stderr)
 	}
 }
+
+// TestSuperviseChildExitsWhileNoBroker: the engine exits while the worker
+// still waits for a broker; the worker ends with the engine's code rather
+// than waiting on.
+func TestSuperviseChildExitsWhileNoBroker(t *testing.T) {
+	nowhere := fmt.Sprintf("nats://127.0.0.1:%d", testutil.FreePorts(t, 1)[0])
+	s := startSupervised(t, nowhere, nil, "exit 5")
+	if code := exitCodeOf(s.result(t)); code != 5 {
+		t.Fatalf("exit code %d, want the engine's 5; stderr:\n%s", code, s.stderr)
+	}
+}

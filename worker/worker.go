@@ -327,7 +327,8 @@ func (w *Worker) SetPID(pid int) {
 
 // Restart starts beating as a new instance, without a goodbye: the engine
 // restarted, so the queen must see a restart, not a departure. Progress is
-// cleared, since it only grows within an instance. It returns an error
+// cleared, since it only grows within an instance (with an engine, the new
+// instance starts from the engine's new counter). It returns an error
 // wrapping ErrNotRunning unless the Worker is started and not stopped.
 func (w *Worker) Restart() error { return w.restart(nil) }
 
