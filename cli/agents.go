@@ -68,6 +68,10 @@ func runHive(e *env, args []string) error {
 	if err := h.Start(e.ctx); err != nil {
 		return err
 	}
+	if err := checkAllowed(e.ctx, nc, c.scheme().Hive(*hiveID), func() uint64 { return h.Stats().Sent }); err != nil {
+		h.Abandon()
+		return err
+	}
 	log.Info("hive beating", "hive", *hiveID, "subject", c.scheme().Hive(*hiveID), "interval", *interval)
 	<-e.ctx.Done()
 	return stopGracefully(h.Stop)
@@ -333,7 +337,11 @@ func runWorker(e *env, args []string) error {
 		}
 		workers[i] = w
 	}
-	if err := checkAllowed(e.ctx, nc, workers, c.scheme().Worker(f.hiveID, cfgs[0].WorkerID)); err != nil {
+	sent := make([]func() uint64, len(workers))
+	for i, w := range workers {
+		sent[i] = func() uint64 { return w.Stats().Sent }
+	}
+	if err := checkAllowed(e.ctx, nc, c.scheme().Worker(f.hiveID, cfgs[0].WorkerID), sent...); err != nil {
 		for _, w := range workers {
 			w.Abandon()
 		}
@@ -400,16 +408,22 @@ func goodbye(log *slog.Logger, workers []*worker.Worker) error {
 	return nil
 }
 
-// checkAllowed waits for each worker's first beat and a round trip to the
-// server, then fails if the server refused a publish: credentials that do
-// not allow the worker's own subject are fatal at start, not one error per
-// beat forever.
-func checkAllowed(ctx context.Context, nc *nats.Conn, workers []*worker.Worker, subject string) error {
+// checkAllowed waits until every sender counted by sent has sent its first
+// beat and for a round trip to the server, then fails if the server refused
+// a publish or a subscription: credentials that do not allow the agent's own
+// subject are fatal at start, not one error per beat forever.
+func checkAllowed(ctx context.Context, nc *nats.Conn, subject string, sent ...func() uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	for _, w := range workers {
-		if err := w.WaitSent(ctx, 1); err != nil {
-			return nil // not connected yet: the beats go out when it is
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for _, n := range sent {
+		for n() < 1 {
+			select {
+			case <-ctx.Done():
+				return nil // not connected yet: the beats go out when it is
+			case <-t.C:
+			}
 		}
 	}
 	if err := natsconn.Flush(ctx, nc); err != nil {

@@ -90,6 +90,29 @@ func TestWorkerNotAllowedOnItsSubjectIsFatal(t *testing.T) {
 	}
 }
 
+// TestHiveNotAllowedOnItsSubjectIsFatal is the same for rbee hive.
+func TestHiveNotAllowedOnItsSubjectIsFatal(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, Users: []*server.User{{
+		Username: "hive", Password: "secret",
+		Permissions: &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{"rbee.hb.hive.other"}}},
+	}}}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(srv.Shutdown)
+	if !srv.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code, _, stderr := run(t, ctx, "", "hive", "--nats-url", "nats://hive:secret@"+srv.Addr().String(), "--hive-id", "h1", "--interval", "100ms")
+	if code == 0 || ctx.Err() != nil || !strings.Contains(stderr, "rbee.hb.hive.h1") || strings.Contains(stderr, "hive beating") {
+		t.Fatalf("exit %d (ctx %v), stderr %q: want a non-zero exit at start naming rbee.hb.hive.h1", code, ctx.Err(), stderr)
+	}
+}
+
 // supervised runs rbee worker with a command in the background and returns
 // its output and a channel with its result.
 type supervised struct {

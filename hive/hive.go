@@ -143,6 +143,9 @@ func New(nc *nats.Conn, cfg Config) (*Hive, error) {
 // InstanceID returns this start's instance ID.
 func (h *Hive) InstanceID() string { return h.pub.InstanceID() }
 
+// Stats returns the publisher's counts of beats sent and failed.
+func (h *Hive) Stats() publisher.Stats { return h.pub.Stats() }
+
 // Start subscribes to the hive's workers and begins beating.
 func (h *Hive) Start(ctx context.Context) error {
 	var err error
