@@ -190,9 +190,13 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		err := c.run(e, args[1:])
 		var ue usageError
 		var ce checkError
+		var xc interface{ ExitCode() int } // a supervised engine's exit: the worker exits with its code
 		switch {
 		case err == nil, errors.Is(err, flag.ErrHelp), errors.Is(err, errStoppedWaiting):
 			return 0
+		case errors.As(err, &xc):
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
+			return xc.ExitCode()
 		case errors.As(err, &ce):
 			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
 			return 1
