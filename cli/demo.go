@@ -198,6 +198,8 @@ func runDemo(e *env, args []string) error {
 	}
 	_ = workers["llama-0"].SetStatus(wire.StatusBusy, wire.Healthy, "")
 	workers["llama-0"].SetSlotsBusy(2)
+	_ = workers["llama-0"].SetProgress(4096) // tokens generated; it stops growing: a hung engine
+	frozeAt := time.Now()
 	if err := wait("all workers in the hive's view", func() bool {
 		hs := q.Registry().Hives()
 		nw, _ := q.Registry().Sizes()
@@ -222,6 +224,23 @@ func runDemo(e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(out, "    qwen-1 expired %.1fs after it stopped beating\n", time.Since(killed).Seconds())
+
+	step(fmt.Sprintf("llama-0 hangs: busy, its token counter stops; stalled after 3 of its intervals (%s)", 3**interval))
+	if err := wait("llama-0 stalled", func() bool {
+		e, _, ok := q.Registry().Worker("demo-hive.llama-0")
+		return ok && e.Liveness == wire.LivenessStalled
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "    llama-0 stalled %.1fs after its progress froze\n", time.Since(frozeAt).Seconds())
+	workers["llama-0"].AddProgress(128)
+	if err := wait("llama-0 recovered", func() bool {
+		e, _, ok := q.Registry().Worker("demo-hive.llama-0")
+		return ok && e.Liveness != wire.LivenessStalled
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "    llama-0 recovered when its counter grew again")
 
 	step("stopping mistral-2 gracefully: its goodbye removes it at once")
 	stopped := time.Now()
