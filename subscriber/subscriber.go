@@ -23,12 +23,13 @@ const (
 	ReasonBadType       Reason = "bad_type"       // a known key holds a value of the wrong type
 	ReasonInvalid       Reason = "invalid"        // values break the schema
 	ReasonSpoofed       Reason = "spoofed"        // payload IDs differ from the subject's
+	ReasonInterval      Reason = "interval"       // the beat's TTL would pass the queen's ceiling (set by the queen)
 	ReasonReplay        Reason = "replay"         // older than the last beat accepted for the instance (set by the registry)
 )
 
 // Reasons lists every rejection reason, for pre-creating metric series.
 var Reasons = []Reason{ReasonBadSubject, ReasonBadHeaders, ReasonUnknownSchema, ReasonOversize,
-	ReasonUndecodable, ReasonBadType, ReasonInvalid, ReasonSpoofed, ReasonReplay}
+	ReasonUndecodable, ReasonBadType, ReasonInvalid, ReasonSpoofed, ReasonInterval, ReasonReplay}
 
 // RejectError is the error Decode returns for a refused message.
 type RejectError struct {
@@ -43,8 +44,8 @@ func (e *RejectError) Error() string {
 
 func (e *RejectError) Unwrap() error { return e.Err }
 
-// Heartbeat is one accepted beat. Exactly one of Worker and Hive is set,
-// matching Addr.Kind.
+// Heartbeat is one accepted beat. Exactly one of Worker, Hive and Queen is
+// set, matching Addr.Kind.
 type Heartbeat struct {
 	Subject string
 	Addr    subjects.Address
@@ -54,14 +55,29 @@ type Heartbeat struct {
 	Size   int
 	Worker *wire.Worker
 	Hive   *wire.Hive
+	Queen  *wire.Queen
 }
 
 // Meta returns the common keys of whichever payload the beat carries.
 func (h *Heartbeat) Meta() *wire.Meta {
-	if h.Worker != nil {
+	switch {
+	case h.Worker != nil:
 		return &h.Worker.Meta
+	case h.Queen != nil:
+		return &h.Queen.Meta
 	}
 	return &h.Hive.Meta
+}
+
+// schemaOf returns the Rbee-Schema a subject kind carries.
+func schemaOf(k subjects.Kind) string {
+	switch k {
+	case subjects.KindHive:
+		return wire.SchemaHive
+	case subjects.KindQueen:
+		return wire.SchemaQueen
+	}
+	return wire.SchemaWorker
 }
 
 func reject(r Reason, subject string, err error) error {
@@ -78,10 +94,7 @@ func Decode(scheme subjects.Scheme, msg *nats.Msg) (*Heartbeat, error) {
 	if ct := msg.Header.Get(wire.HeaderContentType); ct != wire.ContentTypeMsgpack {
 		return nil, reject(ReasonBadHeaders, msg.Subject, fmt.Errorf("Content-Type %q, want %q", ct, wire.ContentTypeMsgpack))
 	}
-	want := wire.SchemaWorker
-	if addr.Kind == subjects.KindHive {
-		want = wire.SchemaHive
-	}
+	want := schemaOf(addr.Kind)
 	if s := msg.Header.Get(wire.HeaderSchema); s != want {
 		return nil, reject(ReasonUnknownSchema, msg.Subject, fmt.Errorf("%w: Rbee-Schema %q on a %s subject, want %q", wire.ErrUnknownSchema, s, addr.Kind, want))
 	}
@@ -91,23 +104,27 @@ func Decode(scheme subjects.Scheme, msg *nats.Msg) (*Heartbeat, error) {
 		Goodbye: msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye,
 		Size:    len(msg.Data),
 	}
-	var hiveID, workerID string
-	if addr.Kind == subjects.KindWorker {
-		hb.Worker, err = wire.DecodeWorker(msg.Data)
-		if err == nil {
-			hiveID, workerID = hb.Worker.HiveID, hb.Worker.WorkerID
+	// The IDs the payload names, compared with the subject's below.
+	var got subjects.Address
+	switch addr.Kind {
+	case subjects.KindWorker:
+		if hb.Worker, err = wire.DecodeWorker(msg.Data); err == nil {
+			got = subjects.Address{Kind: addr.Kind, HiveID: hb.Worker.HiveID, WorkerID: hb.Worker.WorkerID}
 		}
-	} else {
-		hb.Hive, err = wire.DecodeHive(msg.Data)
-		if err == nil {
-			hiveID = hb.Hive.HiveID
+	case subjects.KindQueen:
+		if hb.Queen, err = wire.DecodeQueen(msg.Data); err == nil {
+			got = subjects.Address{Kind: addr.Kind, QueenID: hb.Queen.QueenID}
+		}
+	default:
+		if hb.Hive, err = wire.DecodeHive(msg.Data); err == nil {
+			got = subjects.Address{Kind: addr.Kind, HiveID: hb.Hive.HiveID}
 		}
 	}
 	if err != nil {
 		return nil, reject(reasonOf(err), msg.Subject, err)
 	}
-	if hiveID != addr.HiveID || workerID != addr.WorkerID {
-		return nil, reject(ReasonSpoofed, msg.Subject, fmt.Errorf("payload says hive %q worker %q", hiveID, workerID))
+	if got != addr {
+		return nil, reject(ReasonSpoofed, msg.Subject, fmt.Errorf("payload says hive %q worker %q queen %q", got.HiveID, got.WorkerID, got.QueenID))
 	}
 	return hb, nil
 }
