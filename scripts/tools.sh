@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Go modules, idempotently:
 #   - the nats CLI, pinned, into ./.bin
+#   - staticcheck, pinned, into ./.bin
 #   - the Node.js example subscriber's packages, from its lockfile
 # Each step is skipped when what it installs is already there and current.
 # Prints one line per step; a failing step prints its log and exits non-zero.
@@ -10,6 +11,8 @@ root=$PWD
 
 natscli_module=github.com/nats-io/natscli/nats
 natscli_version=0.5.1
+staticcheck_module=honnef.co/go/tools/cmd/staticcheck
+staticcheck_version=0.8.2
 node_dir=examples/node-subscriber
 
 log=$(mktemp)
@@ -42,6 +45,16 @@ else
 	mkdir -p .bin
 	run "nats cli" env GOFLAGS= GOBIN="$root/.bin" go install "$natscli_module@v$natscli_version"
 	echo "nats cli: installed v$natscli_version into .bin"
+fi
+
+# staticcheck. "staticcheck -version" prints e.g. "staticcheck 2026.2.2 (0.8.2)".
+if [ -x .bin/staticcheck ] && .bin/staticcheck -version 2>/dev/null </dev/null | grep -q "($staticcheck_version)\$"; then
+	echo "staticcheck: v$staticcheck_version already in .bin"
+else
+	command -v go >/dev/null || { echo "staticcheck: go not found" >&2; exit 1; }
+	mkdir -p .bin
+	run "staticcheck" env GOFLAGS= GOBIN="$root/.bin" go install "$staticcheck_module@v$staticcheck_version"
+	echo "staticcheck: installed v$staticcheck_version into .bin"
 fi
 
 # The Node.js subscriber's packages. npm ci removes node_modules first, so the
