@@ -23,13 +23,14 @@ const (
 	ReasonBadType       Reason = "bad_type"       // a known key holds a value of the wrong type
 	ReasonInvalid       Reason = "invalid"        // values break the schema
 	ReasonSpoofed       Reason = "spoofed"        // payload IDs differ from the subject's
-	ReasonInterval      Reason = "interval"       // the beat's TTL would pass the queen's ceiling (set by the queen)
-	ReasonReplay        Reason = "replay"         // older than the last beat accepted for the instance (set by the registry)
+	ReasonReplay        Reason = "replay"         // older than the last beat accepted for the instance (set by the queen)
+	ReasonInterval      Reason = "interval"       // the beat's TTL, missed beats × interval_ms, would pass the queen's max TTL (set by the queen)
+	ReasonConflict      Reason = "conflict"       // another instance holds the key and is beating (set by the queen)
 )
 
 // Reasons lists every rejection reason, for pre-creating metric series.
 var Reasons = []Reason{ReasonBadSubject, ReasonBadHeaders, ReasonUnknownSchema, ReasonOversize,
-	ReasonUndecodable, ReasonBadType, ReasonInvalid, ReasonSpoofed, ReasonInterval, ReasonReplay}
+	ReasonUndecodable, ReasonBadType, ReasonInvalid, ReasonSpoofed, ReasonReplay, ReasonInterval, ReasonConflict}
 
 // RejectError is the error Decode returns for a refused message.
 type RejectError struct {

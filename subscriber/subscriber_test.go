@@ -198,7 +198,7 @@ func TestReasons(t *testing.T) {
 		}
 		seen[r] = true
 	}
-	for _, r := range []subscriber.Reason{subscriber.ReasonInterval, subscriber.ReasonReplay, subscriber.ReasonSpoofed} {
+	for _, r := range []subscriber.Reason{subscriber.ReasonInterval, subscriber.ReasonReplay, subscriber.ReasonSpoofed, subscriber.ReasonConflict} {
 		if !seen[r] {
 			t.Errorf("Reasons lacks %q", r)
 		}
