@@ -286,6 +286,22 @@ func TestAcceptedInputs(t *testing.T) {
 		}), ErrInvalid, nil},
 		{"huge declared gpus", append([]byte{0x81, 0xa4, 'g', 'p', 'u', 's'}, 0xdd, 0x7f, 0xff, 0xff, 0xff), ErrUndecodable, nil},
 		{"nested past MaxDepth", append(append([]byte{0x81, 0xa1, 'x'}, bytes.Repeat([]byte{0x91}, MaxDepth)...), 0xc0), ErrUndecodable, nil},
+		{"valid beat, unknown key past MaxDepth", mutateHive(func(m map[string]any) {
+			var v any = 1
+			for range MaxDepth + 8 {
+				v = []any{v}
+			}
+			m["future"] = v
+		}), nil, nil},
+		{"invalid beat, unknown key past MaxDepth", mutateHive(func(m map[string]any) {
+			var v any = 1
+			for range MaxDepth + 8 {
+				v = []any{v}
+			}
+			m["future"] = v
+			m["cpu_percent"] = 101
+		}), ErrUndecodable, nil},
+		{"invalid beat, well formed", mutateHive(func(m map[string]any) { m["cpu_percent"] = 101 }), ErrInvalid, nil},
 		{"nested to MaxDepth", mutateHive(func(m map[string]any) {
 			var v any = 1
 			for range MaxDepth - 1 {
