@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -374,5 +375,38 @@ func TestQueenAndEventRoundTrip(t *testing.T) {
 	b, _ = Marshal(&e)
 	if got, err := DecodeEvent(b); err != nil || !reflect.DeepEqual(*got, e) {
 		t.Fatalf("event: %v %+v", err, got)
+	}
+}
+
+// TestDecodeLimitsMatchValidate holds the msgp limits in the struct tags to
+// the limits Validate enforces, so that both refuse the same lengths.
+func TestDecodeLimitsMatchValidate(t *testing.T) {
+	for _, tt := range []struct {
+		typ   reflect.Type
+		field string
+		want  int
+	}{
+		{reflect.TypeFor[Hive](), "GPUs", MaxGPUs},
+		{reflect.TypeFor[Hive](), "Workers", MaxHiveWorkers},
+		{reflect.TypeFor[HiveWorker](), "GPUUUIDs", MaxGPUs},
+	} {
+		f, _ := tt.typ.FieldByName(tt.field)
+		if tag, want := f.Tag.Get("msg"), fmt.Sprintf("limit=%d", tt.want); !strings.Contains(tag, want) {
+			t.Errorf("%s.%s: msg tag %q lacks %s", tt.typ.Name(), tt.field, tag, want)
+		}
+	}
+	h := sampleHive()
+	h.GPUs = make([]GPU, MaxGPUs)
+	for i := range h.GPUs {
+		h.GPUs[i] = GPU{Index: i, UUID: "u", Name: "n"}
+	}
+	b, _ := Marshal(&h)
+	if _, err := DecodeHive(b); err != nil {
+		t.Fatalf("%d gpus refused: %v", MaxGPUs, err)
+	}
+	h.GPUs = append(h.GPUs, GPU{})
+	b, _ = Marshal(&h)
+	if _, err := DecodeHive(b); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("%d gpus: %v, want ErrInvalid", MaxGPUs+1, err)
 	}
 }
