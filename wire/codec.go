@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/tinylib/msgp/msgp"
 	"github.com/vmihailenco/msgpack/v5"
@@ -69,8 +70,26 @@ func Marshal(v any) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("wire: %T has no generated msgpack codec", v)
 	}
-	return m.MarshalMsg(make([]byte, 0, m.Msgsize()))
+	// Msgsize is an upper bound, often half again the encoded size: encode
+	// into a pooled buffer and return an exact copy, one allocation of the
+	// right size.
+	bp := bufPool.Get().(*[]byte)
+	b, err := m.MarshalMsg((*bp)[:0])
+	var out []byte
+	if err == nil {
+		out = bytes.Clone(b)
+	}
+	if cap(b) <= maxPooled {
+		*bp = b
+		bufPool.Put(bp)
+	}
+	return out, err
 }
+
+// maxPooled is the largest buffer Marshal keeps for reuse.
+const maxPooled = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // AppendWorkerEntry appends to dst the registry value of an accepted worker
 // beat, the bytes Marshal(&WorkerEntry{Worker: *w, Received: rec}) returns,
