@@ -273,6 +273,7 @@ func DecodeHive(data []byte) (*Hive, error) {
 	if err != nil {
 		return nil, err
 	}
+	h.emptyNotNil()
 	if err := validated(data, h.Validate); err != nil {
 		return nil, err
 	}
@@ -300,7 +301,26 @@ func DecodeWorkerEntry(data []byte) (*WorkerEntry, error) { return decode[Worker
 
 // DecodeHiveEntry decodes a hive registry value without validating it.
 // Errors wrap ErrOversize, ErrUndecodable, ErrBadType or ErrInvalid.
-func DecodeHiveEntry(data []byte) (*HiveEntry, error) { return decode[HiveEntry](data) }
+func DecodeHiveEntry(data []byte) (*HiveEntry, error) {
+	e, err := decode[HiveEntry](data)
+	if err != nil {
+		return nil, err
+	}
+	e.emptyNotNil()
+	return e, nil
+}
+
+// emptyNotNil makes absent or empty gpus and workers empty slices, not nil,
+// so that they print as [] in JSON, as the senders wrote them (the generated
+// decoder reads an empty array as nil).
+func (h *Hive) emptyNotNil() {
+	if h.GPUs == nil {
+		h.GPUs = []GPU{}
+	}
+	if h.Workers == nil {
+		h.Workers = []HiveWorker{}
+	}
+}
 
 // DecodeQueenEntry decodes a queen registry value without validating it.
 // Errors wrap ErrOversize, ErrUndecodable, ErrBadType or ErrInvalid.

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -408,5 +409,24 @@ func TestDecodeLimitsMatchValidate(t *testing.T) {
 	b, _ = Marshal(&h)
 	if _, err := DecodeHive(b); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("%d gpus: %v, want ErrInvalid", MaxGPUs+1, err)
+	}
+}
+
+func TestHiveEmptyArraysStayEmpty(t *testing.T) {
+	h := sampleHive()
+	h.GPUs, h.Workers = nil, nil
+	b, _ := Marshal(&h)
+	got, err := DecodeHive(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(got)
+	if !strings.Contains(string(js), `"gpus":[]`) || !strings.Contains(string(js), `"workers":[]`) {
+		t.Fatalf("JSON of a hive without GPUs and workers: %s", js)
+	}
+	e := HiveEntry{Hive: h}
+	b, _ = Marshal(&e)
+	if ge, err := DecodeHiveEntry(b); err != nil || ge.GPUs == nil || ge.Workers == nil {
+		t.Fatalf("entry: %v %+v", err, ge)
 	}
 }
