@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Go modules, idempotently:
 #   - the nats CLI, pinned, into ./.bin
+#   - staticcheck, pinned, into ./.bin
 #   - the Node.js example subscriber's packages, from its lockfile
 #   - libnats-dev and libmsgpack-dev for the C example (apt-get, as root)
 # Each step is skipped when what it installs is already there and current.
@@ -11,6 +12,8 @@ root=$PWD
 
 natscli_module=github.com/nats-io/natscli/nats
 natscli_version=0.5.1
+staticcheck_module=honnef.co/go/tools/cmd/staticcheck
+staticcheck_version=0.8.2
 node_dir=examples/node-subscriber
 
 log=$(mktemp)
@@ -43,6 +46,16 @@ else
 	mkdir -p .bin
 	run "nats cli" env GOFLAGS= GOBIN="$root/.bin" go install "$natscli_module@v$natscli_version"
 	echo "nats cli: installed v$natscli_version into .bin"
+fi
+
+# staticcheck. "staticcheck -version" prints e.g. "staticcheck 2026.2.2 (0.8.2)".
+if [ -x .bin/staticcheck ] && .bin/staticcheck -version 2>/dev/null </dev/null | grep -q "($staticcheck_version)\$"; then
+	echo "staticcheck: v$staticcheck_version already in .bin"
+else
+	command -v go >/dev/null || { echo "staticcheck: go not found" >&2; exit 1; }
+	mkdir -p .bin
+	run "staticcheck" env GOFLAGS= GOBIN="$root/.bin" go install "$staticcheck_module@v$staticcheck_version"
+	echo "staticcheck: installed v$staticcheck_version into .bin"
 fi
 
 # The C example's libraries (integration TestCSubscriber): Debian's nats.c
