@@ -88,21 +88,11 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// checkFor polls f until it returns nil or timeout passes, then fails with
-// its last error.
+// checkFor polls f until it returns nil, failing with its last error at the
+// deadline (testutil.CheckFor).
 func checkFor(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.CheckFor(t, timeout, 20*time.Millisecond, f)
 }
 
 func startTestHive(t *testing.T, url, id string) {

@@ -10,25 +10,16 @@ import (
 	"time"
 
 	"github.com/rbee/heartbeat/internal/enginetest"
+	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/lifecycle"
 	"github.com/rbee/heartbeat/wire"
 )
 
-// checkFor polls f until it returns nil or timeout passes, then fails with
-// f's last error.
+// checkFor polls f until it returns nil, failing with its last error at the
+// deadline (testutil.CheckFor).
 func checkFor(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.CheckFor(t, timeout, 20*time.Millisecond, f)
 }
 
 // recorder keeps every State a Prober reports.

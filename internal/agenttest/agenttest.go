@@ -87,21 +87,11 @@ func (s *System) Hive(key string) (*wire.HiveEntry, error) {
 	return wire.DecodeHiveEntry(e.Value())
 }
 
-// CheckFor polls f until it returns nil or timeout passes, then fails the
-// test with f's last error.
+// CheckFor polls f until it returns nil, failing with its last error at the
+// deadline (testutil.CheckFor).
 func CheckFor(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.CheckFor(t, timeout, 20*time.Millisecond, f)
 }
 
 // Describe renders the worker keys the agents' tests check, for failure messages.
