@@ -85,7 +85,7 @@ func DefaultConfig() Config {
 		Version:         "dev",
 		Replicas:        1,
 		Queue:           "rbee-queen",
-		MaxInFlight:     8192,
+		MaxInFlight:     2048, // enough to pipeline the store; small enough that an ack never waits long behind its own window
 		WriteTimeout:    5 * time.Second,
 		RequestTimeout:  10 * time.Second,
 		StartTimeout:    2 * time.Minute,

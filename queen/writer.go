@@ -143,6 +143,10 @@ type writerStats struct {
 	Failing     bool  // the last write failed and none succeeded since
 	LastErr     string
 	Coalesced   uint64
+	// AckWaitMs is how long the oldest write in flight has waited for its
+	// acknowledgement: a store that stops answering (a full disk, a lost
+	// stream leader) shows here before any write times out.
+	AckWaitMs int64
 }
 
 // Write failures are retried with this pause while the store fails, and
@@ -480,6 +484,11 @@ func (w *writer) stats() writerStats {
 		Failing: w.failingLocked(), Coalesced: w.coalesce}
 	for _, s := range w.q {
 		st.LagMs = max(st.LagMs, now-s.pend.acceptedMs)
+	}
+	for _, s := range w.inflight {
+		if o := s.inflight; o != nil {
+			st.AckWaitMs = max(st.AckWaitMs, now-o.sentAt.UnixMilli())
+		}
 	}
 	if w.lastErr != nil && st.Failing {
 		st.LastErr = w.lastErr.Error()
