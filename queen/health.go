@@ -20,7 +20,7 @@ const overloadLag = time.Second
 // storeSilence is how long a registry write may wait for its
 // acknowledgement before the queen reports the store failing: acks come in
 // milliseconds on a healthy store, even under load.
-const storeSilence = 2 * time.Second
+const storeSilence = time.Second
 
 // minDisruption is the fewest expiries that can make a disruption: two
 // workers of a small system dying together are a failure, not a disruption.
