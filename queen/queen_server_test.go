@@ -138,7 +138,23 @@ func TestMigrateOldBucket(t *testing.T) {
 	if _, err := old.Put(ctx, "h.old", entry); err != nil {
 		t.Fatal(err)
 	}
-	startTestQueen(t, srv.ClientURL(), testConfig(t))
+	// A live worker beats through the migration: its entry, written by the
+	// old queen, must never expire.
+	if _, err := old.Put(ctx, "h.live", entry); err != nil {
+		t.Fatal(err)
+	}
+	startTestWorker(t, nc, "h", "live", time.Second)
+	var mu sync.Mutex
+	var expired []string
+	cfg := testConfig(t)
+	cfg.OnEvent = func(ev registry.Event) {
+		if ev.Type == registry.Expired {
+			mu.Lock()
+			expired = append(expired, ev.Key)
+			mu.Unlock()
+		}
+	}
+	q := startTestQueen(t, srv.ClientURL(), cfg)
 	kv, err := js.KeyValue(ctx, "rbee_workers")
 	if err != nil {
 		t.Fatal(err)
@@ -157,6 +173,28 @@ func TestMigrateOldBucket(t *testing.T) {
 	ttl, err := time.ParseDuration(m.Header.Get("Nats-TTL"))
 	if err != nil || ttl <= 0 || ttl > 20*time.Second {
 		t.Fatalf("migrated entry has Nats-TTL %q, want what was left of its 20s", m.Header.Get("Nats-TTL"))
+	}
+	// Over more than three of its intervals the live worker keeps its entry.
+	seq := uint64(0)
+	checkFor(t, 15*time.Second, func() error {
+		e, _, ok := q.Registry().Worker("h.live")
+		if !ok {
+			return errors.New("h.live missing from the registry")
+		}
+		if seq == 0 {
+			seq = e.Seq
+		}
+		if e.Seq < seq+4 {
+			return fmt.Errorf("h.live at seq %d, waiting for %d", e.Seq, seq+4)
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, k := range expired {
+		if k == "h.live" {
+			t.Fatal("the live worker expired during the migration")
+		}
 	}
 }
 
