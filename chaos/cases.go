@@ -44,6 +44,13 @@ func counter(sub string) func(string) bool {
 
 func exact(name string) func(string) bool { return func(n string) bool { return n == name } }
 
+// queued sums the queen's gauges of work waiting: writes in flight, backlog.
+func queued(m metrics) float64 {
+	return m.sum(func(n string) bool {
+		return !strings.HasSuffix(n, "_total") && (strings.Contains(n, "in_flight") || strings.Contains(n, "backlog"))
+	})
+}
+
 // accounting is the queen's own count of the worker beats it got.
 type accounting struct {
 	accepted, rejected, dropped, coalesced float64
@@ -223,8 +230,8 @@ func runOverload(w *world, r *result) error {
 	w.log("overload: load sent %d beats (%d goodbyes, %d errors); draining", rep.Sent, rep.Goodbyes, rep.Errors)
 
 	// Drain: until what was sent and what the queen counted differ by the
-	// same amount for 3 s (no backlog left; the healthy workers still beat),
-	// or drainMax.
+	// same amount for 3 s (the healthy workers still beat) while the queen's
+	// gauges show nothing queued or in flight, or drainMax.
 	var last accounting
 	lastGap, lastChange := math.NaN(), time.Now()
 	drained := false
@@ -237,7 +244,7 @@ func runOverload(w *world, r *result) error {
 		if err == nil {
 			last = account(m)
 			gap := float64(rep.Sent+hs) - last.total()
-			if math.Abs(gap-lastGap) > float64(w.opt.healthy) {
+			if math.Abs(gap-lastGap) > float64(w.opt.healthy) || queued(m) > 0 {
 				lastGap, lastChange = gap, time.Now()
 			} else if time.Since(lastChange) > 3*time.Second {
 				drained = true
@@ -268,6 +275,8 @@ func runOverload(w *world, r *result) error {
 	final := account(m)
 	peak, rssKilled := q.rss.result()
 	slow, lines := q.count("slow consumer")
+	errs, _ := q.count("level=error")
+	reconn, _ := q.count("reconnected")
 
 	isLoad := prefixOf(hiveLoad)
 	isBye := func(k string) bool {
@@ -277,8 +286,9 @@ func runOverload(w *world, r *result) error {
 		i, err := strconv.Atoi(strings.TrimPrefix(k, hiveLoad+".w"))
 		return err == nil && i < byes
 	}
-	falseHealthy := len(purges(o.removalsBetween(prefixOf(hiveHealthy), t0, tBye)))
-	falseLoad := len(purges(o.removalsBetween(func(k string) bool { return isLoad(k) && !isBye(k) }, t0, tStop)))
+	fhs := purges(o.removalsBetween(prefixOf(hiveHealthy), t0, tBye))
+	fls := purges(o.removalsBetween(func(k string) bool { return isLoad(k) && !isBye(k) }, t0, tStop))
+	falseHealthy, falseLoad := len(fhs), len(fls)
 	byeAtT := time.UnixMilli(rep.ByeAtMs)
 	var byeDel, byePurge int
 	for k, s := range loadKeys {
@@ -305,12 +315,12 @@ func runOverload(w *world, r *result) error {
 	r.fig("queen accounting (worker beats)", "accepted %.0f, rejected %.0f, counted as dropped %.0f, coalesced %.0f", final.accepted, final.rejected, final.dropped, final.coalesced)
 	r.fig("sent − (accepted + rejected + dropped)", "%.0f (%.1f %% of sent)", unaccounted, 100*unaccounted/math.Max(sent, 1))
 	if drained {
-		r.fig("backlog drained", "%s after the load's end", drainedIn.Round(100*time.Millisecond))
+		r.fig("queen's counts settled", "%s after the load's end", drainedIn.Round(100*time.Millisecond))
 	} else {
-		r.fig("backlog drained", "not within %s of the load's end", drainMax)
+		r.fig("queen's counts settled", "not within %s of the load's end", drainMax)
 	}
-	r.fig("false expiries: healthy workers", "%d of %d", falseHealthy, w.opt.healthy)
-	r.fig("false expiries: load workers while beating", "%d of %d", falseLoad, rate-byes)
+	r.fig("false expiries: healthy workers", "%d, of %d of the %d workers", falseHealthy, distinct(fhs), w.opt.healthy)
+	r.fig("false expiries: load workers while beating", "%d, of %d of the %d workers", falseLoad, distinct(fls), rate-byes)
 	r.fig("load goodbyes", "%d sent at +%s: %d delete markers, %d expired", byes, byeAtT.Sub(t0).Round(time.Millisecond), byeDel, byePurge)
 	r.fig("healthy goodbyes (SIGTERM after the load)", "%d workers: %d delete markers", len(hs), len(hs)-lostHealthyByes)
 	r.fig("accept lag of healthy beats (received_at − sent_at)", "%s", accLag)
@@ -320,7 +330,7 @@ func runOverload(w *world, r *result) error {
 		r.fig("load writes after the load stopped", "for %s", lastLoadPut.Sub(tStop).Round(time.Millisecond))
 	}
 	r.fig("queen peak RSS (VmHWM)", "%s%s", mib(peak), map[bool]string{true: " (killed at the safety limit)", false: ""}[rssKilled])
-	r.fig("queen log", "%d lines, %d of them 'slow consumer'", lines, slow)
+	r.fig("queen log", "%d lines: %d 'slow consumer', %d errors, %d 'reconnected'", lines, slow, errs, reconn)
 
 	r.expect("0 false expiries (healthy)", falseHealthy == 0, "%d", falseHealthy)
 	r.expect("0 false expiries (load workers while beating)", falseLoad == 0, "%d", falseLoad)
@@ -328,7 +338,32 @@ func runOverload(w *world, r *result) error {
 	r.expect("0 lost goodbyes (under load)", lostLoadByes == 0, "%d of %d lost", lostLoadByes, byes)
 	r.expect("0 lost goodbyes (healthy, after load)", lostHealthyByes == 0, "%d of %d lost", lostHealthyByes, len(hs))
 	r.expect(fmt.Sprintf("bounded RSS (≤ %s)", mib(w.opt.rssLimit)), !rssKilled && peak <= w.opt.rssLimit, "%s", mib(peak))
+	if r.failed() {
+		r.note("last lines of the queen's log: `%s`", cell(lastLines(q.output(), 4)))
+	}
 	return nil
+}
+
+// distinct returns how many keys the removals concern.
+func distinct(rs []removal) int {
+	m := map[string]bool{}
+	for _, r := range rs {
+		m[r.key] = true
+	}
+	return len(m)
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	for i := range l {
+		if len(l[i]) > 240 {
+			l[i] = l[i][:240] + "…"
+		}
+	}
+	return strings.Join(l, " ⏎ ")
 }
 
 func purges(rs []removal) []removal {

@@ -78,7 +78,7 @@ type queen struct {
 }
 
 // Patterns counted in a queen's log.
-var queenPatterns = []string{"slow consumer", "level=ERROR", "level=WARN", "expired"}
+var queenPatterns = []string{"slow consumer", "level=error", "level=warn", "disconnected", "reconnected"}
 
 // startQueen starts a queen with an embedded broker on natsPort (0: use
 // natsURL instead) and its HTTP API on httpPort, and waits until its

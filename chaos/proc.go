@@ -56,7 +56,8 @@ type proc struct {
 
 const tailLines = 40
 
-// startProc starts name with args; patterns are substrings whose lines are counted.
+// startProc starts name with args; patterns are lower-case substrings whose
+// lines are counted, whatever their case.
 func startProc(label, name string, args []string, patterns ...string) (*proc, error) {
 	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -78,8 +79,9 @@ func startProc(label, name string, args []string, patterns ...string) (*proc, er
 			line := s.Text()
 			p.mu.Lock()
 			p.lines++
+			low := strings.ToLower(line)
 			for pat := range p.grep {
-				if strings.Contains(line, pat) {
+				if strings.Contains(low, pat) {
 					p.grep[pat]++
 				}
 			}

@@ -41,6 +41,16 @@ func (r *result) expect(what string, ok bool, format string, args ...any) {
 	r.checks = append(r.checks, check{what: what, ok: ok, got: fmt.Sprintf(format, args...)})
 }
 
+// failed reports whether a check so far failed.
+func (r *result) failed() bool {
+	for _, c := range r.checks {
+		if !c.ok {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *result) verdict() string {
 	switch {
 	case r.skipped != "":
