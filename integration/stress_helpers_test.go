@@ -49,10 +49,11 @@ type seen struct {
 	sentAt time.Time // a put's sent_at_ms
 }
 
-// watchWorkers watches rbee_workers on url (waiting for the bucket) until cleanup.
+// watchWorkers watches rbee_workers on url (waiting for the server and the
+// bucket) until cleanup.
 func watchWorkers(t *testing.T, url string) *kvWatch {
 	t.Helper()
-	nc := testutil.Connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	nc := testutil.Connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond), nats.RetryOnFailedConnect(true))
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
