@@ -47,6 +47,9 @@ type seen struct {
 	op     jetstream.KeyValueOp
 	at     time.Time // when the watch saw it
 	sentAt time.Time // a put's sent_at_ms
+	// A put's instance and seq:
+	instance string
+	seq      uint64
 }
 
 // watchWorkers watches rbee_workers on url (waiting for the server and the
@@ -137,7 +140,7 @@ func (w *kvWatch) apply(e jetstream.KeyValueEntry) {
 	k := e.Key()
 	rec := seen{key: k, op: e.Operation(), at: now}
 	if v != nil {
-		rec.sentAt = time.UnixMilli(v.SentAtMs)
+		rec.sentAt, rec.instance, rec.seq = time.UnixMilli(v.SentAtMs), v.InstanceID, v.Seq
 	}
 	w.log = append(w.log, rec)
 	switch e.Operation() {
