@@ -43,15 +43,12 @@ func startQueenStack(dir string, child bool, ttl time.Duration, onEvent func(reg
 		return nil, err
 	}
 	cfg := queen.DefaultConfig()
-	cfg.WorkerTTL, cfg.HiveTTL = ttl, ttl
 	cfg.OnEvent = onEvent
 	if s.q, err = queen.New(s.qc, cfg); err != nil {
 		s.Stop()
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := s.q.Start(ctx); err != nil {
+	if err := s.q.Start(context.Background()); err != nil {
 		s.Stop()
 		return nil, err
 	}

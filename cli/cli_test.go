@@ -40,7 +40,8 @@ func TestBadInvocations(t *testing.T) {
 		{"missing hive id", []string{"hive"}, "is empty"},
 		{"bad worker id", []string{"worker", "--hive-id", "h", "--worker-id", "w*"}, "invalid id"},
 		{"bad flag", []string{"queen", "--nope"}, "flag provided but not defined"},
-		{"bad ttl", []string{"queen", "--worker-ttl", "10ms"}, "TTLs must be at least"},
+		{"bad missed", []string{"queen", "--missed", "1"}, "missed beats 1 outside"},
+		{"gone ttl flag", []string{"queen", "--worker-ttl", "10s"}, "flag provided but not defined: -worker-ttl"},
 		{"bad prefix", []string{"status", "--prefix", "a.b"}, "invalid prefix"},
 		{"bad log level", []string{"status", "--log-level", "loud"}, "--log-level"},
 		{"routes without cluster", []string{"queen", "--routes", "nats-route://127.0.0.1:1", "--http", "off", "--data", "/tmp/x"}, "--routes needs --cluster"},
@@ -92,12 +93,11 @@ func system(t *testing.T, ttl time.Duration) (string, *queen.Queen) {
 	srv := testutil.Server(t)
 	nc := testutil.Connect(t, srv.ClientURL())
 	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL = ttl, ttl
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Start(context.Background()); err != nil {
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })

@@ -61,7 +61,7 @@ func runDemo(e *env, args []string) error {
 	}
 	events := make(chan registry.Event, 256)
 	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL, qc.Logger = ttl, ttl, log
+	qc.Logger = log
 	qc.OnEvent = func(ev registry.Event) {
 		fmt.Fprintln(out, formatEvent(ev))
 		events <- ev

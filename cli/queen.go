@@ -20,8 +20,11 @@ type queenFlags struct {
 	common
 	listen      string
 	data        string
-	workerTTL   time.Duration
-	hiveTTL     time.Duration
+	missed      int
+	maxTTL      time.Duration
+	stallAfter  int
+	queenID     string
+	disruption  float64
 	replicas    int
 	http        string
 	cluster     string
@@ -37,8 +40,11 @@ func runQueen(e *env, args []string) error {
 	f.register(fs, "")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:4222", "embedded broker's client address (loopback by default)")
 	fs.StringVar(&f.data, "data", "rbee-data", "embedded broker's JetStream directory")
-	fs.DurationVar(&f.workerTTL, "worker-ttl", 90*time.Second, "worker entries expire after this long without a beat (missed beats × interval)")
-	fs.DurationVar(&f.hiveTTL, "hive-ttl", 90*time.Second, "hive entries expire after this long without a beat")
+	fs.IntVar(&f.missed, "missed", 3, "an entry expires after this many of its own intervals without a beat (2-100)")
+	fs.DurationVar(&f.maxTTL, "max-ttl", time.Hour, "the longest TTL any entry may have; a beat whose TTL would pass it is refused")
+	fs.IntVar(&f.stallAfter, "stall-after", 3, "a busy worker whose progress stands still this many of its intervals is stalled")
+	fs.StringVar(&f.queenID, "queen-id", "", "this queen's ID in its own heartbeat and in the queens bucket (default: host name and a short suffix)")
+	fs.Float64Var(&f.disruption, "disruption-share", 0.3, "share of entries expiring within one TTL that makes the registry disrupted")
 	fs.IntVar(&f.replicas, "replicas", 1, "bucket replicas (3 in a cluster of three)")
 	fs.StringVar(&f.http, "http", "127.0.0.1:8500", "HTTP API and /metrics address, or off")
 	fs.StringVar(&f.cluster, "cluster", "", "embedded broker's cluster address host:port (joins a NATS cluster)")
@@ -51,7 +57,11 @@ func runQueen(e *env, args []string) error {
 	}
 	log := f.logger(e)
 	qc := queen.DefaultConfig()
-	qc.Prefix, qc.WorkerTTL, qc.HiveTTL, qc.Replicas, qc.Logger = f.prefix, f.workerTTL, f.hiveTTL, f.replicas, log
+	qc.Prefix, qc.Missed, qc.MaxTTL, qc.StallAfter, qc.Replicas, qc.Logger = f.prefix, f.missed, f.maxTTL, f.stallAfter, f.replicas, log
+	qc.DisruptionShare, qc.Version = f.disruption, Version
+	if f.queenID != "" {
+		qc.QueenID = f.queenID
+	}
 	if err := qc.Validate(); err != nil {
 		return usageError{err.Error()}
 	}
@@ -89,12 +99,7 @@ func runQueen(e *env, args []string) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	// A JetStream cluster whose members start together needs a while to
-	// elect a meta leader; the queen waits for it (saying so) this long.
-	startCtx, cancel := context.WithTimeout(e.ctx, 2*time.Minute)
-	err = q.Start(startCtx)
-	cancel()
-	if err != nil {
+	if err := q.Start(e.ctx); err != nil {
 		return err
 	}
 	defer func() {

@@ -7,3 +7,19 @@ var ErrInvalidConfig = errors.New("invalid embedded server config")
 
 // ErrNotReady is returned (wrapped) by New when the server did not accept connections in time.
 var ErrNotReady = errors.New("embedded server not ready")
+
+// ErrDataDirInUse is returned (wrapped) by New when another server, in this
+// process or another, holds the store directory.
+var ErrDataDirInUse = errors.New("data directory in use")
+
+// ErrNoJetStream is returned (wrapped) by EnsureJetStream when the server was
+// not configured with JetStream, or has shut down.
+var ErrNoJetStream = errors.New("no jetstream to enable")
+
+// ErrJetStreamStopping is returned (wrapped) by EnsureJetStream while the
+// server is still taking JetStream down; try again shortly.
+var ErrJetStreamStopping = errors.New("jetstream still shutting down")
+
+// ErrNoAdvisories is returned (wrapped) by AdvisoriesReachable when the
+// server sends the client no connection advisories for its account.
+var ErrNoAdvisories = errors.New("no connection advisories")

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -39,6 +41,27 @@ type Config struct {
 	Routes []string
 	// Logger receives the server's log; nil discards it.
 	Logger *slog.Logger
+
+	// PingInterval is how often the server pings a client it has heard
+	// nothing from; after MaxPingsOut unanswered pings it closes the
+	// connection ("Stale Connection", a DISCONNECT advisory). A frozen client
+	// is dropped between (MaxPingsOut+1) and (MaxPingsOut+2) × PingInterval
+	// after its last message. Zero keeps the configuration file's or
+	// nats-server's default (2 min); a file's ping_interval wins.
+	PingInterval time.Duration
+	// MaxPingsOut is the number of unanswered pings after which a client is
+	// dropped. Zero keeps the file's ping_max or nats-server's default (2).
+	MaxPingsOut int
+	// WriteDeadline bounds one write to a client: a client that stops reading
+	// while data waits for it (a frozen subscriber under load) is dropped as a
+	// slow consumer after this long. Routes keep nats-server's 10 s unless the
+	// file sets cluster.write_deadline. Zero keeps the file's write_deadline
+	// or nats-server's default (10 s).
+	WriteDeadline time.Duration
+	// Auth turns on authorization with generated credentials (see
+	// Credentials) even on loopback. Without ConfigFile it is on by itself
+	// whenever Host is beyond loopback (NeedsAuth).
+	Auth bool
 }
 
 // DefaultConfig returns a loopback server on the standard port with modest
@@ -51,6 +74,11 @@ func DefaultConfig(storeDir string) Config {
 		MaxMemory:    256 << 20, // 256 MiB
 		MaxStore:     4 << 30,   // 4 GiB
 		ReadyTimeout: 10 * time.Second,
+		// A frozen client is dropped 9–12 s after its last message.
+		PingInterval: 3 * time.Second,
+		MaxPingsOut:  2,
+		// A client that stops reading under load is dropped within 3 s.
+		WriteDeadline: 3 * time.Second,
 	}
 }
 
@@ -63,6 +91,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: port %d", ErrInvalidConfig, c.Port)
 	case c.MaxMemory < 0 || c.MaxStore < 0:
 		return fmt.Errorf("%w: negative JetStream limit", ErrInvalidConfig)
+	case c.PingInterval < 0 || c.MaxPingsOut < 0 || c.WriteDeadline < 0:
+		return fmt.Errorf("%w: negative ping or write setting", ErrInvalidConfig)
+	case c.PingInterval > 0 && c.PingInterval < 100*time.Millisecond:
+		return fmt.Errorf("%w: PingInterval %s below 100ms", ErrInvalidConfig, c.PingInterval)
 	case c.ReadyTimeout <= 0:
 		return fmt.Errorf("%w: ReadyTimeout must be positive", ErrInvalidConfig)
 	case c.Cluster != "" && c.ClusterName == "":
@@ -70,13 +102,33 @@ func (c Config) Validate() error {
 	case len(c.Routes) > 0 && c.Cluster == "":
 		return fmt.Errorf("%w: routes need a Cluster listen address", ErrInvalidConfig)
 	}
+	if c.Cluster != "" && c.ConfigFile == "" {
+		host, _, err := net.SplitHostPort(c.Cluster)
+		if err != nil {
+			return fmt.Errorf("%w: cluster address %q: %v", ErrInvalidConfig, c.Cluster, err)
+		}
+		if NeedsAuth(host) {
+			return fmt.Errorf("%w: cluster address %s is beyond loopback: routes from other machines need "+
+				"authorization shared by every member; give a configuration file with cluster { authorization { … } }",
+				ErrInvalidConfig, c.Cluster)
+		}
+	}
 	return nil
 }
 
-// Server is a running embedded nats-server. Its methods may be called concurrently.
+// Server is a running embedded nats-server. Its methods may be called
+// concurrently, Shutdown included; Shutdown is safe to call twice.
 type Server struct {
-	srv  *server.Server
-	once sync.Once
+	srv    *server.Server
+	js     *server.JetStreamConfig // what JetStream started with; nil without JetStream
+	creds  *Credentials
+	lock   *dirLock
+	logger *slog.Logger
+
+	mu          sync.Mutex // guards down and the re-enabling of JetStream
+	down        bool
+	shutOnce    sync.Once
+	storeFailed atomic.Bool // nats-server reported a failed store write
 }
 
 // Options returns the nats-server options this Config stands for, or an error
@@ -102,6 +154,22 @@ func (c Config) Options() (*server.Options, error) {
 	opts.JetStreamMaxStore = c.MaxStore
 	opts.NoSigs = true
 	opts.NoLog = c.Logger == nil
+	// A configuration file's own ping and write settings win over the defaults.
+	if opts.PingInterval == 0 {
+		opts.PingInterval = c.PingInterval
+	}
+	if opts.MaxPingsOut == 0 {
+		opts.MaxPingsOut = c.MaxPingsOut
+	}
+	if opts.WriteDeadline == 0 && c.WriteDeadline > 0 {
+		opts.WriteDeadline = c.WriteDeadline
+		if opts.Cluster.WriteDeadline == 0 {
+			opts.Cluster.WriteDeadline = server.DEFAULT_FLUSH_DEADLINE
+		}
+	}
+	if _, err := configureAdvisories(opts); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
 	if c.Cluster != "" {
 		host, port, err := net.SplitHostPort(c.Cluster)
 		if err != nil {
@@ -122,54 +190,111 @@ func (c Config) Options() (*server.Options, error) {
 }
 
 // New starts a server and waits until it accepts connections. It returns an
-// error wrapping ErrInvalidConfig for a bad Config, or ErrNotReady if the
-// server did not come up within ReadyTimeout.
+// error wrapping ErrInvalidConfig for a bad Config, ErrDataDirInUse if
+// another server holds StoreDir, or ErrNotReady if the server did not come up
+// within ReadyTimeout.
+//
+// Without ConfigFile, a server whose Host is beyond loopback (or with Auth
+// set) requires the credentials kept in StoreDir (see Credentials),
+// generating them on first use.
 func New(c Config) (*Server, error) {
 	opts, err := c.Options()
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(c.StoreDir, 0o750); err != nil {
+		return nil, fmt.Errorf("%w: store directory: %v", ErrInvalidConfig, err)
+	}
+	lock, err := lockDir(c.StoreDir)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Server, error) {
+		lock.release()
+		return nil, err
+	}
+	var creds *Credentials
+	if c.ConfigFile == "" && (c.Auth || NeedsAuth(c.Host)) {
+		if creds, err = loadOrCreateCredentials(c.StoreDir); err != nil {
+			return fail(err)
+		}
+		opts.CustomClientAuthentication = passwordAuth{user: creds.User, password: creds.Password}
+	}
 	// A taken port would otherwise only show as a ready timeout.
 	if c.Port > 0 {
 		ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+			return fail(fmt.Errorf("%w: %v", ErrInvalidConfig, err))
 		}
 		_ = ln.Close()
 	}
-	return Start(opts, c.Logger, c.ReadyTimeout)
+	s, err := Start(opts, c.Logger, c.ReadyTimeout)
+	if err != nil {
+		return fail(err)
+	}
+	s.lock, s.creds = lock, creds
+	return s, nil
 }
 
 // Start starts a server from raw nats-server options, for callers that need
-// settings Config does not carry. logger may be nil.
+// settings Config does not carry. logger may be nil. Start takes no lock on
+// the store directory and generates no credentials; New does.
 func Start(opts *server.Options, logger *slog.Logger, ready time.Duration) (*Server, error) {
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
-	if logger != nil {
-		srv.SetLoggerV2(slogLogger{logger.With("component", "nats-server")}, false, false, false)
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
+	logger = logger.With("component", "nats-server")
+	s := &Server{srv: srv, logger: logger}
+	srv.SetLoggerV2(slogLogger{l: logger, storeFailed: &s.storeFailed}, false, false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(ready) {
 		srv.Shutdown()
 		srv.WaitForShutdown()
 		return nil, fmt.Errorf("%w: no connections accepted within %s", ErrNotReady, ready)
 	}
-	return &Server{srv: srv}, nil
+	s.srv = srv
+	if opts.JetStream {
+		// The configuration nats-server itself starts JetStream with.
+		s.js = &server.JetStreamConfig{
+			StoreDir:     opts.StoreDir,
+			SyncInterval: opts.SyncInterval,
+			SyncAlways:   opts.SyncAlways,
+			Strict:       !opts.NoJetStreamStrict,
+			MaxMemory:    opts.JetStreamMaxMemory,
+			MaxStore:     opts.JetStreamMaxStore,
+			Domain:       opts.JetStreamDomain,
+			CompressOK:   true,
+			UniqueTag:    opts.JetStreamUniqueTag,
+		}
+	}
+	return s, nil
 }
 
 // ClientURL returns the URL clients connect to, e.g. nats://127.0.0.1:4222.
+// It carries no credentials; see Credentials.
 func (s *Server) ClientURL() string { return s.srv.ClientURL() }
 
 // NATS returns the underlying nats-server, for tests and advanced callers.
 func (s *Server) NATS() *server.Server { return s.srv }
 
-// Shutdown stops the server and waits for it to finish. It is safe to call
-// more than once.
+// Credentials returns the generated user and password clients must present,
+// or nil when the server requires none of its own making (loopback without
+// Auth, or a configuration file that decides).
+func (s *Server) Credentials() *Credentials { return s.creds }
+
+// Shutdown stops the server, waits for it to finish and releases the store
+// directory. It is safe to call more than once and concurrently.
 func (s *Server) Shutdown() {
-	s.once.Do(func() {
+	s.shutOnce.Do(func() {
+		s.mu.Lock()
+		s.down = true
+		s.mu.Unlock()
 		s.srv.Shutdown()
 		s.srv.WaitForShutdown()
+		s.lock.release()
 	})
 }

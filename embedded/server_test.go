@@ -96,3 +96,31 @@ func TestPortInUse(t *testing.T) {
 		t.Fatalf("second server on a taken port: %v", err)
 	}
 }
+
+// The ping and write settings reach nats-server; a configuration file's own
+// ones win, and routes keep nats-server's write deadline.
+func TestPingSettings(t *testing.T) {
+	c := DefaultConfig(t.TempDir())
+	opts, err := c.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.PingInterval != 3*time.Second || opts.MaxPingsOut != 2 || opts.WriteDeadline != 3*time.Second {
+		t.Fatalf("defaults: ping %s × %d, write deadline %s", opts.PingInterval, opts.MaxPingsOut, opts.WriteDeadline)
+	}
+	if opts.Cluster.WriteDeadline != 10*time.Second {
+		t.Fatalf("route write deadline %s", opts.Cluster.WriteDeadline)
+	}
+	c.ConfigFile = writeConf(t, "ping_interval: \"20s\"\nping_max: 5\nwrite_deadline: \"7s\"\n")
+	if opts, err = c.Options(); err != nil {
+		t.Fatal(err)
+	}
+	if opts.PingInterval != 20*time.Second || opts.MaxPingsOut != 5 || opts.WriteDeadline != 7*time.Second {
+		t.Fatalf("file: ping %s × %d, write deadline %s", opts.PingInterval, opts.MaxPingsOut, opts.WriteDeadline)
+	}
+	c = DefaultConfig(t.TempDir())
+	c.PingInterval = -time.Second
+	if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("negative ping interval: %v", err)
+	}
+}

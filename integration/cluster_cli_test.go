@@ -45,7 +45,6 @@ func TestQueenCLICluster(t *testing.T) {
 			"--server-name", name,
 			"--data", t.TempDir(),
 			"--replicas", "3",
-			"--worker-ttl", "3s", "--hive-ttl", "3s",
 			"--http", "off")
 	}
 	// The workers start with the queens, before any broker listens: they

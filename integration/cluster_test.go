@@ -77,9 +77,7 @@ func startQueenConfig(t *testing.T, url string, cfg queen.Config) (*queen.Queen,
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })
@@ -124,7 +122,8 @@ func TestClusterFailover(t *testing.T) {
 	urls := clientURLs(servers)
 
 	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL, qc.Replicas = ttl, ttl, 3
+	qc.Replicas = 3
+	qc.Missed = int(ttl / interval) // entries live 15 s
 	q, ev := startQueenConfig(t, urls, qc)
 
 	hc := hive.DefaultConfig("hive-1")

@@ -64,21 +64,24 @@ func conn(t *testing.T, url, name string) *nats.Conn {
 	return nc
 }
 
-// startQueen starts a queen with TTL ttl on url and records its events.
+// missedOf returns the queen's missed-beats setting for tests that state a
+// TTL: they all beat so that TTL = 3 × interval.
+func missedOf(time.Duration) int { return 3 }
+
+// startQueen starts a queen on url and records its events; entries expire
+// after 3 of their own intervals (the tests' ttl).
 func startQueen(t *testing.T, url string, ttl time.Duration) (*queen.Queen, *events) {
 	t.Helper()
 	ev := &events{}
 	cfg := queen.DefaultConfig()
-	cfg.WorkerTTL, cfg.HiveTTL = ttl, ttl
+	cfg.Missed = missedOf(ttl)
 	cfg.Logger = testutil.Logger(t)
 	cfg.OnEvent = ev.add
 	q, err := queen.New(conn(t, url, "queen"), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })

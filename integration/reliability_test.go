@@ -31,7 +31,7 @@ func rawWorker(hiveID, workerID, instance string, seq uint64) *wire.Worker {
 		ModelID: "model-" + workerID, Device: "cuda:0", URL: "http://127.0.0.1:9000/" + workerID,
 		Version: "test", SlotsTotal: 2,
 	}
-	w.Stamp(instance, seq, time.Now().UnixMilli(), 1000)
+	w.Stamp(instance, seq, time.Now().UnixMilli(), 20_000) // TTL 60 s: nothing expires during a test
 	return w
 }
 
@@ -39,7 +39,7 @@ func rawWorker(hiveID, workerID, instance string, seq uint64) *wire.Worker {
 func rawHive(hiveID, instance string, seq uint64) *wire.Hive {
 	h := &wire.Hive{Meta: wire.Meta{Health: wire.Healthy}, HiveID: hiveID, Hostname: "host", Version: "test",
 		RAMTotalBytes: 1 << 30, GPUs: []wire.GPU{}, Workers: []wire.HiveWorker{}}
-	h.Stamp(instance, seq, time.Now().UnixMilli(), 1000)
+	h.Stamp(instance, seq, time.Now().UnixMilli(), 20_000)
 	return h
 }
 
@@ -246,6 +246,9 @@ func TestQueenRejectsBadInput(t *testing.T) {
 		{name: "seq 0", msg: func() *nats.Msg {
 			return beatMsg(wsubj, wire.SchemaWorker, badWorker(func(w *wire.Worker) { w.Seq = 0 }))
 		}, reason: subscriber.ReasonInvalid},
+		{name: "interval whose TTL passes the max TTL", msg: func() *nats.Msg {
+			return beatMsg(wsubj, wire.SchemaWorker, badWorker(func(w *wire.Worker) { w.IntervalMs = 30 * 60 * 1000 }))
+		}, reason: subscriber.ReasonInterval},
 		{name: "subject with an invalid token", msg: func() *nats.Msg {
 			return beatMsg("rbee.hb.worker.hive-1.w$1", wire.SchemaWorker, mustMarshal(t, valid()))
 		}, reason: subscriber.ReasonBadSubject},
@@ -291,7 +294,7 @@ func TestQueenRejectsBadInput(t *testing.T) {
 			sendValid(t)
 		}, msg: func() *nats.Msg {
 			return beatMsg(wsubj, wire.SchemaWorker, mustMarshal(t, rawWorker(hiveID, "w1", "inst-a", 1000)))
-		}, reason: subscriber.ReasonReplay},
+		}, reason: subscriber.ReasonConflict}, // the ousted instance beating on while the new one holds the key
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -446,6 +449,9 @@ func TestQueenRestart(t *testing.T) {
 
 	q2, ev2 := startQueen(t, url, ttl)
 	gap := time.Since(down)
+	if err := q2.Registry().WaitReady(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	if nw, nh := q2.Registry().Sizes(); nw < len(live) || nh != 1 {
 		t.Fatalf("new queen loaded %d workers and %d hives, want at least %d and 1", nw, nh, len(live))
 	}

@@ -243,19 +243,19 @@ include ./permissions.conf
 	// Every role works within its permissions.
 	qnc, qerrs := secureConn(t, url, "queen", as(queenID))
 	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL, qc.Logger = time.Minute, time.Minute, testutil.Logger(t)
+	qc.Logger = testutil.Logger(t)
 	ev := &events{}
 	qc.OnEvent = ev.add
 	q, err := queen.New(qnc, qc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatalf("queen under its permissions: %v", err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 
 	vnc, verrs := secureConn(t, url, "viewer", as(viewerID))
 	js, err := jetstream.New(vnc)
@@ -492,17 +492,17 @@ resolver_preload: {
 
 	qnc, qerrs := secureConn(t, url, "queen", natsconn.Config{CredsFile: queenCreds})
 	qc := queen.DefaultConfig()
-	qc.WorkerTTL, qc.HiveTTL, qc.Logger = time.Minute, time.Minute, testutil.Logger(t)
+	qc.Logger = testutil.Logger(t)
 	q, err := queen.New(qnc, qc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(t.Context()); err != nil {
 		t.Fatalf("queen with a creds file: %v", err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	inspect, _ := secureConn(t, url, "inspect", natsconn.Config{CredsFile: queenCreds})
 	js, err := jetstream.New(inspect)
 	if err != nil {

@@ -22,7 +22,7 @@ func startThrottledQueen(t *testing.T, url string, ttl, latency time.Duration, w
 	p, purl := newProxy(t, url)
 	addToxic(t, p, fmt.Sprintf(`{"name":"slow_store","type":"latency","stream":"downstream","attributes":{"latency":%d}}`, latency.Milliseconds()))
 	cfg := queen.DefaultConfig()
-	cfg.WorkerTTL, cfg.HiveTTL = ttl, ttl
+	cfg.Missed = missedOf(ttl)
 	cfg.MaxInFlight = window
 	q, _ := startQueenConfig(t, purl, cfg)
 	return q

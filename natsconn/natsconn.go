@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -159,4 +160,18 @@ func Flush(ctx context.Context, nc *nats.Conn) error {
 		defer cancel()
 	}
 	return nc.FlushWithContext(ctx)
+}
+
+// ID returns the identity of nc's current connection as the server's
+// advisories name it, "<server_id>/<client_id>", or "" while disconnected.
+// It changes on every reconnect.
+func ID(nc *nats.Conn) string {
+	if nc == nil || !nc.IsConnected() {
+		return ""
+	}
+	id, err := nc.GetClientID()
+	if err != nil {
+		return ""
+	}
+	return nc.ConnectedServerId() + "/" + strconv.FormatUint(id, 10)
 }

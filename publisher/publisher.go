@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/lifecycle"
 	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/wire"
 )
@@ -20,6 +21,12 @@ import (
 // *wire.Worker and *wire.Hive implement it through wire.Meta.
 type Stamper interface {
 	Stamp(instanceID string, seq uint64, sentAtMs, intervalMs int64)
+}
+
+// connStamper is a payload that names the connection it is sent on;
+// *wire.Worker, *wire.Hive and *wire.Queen implement it through wire.Meta.
+type connStamper interface {
+	StampConn(conn string)
 }
 
 // Config configures a Publisher.
@@ -146,8 +153,8 @@ func (p *Publisher[T]) Stats() Stats {
 }
 
 // Start sends the first beat at once and then one every interval (± jitter)
-// until ctx ends or Stop is called. It returns ErrStopped after Stop; a second
-// Start is a no-op.
+// until ctx ends or Stop is called. A second Start returns an error wrapping
+// lifecycle.ErrStarted; after Stop, ErrStopped (which wraps it too).
 func (p *Publisher[T]) Start(ctx context.Context) error {
 	p.life.Lock()
 	defer p.life.Unlock()
@@ -155,7 +162,7 @@ func (p *Publisher[T]) Start(ctx context.Context) error {
 		return ErrStopped
 	}
 	if p.started {
-		return nil
+		return fmt.Errorf("publisher %s: %w", p.cfg.Subject, lifecycle.ErrStarted)
 	}
 	p.started = true
 	ctx, p.cancel = context.WithCancel(ctx)
@@ -263,6 +270,9 @@ func (p *Publisher[T]) beat(goodbye bool) error {
 	v := p.snapshot()
 	p.seq++
 	v.Stamp(p.cfg.InstanceID, p.seq, time.Now().UnixMilli(), p.cfg.Interval.Milliseconds())
+	if c, ok := any(v).(connStamper); ok {
+		c.StampConn(natsconn.ID(p.nc)) // re-read per beat: it changes with every reconnect
+	}
 	data, err := wire.Marshal(v)
 	if err == nil {
 		msg := &nats.Msg{Subject: p.cfg.Subject, Data: data, Header: nats.Header{

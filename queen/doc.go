@@ -1,12 +1,41 @@
 // Package queen is the registry keeper: it subscribes to every heartbeat in a
 // NATS queue group (several queens share the load), validates each beat,
-// refuses replays, and writes accepted beats into the JetStream KV buckets
-// whose TTL expires silent senders. A goodbye deletes the sender's key.
+// refuses replays and bounds forgeries, and writes accepted beats into the
+// JetStream KV buckets, each entry with its own TTL (Nats-TTL: Config.Missed
+// × the beat's own interval). A goodbye deletes the sender's key (DEL = left);
+// silence lets the server expire it (PURGE = expired).
 //
-// Writes are asynchronous JetStream publishes with a bounded number in
-// flight, so the queen's ingest is not capped by one KV round trip per beat;
-// a write that fails is retried unless a newer beat for the same key has
-// superseded it, and a write given up on is counted and logged, never lost
-// silently. Liveness never depends on the sender's clock: the TTL runs on the
-// server.
+// # Truth under load
+//
+// Only the newest beat of a key matters, and a key needs one write per TTL,
+// not one per beat. The writer keeps at most one waiting write per key
+// (newer beats replace it: coalesced) and at most one in flight, so memory is
+// bounded by the number of keys, a key's writes land in order, and a beat is
+// never written after a newer one. Goodbyes go first, then new or changed
+// entries, then refreshes in the order their stored entries would expire; a
+// beat whose TTL ran out while it waited is shed rather than written, so a
+// dead sender is not kept alive by a backlog. Writes are nats.go jetstream
+// asynchronous publishes with a bounded window; beats the subscription drops
+// are counted. Every shed, coalesced, failed or lost write is in /metrics.
+//
+// # The queen's own state
+//
+// The queen beats too (<prefix>.hb.queen.<id>, kept in <prefix>_queens):
+// ok, degraded (store failing, overloaded, broker connection down) or
+// disrupted (more than Config.DisruptionShare of the entries expired within
+// one TTL). Health returns the same for /healthz.
+//
+// # Liveness beyond the TTL
+//
+// With Config.Advisories the queen listens to the server's DISCONNECT
+// advisories and marks the entries last beating on a closed connection
+// disconnected, keeping their expiry; a busy worker whose progress stands
+// still for Config.StallAfter intervals is stalled. A beat makes an entry
+// alive again.
+//
+// # Concurrency
+//
+// Queen keeps the lifecycle contract of package lifecycle. All its methods
+// may be called concurrently, also while Start and Stop run (TestLifecycle
+// holds this under -race). Config.OnEvent is called one event at a time.
 package queen

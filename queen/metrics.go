@@ -1,106 +1,114 @@
 package queen
 
 import (
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/subscriber"
+	"github.com/rbee/heartbeat/wire"
 )
 
-var kinds = []subjects.Kind{subjects.KindWorker, subjects.KindHive, "unknown"}
-
-type counterKey struct {
-	kind subjects.Kind
-	name string
-}
-
-// metrics holds the queen's counters. Counts are plain atomics (read by
-// Stats and exported by Collector at scrape time); latencies are Prometheus
-// histograms.
+// metrics holds the queen's Prometheus vectors. Every series a dashboard
+// alerts on is created up front, so a zero is visible before the first event.
 type metrics struct {
-	acceptedC map[subjects.Kind]*atomic.Uint64
-	goodbyeC  map[subjects.Kind]*atomic.Uint64
-	rejectedC map[counterKey]*atomic.Uint64
-	eventC    map[counterKey]*atomic.Uint64
-
-	inFlight         prometheus.GaugeFunc
-	writeErrors      prometheus.Counter
-	writeRetries     prometheus.Counter
-	writesLost       prometheus.Counter
-	writesSuperseded prometheus.Counter
-	writeLatency     prometheus.Histogram
-	skewSeconds      prometheus.Histogram
+	accepted    *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
+	goodbyes    *prometheus.CounterVec
+	dropped     prometheus.Counter
+	coalescedC  *prometheus.CounterVec
+	shedC       *prometheus.CounterVec
+	writeOut    *prometheus.CounterVec
+	conflicts   *prometheus.CounterVec
+	marks       *prometheus.CounterVec
+	events      *prometheus.CounterVec
+	writeLat    prometheus.Histogram
+	skewSeconds prometheus.Histogram
+	advisoryLag prometheus.Histogram
+	all         []prometheus.Collector
 }
 
-// newMetrics returns the counters; inFlight reports the writes in flight.
-func newMetrics(inFlight func() float64) *metrics {
+var kinds = []subjects.Kind{subjects.KindWorker, subjects.KindHive, subjects.KindQueen, "unknown"}
+
+func newMetrics() *metrics {
 	m := &metrics{
-		acceptedC: map[subjects.Kind]*atomic.Uint64{},
-		goodbyeC:  map[subjects.Kind]*atomic.Uint64{},
-		rejectedC: map[counterKey]*atomic.Uint64{},
-		eventC:    map[counterKey]*atomic.Uint64{},
-		inFlight: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rbee_queen_kv_writes_in_flight",
-			Help: "Registry writes sent and not yet acknowledged."}, inFlight),
-		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_kv_write_errors_total",
-			Help: "Registry writes that failed (timeout, no responders, stream error)."}),
-		writeRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_kv_write_retries_total",
-			Help: "Registry writes sent again after a failure."}),
-		writesLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_kv_writes_lost_total",
-			Help: "Registry writes given up after all retries (each is logged)."}),
-		writesSuperseded: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_kv_writes_superseded_total",
-			Help: "Failed registry writes not retried because a newer beat of the same key was written."}),
-		writeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rbee_queen_kv_write_seconds",
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_accepted_total",
+			Help: "Heartbeats accepted (then written, coalesced into a newer beat of the key, or shed)."}, []string{"kind"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_rejected_total",
+			Help: "Heartbeats rejected, by kind and reason."}, []string{"kind", "reason"}),
+		goodbyes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_goodbyes_total",
+			Help: "Goodbye beats accepted (the key is deleted)."}, []string{"kind"}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_beats_dropped_total",
+			Help: "Heartbeats the queen's subscription dropped before decoding them (slow consumer)."}),
+		coalescedC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_coalesced_total",
+			Help: "Accepted beats replaced by a newer beat of the same key before being written."}, []string{"kind"}),
+		shedC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_shed_total",
+			Help: "Accepted beats not written, by reason (stale: its TTL ran out while it waited)."}, []string{"kind", "reason"}),
+		writeOut: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_kv_write_failures_total",
+			Help: "Registry writes that failed, by outcome: retried, superseded (a newer write of the key replaced it) or lost (its TTL ran out; each is logged)."},
+			[]string{"kind", "outcome"}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_conflicts_total",
+			Help: "Beats from a second instance claiming a key another instance holds."}, []string{"kind"}),
+		marks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_disconnect_marks_total",
+			Help: "Entries marked disconnected after their connection closed without a goodbye."}, []string{"kind"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_registry_events_total",
+			Help: "Registry events seen by this queen."}, []string{"kind", "event"}),
+		writeLat: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rbee_queen_kv_write_seconds",
 			Help:    "Time from sending a registry write to its acknowledgement.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		skewSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rbee_queen_clock_skew_seconds",
-			Help:    "Absolute difference between the queen's receive time and the sender's sent_at_ms (skew plus transit).",
+			Help:    "Absolute difference between the queen's receive time and the sender's sent_at_ms (skew plus transit; never used for liveness).",
 			Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 30, 300, 3600}}),
+		advisoryLag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rbee_queen_advisory_lag_seconds",
+			Help:    "Time from a server's DISCONNECT advisory to the queen queuing the disconnected marks.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 	}
 	for _, k := range kinds {
-		m.acceptedC[k] = new(atomic.Uint64)
-		m.goodbyeC[k] = new(atomic.Uint64)
+		ks := string(k)
+		m.accepted.WithLabelValues(ks)
+		m.goodbyes.WithLabelValues(ks)
+		m.coalescedC.WithLabelValues(ks)
+		m.shedC.WithLabelValues(ks, "stale")
+		m.conflicts.WithLabelValues(ks)
+		m.marks.WithLabelValues(ks)
+		for _, o := range []string{"retried", "superseded", "lost"} {
+			m.writeOut.WithLabelValues(ks, o)
+		}
 		for _, r := range subscriber.Reasons {
-			m.rejectedC[counterKey{k, string(r)}] = new(atomic.Uint64)
+			m.rejected.WithLabelValues(ks, string(r))
 		}
 		for _, e := range registry.EventTypes {
-			m.eventC[counterKey{k, string(e)}] = new(atomic.Uint64)
+			m.events.WithLabelValues(ks, string(e))
 		}
 	}
+	m.all = []prometheus.Collector{m.accepted, m.rejected, m.goodbyes, m.dropped, m.coalescedC, m.shedC, m.writeOut,
+		m.conflicts, m.marks, m.events, m.writeLat, m.skewSeconds, m.advisoryLag}
 	return m
 }
 
-func (m *metrics) accepted(k subjects.Kind) { m.acceptedC[k].Add(1) }
-func (m *metrics) goodbye(k subjects.Kind)  { m.goodbyeC[k].Add(1) }
-func (m *metrics) rejected(k subjects.Kind, r subscriber.Reason) {
-	if c := m.rejectedC[counterKey{k, string(r)}]; c != nil {
-		c.Add(1)
-	}
+func (m *metrics) coalesced(k subjects.Kind) { m.coalescedC.WithLabelValues(string(k)).Inc() }
+func (m *metrics) shed(k subjects.Kind, reason string) {
+	m.shedC.WithLabelValues(string(k), reason).Inc()
 }
-func (m *metrics) rejectedTotal(r subscriber.Reason) (n uint64) {
-	for _, k := range kinds {
-		n += m.rejectedC[counterKey{k, string(r)}].Load()
-	}
-	return n
+func (m *metrics) writeDone(d time.Duration) { m.writeLat.Observe(d.Seconds()) }
+func (m *metrics) writeFailed(k subjects.Kind, outcome string) {
+	m.writeOut.WithLabelValues(string(k), outcome).Inc()
 }
-func (m *metrics) event(k subjects.Kind, e registry.EventType) {
-	if c := m.eventC[counterKey{k, string(e)}]; c != nil {
-		c.Add(1)
-	}
-}
-func (m *metrics) writeDone(d time.Duration) { m.writeLatency.Observe(d.Seconds()) }
 func (m *metrics) skew(ms int64) {
 	if ms < 0 {
 		ms = -ms
+	}
+	if ms < 0 { // MinInt64
+		ms = 1 << 62
 	}
 	m.skewSeconds.Observe(float64(ms) / 1000)
 }
 
 // Stats is a snapshot of the queen's counters.
 type Stats struct {
-	// Accepted counts accepted beats by kind ("worker", "hive").
+	// Accepted counts accepted beats by kind.
 	Accepted map[subjects.Kind]uint64
 	// Goodbyes counts accepted goodbye beats by kind.
 	Goodbyes map[subjects.Kind]uint64
@@ -112,78 +120,94 @@ type Stats struct {
 	Workers, Hives int
 	// InFlight is the number of registry writes awaiting acknowledgement.
 	InFlight int
+	// Backlog is the number of keys waiting to be written.
+	Backlog int
+	// Dropped counts beats the subscription dropped; Coalesced beats replaced
+	// before being written; Lost writes given up.
+	Dropped, Coalesced, Lost uint64
+	// State is the queen's own state, as in its heartbeat.
+	State wire.QueenState
+	// Reason says why State is not ok.
+	Reason string
 }
 
-// Stats returns a snapshot of the counters.
-func (q *Queen) Stats() Stats {
-	s := Stats{
-		Accepted: map[subjects.Kind]uint64{},
-		Goodbyes: map[subjects.Kind]uint64{},
-		Rejected: map[subscriber.Reason]uint64{},
-		Events:   map[registry.EventType]uint64{},
+// value returns the value of one counter or gauge series.
+func value(m prometheus.Metric) float64 {
+	var d dto.Metric
+	if m.Write(&d) != nil {
+		return 0
 	}
-	m := q.metrics
-	for _, k := range kinds {
-		s.Accepted[k] += m.acceptedC[k].Load()
-		s.Goodbyes[k] += m.goodbyeC[k].Load()
-		for _, r := range subscriber.Reasons {
-			s.Rejected[r] += m.rejectedC[counterKey{k, string(r)}].Load()
-		}
-		for _, e := range registry.EventTypes {
-			s.Events[e] += m.eventC[counterKey{k, string(e)}].Load()
-		}
+	if c := d.GetCounter(); c != nil {
+		return c.GetValue()
 	}
-	if q.watcher != nil {
-		s.Workers, s.Hives = q.watcher.Sizes()
-	}
-	s.InFlight = q.w.inFlight()
-	return s
+	return d.GetGauge().GetValue()
 }
 
-var (
-	descAccepted = prometheus.NewDesc("rbee_queen_beats_accepted_total", "Heartbeats accepted and written to the registry.", []string{"kind"}, nil)
-	descGoodbyes = prometheus.NewDesc("rbee_queen_goodbyes_total", "Goodbye beats accepted (the key is deleted).", []string{"kind"}, nil)
-	descRejected = prometheus.NewDesc("rbee_queen_beats_rejected_total", "Heartbeats rejected, by kind and reason.", []string{"kind", "reason"}, nil)
-	descEvents   = prometheus.NewDesc("rbee_registry_events_total", "Registry events seen by this queen.", []string{"kind", "event"}, nil)
-	descSize     = prometheus.NewDesc("rbee_registry_entries", "Entries in the registry.", []string{"kind"}, nil)
-)
-
-// Collector returns a Prometheus collector exporting the queen's metrics.
-func (q *Queen) Collector() prometheus.Collector { return collector{q} }
-
+// collector exports the queen's vectors plus the gauges read at scrape time.
 type collector struct{ q *Queen }
 
+var (
+	descSize     = prometheus.NewDesc("rbee_registry_entries", "Entries in the registry.", []string{"kind"}, nil)
+	descLiveness = prometheus.NewDesc("rbee_registry_entries_by_liveness", "Worker and hive entries by liveness.", []string{"kind", "liveness"}, nil)
+	descBacklog  = prometheus.NewDesc("rbee_queen_backlog", "Registry keys waiting to be written.", nil, nil)
+	descInFlight = prometheus.NewDesc("rbee_queen_kv_writes_in_flight", "Registry writes sent and not yet acknowledged.", nil, nil)
+	descLag      = prometheus.NewDesc("rbee_queen_write_lag_seconds", "How long the oldest waiting registry write has waited.", nil, nil)
+	descLastOK   = prometheus.NewDesc("rbee_queen_last_write_timestamp_seconds", "Time of the last acknowledged registry write.", nil, nil)
+	descState    = prometheus.NewDesc("rbee_queen_state", "1 for the queen's current state (ok, degraded, disrupted), 0 for the others.", []string{"state"}, nil)
+	descBad      = prometheus.NewDesc("rbee_registry_undecodable_total", "Registry values the queen's mirror could not decode.", nil, nil)
+)
+
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descGoodbyes, descRejected, descEvents, descSize} {
+	for _, d := range []*prometheus.Desc{descSize, descLiveness, descBacklog, descInFlight, descLag, descLastOK, descState, descBad} {
 		ch <- d
 	}
-	m := c.q.metrics
-	for _, x := range []prometheus.Collector{m.inFlight, m.writeErrors, m.writeRetries, m.writesLost, m.writesSuperseded, m.writeLatency, m.skewSeconds} {
+	for _, x := range c.q.metrics.all {
 		x.Describe(ch)
 	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	m := c.q.metrics
-	for _, k := range kinds {
-		ks := string(k)
-		if k != "unknown" {
-			ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(m.acceptedC[k].Load()), ks)
-			ch <- prometheus.MustNewConstMetric(descGoodbyes, prometheus.CounterValue, float64(m.goodbyeC[k].Load()), ks)
-			for _, e := range registry.EventTypes {
-				ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(m.eventC[counterKey{k, string(e)}].Load()), ks, string(e))
+	q := c.q
+	st := q.w.stats()
+	ch <- prometheus.MustNewConstMetric(descBacklog, prometheus.GaugeValue, float64(st.Backlog))
+	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight))
+	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(st.LagMs)/1000)
+	ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, float64(st.LastWriteMs)/1000)
+	state, _ := q.state(st)
+	for _, s := range []wire.QueenState{wire.QueenOK, wire.QueenDegraded, wire.QueenDisrupted} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, v, string(s))
+	}
+	if w := q.Registry(); w != nil {
+		ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(w.Undecodable()))
+		workers, hives := w.Workers(), w.Hives()
+		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(len(workers)), "worker")
+		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(len(hives)), "hive")
+		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(len(w.Queens())), "queen")
+		count := func(kind string, ls []wire.Liveness) {
+			n := map[wire.Liveness]int{}
+			for _, l := range ls {
+				n[orAlive(l)]++
+			}
+			for _, l := range []wire.Liveness{wire.LivenessAlive, wire.LivenessDisconnected, wire.LivenessStalled} {
+				ch <- prometheus.MustNewConstMetric(descLiveness, prometheus.GaugeValue, float64(n[l]), kind, string(l))
 			}
 		}
-		for _, r := range subscriber.Reasons {
-			ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(m.rejectedC[counterKey{k, string(r)}].Load()), ks, string(r))
+		wl := make([]wire.Liveness, len(workers))
+		for i, e := range workers {
+			wl[i] = e.Liveness
 		}
+		hl := make([]wire.Liveness, len(hives))
+		for i, e := range hives {
+			hl[i] = e.Liveness
+		}
+		count("worker", wl)
+		count("hive", hl)
 	}
-	if c.q.watcher != nil {
-		nw, nh := c.q.watcher.Sizes()
-		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(nw), "worker")
-		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(nh), "hive")
-	}
-	for _, x := range []prometheus.Collector{m.inFlight, m.writeErrors, m.writeRetries, m.writesLost, m.writesSuperseded, m.writeLatency, m.skewSeconds} {
+	for _, x := range q.metrics.all {
 		x.Collect(ch)
 	}
 }

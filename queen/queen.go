@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rbee/heartbeat/natsconn"
+	"github.com/rbee/heartbeat/publisher"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/subscriber"
@@ -18,28 +22,32 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Queen keeps the registries. Its methods may be called concurrently.
+// Queen keeps the registries. It keeps the lifecycle contract of package
+// lifecycle; all its methods may be called concurrently, also during Start
+// and Stop.
 type Queen struct {
 	nc      *nats.Conn
 	cfg     Config
 	scheme  subjects.Scheme
 	log     *slog.Logger
-	js      jetstream.JetStream
 	tracker *tracker
 	metrics *metrics
-	watcher *registry.Watcher
-	sub     *nats.Subscription
 	w       *writer
+	health  *healthState
 
 	rejectLog map[subscriber.Reason]*rate.Sometimes
-	// kvWorkers and kvHives prefix the subjects of KV writes: $KV.<bucket>.
-	kvWorkers, kvHives string
+
+	mu      sync.Mutex // guards the fields below, set during Start
+	watcher *registry.Watcher
+	js      jetstream.JetStream
 
 	life    sync.Mutex
 	started bool
 	stopped bool
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+	subs    []*nats.Subscription
+	self    *publisher.Publisher[*wire.Queen]
 }
 
 // New returns a Queen that will use nc. It returns an error wrapping
@@ -56,212 +64,192 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("component", "queen", "queen_id", cfg.QueenID)
 	q := &Queen{
 		nc:        nc,
 		cfg:       cfg,
 		scheme:    scheme,
-		log:       log.With("component", "queen"),
-		tracker:   newTracker(),
+		log:       log,
+		tracker:   newTracker(cfg),
+		metrics:   newMetrics(),
 		rejectLog: map[subscriber.Reason]*rate.Sometimes{},
-		kvWorkers: "$KV." + scheme.WorkersBucket() + ".",
-		kvHives:   "$KV." + scheme.HivesBucket() + ".",
 	}
+	q.health = newHealthState(cfg)
 	for _, r := range subscriber.Reasons {
 		q.rejectLog[r] = &rate.Sometimes{Interval: 5 * time.Second}
 	}
-	q.w = newWriter(q)
-	q.metrics = newMetrics(func() float64 { return float64(q.w.inFlight()) })
+	q.w = newWriter(log.With("component", "queen-writer"), q.metrics, cfg.MaxInFlight, map[subjects.Kind]string{
+		subjects.KindWorker: "$KV." + scheme.WorkersBucket() + ".",
+		subjects.KindHive:   "$KV." + scheme.HivesBucket() + ".",
+		subjects.KindQueen:  "$KV." + scheme.QueensBucket() + ".",
+	})
 	return q, nil
 }
 
 // Scheme returns the subject scheme the queen serves.
 func (q *Queen) Scheme() subjects.Scheme { return q.scheme }
 
-// Registry returns the queen's mirror of the registry, or nil before Start.
-func (q *Queen) Registry() *registry.Watcher { return q.watcher }
+// ID returns the queen's ID.
+func (q *Queen) ID() string { return q.cfg.QueenID }
 
-// Start creates or updates the buckets, loads the registry, and then
-// subscribes to every heartbeat. It returns once beats are being accepted, or
-// the first error (ErrStarted if called twice).
+// Registry returns the queen's mirror of the registry, or nil before Start
+// has set it up.
+func (q *Queen) Registry() *registry.Watcher {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.watcher
+}
+
+// Start checks the server, creates or migrates the buckets, subscribes to
+// every heartbeat, and then loads the registry in the background: beats are
+// written from the first moment, so a restarted queen keeps entries alive
+// before it has read them all. It returns once beats are being accepted, or
+// the first error (wrapping ErrStarted if called twice or after Stop,
+// ErrServerTooOld for a server without per-message TTLs). The queen runs
+// until Stop or ctx ends.
 func (q *Queen) Start(ctx context.Context) error {
 	q.life.Lock()
 	defer q.life.Unlock()
 	if q.started || q.stopped {
-		return ErrStarted
+		return fmt.Errorf("queen %s: %w", q.cfg.QueenID, ErrStarted)
 	}
 	q.started = true
-	runCtx, cancel := context.WithCancel(context.Background())
+	runCtx, cancel := context.WithCancel(ctx)
 	q.cancel = cancel
-	if err := q.start(ctx, runCtx); err != nil {
+	setupCtx, cancelSetup := context.WithTimeout(runCtx, q.cfg.StartTimeout)
+	defer cancelSetup()
+	if err := q.start(setupCtx, runCtx); err != nil {
 		q.shutdown()
 		return err
+	}
+	// The run ends with ctx as with Stop.
+	go func() {
+		<-runCtx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		q.Stop(sctx)
+	}()
+	return nil
+}
+
+// MinServerVersion is the oldest nats-server with per-message TTLs and KV
+// limit markers, which the registry needs.
+const MinServerVersion = "2.11.0"
+
+// CheckServerVersion returns an error wrapping ErrServerTooOld if version
+// (as nats.go's ConnectedServerVersion reports it) is older than
+// MinServerVersion.
+func CheckServerVersion(version string) error {
+	if version == "" {
+		return nil // unknown (not connected yet): bucket creation will say
+	}
+	if !versionAtLeast(version, MinServerVersion) {
+		return fmt.Errorf("%w: the server is nats-server %s; rbee needs %s or later (per-message TTL and KV limit markers)",
+			ErrServerTooOld, version, MinServerVersion)
 	}
 	return nil
 }
 
+func versionAtLeast(v, want string) bool {
+	parse := func(s string) [3]int {
+		s = strings.TrimPrefix(s, "v")
+		s, _, _ = strings.Cut(s, "-")
+		var out [3]int
+		for i, p := range strings.SplitN(s, ".", 3) {
+			out[i], _ = strconv.Atoi(p)
+		}
+		return out
+	}
+	a, b := parse(v), parse(want)
+	for i := range a {
+		if a[i] != b[i] {
+			return a[i] > b[i]
+		}
+	}
+	return true
+}
+
 func (q *Queen) start(ctx, runCtx context.Context) error {
-	js, err := jetstream.New(q.nc, jetstream.WithDefaultTimeout(q.cfg.RequestTimeout))
+	if err := CheckServerVersion(q.nc.ConnectedServerVersion()); err != nil {
+		return err
+	}
+	js, err := jetstream.New(q.nc,
+		jetstream.WithDefaultTimeout(q.cfg.RequestTimeout),
+		jetstream.WithPublishAsyncMaxPending(2*q.cfg.MaxInFlight),
+		jetstream.WithPublishAsyncTimeout(q.cfg.WriteTimeout),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, pa *jetstream.PubAck) { q.w.acked(m, pa) }),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { q.w.failed(m, err) }),
+	)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	q.w.js = js
+	q.mu.Lock()
 	q.js = js
+	q.mu.Unlock()
 	if err := q.ensureBuckets(ctx); err != nil {
 		return err
 	}
-	q.watcher, err = registry.Watch(runCtx, js, registry.Config{
-		Scheme:   q.scheme,
-		OnEvent:  q.onEvent,
-		OnPut:    func(_ subjects.Kind, key string, m wire.Meta, r wire.Received) { q.tracker.observe(key, m, r) },
-		OnRemove: func(_ subjects.Kind, key string) { q.tracker.forget(key, time.Now().UnixMilli()) },
-	})
-	if err != nil {
-		return err
-	}
-	if err := q.watcher.WaitReady(ctx); err != nil {
-		return fmt.Errorf("load registry: %w", err)
-	}
-	nw, nh := q.watcher.Sizes()
-	q.log.Info("registry loaded", "workers", nw, "hives", nh)
 
-	if err := q.w.start(runCtx.Done()); err != nil {
-		return err
-	}
 	q.wg.Add(1)
-	go q.w.retryLoop(runCtx, &q.wg)
-	q.wg.Add(1)
-	go q.w.watch(runCtx, &q.wg)
-	q.wg.Add(1)
-	go q.housekeeping(runCtx)
+	go func() { defer q.wg.Done(); q.w.run() }()
 
-	q.sub, err = q.nc.QueueSubscribe(q.scheme.All(), q.cfg.Queue, q.onMsg)
+	// Beats first: a restarted queen must keep entries alive before it has
+	// loaded them.
+	sub, err := q.nc.QueueSubscribe(q.scheme.All(), q.cfg.Queue, q.onMsg)
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", q.scheme.All(), err)
 	}
-	if err := q.sub.SetPendingLimits(q.cfg.PendingMsgs, q.cfg.PendingBytes); err != nil {
+	q.subs = append(q.subs, sub)
+	if err := sub.SetPendingLimits(q.cfg.PendingMsgs, q.cfg.PendingBytes); err != nil {
 		return fmt.Errorf("pending limits: %w", err)
+	}
+	if q.cfg.Advisories {
+		if err := q.subscribeAdvisories(); err != nil {
+			return err
+		}
 	}
 	if err := natsconn.Flush(ctx, q.nc); err != nil {
 		return fmt.Errorf("flush subscription: %w", err)
 	}
+
+	watcher, err := registry.Watch(runCtx, js, registry.Config{
+		Scheme: q.scheme, OnEvent: q.onEvent, Refreshes: true, Logger: q.log,
+	})
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	q.watcher = watcher
+	q.mu.Unlock()
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		if watcher.WaitReady(runCtx) == nil {
+			nw, nh := watcher.Sizes()
+			q.log.Info("registry loaded", "workers", nw, "hives", nh)
+		}
+	}()
+
+	self, err := q.newSelfPublisher()
+	if err != nil {
+		return err
+	}
+	if err := self.Start(runCtx); err != nil {
+		return err
+	}
+	q.self = self
+
+	q.wg.Add(1)
+	go q.housekeeping(runCtx, sub)
 	q.log.Info("accepting heartbeats", "subject", q.scheme.All(), "queue", q.cfg.Queue,
-		"worker_ttl", q.cfg.WorkerTTL, "hive_ttl", q.cfg.HiveTTL, "replicas", q.cfg.Replicas)
+		"missed", q.cfg.Missed, "max_ttl", q.cfg.MaxTTL, "replicas", q.cfg.Replicas)
 	return nil
 }
 
-// BucketConfig returns the KV configuration of a registry bucket with ttl.
-// Expired keys leave a purge marker for LimitMarkerTTL so that watchers see
-// the expiry.
-func BucketConfig(name string, ttl time.Duration, replicas int) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:         name,
-		Description:    "rbee registry: heartbeat entries expire after " + ttl.String() + " without a beat",
-		History:        1,
-		TTL:            ttl,
-		LimitMarkerTTL: ttl,
-		Storage:        jetstream.FileStorage,
-		Replicas:       replicas,
-	}
-}
-
-func (q *Queen) ensureBuckets(ctx context.Context) error {
-	for _, b := range []struct {
-		name string
-		ttl  time.Duration
-	}{{q.scheme.WorkersBucket(), q.cfg.WorkerTTL}, {q.scheme.HivesBucket(), q.cfg.HiveTTL}} {
-		if err := q.retryUntilReady(ctx, "bucket "+b.name, func(ctx context.Context) error {
-			return q.ensureBucket(ctx, b.name, b.ttl)
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (q *Queen) ensureBucket(ctx context.Context, name string, ttl time.Duration) error {
-	// Another queen may have made the bucket with other settings: say so
-	// before this one changes them, since every queen shares the bucket.
-	if kv, err := q.js.KeyValue(ctx, name); err == nil {
-		if st, err := kv.Status(ctx); err == nil {
-			if old := st.TTL(); old != ttl {
-				q.log.Warn("changing the bucket's TTL: every queen should run with the same TTL",
-					"bucket", name, "from", old, "to", ttl)
-			}
-			if info, ok := st.(*jetstream.KeyValueBucketStatus); ok && info.StreamInfo().Config.Replicas != q.cfg.Replicas {
-				q.log.Warn("changing the bucket's replicas: every queen should run with the same --replicas",
-					"bucket", name, "from", info.StreamInfo().Config.Replicas, "to", q.cfg.Replicas)
-			}
-		}
-	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return fmt.Errorf("bucket %s: %w", name, err)
-	}
-	kv, err := q.js.CreateOrUpdateKeyValue(ctx, BucketConfig(name, ttl, q.cfg.Replicas))
-	if err != nil {
-		return fmt.Errorf("bucket %s: %w", name, err)
-	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		return fmt.Errorf("bucket %s status: %w", name, err)
-	}
-	if st.TTL() != ttl || st.LimitMarkerTTL() != ttl {
-		return fmt.Errorf("bucket %s has TTL %s and marker TTL %s, want %s", name, st.TTL(), st.LimitMarkerTTL(), ttl)
-	}
-	return nil
-}
-
-// retryUntilReady runs f until it succeeds, fails for a reason waiting will
-// not change, or ctx ends. A JetStream cluster that is still forming (no
-// meta leader yet, too few peers for the replicas) leaves API requests
-// unanswered or answers 503; so does a server that is restarting. Each
-// attempt is bounded on its own, so a request lost to an election does not
-// use up the whole of ctx; attempts grow to RequestTimeout for a slow server.
-func (q *Queen) retryUntilReady(ctx context.Context, what string, f func(context.Context) error) error {
-	attempt := min(q.cfg.RequestTimeout, time.Second)
-	backoff := 100 * time.Millisecond
-	for {
-		actx, cancel := context.WithTimeout(ctx, attempt)
-		err := f(actx)
-		cancel()
-		if err == nil || ctx.Err() != nil || !jetStreamNotReady(err) {
-			return err
-		}
-		q.log.Info("waiting for JetStream", "what", what, "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
-		attempt = min(2*attempt, q.cfg.RequestTimeout)
-	}
-}
-
-// jetStreamNotReady reports whether err says JetStream cannot answer yet.
-func jetStreamNotReady(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		switch apiErr.ErrorCode {
-		case jsClusterNotAvail, jsInsufficientResources, jsClusterNoPeers:
-			return true
-		}
-		return apiErr.Code == 503
-	}
-	return false
-}
-
-// JetStream API error codes (nats-server's server/errors.json) that mean the
-// cluster is not ready yet.
-const (
-	jsClusterNotAvail       jetstream.ErrorCode = 10008
-	jsInsufficientResources jetstream.ErrorCode = 10023
-	jsClusterNoPeers        jetstream.ErrorCode = 10005
-)
-
-// Stop unsubscribes, waits up to ctx for the writes in flight, and stops the
-// registry watcher. It is safe to call twice.
+// Stop sends the queen's goodbye, unsubscribes, waits up to ctx for the
+// writes still queued, and stops the registry watcher. Before Start, and a
+// second time, it returns at once.
 func (q *Queen) Stop(ctx context.Context) {
 	q.life.Lock()
 	defer q.life.Unlock()
@@ -272,42 +260,74 @@ func (q *Queen) Stop(ctx context.Context) {
 	if !q.started {
 		return
 	}
-	if q.sub != nil {
-		_ = q.sub.Unsubscribe()
+	if q.self != nil {
+		_ = q.self.Stop(ctx)
+	}
+	for _, s := range q.subs {
+		_ = s.Unsubscribe()
 	}
 	if !q.w.wait(ctx) {
-		q.log.Warn("stopping with writes in flight", "in_flight", q.w.inFlight())
+		st := q.w.stats()
+		q.log.Warn("stopping with registry writes queued", "backlog", st.Backlog, "in_flight", st.InFlight)
 	}
 	q.shutdown()
 }
 
 func (q *Queen) shutdown() {
 	q.cancel()
-	q.wg.Wait()
 	q.w.stop()
-	if q.watcher != nil {
-		q.watcher.Stop()
+	q.wg.Wait()
+	if w := q.Registry(); w != nil {
+		w.Stop()
 	}
 }
 
-func (q *Queen) housekeeping(ctx context.Context) {
+// housekeeping counts subscription drops, forgets departed senders, and
+// repairs a failing store.
+func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 	defer q.wg.Done()
-	ttl := max(q.cfg.WorkerTTL, q.cfg.HiveTTL)
-	t := time.NewTicker(ttl)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var (
+		dropped   int
+		lastSweep = time.Now()
+		lastFix   time.Time
+		dropLog   = rate.Sometimes{Interval: 10 * time.Second}
+	)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			if n := q.tracker.sweep(time.Now().Add(-10 * ttl).UnixMilli()); n > 0 {
-				q.log.Debug("forgot departed senders", "count", n)
+		case now := <-t.C:
+			if d, err := sub.Dropped(); err == nil && d > dropped {
+				q.metrics.dropped.Add(float64(d - dropped))
+				q.health.dropped(now, uint64(d))
+				n := d
+				dropLog.Do(func() {
+					q.log.Warn("heartbeats dropped: the queen cannot decode as fast as they arrive", "dropped_total", n)
+				})
+				dropped = d
+			}
+			if now.Sub(lastSweep) > q.cfg.MaxTTL {
+				lastSweep = now
+				if n := q.tracker.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli()); n > 0 {
+					q.log.Debug("forgot departed senders", "count", n)
+				}
+			}
+			if st := q.w.stats(); st.Failing && q.cfg.Repair != nil && now.Sub(lastFix) > 5*time.Second {
+				lastFix = now
+				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				if err := q.cfg.Repair(rctx); err != nil {
+					q.log.Warn("store repair failed", "err", err)
+				}
+				cancel()
 			}
 		}
 	}
 }
 
-// onMsg handles one heartbeat; it runs on the subscription's goroutine.
+// onMsg handles one heartbeat; it runs on the subscription's goroutine and
+// never blocks on the store: the writer queues per key.
 func (q *Queen) onMsg(msg *nats.Msg) {
 	hb, err := subscriber.Decode(q.scheme, msg)
 	if err != nil {
@@ -320,46 +340,74 @@ func (q *Queen) onMsg(msg *nats.Msg) {
 	q.accept(hb)
 }
 
-// accept applies a decoded heartbeat: replay check, then the KV write.
+// reasons maps the tracker's refusals to rejection reasons.
+var reasons = map[string]subscriber.Reason{
+	"replay":   subscriber.ReasonReplay,
+	"seq":      subscriber.ReasonReplay,
+	"conflict": subscriber.ReasonConflict,
+}
+
+// accept applies a decoded heartbeat: TTL, freshness and conflicts, then
+// queues the registry write.
 func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	m := hb.Meta()
-	// One string holds the KV subject and, as its tail, the key.
-	var subject, key string
 	kind := hb.Addr.Kind
-	if kind == subjects.KindWorker {
-		subject = q.kvWorkers + hb.Addr.HiveID + "." + hb.Addr.WorkerID // subjects.WorkerKey, in one allocation
-		key = subject[len(q.kvWorkers):]
-	} else {
-		subject = q.kvHives + subjects.HiveKey(hb.Addr.HiveID)
-		key = subject[len(q.kvHives):]
+	var key string
+	switch kind {
+	case subjects.KindWorker:
+		key = subjects.WorkerKey(hb.Addr.HiveID, hb.Addr.WorkerID)
+	case subjects.KindHive:
+		key = subjects.HiveKey(hb.Addr.HiveID)
+	default:
+		key = hb.Addr.QueenID
+	}
+	id := q.w.subjectOf(kind, key)
+	ttlMs := q.cfg.ttlMs(m.IntervalMs)
+	if ttlMs > q.cfg.MaxTTL.Milliseconds() {
+		q.reject(kind, &subscriber.RejectError{Reason: subscriber.ReasonInterval, Subject: hb.Subject,
+			Err: fmt.Errorf("TTL %d × %d ms passes the max TTL %s", q.cfg.Missed, m.IntervalMs, q.cfg.MaxTTL)})
+		return
 	}
 	now := time.Now().UnixMilli()
-	first, ok := q.tracker.admit(key, m, now)
-	if !ok {
-		q.reject(kind, &subscriber.RejectError{Reason: subscriber.ReasonReplay, Subject: hb.Subject,
-			Err: fmt.Errorf("instance %s seq %d is not newer than the last accepted", m.InstanceID, m.Seq)})
-		return
+	var (
+		busy     bool
+		progress *uint64
+	)
+	if hb.Worker != nil {
+		busy = hb.Worker.SlotsBusy > 0 || hb.Worker.Status == wire.StatusBusy
+		progress = hb.Worker.Progress
 	}
-	q.metrics.accepted(kind)
-	q.metrics.skew(now - m.SentAtMs)
-	if hb.Goodbye {
-		q.metrics.goodbye(kind)
-		q.w.write(newWrite(kind, subject, key, m.InstanceID, m.Seq, nil))
-		return
-	}
-	rec := wire.Received{ReceivedAtMs: now, FirstSeenMs: first, SkewMs: now - m.SentAtMs}
-	var data []byte
-	if kind == subjects.KindWorker {
-		data = wire.AppendWorkerEntry(nil, hb.Worker, rec)
-	} else {
-		var err error
-		data, err = wire.Marshal(&wire.HiveEntry{Hive: *hb.Hive, Received: rec})
-		if err != nil { // cannot happen for a validated beat; never crash on it
-			q.log.Error("encode registry entry", "key", key, "err", err)
-			return
+	v := q.tracker.admit(id, target{kind, key}, m, hb.Goodbye, busy, progress, now)
+	if !v.ok {
+		if v.reason == "conflict" {
+			q.metrics.conflicts.WithLabelValues(string(kind)).Inc()
+			q.health.conflict(q.log, kind, key, m.InstanceID)
 		}
+		q.reject(kind, &subscriber.RejectError{Reason: reasons[v.reason], Subject: hb.Subject,
+			Err: fmt.Errorf("instance %s seq %d: %s", m.InstanceID, m.Seq, v.detail)})
+		return
 	}
-	q.w.write(newWrite(kind, subject, key, m.InstanceID, m.Seq, data))
+	if v.conflict {
+		q.health.conflict(q.log, kind, key, m.InstanceID)
+	}
+	q.metrics.accepted.WithLabelValues(string(kind)).Inc()
+	q.metrics.skew(wire.SkewMs(now, m.SentAtMs))
+	o := &op{kind: kind, key: key, ttlMs: ttlMs, acceptedMs: now, instance: m.InstanceID, seq: m.Seq, conn: m.Conn}
+	if hb.Goodbye {
+		q.metrics.goodbyes.WithLabelValues(string(kind)).Inc()
+		o.del = true
+		q.w.put(o)
+		return
+	}
+	switch kind {
+	case subjects.KindWorker:
+		o.worker = &wire.WorkerEntry{Worker: *hb.Worker, Received: v.rec}
+	case subjects.KindHive:
+		o.hive = &wire.HiveEntry{Hive: *hb.Hive, Received: v.rec}
+	default:
+		o.queen = &wire.QueenEntry{Queen: *hb.Queen, Received: v.rec}
+	}
+	q.w.put(o)
 }
 
 func kindOf(s subjects.Scheme, subject string) subjects.Kind {
@@ -370,30 +418,92 @@ func kindOf(s subjects.Scheme, subject string) subjects.Kind {
 }
 
 func (q *Queen) reject(kind subjects.Kind, re *subscriber.RejectError) {
-	q.metrics.rejected(kind, re.Reason)
+	c, err := q.metrics.rejected.GetMetricWithLabelValues(string(kind), string(re.Reason))
+	if err != nil {
+		return
+	}
+	c.Inc()
 	if s := q.rejectLog[re.Reason]; s != nil {
 		s.Do(func() {
 			q.log.Warn("heartbeat rejected", "reason", re.Reason, "subject", re.Subject, "err", re.Err,
-				"rejected_total", q.metrics.rejectedTotal(re.Reason))
+				"rejected_total", value(c))
 		})
 	}
 }
 
+// onEvent learns from every registry change (the watcher's goroutine, one
+// at a time): what other queens wrote, departures, expiries.
 func (q *Queen) onEvent(ev registry.Event) {
-	q.metrics.event(ev.Kind, ev.Type)
-	args := []any{"kind", ev.Kind, "key", ev.Key}
-	switch {
-	case ev.Worker != nil:
-		args = append(args, "status", ev.Worker.Status, "health", ev.Worker.Health, "model", ev.Worker.ModelID)
-	case ev.Hive != nil:
-		args = append(args, "health", ev.Hive.Health, "workers", len(ev.Hive.Workers), "gpus", len(ev.Hive.GPUs))
+	id := q.w.subjectOf(ev.Kind, ev.Key)
+	tg := target{ev.Kind, ev.Key}
+	switch ev.Type {
+	case registry.Left, registry.Expired:
+		q.tracker.forget(id, time.Now().UnixMilli())
+		q.w.forget(ev.Kind, ev.Key)
+	default:
+		switch {
+		case ev.Worker != nil:
+			q.tracker.observe(id, tg, &ev.Worker.Meta, &ev.Worker.Received, ev.Worker.Progress)
+		case ev.Hive != nil:
+			q.tracker.observe(id, tg, &ev.Hive.Meta, &ev.Hive.Received, nil)
+		case ev.Queen != nil:
+			q.tracker.observe(id, tg, &ev.Queen.Meta, &ev.Queen.Received, nil)
+		}
 	}
-	level := slog.LevelInfo
-	if ev.Type == registry.Expired {
-		level = slog.LevelWarn
+	if ev.Type == registry.Refreshed {
+		return
 	}
-	q.log.Log(context.Background(), level, string(ev.Kind)+" "+string(ev.Type), args...)
+	if ev.Type == registry.Expired && ev.Kind != subjects.KindQueen {
+		nw, nh := q.Registry().Sizes()
+		var intervalMs int64
+		switch {
+		case ev.Worker != nil:
+			intervalMs = ev.Worker.IntervalMs
+		case ev.Hive != nil:
+			intervalMs = ev.Hive.IntervalMs
+		}
+		q.health.expired(q.log, time.Now(), q.cfg.ttlMs(intervalMs), nw+nh)
+	}
+	if c, err := q.metrics.events.GetMetricWithLabelValues(string(ev.Kind), string(ev.Type)); err == nil {
+		c.Inc()
+	}
+	q.log.Debug(string(ev.Kind)+" "+string(ev.Type), "key", ev.Key)
 	if q.cfg.OnEvent != nil {
 		q.cfg.OnEvent(ev)
 	}
 }
+
+// Stats returns a snapshot of the counters.
+func (q *Queen) Stats() Stats {
+	m := q.metrics
+	s := Stats{
+		Accepted: map[subjects.Kind]uint64{},
+		Goodbyes: map[subjects.Kind]uint64{},
+		Rejected: map[subscriber.Reason]uint64{},
+		Events:   map[registry.EventType]uint64{},
+	}
+	for _, k := range kinds {
+		ks := string(k)
+		s.Accepted[k] = uint64(value(m.accepted.WithLabelValues(ks)))
+		s.Goodbyes[k] = uint64(value(m.goodbyes.WithLabelValues(ks)))
+		s.Coalesced += uint64(value(m.coalescedC.WithLabelValues(ks)))
+		s.Lost += uint64(value(m.writeOut.WithLabelValues(ks, "lost")))
+		for _, r := range subscriber.Reasons {
+			s.Rejected[r] += uint64(value(m.rejected.WithLabelValues(ks, string(r))))
+		}
+		for _, e := range registry.EventTypes {
+			s.Events[e] += uint64(value(m.events.WithLabelValues(ks, string(e))))
+		}
+	}
+	s.Dropped = uint64(value(m.dropped))
+	if w := q.Registry(); w != nil {
+		s.Workers, s.Hives = w.Sizes()
+	}
+	st := q.w.stats()
+	s.InFlight, s.Backlog = st.InFlight, st.Backlog
+	s.State, s.Reason = q.state(st)
+	return s
+}
+
+// Collector returns a Prometheus collector exporting the queen's metrics.
+func (q *Queen) Collector() prometheus.Collector { return collector{q} }

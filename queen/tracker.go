@@ -4,95 +4,347 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
 
-// sender is what the queen remembers of one key to refuse replays.
+// target names a registry entry: its kind and key.
+type target struct {
+	kind subjects.Kind
+	key  string
+}
+
+// claim is one instance's standing under a key: the last seq accepted from
+// it and when (queen clock).
+type claim struct {
+	instance string
+	seq      uint64
+	lastMs   int64
+}
+
+// sender is what the queen remembers of one registry key.
 type sender struct {
-	instance    string
-	seq         uint64 // highest seq accepted for instance
-	firstSeenMs int64  // queen clock at the first accepted beat of instance
-	retired     string // the instance before this one: its beats are stale
-	goneAtMs    int64  // queen clock when the entry left or expired; 0 while live
+	kind        subjects.Kind
+	key         string
+	holder      claim // the instance whose beats the entry shows
+	intervalMs  int64 // the holder's interval
+	firstSeenMs int64 // queen clock at the holder's first accepted beat
+	// ousted holds earlier or competing claimants, newest first: their
+	// replays are refused, and one that keeps beating regains the key once
+	// the holder falls silent.
+	ousted     [2]claim
+	goneAtMs   int64 // queen clock when the entry left or expired; 0 while live
+	conflictMs int64 // last time two instances beat within one TTL; 0 never
+	conn       string
+
+	progress        uint64
+	hasProgress     bool
+	progressAtMs    int64
+	liveness        wire.Liveness
+	livenessSinceMs int64
 }
 
-// tracker holds the last accepted (instance, seq) per registry key. It keeps
-// its own copies of the key and instance ID of a beat: those share their
-// memory with the beat's other strings, which the tracker should not hold alive. It is fed
-// by accepted beats and by the KV watcher (what other queens accepted), so a
-// restarted queen and a queue group of queens agree on what is stale.
+// verdict is the tracker's decision on one beat.
+type verdict struct {
+	ok       bool
+	reason   string // why not ok: "replay", "conflict" or "seq"
+	detail   string
+	takeover bool // an ousted instance regained the key
+	newInst  bool // a new instance took the key (a restart)
+	conflict bool // two instances are beating under the key
+	rec      wire.Received
+}
+
+// tracker holds, per registry key, the claimants and liveness state that
+// decide whether a beat is fresh. It keeps its own copies of keys and
+// instance IDs: those share memory with the beat's other strings. It is fed
+// by accepted beats and by the registry watcher (what every queen wrote), so
+// a restarted queen and a queue group of queens agree. Its methods may be
+// called concurrently.
 type tracker struct {
-	mu sync.Mutex
-	m  map[string]*sender
+	cfg Config
+	mu  sync.Mutex
+	m   map[string]*sender
+	// byConn indexes keys by the connection their holder last beat on.
+	byConn map[string]map[string]struct{}
 }
 
-func newTracker() *tracker { return &tracker{m: map[string]*sender{}} }
+func newTracker(cfg Config) *tracker {
+	return &tracker{cfg: cfg, m: map[string]*sender{}, byConn: map[string]map[string]struct{}{}}
+}
 
-// admit decides whether a beat is fresh; if so it records it and returns the
-// first-seen time of its instance.
-func (t *tracker) admit(key string, m *wire.Meta, nowMs int64) (firstSeenMs int64, ok bool) {
+// Seq sanity: a sender's seq grows by one per beat plus one per triggered
+// beat (at most one per publisher MinGap, 100 ms by default). A jump beyond
+// this allowance is refused, so one forged beat with a huge seq cannot make
+// every later genuine beat look like a replay.
+const (
+	seqSlack     = 1024
+	seqPerMsRate = 50 // at most one beat per 50 ms on average
+)
+
+func maxJump(elapsedMs int64) uint64 {
+	if elapsedMs < 0 {
+		elapsedMs = 0
+	}
+	return seqSlack + uint64(elapsedMs/seqPerMsRate)
+}
+
+// admit decides whether a beat is fresh and, if it is, records it. id is
+// the entry's KV subject (unique across buckets); busy and progress describe
+// a worker beat (progress nil: none sent). It returns the queen-owned keys to
+// store with the beat.
+func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	key := id
 	s := t.m[key]
-	switch {
-	case s == nil:
-		t.m[strings.Clone(key)] = &sender{instance: strings.Clone(m.InstanceID), seq: m.Seq, firstSeenMs: nowMs}
-		return nowMs, true
-	case s.instance == m.InstanceID:
-		if m.Seq <= s.seq {
-			return 0, false
+	if s == nil {
+		if goodbye {
+			// A goodbye for a key the queen never saw: let it delete (a
+			// restarted queen may not have loaded the key yet).
+			return verdict{ok: true}
 		}
-		s.seq = m.Seq
-		if s.goneAtMs != 0 { // back after leaving or expiring: a new stay
+		s = &sender{kind: tg.kind, key: strings.Clone(tg.key), holder: claim{strings.Clone(m.InstanceID), m.Seq, nowMs},
+			intervalMs: m.IntervalMs, firstSeenMs: nowMs}
+		t.m[strings.Clone(key)] = s
+		t.setConn(key, s, m.Conn)
+		return t.stamp(s, m, busy, progress, nowMs, verdict{ok: true, newInst: true})
+	}
+	ttl := t.cfg.ttlMs(max(s.intervalMs, m.IntervalMs))
+	var v verdict
+	switch {
+	case m.InstanceID == s.holder.instance:
+		elapsed := nowMs - s.holder.lastMs
+		switch {
+		case m.Seq <= s.holder.seq && elapsed <= ttl:
+			return verdict{reason: "replay", detail: "seq is not newer than the last accepted"}
+		case m.Seq > s.holder.seq && m.Seq-s.holder.seq > maxJump(elapsed):
+			return verdict{reason: "seq", detail: "seq jumps further than the sender can have beaten"}
+		}
+		// seq ≤ last after a whole TTL of silence (or after the entry left):
+		// whatever raised it is stale, so the sender is heard again.
+		s.holder.seq, s.holder.lastMs = m.Seq, nowMs
+		if s.goneAtMs != 0 && !goodbye { // back after leaving or expiring: a new stay
 			s.goneAtMs, s.firstSeenMs = 0, nowMs
 		}
-		return s.firstSeenMs, true
-	case s.retired == m.InstanceID:
-		return 0, false
-	default: // a new instance: the sender restarted
-		*s = sender{instance: strings.Clone(m.InstanceID), seq: m.Seq, firstSeenMs: nowMs, retired: s.instance}
-		return nowMs, true
+		v.ok = true
+	default:
+		i := s.ousterIndex(m.InstanceID)
+		live := s.goneAtMs == 0 && nowMs-s.holder.lastMs <= ttl
+		if goodbye && live {
+			// Only the instance the entry shows may say goodbye for it.
+			return verdict{reason: "conflict", detail: "goodbye from an instance that is not the registered one"}
+		}
+		if i >= 0 {
+			c := &s.ousted[i]
+			if m.Seq <= c.seq {
+				return verdict{reason: "replay", detail: "seq is not newer than the last accepted from this instance"}
+			}
+			c.seq, c.lastMs = m.Seq, nowMs
+			// The holder has had 1.5 of the challenger's own intervals to
+			// beat: the challenger cannot be kept out longer by a holder that
+			// forged an interval or fell silent.
+			silent := s.goneAtMs != 0 || 2*(nowMs-s.holder.lastMs) > 3*m.IntervalMs
+			if !silent {
+				s.conflictMs = nowMs
+				return verdict{reason: "conflict", detail: "another instance holds the key and is beating", conflict: true}
+			}
+			if live {
+				s.conflictMs = nowMs
+			}
+			old := s.holder
+			s.holder = *c
+			s.ousted[i] = old
+			v.takeover = true
+		} else {
+			// A new instance: a restart, or (while the first still beats) a
+			// second process under one ID. The newest wins now; the other
+			// regains the key if it keeps beating while this one is silent.
+			s.ousted[1] = s.ousted[0]
+			s.ousted[0] = s.holder
+			s.holder = claim{strings.Clone(m.InstanceID), m.Seq, nowMs}
+			v.newInst = true
+		}
+		s.firstSeenMs, s.goneAtMs = nowMs, 0
+		s.hasProgress = false
+		v.ok = true
+	}
+	s.intervalMs = m.IntervalMs
+	if goodbye {
+		// Gone at once, so a close of its connection after the goodbye marks nothing.
+		s.goneAtMs = nowMs
+		t.setConn(key, s, "")
+		return v
+	}
+	t.setConn(key, s, m.Conn)
+	return t.stamp(s, m, busy, progress, nowMs, v)
+}
+
+func (s *sender) ousterIndex(instance string) int {
+	for i := range s.ousted {
+		if s.ousted[i].instance != "" && s.ousted[i].instance == instance {
+			return i
+		}
+	}
+	return -1
+}
+
+// stamp fills the queen-owned keys for an accepted beat: first seen,
+// progress and stall, conflict. Called with mu held.
+func (t *tracker) stamp(s *sender, m *wire.Meta, busy bool, progress *uint64, nowMs int64, v verdict) verdict {
+	ttl := t.cfg.ttlMs(s.intervalMs)
+	v.conflict = s.conflictMs != 0 && nowMs-s.conflictMs <= ttl
+	live := wire.LivenessAlive
+	if progress != nil {
+		if !s.hasProgress || *progress > s.progress || !busy {
+			s.progressAtMs = nowMs
+		}
+		s.progress, s.hasProgress = *progress, true
+		if busy && nowMs-s.progressAtMs >= int64(t.cfg.StallAfter)*s.intervalMs {
+			live = wire.LivenessStalled
+		}
+	} else {
+		s.hasProgress, s.progressAtMs = false, 0
+	}
+	if live != orAlive(s.liveness) || s.livenessSinceMs == 0 {
+		s.livenessSinceMs = nowMs
+	}
+	s.liveness = live
+	v.rec = wire.Received{
+		ReceivedAtMs:    nowMs,
+		FirstSeenMs:     s.firstSeenMs,
+		SkewMs:          wire.SkewMs(nowMs, m.SentAtMs),
+		LivenessSinceMs: s.livenessSinceMs,
+		Conflict:        v.conflict,
+	}
+	if live != wire.LivenessAlive {
+		v.rec.Liveness = live
+	}
+	if s.hasProgress {
+		v.rec.ProgressAtMs = s.progressAtMs
+	}
+	return v
+}
+
+func orAlive(l wire.Liveness) wire.Liveness {
+	if l == "" {
+		return wire.LivenessAlive
+	}
+	return l
+}
+
+// setConn records the connection the holder beat on. Called with mu held.
+func (t *tracker) setConn(key string, s *sender, conn string) {
+	if s.conn == conn {
+		return
+	}
+	if s.conn != "" {
+		if keys := t.byConn[s.conn]; keys != nil {
+			delete(keys, key)
+			if len(keys) == 0 {
+				delete(t.byConn, s.conn)
+			}
+		}
+	}
+	s.conn = strings.Clone(conn)
+	if conn == "" {
+		return
+	}
+	keys := t.byConn[s.conn]
+	if keys == nil {
+		keys = map[string]struct{}{}
+		t.byConn[s.conn] = keys
+	}
+	if _, ok := keys[key]; !ok {
+		keys[strings.Clone(key)] = struct{}{}
 	}
 }
 
-// observe records a value seen in KV (written by this or another queen).
-func (t *tracker) observe(key string, m wire.Meta, rec wire.Received) {
+// closed returns the live entries whose holder last beat on conn, and marks
+// them disconnected; the caller writes the mark.
+func (t *tracker) closed(conn string, nowMs int64) []target {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var out []target
+	for key := range t.byConn[conn] {
+		s := t.m[key]
+		if s == nil || s.goneAtMs != 0 || s.conn != conn {
+			continue
+		}
+		if s.liveness != wire.LivenessDisconnected {
+			s.liveness, s.livenessSinceMs = wire.LivenessDisconnected, nowMs
+		}
+		out = append(out, target{s.kind, s.key})
+	}
+	return out
+}
+
+// observe records a value seen in the registry (written by this queen or
+// another). rec carries the queen-owned keys stored with it.
+func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received, progress *uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := id
 	s := t.m[key]
 	switch {
 	case s == nil:
-		t.m[key] = &sender{instance: m.InstanceID, seq: m.Seq, firstSeenMs: rec.FirstSeenMs}
-	case s.instance == m.InstanceID:
-		if m.Seq > s.seq {
-			s.seq = m.Seq
-			s.goneAtMs = 0
-			s.firstSeenMs = rec.FirstSeenMs
+		s = &sender{kind: tg.kind, key: tg.key, holder: claim{m.InstanceID, m.Seq, rec.ReceivedAtMs},
+			intervalMs: m.IntervalMs, firstSeenMs: rec.FirstSeenMs}
+		t.m[key] = s
+	case s.holder.instance == m.InstanceID:
+		if rec.FirstSeenMs != 0 && rec.FirstSeenMs < s.firstSeenMs {
+			s.firstSeenMs = rec.FirstSeenMs // learnt from a value written before this queen started
 		}
-	case s.retired == m.InstanceID:
-		// An older instance's value landing late; KV order is authoritative
-		// only for what comes after, so keep the newer instance.
+		if m.Seq < s.holder.seq {
+			return
+		}
+		s.holder.seq = m.Seq
+		s.holder.lastMs = max(s.holder.lastMs, rec.ReceivedAtMs)
+		s.goneAtMs = 0
 	default:
-		*s = sender{instance: m.InstanceID, seq: m.Seq, firstSeenMs: rec.FirstSeenMs, retired: s.instance}
+		if i := s.ousterIndex(m.InstanceID); i >= 0 {
+			if rec.ReceivedAtMs < s.holder.lastMs {
+				return // an older instance's value landing late; keep the newer holder
+			}
+			c := s.ousted[i]
+			s.ousted[i] = s.holder
+			s.holder = claim{c.instance, max(c.seq, m.Seq), rec.ReceivedAtMs}
+		} else {
+			s.ousted[1] = s.ousted[0]
+			s.ousted[0] = s.holder
+			s.holder = claim{m.InstanceID, m.Seq, rec.ReceivedAtMs}
+		}
+		s.firstSeenMs, s.goneAtMs = rec.FirstSeenMs, 0
 	}
+	s.intervalMs = m.IntervalMs
+	if rec.Conflict {
+		s.conflictMs = max(s.conflictMs, rec.ReceivedAtMs)
+	}
+	if progress != nil {
+		s.progress, s.hasProgress = *progress, true
+		s.progressAtMs = max(s.progressAtMs, rec.ProgressAtMs)
+	}
+	s.liveness, s.livenessSinceMs = orAlive(rec.Liveness), rec.LivenessSinceMs
+	t.setConn(key, s, m.Conn)
 }
 
-// latest reports whether seq is still the newest accepted beat of key.
-func (t *tracker) latest(key string, instance string, seq uint64) bool {
+// latest reports whether (instance, seq) is still the newest accepted beat of key.
+func (t *tracker) latest(key, instance string, seq uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.m[key]
-	return s != nil && s.instance == instance && s.seq == seq
+	return s != nil && s.holder.instance == instance && s.holder.seq == seq
 }
 
-// forget marks a key whose entry left or expired. Its instance and seq are
-// kept so a replayed goodbye or older beat is still refused, while a newer
-// beat of the same instance (a sender back from a partition) is accepted.
+// forget marks a key whose entry left or expired. Its claimants are kept so
+// a replayed goodbye or older beat is still refused, while a newer beat of
+// the same instance (a sender back from a partition) is accepted.
 func (t *tracker) forget(key string, nowMs int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.m[key]; s != nil && s.goneAtMs == 0 {
 		s.goneAtMs = nowMs
+		t.setConn(key, s, "")
 	}
 }
 

@@ -1,296 +1,496 @@
 package queen
 
 import (
-	"bytes"
+	"container/heap"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/wire"
+	"golang.org/x/time/rate"
 )
 
-// write is one KV operation: a put of data, or a delete when data is nil.
-type write struct {
+// op is one registry write waiting for its turn: the newest accepted beat
+// of a key, its goodbye (a delete), or a liveness mark.
+type op struct {
+	kind       subjects.Kind
+	key        string
+	del        bool // a goodbye: delete the key
+	worker     *wire.WorkerEntry
+	hive       *wire.HiveEntry
+	queen      *wire.QueenEntry
+	ttlMs      int64 // the entry's TTL from acceptedMs
+	acceptedMs int64 // queen clock when the beat was accepted
+	instance   string
+	seq        uint64
+	conn       string
+	mark       bool   // a liveness mark, not a beat
+	expectRev  uint64 // write only over this revision (marks); 0: unconditional
+	attempts   int
+	sentAt     time.Time
+}
+
+func (o *op) received() *wire.Received {
+	switch {
+	case o.worker != nil:
+		return &o.worker.Received
+	case o.hive != nil:
+		return &o.hive.Received
+	case o.queen != nil:
+		return &o.queen.Received
+	}
+	return nil
+}
+
+func (o *op) encode() ([]byte, error) {
+	switch {
+	case o.worker != nil:
+		return wire.Marshal(o.worker)
+	case o.hive != nil:
+		return wire.Marshal(o.hive)
+	default:
+		return wire.Marshal(o.queen)
+	}
+}
+
+// notable reports whether o changes what a reader of the registry sees
+// beyond a refresh: such writes go before refreshes under load.
+func notable(prev, o *op) bool {
+	if prev == nil || prev.instance != o.instance || prev.del != o.del {
+		return true
+	}
+	pr, r := prev.received(), o.received()
+	if pr == nil || r == nil || pr.Liveness != r.Liveness || pr.Conflict != r.Conflict {
+		return true
+	}
+	switch {
+	case o.worker != nil && prev.worker != nil:
+		a, b := prev.worker, o.worker
+		return a.Status != b.Status || a.Health != b.Health || a.ModelID != b.ModelID || a.SlotsBusy != b.SlotsBusy
+	case o.hive != nil && prev.hive != nil:
+		return prev.hive.Health != o.hive.Health || len(prev.hive.Workers) != len(o.hive.Workers)
+	case o.queen != nil && prev.queen != nil:
+		return prev.queen.State != o.queen.State
+	}
+	return true
+}
+
+// slot is one registry key with something to write. At most one write of a
+// key is in flight, so a key's writes land in the order they were accepted
+// and a beat is never written after a newer one.
+type slot struct {
 	kind     subjects.Kind
-	subject  string // $KV.<bucket>.<key>
 	key      string
-	instance string
-	seq      uint64
-	data     []byte
-	attempts int
-	// Guarded by the writer's mu while the write is pending:
-	start  time.Time
-	noResp int // re-sends after "no responders" within this attempt
+	subject  string
+	pend     *op // newest op waiting; nil if none
+	inflight *op
+	last     *op    // last op the store acknowledged (not a delete)
+	lastRev  uint64 // its revision
+	// deadlineMs estimates when the stored entry expires (queen clock): the
+	// accept time of the last acknowledged beat plus its TTL. 0: unknown.
+	deadlineMs int64
+	idx        int // index in the queue, -1 when not queued
+	prio       int64
+	urgent     bool
+}
+
+// queue orders the keys waiting to be written: goodbyes first, then new or
+// changed entries by accept time, then refreshes by the deadline of the
+// entry they keep alive. A key needs one write per TTL, not one per beat, so
+// under overload every key stays alive as long as the store can take
+// keys ÷ TTL writes per second.
+type queue []*slot
+
+func (q queue) Len() int { return len(q) }
+func (q queue) Less(i, j int) bool {
+	a, b := q[i], q[j]
+	if ga, gb := a.pend.del, b.pend.del; ga != gb {
+		return ga
+	}
+	return a.prio < b.prio
+}
+func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i]; q[i].idx = i; q[j].idx = j }
+func (q *queue) Push(x any)   { s := x.(*slot); s.idx = len(*q); *q = append(*q, s) }
+func (q *queue) Pop() any {
+	old := *q
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	s.idx = -1
+	return s
+}
+
+// writeMetrics is what the writer reports to; *metrics implements it.
+type writeMetrics interface {
+	coalesced(k subjects.Kind)
+	shed(k subjects.Kind, reason string)
+	writeDone(d time.Duration)
+	writeFailed(k subjects.Kind, outcome string)
+}
+
+// writerStats is a snapshot of the writer's state.
+type writerStats struct {
+	Backlog     int   // keys waiting to be written
+	InFlight    int   // writes awaiting acknowledgement
+	LagMs       int64 // how long the oldest waiting write has waited
+	LastWriteMs int64 // queen clock of the last acknowledged write
+	Failing     bool  // the last write failed and none succeeded since
+	LastErr     string
+	Coalesced   uint64
+}
+
+// Write failures are retried with this pause while the store fails, and
+// only storeProbe writes are in flight then, so a failing store is probed,
+// not flooded.
+const (
+	failPause  = 100 * time.Millisecond
+	storeProbe = 16
+)
+
+// writer owns the coalescing queue and the asynchronous KV publishes. put
+// and mark may be called concurrently with each other and with the
+// acknowledgement handlers; run is one goroutine.
+type writer struct {
+	js      jetstream.JetStream
+	log     *slog.Logger
+	m       writeMetrics
+	window  int
+	buckets map[subjects.Kind]string // kind → "$KV.<bucket>."
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	slots     map[string]*slot // by subject
+	q         queue
+	inflight  map[*nats.Msg]*slot
+	stopping  bool
+	lastOKMs  int64
+	lastErrMs int64
+	lastErr   error
+	coalesce  uint64
+	idle      chan struct{}
+	errLog    rate.Sometimes
+}
+
+func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subjects.Kind]string) *writer {
+	w := &writer{
+		log:      log,
+		m:        m,
+		window:   window,
+		buckets:  buckets,
+		slots:    map[string]*slot{},
+		inflight: map[*nats.Msg]*slot{},
+		errLog:   rate.Sometimes{Interval: 5 * time.Second},
+	}
+	w.cond = sync.NewCond(&w.mu)
+	return w
+}
+
+// subjectOf returns the KV subject of key: "$KV.<bucket>.<key>" (ADR-8).
+func (w *writer) subjectOf(kind subjects.Kind, key string) string { return w.buckets[kind] + key }
+
+// put queues o as the newest write of its key, replacing (coalescing) a
+// waiting one.
+func (w *writer) put(o *op) {
+	subject := w.subjectOf(o.kind, o.key)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.slots[subject]
+	if s == nil {
+		s = &slot{kind: o.kind, key: o.key, subject: subject, idx: -1}
+		w.slots[subject] = s
+	}
+	if s.pend != nil {
+		w.coalesce++
+		w.m.coalesced(o.kind)
+	}
+	prev := s.pend
+	if prev == nil {
+		prev = s.inflight
+	}
+	if prev == nil {
+		prev = s.last
+	}
+	s.urgent = s.urgent && s.pend != nil || notable(prev, o)
+	s.pend = o
+	w.schedule(s)
+}
+
+// mark queues a disconnected mark for key, whose holder's connection conn
+// closed: applied to a waiting beat from conn, else written over the entry
+// last seen (from, at revision rev) with its original expiry.
+func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64, nowMs int64) {
+	subject := w.subjectOf(kind, key)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.slots[subject]
+	if s == nil {
+		s = &slot{kind: kind, key: key, subject: subject, idx: -1}
+		w.slots[subject] = s
+	}
+	switch {
+	case s.pend != nil && s.pend.del:
+		return // a goodbye is on its way
+	case s.pend != nil:
+		if s.pend.conn != conn {
+			return // a beat from another connection: alive
+		}
+		setDisconnected(s.pend, nowMs)
+	case s.inflight != nil:
+		if s.inflight.conn != conn || s.inflight.del {
+			return
+		}
+		s.pend = cloneMark(s.inflight, 0, nowMs)
+	case s.last != nil && s.last.conn == conn && (rev == 0 || rev == s.lastRev):
+		s.pend = cloneMark(s.last, s.lastRev, nowMs)
+	case from != nil:
+		s.pend = cloneMark(from, rev, nowMs)
+	default:
+		return
+	}
+	s.urgent = true
+	w.schedule(s)
+}
+
+func setDisconnected(o *op, nowMs int64) {
+	if r := o.received(); r != nil && r.Liveness != wire.LivenessDisconnected {
+		r.Liveness, r.LivenessSinceMs = wire.LivenessDisconnected, nowMs
+	}
+}
+
+// cloneMark returns a mark op carrying a copy of o's entry, marked
+// disconnected, that keeps o's expiry.
+func cloneMark(o *op, rev uint64, nowMs int64) *op {
+	c := *o
+	c.mark, c.expectRev, c.attempts = true, rev, 0
+	switch {
+	case o.worker != nil:
+		e := *o.worker
+		c.worker = &e
+	case o.hive != nil:
+		e := *o.hive
+		c.hive = &e
+	case o.queen != nil:
+		e := *o.queen
+		c.queen = &e
+	}
+	setDisconnected(&c, nowMs)
+	return &c
+}
+
+// schedule (re)queues s if it has a waiting op and none in flight. mu held.
+func (w *writer) schedule(s *slot) {
+	if s.pend == nil || s.inflight != nil {
+		if s.idx >= 0 && s.pend == nil {
+			heap.Remove(&w.q, s.idx)
+		}
+		return
+	}
+	if s.urgent || s.deadlineMs == 0 {
+		s.prio = s.pend.acceptedMs
+	} else {
+		s.prio = s.deadlineMs
+	}
+	if s.idx >= 0 {
+		heap.Fix(&w.q, s.idx)
+	} else {
+		heap.Push(&w.q, s)
+	}
+	w.cond.Signal()
+}
+
+// run sends queued writes until stop; one goroutine.
+func (w *writer) run() {
+	for {
+		w.mu.Lock()
+		for !w.stopping && (len(w.q) == 0 || len(w.inflight) >= w.limit()) {
+			w.cond.Wait()
+		}
+		if w.stopping {
+			w.mu.Unlock()
+			return
+		}
+		failing := w.failingLocked()
+		s := heap.Pop(&w.q).(*slot)
+		o := s.pend
+		s.pend, s.inflight = nil, o
+		msg, ok := w.build(s, o)
+		if ok {
+			w.inflight[msg] = s
+		} else {
+			s.inflight = nil
+			w.schedule(s)
+		}
+		w.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if _, err := w.js.PublishMsgAsync(msg); err != nil {
+			w.failed(msg, err)
+		}
+		if failing {
+			time.Sleep(failPause) // probing a failing store, not flooding it
+		}
+	}
+}
+
+func (w *writer) limit() int {
+	if w.failingLocked() {
+		return min(w.window, storeProbe)
+	}
+	return w.window
+}
+
+func (w *writer) failingLocked() bool { return w.lastErrMs > w.lastOKMs }
+
+// build returns the message for o, or false if o is dropped: a beat whose
+// TTL ran out while it waited (shed: the entry it would refresh is already
+// due to expire, and writing it would make a dead sender look alive). mu held.
+func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
+	now := time.Now()
+	h := nats.Header{}
+	msg := &nats.Msg{Subject: s.subject, Header: h}
+	if o.del {
+		h.Set(kvOperation, "DEL")
+	} else {
+		remaining := o.ttlMs - (now.UnixMilli() - o.acceptedMs)
+		if remaining <= 0 {
+			w.m.shed(o.kind, "stale")
+			return nil, false
+		}
+		data, err := o.encode()
+		if err != nil { // cannot happen for a validated beat; never crash on it
+			w.log.Error("encode registry entry", "key", o.key, "err", err)
+			return nil, false
+		}
+		msg.Data = data
+		h.Set(jetstream.MsgTTLHeader, strconv.FormatInt((remaining+999)/1000, 10)+"s")
+	}
+	if o.expectRev != 0 {
+		h.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(o.expectRev, 10))
+	}
+	o.attempts++
+	o.sentAt = now
+	return msg, true
 }
 
 // kvOperation is the header the KV layer reads to tell a delete from a put.
 const kvOperation = "KV-Operation"
 
-// delHeader marks a KV delete; nats.go only reads it, so all deletes share it.
-var delHeader = nats.Header{kvOperation: []string{"DEL"}}
-
-// newWrite returns the KV put of data under subject ($KV.<bucket>.<key>), or
-// the delete of the key if data is nil.
-func newWrite(kind subjects.Kind, subject, key, instance string, seq uint64, data []byte) *write {
-	return &write{kind: kind, subject: subject, key: key, instance: instance, seq: seq, data: data}
-}
-
-// Re-sends after a "no responders" answer (the stream is not there yet, e.g.
-// while JetStream restarts), as JetStream's own async publish does them.
-const (
-	noRespRetries = 2
-	noRespWait    = 250 * time.Millisecond
-)
-
-var (
-	errNoResponders = errors.New("no responders: the registry stream is not available")
-	errBadAck       = errors.New("unrecognised publish acknowledgement")
-	errAckTimeout   = errors.New("no publish acknowledgement in time")
-	errStopping     = errors.New("queen stopping")
-)
-
-// writer publishes KV writes and tracks each until the stream acknowledges
-// it: a reply subject per write under one wildcard subscription, at most
-// MaxInFlight writes pending, a deadline per write, and every pending write
-// failed when the connection is lost (its acknowledgement may be too).
-// JetStream's PublishMsgAsync does the same with a random token, two maps, a
-// timer and a JSON decode per write, which at the queen's rates cost more CPU
-// than validating the beat; here a counter, one map, a periodic deadline sweep
-// and a byte scan of the acknowledgement do it.
-//
-// write and the ack handler may run concurrently; write blocks while
-// MaxInFlight writes are pending.
-type writer struct {
-	q       *Queen
-	nc      *nats.Conn
-	prefix  string // reply subject = prefix + token
-	timeout time.Duration
-	slots   chan struct{} // one per pending write
-	done    <-chan struct{}
-	retry   chan *write
-	sub     *nats.Subscription
-
-	mu      sync.Mutex
-	pending map[uint64]*write
-	next    uint64
-	idle    chan struct{} // closed when pending empties; nil while nobody waits
-}
-
-func newWriter(q *Queen) *writer {
-	return &writer{
-		q:       q,
-		nc:      q.nc,
-		prefix:  q.nc.NewInbox() + ".",
-		timeout: q.cfg.RequestTimeout,
-		slots:   make(chan struct{}, q.cfg.MaxInFlight),
-		retry:   make(chan *write, 1024),
-		pending: map[uint64]*write{},
-	}
-}
-
-// start subscribes to the acknowledgements; writes blocked for a free slot
-// give up once done is closed.
-func (w *writer) start(done <-chan struct{}) error {
-	w.done = done
-	sub, err := w.nc.Subscribe(w.prefix+"*", w.acked)
-	if err != nil {
-		return fmt.Errorf("subscribe %s*: %w", w.prefix, err)
-	}
-	w.sub = sub
-	return nil
-}
-
-// stop drops the acknowledgement subscription.
-func (w *writer) stop() {
-	if w.sub != nil {
-		_ = w.sub.Unsubscribe()
-	}
-}
-
-// write sends wr as a new attempt.
-func (w *writer) write(wr *write) {
-	wr.attempts++
-	select {
-	case w.slots <- struct{}{}:
-	default:
-		select {
-		case w.slots <- struct{}{}:
-		case <-w.done:
-			w.failed(wr, errStopping)
-			return
-		}
-	}
+// acked handles a store acknowledgement (nats.go's ack goroutine).
+func (w *writer) acked(msg *nats.Msg, pa *jetstream.PubAck) {
 	w.mu.Lock()
-	w.next++
-	id := w.next
-	w.pending[id] = wr
-	wr.start, wr.noResp = time.Now(), 0
-	w.mu.Unlock()
-	if err := w.publish(wr, id); err != nil {
-		if w.take(id) != nil {
-			w.failed(wr, err)
-		}
-	}
-}
-
-func (w *writer) publish(wr *write, id uint64) error {
-	var buf [80]byte
-	reply := string(strconv.AppendUint(append(buf[:0], w.prefix...), id, 10))
-	if wr.data == nil {
-		return w.nc.PublishMsg(&nats.Msg{Subject: wr.subject, Reply: reply, Header: delHeader})
-	}
-	return w.nc.PublishRequest(wr.subject, reply, wr.data)
-}
-
-// take removes the pending write id and frees its slot; nil if it is not
-// pending (already acknowledged, timed out or failed).
-func (w *writer) take(id uint64) *write {
-	w.mu.Lock()
-	wr := w.pending[id]
-	if wr == nil {
+	s := w.inflight[msg]
+	if s == nil {
 		w.mu.Unlock()
-		return nil
+		return
 	}
-	delete(w.pending, id)
-	if len(w.pending) == 0 && w.idle != nil {
+	delete(w.inflight, msg)
+	o := s.inflight
+	s.inflight = nil
+	nowMs := time.Now().UnixMilli()
+	w.lastOKMs = max(nowMs, w.lastErrMs+1)
+	if o.del {
+		s.last, s.deadlineMs, s.lastRev = nil, 0, 0
+	} else {
+		s.last, s.lastRev = o, pa.Sequence
+		s.deadlineMs = o.acceptedMs + o.ttlMs
+	}
+	lat := time.Since(o.sentAt)
+	w.finish(s)
+	w.mu.Unlock()
+	w.m.writeDone(lat)
+}
+
+// failed handles a write that got no acknowledgement or an error: retried
+// unless a newer op of the key replaced it, a mark lost its race, or the
+// beat's TTL ran out (then it is counted lost and logged).
+func (w *writer) failed(msg *nats.Msg, err error) {
+	w.mu.Lock()
+	s := w.inflight[msg]
+	if s == nil {
+		w.mu.Unlock()
+		return
+	}
+	delete(w.inflight, msg)
+	o := s.inflight
+	s.inflight = nil
+	nowMs := time.Now().UnixMilli()
+	var apiErr *jetstream.APIError
+	raced := errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+	if !raced {
+		w.lastErrMs, w.lastErr = max(nowMs, w.lastOKMs+1), err
+	}
+	outcome := "retried"
+	switch {
+	case raced:
+		outcome = "superseded" // the entry changed since the mark was made: a beat decides now
+	case s.pend != nil:
+		outcome = "superseded"
+	case o.del || o.ttlMs-(nowMs-o.acceptedMs) > 0:
+		s.pend = o // goodbyes are retried until written
+	default:
+		outcome = "lost"
+	}
+	w.finish(s)
+	w.mu.Unlock()
+	w.m.writeFailed(o.kind, outcome)
+	if outcome == "lost" {
+		w.log.Error("registry write given up: its TTL ran out while the store failed", "key", o.key, "seq", o.seq,
+			"attempts", o.attempts, "err", err)
+	} else if !raced {
+		w.errLog.Do(func() { w.log.Warn("registry write failed", "key", o.key, "outcome", outcome, "err", err) })
+	}
+}
+
+// finish requeues s after its write completed and wakes waiters. mu held.
+func (w *writer) finish(s *slot) {
+	if s.pend == nil && s.last == nil && s.idx < 0 {
+		delete(w.slots, s.subject) // nothing left to remember (a deleted key)
+	}
+	w.schedule(s)
+	w.cond.Signal()
+	if len(w.inflight) == 0 && len(w.q) == 0 && w.idle != nil {
 		close(w.idle)
 		w.idle = nil
 	}
-	w.mu.Unlock()
-	<-w.slots
-	return wr
 }
 
-// acked handles an acknowledgement, on the subscription's goroutine.
-func (w *writer) acked(m *nats.Msg) {
-	id, err := strconv.ParseUint(m.Subject[len(w.prefix):], 10, 64)
-	if err != nil {
-		return
-	}
-	err = ackError(m)
-	if errors.Is(err, errNoResponders) && w.resendLater(id) {
-		return
-	}
-	wr := w.take(id)
-	if wr == nil {
-		return
-	}
-	if err != nil {
-		w.failed(wr, err)
-		return
-	}
-	w.q.metrics.writeDone(time.Since(wr.start))
-}
-
-// resendLater schedules pending write id to be sent again after noRespWait,
-// at most noRespRetries times per attempt; false when it may not.
-func (w *writer) resendLater(id uint64) bool {
+// forget drops what the writer remembers of a key that left or expired.
+func (w *writer) forget(kind subjects.Kind, key string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	wr := w.pending[id]
-	if wr == nil || wr.noResp >= noRespRetries {
-		return false
-	}
-	wr.noResp++
-	time.AfterFunc(noRespWait, func() {
-		w.mu.Lock()
-		still := w.pending[id] == wr
-		if still {
-			wr.start = time.Now()
-		}
-		w.mu.Unlock()
-		if !still {
-			return
-		}
-		if err := w.publish(wr, id); err != nil && w.take(id) != nil {
-			w.failed(wr, err)
-		}
-	})
-	return true
-}
-
-// ackError returns nil for a stream's publish acknowledgement, or why it is
-// not one.
-func ackError(m *nats.Msg) error {
-	if len(m.Data) == 0 {
-		if m.Header.Get("Status") == "503" {
-			return errNoResponders
-		}
-		return errBadAck
-	}
-	if bytes.Contains(m.Data, []byte(`"error"`)) {
-		var r struct {
-			Error *struct {
-				Code        int    `json:"code"`
-				ErrCode     int    `json:"err_code"`
-				Description string `json:"description"`
-			} `json:"error"`
-		}
-		if json.Unmarshal(m.Data, &r) == nil && r.Error != nil {
-			return fmt.Errorf("stream refused the write: %s (code %d, err_code %d)", r.Error.Description, r.Error.Code, r.Error.ErrCode)
-		}
-		return errBadAck
-	}
-	if !bytes.Contains(m.Data, []byte(`"seq":`)) {
-		return errBadAck
-	}
-	return nil
-}
-
-// failed counts a failed attempt and hands the write to retryLoop, unless a
-// newer beat of the key superseded it or its retries are spent. It never blocks.
-func (w *writer) failed(wr *write, err error) {
-	w.q.metrics.writeErrors.Inc()
-	switch {
-	case !w.q.tracker.latest(wr.key, wr.instance, wr.seq):
-		w.q.metrics.writesSuperseded.Inc() // a newer beat of the key is written instead
-	case wr.attempts <= w.q.cfg.WriteRetries:
-		select {
-		case w.retry <- wr:
-			return
-		default:
-		}
-		fallthrough
-	default:
-		w.q.metrics.writesLost.Inc()
-		w.q.log.Error("registry write given up", "key", wr.key, "seq", wr.seq, "attempts", wr.attempts, "err", err)
+	if s := w.slots[w.subjectOf(kind, key)]; s != nil && s.pend == nil && s.inflight == nil {
+		delete(w.slots, s.subject)
 	}
 }
 
-// failAll fails every pending write older than cutoff (all of them for the
-// zero time) with err.
-func (w *writer) failAll(cutoff time.Time, err error) {
-	var ids []uint64
-	w.mu.Lock()
-	for id, wr := range w.pending {
-		if cutoff.IsZero() || wr.start.Before(cutoff) {
-			ids = append(ids, id)
-		}
-	}
-	w.mu.Unlock()
-	for _, id := range ids {
-		if wr := w.take(id); wr != nil {
-			w.failed(wr, err)
-		}
-	}
-}
-
-// inFlight returns the number of writes awaiting their acknowledgement.
-func (w *writer) inFlight() int {
+// stats returns a snapshot; it scans the waiting keys for the oldest.
+func (w *writer) stats() writerStats {
+	now := time.Now().UnixMilli()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.pending)
+	st := writerStats{Backlog: len(w.q), InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
+		Failing: w.failingLocked(), Coalesced: w.coalesce}
+	for _, s := range w.q {
+		st.LagMs = max(st.LagMs, now-s.pend.acceptedMs)
+	}
+	if w.lastErr != nil && st.Failing {
+		st.LastErr = w.lastErr.Error()
+	}
+	return st
 }
 
-// wait returns true once no write is pending, false if ctx ends first.
+// wait returns true once nothing is waiting or in flight, false if ctx ends first.
 func (w *writer) wait(ctx context.Context) bool {
 	w.mu.Lock()
-	if len(w.pending) == 0 {
+	if len(w.inflight) == 0 && len(w.q) == 0 {
 		w.mu.Unlock()
 		return true
 	}
@@ -307,44 +507,10 @@ func (w *writer) wait(ctx context.Context) bool {
 	}
 }
 
-// watch fails the writes whose acknowledgement is overdue and, when the
-// connection drops, every pending write: an acknowledgement in flight then
-// may never come.
-func (w *writer) watch(ctx context.Context, wg *sync.WaitGroup) {
-	defer wg.Done()
-	lost := w.nc.StatusChanged(nats.RECONNECTING, nats.CLOSED)
-	defer w.nc.RemoveStatusListener(lost)
-	t := time.NewTicker(min(max(w.timeout/4, 10*time.Millisecond), time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-lost:
-			if !ok {
-				lost = nil
-				continue
-			}
-			w.failAll(time.Time{}, nats.ErrDisconnected)
-		case now := <-t.C:
-			w.failAll(now.Add(-w.timeout), errAckTimeout)
-		}
-	}
-}
-
-func (w *writer) retryLoop(ctx context.Context, wg *sync.WaitGroup) {
-	defer wg.Done()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case wr := <-w.retry:
-			if !w.q.tracker.latest(wr.key, wr.instance, wr.seq) {
-				w.q.metrics.writesSuperseded.Inc()
-				continue
-			}
-			w.q.metrics.writeRetries.Inc()
-			w.write(wr)
-		}
-	}
+// stop ends run.
+func (w *writer) stop() {
+	w.mu.Lock()
+	w.stopping = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
 }

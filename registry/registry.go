@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
+	"golang.org/x/time/rate"
 )
 
 // EventType names a registry change.
@@ -24,52 +27,82 @@ const (
 	Updated   EventType = "updated"
 	Left      EventType = "left"
 	Expired   EventType = "expired"
+	// Disconnected: the queen saw the entry's connection close without a goodbye.
+	Disconnected EventType = "disconnected"
+	// Reconnected: a disconnected entry beat again.
+	Reconnected EventType = "reconnected"
+	// Stalled: a busy worker's progress stopped growing.
+	Stalled EventType = "stalled"
+	// Recovered: a stalled worker's progress grew again.
+	Recovered EventType = "recovered"
+	// Refreshed is a new value with no change worth an event (the next beat
+	// of the same instance). It is delivered only with Config.Refreshes.
+	Refreshed EventType = "refreshed"
 )
 
-// EventTypes lists every event type, for pre-creating metric series.
-var EventTypes = []EventType{Joined, Restarted, Updated, Left, Expired}
+// EventTypes lists every event type that is delivered without
+// Config.Refreshes, for pre-creating metric series.
+var EventTypes = []EventType{Joined, Restarted, Updated, Left, Expired, Disconnected, Reconnected, Stalled, Recovered}
 
-// Event is one change in a registry. For Left and Expired, Worker or Hive
-// holds the last known entry (nil if the reader never saw one).
+// Event is one change in a registry. For Left and Expired, Worker, Hive or
+// Queen holds the last known entry (nil if the reader never saw one).
 type Event struct {
 	Type     EventType         `json:"event"`
 	Kind     subjects.Kind     `json:"kind"`
 	Key      string            `json:"key"`
-	HiveID   string            `json:"hive_id"`
+	HiveID   string            `json:"hive_id,omitempty"`
 	WorkerID string            `json:"worker_id,omitempty"`
+	QueenID  string            `json:"queen_id,omitempty"`
 	At       time.Time         `json:"at"` // server time of the KV operation
 	Revision uint64            `json:"revision"`
 	Worker   *wire.WorkerEntry `json:"worker,omitempty"`
 	Hive     *wire.HiveEntry   `json:"hive,omitempty"`
-	// Previous is the status (workers) or health (hives) before an Updated event.
+	Queen    *wire.QueenEntry  `json:"queen,omitempty"`
+	// Previous is the status (workers) or health (hives) before an Updated
+	// event, and the liveness before a liveness event.
 	Previous string `json:"previous,omitempty"`
+	// Initial is true for a value loaded when the watch started (Refreshed
+	// events with Config.Refreshes only).
+	Initial bool `json:"initial,omitempty"`
 }
 
 // Config configures a Watcher.
 type Config struct {
 	Scheme subjects.Scheme
-	// OnEvent is called for every event, from the watcher's goroutine, one at
-	// a time, in KV order per bucket. It must not block for long. May be nil.
+	// OnEvent is called for every event, one call at a time across all
+	// buckets (the watcher serialises them), in KV order per bucket. It must
+	// not block for long: it holds up every bucket's updates. May be nil.
 	OnEvent func(Event)
-	// OnPut is called for every worker or hive value written, initial ones
-	// included (used by the queen to learn what other queens accepted). May be nil.
-	OnPut func(kind subjects.Kind, key string, meta wire.Meta, rec wire.Received)
-	// OnRemove is called for every delete or purge. May be nil.
-	OnRemove func(kind subjects.Kind, key string)
+	// Refreshes also delivers Refreshed events: every value written, and the
+	// values loaded at the start (Initial). The queen learns what other
+	// queens accepted this way.
+	Refreshes bool
+	// Logger receives undecodable values (rate-limited); nil discards.
+	Logger *slog.Logger
 }
 
-// Watcher mirrors both registry buckets and emits events. Its methods may be
+// Watcher mirrors the registry buckets and emits events. Its methods may be
 // called concurrently.
 type Watcher struct {
 	cfg     Config
+	log     *slog.Logger
 	mu      sync.RWMutex
-	workers map[string]*wire.WorkerEntry
-	hives   map[string]*wire.HiveEntry
+	workers map[string]*item[wire.WorkerEntry]
+	hives   map[string]*item[wire.HiveEntry]
+	queens  map[string]*item[wire.QueenEntry]
 	ready   chan struct{}
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	once    sync.Once
-	bad     uint64 // undecodable values seen (guarded by mu)
+	emitMu  sync.Mutex // serialises OnEvent across the bucket goroutines
+	bad     atomic.Uint64
+	badLog  rate.Sometimes
+}
+
+// item is one mirrored value and its KV revision.
+type item[T any] struct {
+	v   *T
+	rev uint64
 }
 
 // OpenBuckets returns the worker and hive buckets, or an error wrapping
@@ -86,42 +119,75 @@ func OpenBuckets(ctx context.Context, js jetstream.JetStream, s subjects.Scheme)
 	return workers, hives, nil
 }
 
-// Watch starts watching both buckets. It returns once the watches are set up;
-// Ready is closed when the initial state of both buckets is loaded.
+// OpenQueens returns the queen bucket, or an error wrapping
+// jetstream.ErrBucketNotFound if no queen of this version created it yet.
+func OpenQueens(ctx context.Context, js jetstream.JetStream, s subjects.Scheme) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, s.QueensBucket())
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", s.QueensBucket(), err)
+	}
+	return kv, nil
+}
+
+// Watch starts watching the worker, hive and (where it exists) queen
+// buckets: New and Start in one, so it keeps the lifecycle contract
+// trivially (there is no second Start; Stop is safe twice). It returns once
+// the watches are set up; Ready is closed when the initial state is loaded.
 func Watch(ctx context.Context, js jetstream.JetStream, cfg Config) (*Watcher, error) {
 	wkv, hkv, err := OpenBuckets(ctx, js, cfg.Scheme)
 	if err != nil {
 		return nil, err
 	}
+	qkv, err := OpenQueens(ctx, js, cfg.Scheme)
+	if err != nil && !IsNotFound(err) {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Watcher{
 		cfg:     cfg,
-		workers: map[string]*wire.WorkerEntry{},
-		hives:   map[string]*wire.HiveEntry{},
+		log:     log.With("component", "registry"),
+		workers: map[string]*item[wire.WorkerEntry]{},
+		hives:   map[string]*item[wire.HiveEntry]{},
+		queens:  map[string]*item[wire.QueenEntry]{},
 		ready:   make(chan struct{}),
 		cancel:  cancel,
+		badLog:  rate.Sometimes{Interval: 5 * time.Second},
 	}
-	ww, err := wkv.WatchAll(ctx)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("watch %s: %w", cfg.Scheme.WorkersBucket(), err)
+	type bucket struct {
+		kv   jetstream.KeyValue
+		kind subjects.Kind
 	}
-	hw, err := hkv.WatchAll(ctx)
-	if err != nil {
-		_ = ww.Stop()
-		cancel()
-		return nil, fmt.Errorf("watch %s: %w", cfg.Scheme.HivesBucket(), err)
+	buckets := []bucket{{wkv, subjects.KindWorker}, {hkv, subjects.KindHive}}
+	if qkv != nil {
+		buckets = append(buckets, bucket{qkv, subjects.KindQueen})
+	}
+	watchers := make([]jetstream.KeyWatcher, 0, len(buckets))
+	for _, b := range buckets {
+		kw, err := b.kv.WatchAll(ctx)
+		if err != nil {
+			for _, o := range watchers {
+				_ = o.Stop()
+			}
+			cancel()
+			return nil, fmt.Errorf("watch %s: %w", b.kv.Bucket(), err)
+		}
+		watchers = append(watchers, kw)
 	}
 	var initial sync.WaitGroup
-	initial.Add(2)
+	initial.Add(len(buckets))
 	go func() { initial.Wait(); close(w.ready) }()
-	w.wg.Add(2)
-	go w.run(ctx, js.Conn(), wkv, ww, subjects.KindWorker, &initial)
-	go w.run(ctx, js.Conn(), hkv, hw, subjects.KindHive, &initial)
+	w.wg.Add(len(buckets))
+	for i, b := range buckets {
+		go w.run(ctx, js.Conn(), b.kv, watchers[i], b.kind, &initial)
+	}
 	return w, nil
 }
 
-// Ready is closed once the initial state of both buckets is loaded.
+// Ready is closed once the initial state of every bucket is loaded.
 func (w *Watcher) Ready() <-chan struct{} { return w.ready }
 
 // WaitReady waits for Ready or ctx, returning ctx's error if it ends first.
@@ -134,13 +200,17 @@ func (w *Watcher) WaitReady(ctx context.Context) error {
 	}
 }
 
-// Stop ends both watches and waits for their goroutines. Safe to call twice.
+// Stop ends the watches and waits for their goroutines. Safe to call twice.
 func (w *Watcher) Stop() {
 	w.once.Do(func() {
 		w.cancel()
 		w.wg.Wait()
 	})
 }
+
+// Undecodable returns how many values could not be decoded (each is also
+// logged, rate-limited, and left out of the mirror).
+func (w *Watcher) Undecodable() uint64 { return w.bad.Load() }
 
 // rewatchTimeout bounds the creation of a replacement watch; rewatchRetry is
 // the pause before trying again.
@@ -216,96 +286,170 @@ func (w *Watcher) run(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue,
 	}
 }
 
+// apply mirrors one KV operation and emits its event. The emit lock is held
+// across the mirror update and the callback so that, across buckets, events
+// reach OnEvent one at a time and in the order the mirror changed.
 func (w *Watcher) apply(kind subjects.Kind, e jetstream.KeyValueEntry, initial bool) {
-	ev := Event{Kind: kind, Key: e.Key(), At: e.Created(), Revision: e.Revision()}
-	if kind == subjects.KindWorker {
+	w.emitMu.Lock()
+	defer w.emitMu.Unlock()
+	ev := Event{Kind: kind, Key: e.Key(), At: e.Created(), Revision: e.Revision(), Initial: initial}
+	switch kind {
+	case subjects.KindWorker:
 		ev.HiveID, ev.WorkerID, _ = subjects.ParseWorkerKey(e.Key())
-	} else {
+	case subjects.KindHive:
 		ev.HiveID = e.Key()
+	case subjects.KindQueen:
+		ev.QueenID = e.Key()
 	}
-	switch e.Operation() {
-	case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
+	if op := e.Operation(); op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge {
 		ev.Type = Left
-		if e.Operation() == jetstream.KeyValuePurge {
+		if op == jetstream.KeyValuePurge {
 			ev.Type = Expired
 		}
-		w.mu.Lock()
 		var known bool
-		if kind == subjects.KindWorker {
-			ev.Worker, known = w.workers[e.Key()]
+		w.mu.Lock()
+		switch kind {
+		case subjects.KindWorker:
+			var it *item[wire.WorkerEntry]
+			if it, known = w.workers[e.Key()]; known {
+				ev.Worker = it.v
+			}
 			delete(w.workers, e.Key())
-		} else {
-			ev.Hive, known = w.hives[e.Key()]
+		case subjects.KindHive:
+			var it *item[wire.HiveEntry]
+			if it, known = w.hives[e.Key()]; known {
+				ev.Hive = it.v
+			}
 			delete(w.hives, e.Key())
+		case subjects.KindQueen:
+			var it *item[wire.QueenEntry]
+			if it, known = w.queens[e.Key()]; known {
+				ev.Queen = it.v
+			}
+			delete(w.queens, e.Key())
 		}
 		w.mu.Unlock()
-		if w.cfg.OnRemove != nil {
-			w.cfg.OnRemove(kind, e.Key())
-		}
 		if known && !initial {
 			w.emit(ev)
 		}
 		return
 	}
-	if kind == subjects.KindWorker {
-		v, err := wire.DecodeWorkerEntry(e.Value())
-		if err != nil {
+	var err error
+	switch kind {
+	case subjects.KindWorker:
+		var v *wire.WorkerEntry
+		if v, err = wire.DecodeWorkerEntry(e.Value()); err == nil {
 			w.mu.Lock()
-			w.bad++
+			prev := w.workers[e.Key()]
+			w.workers[e.Key()] = &item[wire.WorkerEntry]{v, e.Revision()}
 			w.mu.Unlock()
-			return
+			ev.Worker = v
+			if prev != nil {
+				ev.Type, ev.Previous = workerChange(prev.v, v)
+			} else {
+				ev.Type = Joined
+			}
 		}
-		w.mu.Lock()
-		prev := w.workers[e.Key()]
-		w.workers[e.Key()] = v
-		w.mu.Unlock()
-		ev.Worker = v
-		if w.cfg.OnPut != nil {
-			w.cfg.OnPut(kind, e.Key(), v.Meta, v.Received)
+	case subjects.KindHive:
+		var v *wire.HiveEntry
+		if v, err = wire.DecodeHiveEntry(e.Value()); err == nil {
+			w.mu.Lock()
+			prev := w.hives[e.Key()]
+			w.hives[e.Key()] = &item[wire.HiveEntry]{v, e.Revision()}
+			w.mu.Unlock()
+			ev.Hive = v
+			if prev != nil {
+				ev.Type, ev.Previous = hiveChange(prev.v, v)
+			} else {
+				ev.Type = Joined
+			}
 		}
-		switch {
-		case initial:
-			return
-		case prev == nil:
-			ev.Type = Joined
-		case prev.InstanceID != v.InstanceID:
-			ev.Type = Restarted
-		case prev.Status != v.Status || prev.Health != v.Health || prev.ModelID != v.ModelID || prev.Device != v.Device:
-			ev.Type, ev.Previous = Updated, string(prev.Status)
-		default:
-			return
+	case subjects.KindQueen:
+		var v *wire.QueenEntry
+		if v, err = wire.DecodeQueenEntry(e.Value()); err == nil {
+			w.mu.Lock()
+			prev := w.queens[e.Key()]
+			w.queens[e.Key()] = &item[wire.QueenEntry]{v, e.Revision()}
+			w.mu.Unlock()
+			ev.Queen = v
+			switch {
+			case prev == nil:
+				ev.Type = Joined
+			case prev.v.InstanceID != v.InstanceID:
+				ev.Type = Restarted
+			case prev.v.State != v.State:
+				ev.Type, ev.Previous = Updated, string(prev.v.State)
+			default:
+				ev.Type = Refreshed
+			}
 		}
-		w.emit(ev)
-		return
 	}
-	v, err := wire.DecodeHiveEntry(e.Value())
 	if err != nil {
-		w.mu.Lock()
-		w.bad++
-		w.mu.Unlock()
+		n := w.bad.Add(1)
+		w.badLog.Do(func() {
+			w.log.Warn("undecodable registry value", "kind", kind, "key", e.Key(), "revision", e.Revision(),
+				"err", err, "undecodable_total", n)
+		})
 		return
 	}
-	w.mu.Lock()
-	prev := w.hives[e.Key()]
-	w.hives[e.Key()] = v
-	w.mu.Unlock()
-	ev.Hive = v
-	if w.cfg.OnPut != nil {
-		w.cfg.OnPut(kind, e.Key(), v.Meta, v.Received)
+	if initial {
+		ev.Type = Refreshed
 	}
+	if ev.Type != Refreshed || w.cfg.Refreshes {
+		w.emit(ev)
+	}
+}
+
+// livenessChange returns the event for a change of liveness, or "".
+func livenessChange(prev, cur wire.Liveness) EventType {
+	p, c := orAlive(prev), orAlive(cur)
 	switch {
-	case initial:
-		return
-	case prev == nil:
-		ev.Type = Joined
-	case prev.InstanceID != v.InstanceID:
-		ev.Type = Restarted
-	case prev.Health != v.Health || len(prev.Workers) != len(v.Workers) || len(prev.GPUs) != len(v.GPUs):
-		ev.Type, ev.Previous = Updated, string(prev.Health)
+	case p == c:
+		return ""
+	case c == wire.LivenessDisconnected:
+		return Disconnected
+	case p == wire.LivenessDisconnected:
+		return Reconnected
+	case c == wire.LivenessStalled:
+		return Stalled
 	default:
-		return
+		return Recovered
 	}
-	w.emit(ev)
+}
+
+func orAlive(l wire.Liveness) wire.Liveness {
+	if l == "" {
+		return wire.LivenessAlive
+	}
+	return l
+}
+
+func workerChange(prev, v *wire.WorkerEntry) (EventType, string) {
+	switch {
+	case prev.InstanceID != v.InstanceID:
+		return Restarted, ""
+	}
+	if t := livenessChange(prev.Liveness, v.Liveness); t != "" {
+		return t, string(orAlive(prev.Liveness))
+	}
+	if prev.Status != v.Status || prev.Health != v.Health || prev.ModelID != v.ModelID || prev.Device != v.Device {
+		return Updated, string(prev.Status)
+	}
+	return Refreshed, ""
+}
+
+func hiveChange(prev, v *wire.HiveEntry) (EventType, string) {
+	switch {
+	case prev.InstanceID != v.InstanceID:
+		return Restarted, ""
+	}
+	if t := livenessChange(prev.Liveness, v.Liveness); t != "" {
+		return t, string(orAlive(prev.Liveness))
+	}
+	if prev.Health != v.Health || len(prev.Workers) != len(v.Workers) || len(prev.GPUs) != len(v.GPUs) {
+		return Updated, string(prev.Health)
+	}
+	return Refreshed, ""
 }
 
 func (w *Watcher) emit(ev Event) {
@@ -319,8 +463,8 @@ func (w *Watcher) emit(ev Event) {
 func (w *Watcher) Workers() []*wire.WorkerEntry {
 	w.mu.RLock()
 	out := make([]*wire.WorkerEntry, 0, len(w.workers))
-	for _, v := range w.workers {
-		out = append(out, v)
+	for _, it := range w.workers {
+		out = append(out, it.v)
 	}
 	w.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool {
@@ -333,12 +477,46 @@ func (w *Watcher) Workers() []*wire.WorkerEntry {
 func (w *Watcher) Hives() []*wire.HiveEntry {
 	w.mu.RLock()
 	out := make([]*wire.HiveEntry, 0, len(w.hives))
-	for _, v := range w.hives {
-		out = append(out, v)
+	for _, it := range w.hives {
+		out = append(out, it.v)
 	}
 	w.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].HiveID < out[j].HiveID })
 	return out
+}
+
+// Queens returns the mirrored queen entries sorted by ID (none when the
+// queen bucket does not exist). Do not modify them.
+func (w *Watcher) Queens() []*wire.QueenEntry {
+	w.mu.RLock()
+	out := make([]*wire.QueenEntry, 0, len(w.queens))
+	for _, it := range w.queens {
+		out = append(out, it.v)
+	}
+	w.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].QueenID < out[j].QueenID })
+	return out
+}
+
+// Worker returns the mirrored entry of a worker key and its KV revision, or
+// false if the mirror has none. Do not modify the entry.
+func (w *Watcher) Worker(key string) (*wire.WorkerEntry, uint64, bool) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if it := w.workers[key]; it != nil {
+		return it.v, it.rev, true
+	}
+	return nil, 0, false
+}
+
+// Hive returns the mirrored entry of a hive and its KV revision, or false.
+func (w *Watcher) Hive(key string) (*wire.HiveEntry, uint64, bool) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if it := w.hives[key]; it != nil {
+		return it.v, it.rev, true
+	}
+	return nil, 0, false
 }
 
 // Sizes returns how many workers and hives the mirror holds.

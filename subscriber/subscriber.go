@@ -23,12 +23,14 @@ const (
 	ReasonBadType       Reason = "bad_type"       // a known key holds a value of the wrong type
 	ReasonInvalid       Reason = "invalid"        // values break the schema
 	ReasonSpoofed       Reason = "spoofed"        // payload IDs differ from the subject's
-	ReasonReplay        Reason = "replay"         // older than the last beat accepted for the instance (set by the registry)
+	ReasonReplay        Reason = "replay"         // older than the last beat accepted for the instance (set by the queen)
+	ReasonInterval      Reason = "interval"       // missed beats × interval passes the queen's max TTL (set by the queen)
+	ReasonConflict      Reason = "conflict"       // another instance holds the key and is beating (set by the queen)
 )
 
 // Reasons lists every rejection reason, for pre-creating metric series.
 var Reasons = []Reason{ReasonBadSubject, ReasonBadHeaders, ReasonUnknownSchema, ReasonOversize,
-	ReasonUndecodable, ReasonBadType, ReasonInvalid, ReasonSpoofed, ReasonReplay}
+	ReasonUndecodable, ReasonBadType, ReasonInvalid, ReasonSpoofed, ReasonReplay, ReasonInterval, ReasonConflict}
 
 // RejectError is the error Decode returns for a refused message.
 type RejectError struct {
@@ -54,12 +56,16 @@ type Heartbeat struct {
 	Size   int
 	Worker *wire.Worker
 	Hive   *wire.Hive
+	Queen  *wire.Queen
 }
 
 // Meta returns the common keys of whichever payload the beat carries.
 func (h *Heartbeat) Meta() *wire.Meta {
-	if h.Worker != nil {
+	switch {
+	case h.Worker != nil:
 		return &h.Worker.Meta
+	case h.Queen != nil:
+		return &h.Queen.Meta
 	}
 	return &h.Hive.Meta
 }
@@ -79,8 +85,11 @@ func Decode(scheme subjects.Scheme, msg *nats.Msg) (*Heartbeat, error) {
 		return nil, reject(ReasonBadHeaders, msg.Subject, fmt.Errorf("Content-Type %q, want %q", ct, wire.ContentTypeMsgpack))
 	}
 	want := wire.SchemaWorker
-	if addr.Kind == subjects.KindHive {
+	switch addr.Kind {
+	case subjects.KindHive:
 		want = wire.SchemaHive
+	case subjects.KindQueen:
+		want = wire.SchemaQueen
 	}
 	if s := msg.Header.Get(wire.HeaderSchema); s != want {
 		return nil, reject(ReasonUnknownSchema, msg.Subject, fmt.Errorf("%w: Rbee-Schema %q on a %s subject, want %q", wire.ErrUnknownSchema, s, addr.Kind, want))
@@ -91,13 +100,19 @@ func Decode(scheme subjects.Scheme, msg *nats.Msg) (*Heartbeat, error) {
 		Goodbye: msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye,
 		Size:    len(msg.Data),
 	}
-	var hiveID, workerID string
-	if addr.Kind == subjects.KindWorker {
+	var hiveID, workerID, queenID string
+	switch addr.Kind {
+	case subjects.KindWorker:
 		hb.Worker, err = wire.DecodeWorker(msg.Data)
 		if err == nil {
 			hiveID, workerID = hb.Worker.HiveID, hb.Worker.WorkerID
 		}
-	} else {
+	case subjects.KindQueen:
+		hb.Queen, err = wire.DecodeQueen(msg.Data)
+		if err == nil {
+			queenID = hb.Queen.QueenID
+		}
+	default:
 		hb.Hive, err = wire.DecodeHive(msg.Data)
 		if err == nil {
 			hiveID = hb.Hive.HiveID
@@ -106,7 +121,7 @@ func Decode(scheme subjects.Scheme, msg *nats.Msg) (*Heartbeat, error) {
 	if err != nil {
 		return nil, reject(reasonOf(err), msg.Subject, err)
 	}
-	if hiveID != addr.HiveID || workerID != addr.WorkerID {
+	if hiveID != addr.HiveID || workerID != addr.WorkerID || queenID != addr.QueenID {
 		return nil, reject(ReasonSpoofed, msg.Subject, fmt.Errorf("payload says hive %q worker %q", hiveID, workerID))
 	}
 	return hb, nil

@@ -2,9 +2,10 @@ package wire
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
-	"sync"
 
+	"github.com/tinylib/msgp/msgp"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -12,81 +13,215 @@ import (
 // 1,024 workers and 64 GPUs stays well below it.
 const MaxPayload = 256 << 10
 
-var encPool = sync.Pool{New: func() any {
-	e := &encoder{}
-	e.enc = msgpack.NewEncoder(&e.buf)
-	e.enc.UseCompactInts(true)
-	e.enc.UseCompactFloats(true)
-	return e
-}}
+// MaxDepth is the deepest nesting of maps and arrays a payload may have.
+// Heartbeats nest three levels deep (hive → gpus → gpu); unknown keys may
+// nest deeper, up to this.
+const MaxDepth = 32
 
-type encoder struct {
-	buf bytes.Buffer
-	enc *msgpack.Encoder
+// errTooDeep is returned by walk for a value nested deeper than MaxDepth.
+var errTooDeep = errors.New("nested deeper than MaxDepth")
+
+// walk checks that b starts with one complete msgpack value nested at most
+// MaxDepth-depth deep, and returns the bytes after it. It allocates nothing.
+// Run before the generated decoder, it turns every structural fault
+// (truncation, a length declared beyond the input, a reserved byte, deep
+// nesting) into one error, whichever key it hides under.
+func walk(b []byte, depth int) ([]byte, error) {
+	var n uint32
+	var err error
+	switch msgp.NextType(b) {
+	case msgp.MapType:
+		if n, b, err = msgp.ReadMapHeaderBytes(b); err != nil {
+			return b, err
+		}
+		n *= 2
+	case msgp.ArrayType:
+		if n, b, err = msgp.ReadArrayHeaderBytes(b); err != nil {
+			return b, err
+		}
+	default:
+		return msgp.Skip(b)
+	}
+	if n > 0 && depth == MaxDepth {
+		return b, errTooDeep
+	}
+	for range n {
+		if b, err = walk(b, depth+1); err != nil {
+			return b, err
+		}
+	}
+	return b, nil
 }
 
-// Marshal returns the msgpack encoding of v (a Worker, Hive, WorkerEntry or
-// HiveEntry), with integers and floats in their most compact form.
+// Marshaler is what Marshal encodes: the payload and entry types of this
+// package (Worker, Hive, Queen, their entries, Event, GPU, HiveWorker), whose
+// codec is generated.
+type Marshaler interface {
+	msgp.Marshaler
+	msgp.Sizer
+}
+
+// Marshal returns the msgpack encoding of v, a pointer to one of this
+// package's payload or entry types. It returns an error for any other type.
 func Marshal(v any) ([]byte, error) {
-	switch v := v.(type) {
-	case *Worker:
-		return appendWorker(make([]byte, 0, workerSize(v, nil)), v, nil), nil
-	case *WorkerEntry:
-		return appendWorker(make([]byte, 0, workerSize(&v.Worker, &v.Received)), &v.Worker, &v.Received), nil
-	case *Hive:
-		return marshalHive(v, nil), nil
-	case *HiveEntry:
-		return marshalHive(&v.Hive, &v.Received), nil
+	m, ok := v.(Marshaler)
+	if !ok {
+		return nil, fmt.Errorf("wire: %T has no generated msgpack codec", v)
 	}
-	e := encPool.Get().(*encoder)
-	defer encPool.Put(e)
-	e.buf.Reset()
-	if err := e.enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.Clone(e.buf.Bytes()), nil
+	return m.MarshalMsg(make([]byte, 0, m.Msgsize()))
 }
 
-var decPool = sync.Pool{New: func() any { return msgpack.NewDecoder(nil) }}
+// AppendWorkerEntry appends to dst the registry value of an accepted worker
+// beat, the bytes Marshal(&WorkerEntry{Worker: *w, Received: rec}) returns,
+// and returns the extended buffer.
+func AppendWorkerEntry(dst []byte, w *Worker, rec Received) []byte {
+	e := WorkerEntry{Worker: *w, Received: rec}
+	b, _ := e.MarshalMsg(dst) // the generated encoder of plain fields cannot fail
+	return b
+}
 
-// unmarshal decodes data into v and classifies any failure as ErrOversize,
-// ErrUndecodable or ErrBadType.
-func unmarshal(data []byte, v any) error {
+// unmarshaler is a pointer to a type with a generated decoder.
+type unmarshaler[T any] interface {
+	*T
+	msgp.Unmarshaler
+}
+
+// decode decodes data, one msgpack map and nothing after it, into a new T.
+// Failures wrap ErrOversize, ErrUndecodable, ErrBadType or ErrInvalid (a
+// value outside its type's range, or an array longer than its limit).
+func decode[T any, P unmarshaler[T]](data []byte) (*T, error) {
 	if len(data) > MaxPayload {
-		return fmt.Errorf("%w: %d bytes, at most %d", ErrOversize, len(data), MaxPayload)
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrOversize, len(data), MaxPayload)
 	}
-	if len(data) == 0 || !isMap(data[0]) {
-		return fmt.Errorf("%w: not a msgpack map", ErrUndecodable)
+	if msgp.NextType(data) != msgp.MapType {
+		return nil, fmt.Errorf("%w: not a msgpack map", ErrUndecodable)
 	}
-	// Structure first: the reflection decoder trusts declared lengths.
-	if err := wellFormed(data); err != nil {
-		return err
-	}
-	d := decPool.Get().(*msgpack.Decoder)
-	r := bytes.NewReader(data)
-	d.Reset(r)
-	err := d.Decode(v)
-	d.Reset(nil) // keep no reference to data in the pool
-	decPool.Put(d)
+	rest, err := walk(data, 0)
 	if err != nil {
-		// The bytes are well-formed msgpack: a value has the wrong type.
+		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, len(rest))
+	}
+	v := P(new(T))
+	rest, err = v.UnmarshalMsg(data)
+	if isNilValue(err) {
+		// nil reads as absent (docs/wire.md); msgp's readers of strings,
+		// integers and bools refuse it, so read the map again without them.
+		if clean, cerr := withoutNils(data); cerr == nil {
+			v = P(new(T))
+			rest, err = v.UnmarshalMsg(clean)
+		}
+	}
+	if err != nil {
+		return nil, classify(err)
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, len(rest))
+	}
+	return (*T)(v), nil
+}
+
+// isNilValue reports whether err is msgp's refusal of a nil value.
+func isNilValue(err error) bool {
+	var te msgp.TypeError
+	return errors.As(err, &te) && te.Encoded == msgp.NilType
+}
+
+// classify wraps a msgp decoding error in the package's sentinel errors.
+func classify(err error) error {
+	var (
+		te  msgp.TypeError
+		ubz msgp.UintBelowZero
+		uo  msgp.UintOverflow
+		iof msgp.IntOverflow
+	)
+	switch {
+	case errors.Is(err, msgp.ErrLimitExceeded):
+		return fmt.Errorf("%w: an array is longer than its limit: %v", ErrInvalid, err)
+	case errors.As(err, &ubz), errors.As(err, &uo), errors.As(err, &iof):
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	case errors.As(err, &te):
 		return fmt.Errorf("%w: %v", ErrBadType, err)
 	}
-	return nil
+	return fmt.Errorf("%w: %v", ErrUndecodable, err)
 }
 
-func isMap(b byte) bool { return b&0xf0 == 0x80 || b == 0xde || b == 0xdf }
+// nilDepth is how deep withoutNils looks for nil values: the payload map,
+// its arrays and their records (gpus, workers).
+const nilDepth = 3
+
+// withoutNils returns a copy of data whose first value, a map, has every
+// entry with a nil value left out, in it and in the records of its arrays,
+// followed by the bytes after that value. It fails on malformed data.
+func withoutNils(data []byte) ([]byte, error) {
+	out, rest, err := appendWithoutNils(make([]byte, 0, len(data)), data, 0)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, rest...), nil
+}
+
+func appendWithoutNils(dst, b []byte, depth int) (out, rest []byte, err error) {
+	if depth < nilDepth {
+		switch msgp.NextType(b) {
+		case msgp.MapType:
+			n, rest, err := msgp.ReadMapHeaderBytes(b)
+			if err != nil {
+				return dst, b, err
+			}
+			keep, p := uint32(0), rest
+			for range n {
+				if p, err = msgp.Skip(p); err != nil {
+					return dst, b, err
+				}
+				if !msgp.IsNil(p) {
+					keep++
+				}
+				if p, err = msgp.Skip(p); err != nil {
+					return dst, b, err
+				}
+			}
+			dst = msgp.AppendMapHeader(dst, keep)
+			for range n {
+				val, _ := msgp.Skip(rest) // checked above
+				if msgp.IsNil(val) {
+					rest, _ = msgp.Skip(val)
+					continue
+				}
+				dst = append(dst, rest[:len(rest)-len(val)]...)
+				if dst, rest, err = appendWithoutNils(dst, val, depth+1); err != nil {
+					return dst, b, err
+				}
+			}
+			return dst, rest, nil
+		case msgp.ArrayType:
+			n, rest, err := msgp.ReadArrayHeaderBytes(b)
+			if err != nil {
+				return dst, b, err
+			}
+			dst = msgp.AppendArrayHeader(dst, n)
+			for range n {
+				if dst, rest, err = appendWithoutNils(dst, rest, depth+1); err != nil {
+					return dst, b, err
+				}
+			}
+			return dst, rest, nil
+		}
+	}
+	if rest, err = msgp.Skip(b); err != nil {
+		return dst, b, err
+	}
+	return append(dst, b[:len(b)-len(rest)]...), rest, nil
+}
 
 // DecodeWorker decodes and validates a worker payload. It returns an error
 // wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema or
 // ErrInvalid.
 func DecodeWorker(data []byte) (*Worker, error) {
-	w := new(Worker)
-	if len(data) > MaxPayload || !decodeWorkerFast(data, w, nil) {
-		*w = Worker{}
-		if err := unmarshal(data, w); err != nil {
-			return nil, err
-		}
+	w, err := decode[Worker](data)
+	if err != nil {
+		return nil, err
 	}
 	if err := w.Validate(); err != nil {
 		return nil, err
@@ -98,12 +233,9 @@ func DecodeWorker(data []byte) (*Worker, error) {
 // wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema or
 // ErrInvalid.
 func DecodeHive(data []byte) (*Hive, error) {
-	h := new(Hive)
-	if len(data) > MaxPayload || !decodeHiveFast(data, h, nil) {
-		*h = Hive{}
-		if err := unmarshal(data, h); err != nil {
-			return nil, err
-		}
+	h, err := decode[Hive](data)
+	if err != nil {
+		return nil, err
 	}
 	if err := h.Validate(); err != nil {
 		return nil, err
@@ -111,40 +243,64 @@ func DecodeHive(data []byte) (*Hive, error) {
 	return h, nil
 }
 
-// DecodeWorkerEntry decodes a worker registry value. It does not validate it:
-// the queen validated the beat before storing it.
-func DecodeWorkerEntry(data []byte) (*WorkerEntry, error) {
-	e := new(WorkerEntry)
-	if len(data) > MaxPayload || !decodeWorkerFast(data, &e.Worker, &e.Received) {
-		*e = WorkerEntry{}
-		if err := unmarshal(data, e); err != nil {
-			return nil, err
-		}
+// DecodeQueen decodes and validates a queen payload. It returns an error
+// wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema or
+// ErrInvalid.
+func DecodeQueen(data []byte) (*Queen, error) {
+	q, err := decode[Queen](data)
+	if err != nil {
+		return nil, err
 	}
-	return e, nil
+	if err := q.Validate(); err != nil {
+		return nil, err
+	}
+	return q, nil
 }
 
+// DecodeWorkerEntry decodes a worker registry value. It does not validate it:
+// the queen validated the beat before storing it. Errors wrap ErrOversize,
+// ErrUndecodable, ErrBadType or ErrInvalid.
+func DecodeWorkerEntry(data []byte) (*WorkerEntry, error) { return decode[WorkerEntry](data) }
+
 // DecodeHiveEntry decodes a hive registry value without validating it.
-func DecodeHiveEntry(data []byte) (*HiveEntry, error) {
-	e := new(HiveEntry)
-	if len(data) > MaxPayload || !decodeHiveFast(data, &e.Hive, &e.Received) {
-		*e = HiveEntry{}
-		if err := unmarshal(data, e); err != nil {
-			return nil, err
-		}
+// Errors wrap ErrOversize, ErrUndecodable, ErrBadType or ErrInvalid.
+func DecodeHiveEntry(data []byte) (*HiveEntry, error) { return decode[HiveEntry](data) }
+
+// DecodeQueenEntry decodes a queen registry value without validating it.
+// Errors wrap ErrOversize, ErrUndecodable, ErrBadType or ErrInvalid.
+func DecodeQueenEntry(data []byte) (*QueenEntry, error) { return decode[QueenEntry](data) }
+
+// DecodeEvent decodes a registry event from the event stream. It returns an
+// error wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema
+// (a v other than SchemaVersion) or ErrInvalid.
+func DecodeEvent(data []byte) (*Event, error) {
+	e, err := decode[Event](data)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.Validate(); err != nil {
+		return nil, err
 	}
 	return e, nil
 }
 
 // DecodeAny decodes any msgpack value into plain Go values (maps with string
 // keys, slices, strings, numbers), for printing as JSON. Map keys that are not
-// strings are printed as strings. It refuses oversize input and trailing bytes.
+// strings are printed as strings. It refuses oversize input, malformed input
+// and trailing bytes with ErrOversize or ErrUndecodable.
 func DecodeAny(data []byte) (any, error) {
 	if len(data) > 16*MaxPayload {
 		return nil, fmt.Errorf("%w: %d bytes", ErrOversize, len(data))
 	}
-	if err := wellFormed(data); err != nil {
-		return nil, err
+	// Structure first: msgpack/v5 sizes slices and maps from their declared
+	// lengths before reading them; after walk no declared length exceeds
+	// what the input holds.
+	rest, err := walk(data, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes after the value", ErrUndecodable, len(rest))
 	}
 	d := msgpack.NewDecoder(bytes.NewReader(data))
 	d.SetMapDecoder(decodeStringMap)
@@ -182,10 +338,14 @@ func decodeStringMap(d *msgpack.Decoder) (any, error) {
 	return m, nil
 }
 
-// SchemaOf returns the schema header value for a payload kind ("worker" or "hive").
+// SchemaOf returns the schema header value for a payload kind ("worker",
+// "hive" or "queen").
 func SchemaOf(kind string) string {
-	if kind == "hive" {
+	switch kind {
+	case "hive":
 		return SchemaHive
+	case "queen":
+		return SchemaQueen
 	}
 	return SchemaWorker
 }

@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 var updateGolden = flag.Bool("update-golden", false, "rewrite testdata/golden from the fixed sample values in golden_test.go")
@@ -33,6 +35,7 @@ func goldenWorker() Worker {
 			IntervalMs:   30000,
 			Health:       Degraded,
 			HealthReason: "kv cache 93% full",
+			Conn:         "NCXKQF6PMYOTZCHXAWRDKS5PGBKVXT6NQUZGQSHZ6W7EDK52NUZ7DBGB/41",
 		},
 		HiveID:     "gpu-node-01",
 		WorkerID:   "llama-8b-0",
@@ -43,6 +46,13 @@ func goldenWorker() Worker {
 		Version:    "0.4.2",
 		SlotsTotal: 8,
 		SlotsBusy:  6,
+		// The optional keys, all present so that the fixture shows them.
+		RequestsWaiting: gptr(3),
+		Progress:        gptr[uint64](18446744),
+		PID:             48213,
+		Engine:          "vllm",
+		EngineStale:     true,
+		EngineAgeMs:     4100,
 	}
 }
 
@@ -71,7 +81,8 @@ func goldenHive() Hive {
 		gpu(4, 566231040, 0, 33, 69.5),
 		// GPU 5 fell off the bus: NVML still lists it but reads nothing.
 		{Index: 5, UUID: "GPU-5c1b7f3a-9d2e-4c6b-8a1f-000000000005", Name: "NVIDIA H100 80GB HBM3",
-			Health: Unhealthy, HealthReason: "xid 79: gpu has fallen off the bus"},
+			Health: Unhealthy, HealthReason: "xid 79: gpu has fallen off the bus",
+			Xid: gptr(79), XidAtMs: 1767225571004, RecoveryAction: "node_reboot"},
 		// GPU 6 has no power sensor reading.
 		{Index: 6, UUID: "GPU-5c1b7f3a-9d2e-4c6b-8a1f-000000000006", Name: "NVIDIA H100 80GB HBM3",
 			VRAMUsedBytes: gptr[uint64](566231040), VRAMTotalBytes: gptr[uint64](vram), UtilPercent: gptr(0.0), TemperatureC: gptr(31.0)},
@@ -87,6 +98,7 @@ func goldenHive() Hive {
 			IntervalMs:   30000,
 			Health:       Degraded,
 			HealthReason: "gpu 5: xid 79: gpu has fallen off the bus",
+			Conn:         "NCXKQF6PMYOTZCHXAWRDKS5PGBKVXT6NQUZGQSHZ6W7EDK52NUZ7DBGB/7",
 		},
 		HiveID:           "gpu-node-01",
 		Hostname:         "gpu-node-01.dc1.example.net",
@@ -99,7 +111,8 @@ func goldenHive() Hive {
 		StatsAgeMs:       31250,
 		GPUs:             gpus,
 		Workers: []HiveWorker{
-			{WorkerID: "llama-8b-0", Status: StatusBusy, Health: Degraded, ModelID: "meta-llama/Llama-3.1-8B-Instruct", Device: "cuda:0", LastSeenMs: 1767225600004},
+			{WorkerID: "llama-8b-0", Status: StatusBusy, Health: Degraded, ModelID: "meta-llama/Llama-3.1-8B-Instruct", Device: "cuda:0", LastSeenMs: 1767225600004,
+				PID: 48213, VRAMUsedBytes: gptr[uint64](71404879872), GPUUUIDs: []string{"GPU-5c1b7f3a-9d2e-4c6b-8a1f-000000000000"}},
 			{WorkerID: "llama-70b-0", Status: StatusReady, Health: Healthy, ModelID: "meta-llama/Llama-3.1-70B-Instruct", Device: "cuda:1", LastSeenMs: 1767225589310},
 			{WorkerID: "embed-0", Status: StatusStarting, Health: Healthy, ModelID: "BAAI/bge-m3", Device: "cuda:2", LastSeenMs: 1767225598777},
 		},
@@ -107,11 +120,68 @@ func goldenHive() Hive {
 }
 
 func goldenWorkerEntry() WorkerEntry {
-	return WorkerEntry{Worker: goldenWorker(), Received: Received{ReceivedAtMs: 1767225600012, FirstSeenMs: 1767196800031, SkewMs: 12}}
+	return WorkerEntry{Worker: goldenWorker(), Received: Received{ReceivedAtMs: 1767225600012, FirstSeenMs: 1767196800031, SkewMs: 12,
+		Liveness: LivenessStalled, LivenessSinceMs: 1767225600012, ProgressAtMs: 1767225510007, Conflict: true}}
 }
 
 func goldenHiveEntry() HiveEntry {
-	return HiveEntry{Hive: goldenHive(), Received: Received{ReceivedAtMs: 1767225601247, FirstSeenMs: 1767196799410, SkewMs: -3}}
+	return HiveEntry{Hive: goldenHive(), Received: Received{ReceivedAtMs: 1767225601247, FirstSeenMs: 1767196799410, SkewMs: -3,
+		Liveness: LivenessDisconnected, LivenessSinceMs: 1767225603188, Conflict: true}}
+}
+
+// goldenQueen is the queen/1 sample behind testdata/golden/queen.msgpack: a
+// queen that falls behind.
+func goldenQueen() Queen {
+	return Queen{
+		Meta: Meta{
+			V:            1,
+			InstanceID:   "01JH3QA2C4E6G8J0K2M4N6P8R0",
+			Seq:          2881,
+			SentAtMs:     1767225602500,
+			IntervalMs:   5000,
+			Health:       Degraded,
+			HealthReason: "overloaded",
+			Conn:         "NCXKQF6PMYOTZCHXAWRDKS5PGBKVXT6NQUZGQSHZ6W7EDK52NUZ7DBGB/3",
+		},
+		QueenID:     "sched-01-3f9a",
+		Hostname:    "sched-01.dc1.example.net",
+		Version:     "0.4.2",
+		State:       QueenDegraded,
+		Reason:      "overloaded",
+		Backlog:     1520,
+		WriteLagMs:  850,
+		LastWriteMs: 1767225602431,
+		Dropped:     0,
+		Coalesced:   48211,
+		Entries:     10240,
+	}
+}
+
+func goldenQueenEntry() QueenEntry {
+	return QueenEntry{Queen: goldenQueen(), Received: Received{ReceivedAtMs: 1767225602503, FirstSeenMs: 1767210000120, SkewMs: 3,
+		Liveness: LivenessAlive, LivenessSinceMs: 1767210000120, Conflict: true}}
+}
+
+// goldenEvent is the sample behind testdata/golden/event.msgpack.
+func goldenEvent() Event {
+	return Event{
+		V:            1,
+		Event:        "updated",
+		Kind:         "worker",
+		Key:          "gpu-node-01.llama-8b-0",
+		HiveID:       "gpu-node-01",
+		WorkerID:     "llama-8b-0",
+		AtMs:         1767225600015,
+		Revision:     884213,
+		QueenID:      "sched-01-3f9a",
+		Previous:     "ready",
+		InstanceID:   "01JH3Q8Z5K2M7N4P6R8T0V2X4Y",
+		Status:       "busy",
+		Health:       "degraded",
+		HealthReason: "kv cache 93% full",
+		Liveness:     "alive",
+		ModelID:      "meta-llama/Llama-3.1-8B-Instruct",
+	}
 }
 
 // goldenCase ties a fixture file to its sample, its decoder and the record
@@ -122,6 +192,7 @@ type goldenCase struct {
 	decode func([]byte) (any, error) // the package's decoder for the fixture
 	top    []string                  // doc records whose keys make up the top-level map
 	nested map[string]string         // array key -> doc record of its elements
+	absent []string                  // documented keys the record never carries (progress_at_ms of a hive)
 }
 
 func goldenCases() []goldenCase {
@@ -152,6 +223,26 @@ func goldenCases() []goldenCase {
 			decode: func(b []byte) (any, error) { return DecodeHiveEntry(b) },
 			top:    []string{"common", "hive", "entry"},
 			nested: hiveNested,
+			absent: []string{"progress_at_ms"},
+		},
+		{
+			file:   "queen.msgpack",
+			sample: func() any { v := goldenQueen(); return &v },
+			decode: func(b []byte) (any, error) { return DecodeQueen(b) },
+			top:    []string{"common", "queen"},
+		},
+		{
+			file:   "queen_entry.msgpack",
+			sample: func() any { v := goldenQueenEntry(); return &v },
+			decode: func(b []byte) (any, error) { return DecodeQueenEntry(b) },
+			top:    []string{"common", "queen", "entry"},
+			absent: []string{"progress_at_ms"},
+		},
+		{
+			file:   "event.msgpack",
+			sample: func() any { v := goldenEvent(); return &v },
+			decode: func(b []byte) (any, error) { return DecodeEvent(b) },
+			top:    []string{"event"},
 		},
 	}
 }
@@ -189,6 +280,78 @@ func TestGolden(t *testing.T) {
 			}
 			if !reflect.DeepEqual(dec, tc.sample()) {
 				t.Errorf("decoding %s does not give the sample:\n got  %+v\n want %+v", p, dec, tc.sample())
+			}
+		})
+	}
+}
+
+// referenceMarshal encodes v with msgpack/v5, compact integers and floats:
+// the reference encoder the generated codec is held to. Map keys (of a Go
+// map; structs keep their field order) are sorted, so the bytes are stable.
+func referenceMarshal(t testing.TB, v any) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	e := msgpack.NewEncoder(&buf)
+	e.UseCompactInts(true)
+	e.UseCompactFloats(true)
+	e.SetSortMapKeys(true)
+	if err := e.Encode(v); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// canonical returns msgpack/v5's encoding of data read generically, with map
+// keys sorted and every number in its most compact form, so that two
+// encodings of the same data give the same bytes.
+func canonical(t testing.TB, data []byte) []byte {
+	t.Helper()
+	v, err := DecodeAny(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	e := msgpack.NewEncoder(&buf)
+	e.UseCompactInts(true)
+	e.UseCompactFloats(true)
+	e.SetSortMapKeys(true)
+	if err := e.Encode(v); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestGoldenMatchesReference holds the generated codec and msgpack/v5 to the
+// same bytes. The two write the same maps, keys, strings and floats; they
+// differ in one choice only, the integer format of a non-negative value of a
+// signed Go type (msgp writes 1042 as int16 d1 04 12, msgpack/v5 as uint16
+// cd 04 12; for 128-255 and 32768-65535 msgp's signed format is one or two
+// bytes longer), so the bytes are compared in canonical form. Each library
+// also decodes the other's encoding to the sample.
+func TestGoldenMatchesReference(t *testing.T) {
+	for _, tc := range goldenCases() {
+		t.Run(tc.file, func(t *testing.T) {
+			ours, err := Marshal(tc.sample())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := referenceMarshal(t, tc.sample())
+			if a, b := canonical(t, ours), canonical(t, ref); !bytes.Equal(a, b) {
+				t.Fatalf("generated and reference encodings hold different data:\n generated %x\n reference %x", ours, ref)
+			}
+			dec, err := tc.decode(ref)
+			if err != nil {
+				t.Fatalf("decode the reference encoding: %v", err)
+			}
+			if !reflect.DeepEqual(dec, tc.sample()) {
+				t.Errorf("the reference encoding decodes to\n %+v\n want %+v", dec, tc.sample())
+			}
+			back := reflect.New(reflect.TypeOf(tc.sample()).Elem()).Interface()
+			if err := msgpack.Unmarshal(ours, back); err != nil {
+				t.Fatalf("msgpack/v5 decodes the generated encoding: %v", err)
+			}
+			if !reflect.DeepEqual(back, tc.sample()) {
+				t.Errorf("msgpack/v5 decodes the generated encoding to\n %+v\n want %+v", back, tc.sample())
 			}
 		})
 	}
@@ -243,7 +406,7 @@ func docRecords(t *testing.T) map[string][]docKey {
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"common", "worker", "hive", "gpu", "hive_worker", "entry"} {
+	for _, name := range []string{"common", "worker", "hive", "gpu", "hive_worker", "entry", "queen", "event"} {
 		if len(recs[name]) == 0 {
 			t.Fatalf("%s documents no keys for record %q (marker <!-- wire:keys %s --> before its table)", schemaDoc, name, name)
 		}
@@ -263,7 +426,11 @@ func keyNames(keys []docKey) []string {
 func (tc goldenCase) docKeys(recs map[string][]docKey) []docKey {
 	var out []docKey
 	for _, r := range tc.top {
-		out = append(out, recs[r]...)
+		for _, k := range recs[r] {
+			if !slices.Contains(tc.absent, k.name) {
+				out = append(out, k)
+			}
+		}
 	}
 	return out
 }
@@ -444,6 +611,9 @@ func TestTypesDocumented(t *testing.T) {
 		{"HiveWorker", reflect.TypeFor[HiveWorker](), []string{"hive_worker"}},
 		{"WorkerEntry", reflect.TypeFor[WorkerEntry](), []string{"common", "worker", "entry"}},
 		{"HiveEntry", reflect.TypeFor[HiveEntry](), []string{"common", "hive", "entry"}},
+		{"Queen", reflect.TypeFor[Queen](), []string{"common", "queen"}},
+		{"QueenEntry", reflect.TypeFor[QueenEntry](), []string{"common", "queen", "entry"}},
+		{"Event", reflect.TypeFor[Event](), []string{"event"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			keys := msgpackKeys(tt.typ)

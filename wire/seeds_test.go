@@ -16,9 +16,27 @@ func TestSeedsUpToDate(t *testing.T) {
 	w := sampleWorker()
 	h := sampleHive()
 	we := WorkerEntry{Worker: w, Received: Received{ReceivedAtMs: 1, FirstSeenMs: 1}}
-	seeds := map[string]any{"worker.msgpack": &w, "hive.msgpack": &h, "worker_entry.msgpack": &we}
+	q, qe, ev := goldenQueen(), goldenQueenEntry(), goldenEvent()
+	he := goldenHiveEntry()
+	full := goldenWorkerEntry()
+	seeds := map[string]any{"worker.msgpack": &w, "hive.msgpack": &h, "worker_entry.msgpack": &we,
+		"queen.msgpack": &q, "queen_entry.msgpack": &qe, "event.msgpack": &ev, "hive_entry.msgpack": &he,
+		"worker_entry_full.msgpack": &full,
+		// nil for every kind of key, and ints where floats are documented
+		"nils.msgpack": map[string]any{"v": 1, "instance_id": "i", "seq": 1, "interval_ms": 1000, "health": "healthy",
+			"health_reason": nil, "hive_id": "h", "worker_id": "w", "queen_id": "q", "status": "ready", "state": "ok",
+			"event": "joined", "kind": "worker", "model_id": nil, "slots_total": nil, "progress": nil, "engine_stale": nil,
+			"cpu_percent": 12, "gpus": []any{map[string]any{"index": 0, "util_percent": 87, "power_w": nil, "xid": nil}},
+			"workers": nil},
+	}
 	for name, v := range seeds {
-		b, err := Marshal(v)
+		var b []byte
+		var err error
+		if m, ok := v.(map[string]any); ok {
+			b = referenceMarshal(t, m)
+		} else {
+			b, err = Marshal(v)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"errors"
 	"reflect"
 	"strings"
@@ -230,5 +231,132 @@ func TestDecodeAny(t *testing.T) {
 	v, err = DecodeAny([]byte{0x81, 0x01, 0x02}) // {1: 2}
 	if err != nil || v.(map[string]any)["1"] == nil {
 		t.Fatalf("int-keyed map: %v %v", v, err)
+	}
+}
+
+func mutateHive(f func(m map[string]any)) []byte {
+	h := sampleHive()
+	b, _ := Marshal(&h)
+	var m map[string]any
+	_ = msgpack.Unmarshal(b, &m)
+	f(m)
+	b, _ = msgpack.Marshal(m)
+	return b
+}
+
+// TestAcceptedInputs holds the decoders to the reading rules of docs/wire.md
+// ("Encoding"): nil reads as absent, integers are accepted for floats, the
+// reverse is a wrong type, and range and length limits are invalid.
+func TestAcceptedInputs(t *testing.T) {
+	gpu0 := func(m map[string]any) map[string]any { return m["gpus"].([]any)[0].(map[string]any) }
+	tests := []struct {
+		name  string
+		data  []byte
+		want  error              // nil: accepted
+		check func(h *Hive) bool // for accepted hives
+	}{
+		{"nil optional float", mutateHive(func(m map[string]any) { gpu0(m)["power_w"] = nil }), nil,
+			func(h *Hive) bool { return h.GPUs[0].PowerW == nil }},
+		{"nil required string", mutateHive(func(m map[string]any) { m["hostname"] = nil }), nil,
+			func(h *Hive) bool { return h.Hostname == "" }},
+		{"nil required uint", mutateHive(func(m map[string]any) { m["ram_used_bytes"] = nil }), nil,
+			func(h *Hive) bool { return h.RAMUsedBytes == 0 }},
+		{"nil bool", mutateHive(func(m map[string]any) { m["stats_stale"] = nil }), nil,
+			func(h *Hive) bool { return !h.StatsStale }},
+		{"nil array", mutateHive(func(m map[string]any) { m["gpus"] = nil }), nil,
+			func(h *Hive) bool { return len(h.GPUs) == 0 }},
+		{"nil in a gpu record", mutateHive(func(m map[string]any) { gpu0(m)["uuid"] = nil; gpu0(m)["xid"] = nil }), nil,
+			func(h *Hive) bool { return h.GPUs[0].UUID == "" && h.GPUs[0].Xid == nil }},
+		{"int for float", mutateHive(func(m map[string]any) { m["cpu_percent"] = 12; gpu0(m)["util_percent"] = uint64(87) }), nil,
+			func(h *Hive) bool { return h.CPUPercent == 12 && *h.GPUs[0].UtilPercent == 87 }},
+		{"negative int for float", mutateHive(func(m map[string]any) { gpu0(m)["temperature_c"] = -5 }), nil,
+			func(h *Hive) bool { return *h.GPUs[0].TemperatureC == -5 }},
+		{"float32 for float", mutateHive(func(m map[string]any) { m["cpu_percent"] = float32(12.5) }), nil,
+			func(h *Hive) bool { return h.CPUPercent == 12.5 }},
+		{"signed format for uint", mutateHive(func(m map[string]any) { m["ram_total_bytes"] = int64(9 << 30) }), nil,
+			func(h *Hive) bool { return h.RAMTotalBytes == 9<<30 }},
+		{"unknown nested key", mutateHive(func(m map[string]any) { m["future"] = map[string]any{"a": []any{1, nil}} }), nil, nil},
+		{"float for int", mutateHive(func(m map[string]any) { gpu0(m)["index"] = 1.0 }), ErrBadType, nil},
+		{"string for float", mutateHive(func(m map[string]any) { m["cpu_percent"] = "12" }), ErrBadType, nil},
+		{"bin for string", mutateHive(func(m map[string]any) { m["hostname"] = []byte("node1") }), ErrBadType, nil},
+		{"negative uint", mutateHive(func(m map[string]any) { m["ram_used_bytes"] = -1 }), ErrInvalid, nil},
+		{"uint64 beyond int", mutateHive(func(m map[string]any) { gpu0(m)["index"] = uint64(1 << 63) }), ErrInvalid, nil},
+		{"too many gpus", mutateHive(func(m map[string]any) {
+			m["gpus"] = make([]any, MaxGPUs+1)
+		}), ErrInvalid, nil},
+		{"huge declared gpus", append([]byte{0x81, 0xa4, 'g', 'p', 'u', 's'}, 0xdd, 0x7f, 0xff, 0xff, 0xff), ErrUndecodable, nil},
+		{"nested past MaxDepth", append(append([]byte{0x81, 0xa1, 'x'}, bytes.Repeat([]byte{0x91}, MaxDepth)...), 0xc0), ErrUndecodable, nil},
+		{"nested to MaxDepth", mutateHive(func(m map[string]any) {
+			var v any = 1
+			for range MaxDepth - 1 {
+				v = []any{v}
+			}
+			m["future"] = v
+		}), nil, nil},
+		{"huge declared string", []byte{0x81, 0xa8, 'h', 'o', 's', 't', 'n', 'a', 'm', 'e', 0xdb, 0x7f, 0xff, 0xff, 0xff}, ErrUndecodable, nil},
+		{"truncated nested", mutateHive(func(map[string]any) {})[:300], ErrUndecodable, nil},
+		{"reserved byte", []byte{0x81, 0xa1, 'v', 0xc1}, ErrUndecodable, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, err := DecodeHive(tt.data)
+			if tt.want != nil {
+				if !errors.Is(err, tt.want) {
+					t.Fatalf("err = %v, want %v", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if tt.check != nil && !tt.check(h) {
+				t.Fatalf("decoded %+v", h)
+			}
+		})
+	}
+}
+
+func TestMarshalIntegralFloat(t *testing.T) {
+	for _, tt := range []struct {
+		f    float64
+		want []byte
+	}{
+		{61, []byte{0x3d}},
+		{-5, []byte{0xfb}},
+		{0.5, []byte{0xcb, 0x3f, 0xe0, 0, 0, 0, 0, 0, 0}},
+		{1 << 63, []byte{0xcb, 0x43, 0xe0, 0, 0, 0, 0, 0, 0}}, // beyond int64: a float
+	} {
+		f := mpFloat64(tt.f)
+		got, _ := f.MarshalMsg(nil)
+		if !bytes.Equal(got, tt.want) {
+			t.Errorf("%v: %x, want %x", tt.f, got, tt.want)
+		}
+		var back mpFloat64
+		if _, err := back.UnmarshalMsg(got); err != nil || float64(back) != tt.f {
+			t.Errorf("%v: read back %v, %v", tt.f, back, err)
+		}
+	}
+}
+
+func TestMarshalUnknownType(t *testing.T) {
+	if _, err := Marshal(map[string]any{"v": 1}); err == nil {
+		t.Fatal("Marshal of a type without a generated codec succeeded")
+	}
+}
+
+func TestQueenAndEventRoundTrip(t *testing.T) {
+	q := goldenQueenEntry()
+	b, _ := Marshal(&q)
+	got, err := DecodeQueenEntry(b)
+	if err != nil || !reflect.DeepEqual(*got, q) {
+		t.Fatalf("queen entry: %v %+v", err, got)
+	}
+	if _, err := DecodeQueen(b); err != nil {
+		t.Fatalf("queen entry as beat: %v", err)
+	}
+	e := goldenEvent()
+	b, _ = Marshal(&e)
+	if got, err := DecodeEvent(b); err != nil || !reflect.DeepEqual(*got, e) {
+		t.Fatalf("event: %v %+v", err, got)
 	}
 }

@@ -1,0 +1,182 @@
+package queen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// MarkerTTL is how long a bucket keeps the delete and purge markers that
+// tell watchers an entry left or expired.
+const MarkerTTL = time.Minute
+
+// BucketConfig returns the KV configuration of a registry bucket. Entries
+// carry their own TTL (Nats-TTL); the bucket's age limit maxTTL is only a
+// ceiling. Expired keys leave a purge marker for MarkerTTL so that watchers
+// see the expiry.
+func BucketConfig(name string, maxTTL time.Duration, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         name,
+		Description:    "rbee registry: each entry expires after missed beats × its own interval (at most " + maxTTL.String() + ")",
+		History:        1,
+		TTL:            maxTTL,
+		LimitMarkerTTL: MarkerTTL,
+		Storage:        jetstream.FileStorage,
+		Replicas:       replicas,
+	}
+}
+
+func (q *Queen) ensureBuckets(ctx context.Context) error {
+	for _, name := range []string{q.scheme.WorkersBucket(), q.scheme.HivesBucket(), q.scheme.QueensBucket()} {
+		if err := q.retryUntilReady(ctx, "bucket "+name, func(ctx context.Context) error {
+			return q.ensureBucket(ctx, name)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureBucket creates or updates one bucket. A bucket of the older scheme
+// (one TTL for every entry, as its age limit) is migrated in place: the age
+// limit is raised to the ceiling first, so nothing expires early, and then
+// every entry is rewritten with the TTL it had left, unless a newer beat
+// replaced it meanwhile.
+func (q *Queen) ensureBucket(ctx context.Context, name string) error {
+	var oldTTL time.Duration
+	if kv, err := q.js.KeyValue(ctx, name); err == nil {
+		if st, err := kv.Status(ctx); err == nil {
+			if old := st.TTL(); old != q.cfg.MaxTTL {
+				oldTTL = old
+				q.log.Warn("migrating the bucket to per-entry TTLs: every queen should run with the same --max-ttl",
+					"bucket", name, "age_limit_from", old, "to", q.cfg.MaxTTL)
+			}
+			if info, ok := st.(*jetstream.KeyValueBucketStatus); ok && info.StreamInfo().Config.Replicas != q.cfg.Replicas {
+				q.log.Warn("changing the bucket's replicas: every queen should run with the same --replicas",
+					"bucket", name, "from", info.StreamInfo().Config.Replicas, "to", q.cfg.Replicas)
+			}
+		}
+	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("bucket %s: %w", name, err)
+	}
+	kv, err := q.js.CreateOrUpdateKeyValue(ctx, BucketConfig(name, q.cfg.MaxTTL, q.cfg.Replicas))
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", name, explainBucketError(err, q.cfg.Replicas))
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("bucket %s status: %w", name, err)
+	}
+	if st.TTL() != q.cfg.MaxTTL || st.LimitMarkerTTL() != MarkerTTL {
+		return fmt.Errorf("bucket %s has age limit %s and marker TTL %s, want %s and %s", name, st.TTL(), st.LimitMarkerTTL(), q.cfg.MaxTTL, MarkerTTL)
+	}
+	if oldTTL > 0 && oldTTL < q.cfg.MaxTTL {
+		return q.migrate(ctx, kv, oldTTL)
+	}
+	return nil
+}
+
+// migrate rewrites every entry of kv with the TTL it had left under the old
+// bucket-wide TTL; entries already past it are purged (as the old bucket
+// would have expired them).
+func (q *Queen) migrate(ctx context.Context, kv jetstream.KeyValue, oldTTL time.Duration) error {
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate %s: %w", kv.Bucket(), err)
+	}
+	var n, purged int
+	for key := range keys.Keys() {
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		left := time.Until(e.Created().Add(oldTTL))
+		if left <= 0 {
+			if err := kv.Purge(ctx, key, jetstream.LastRevision(e.Revision())); err == nil {
+				purged++
+			}
+			continue
+		}
+		msg := &nats.Msg{Subject: "$KV." + kv.Bucket() + "." + key, Data: e.Value(), Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgTTLHeader, strconv.FormatInt(int64((left+time.Second-1)/time.Second), 10)+"s")
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.Revision(), 10))
+		if _, err := q.js.PublishMsg(ctx, msg); err == nil {
+			n++
+		}
+	}
+	q.log.Info("bucket migrated to per-entry TTLs", "bucket", kv.Bucket(), "rewritten", n, "purged", purged)
+	return nil
+}
+
+// explainBucketError turns the JetStream errors a user can cause with flags
+// into one line saying what is wrong.
+func explainBucketError(err error, replicas int) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && replicas > 1 {
+		if apiErr.ErrorCode == jsReplicasNotSupported {
+			return fmt.Errorf("--replicas %d needs a JetStream cluster of at least %d servers; this server is not clustered", replicas, replicas)
+		}
+	}
+	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		return fmt.Errorf("%w: %v; rbee needs nats-server %s or later", ErrServerTooOld, err, MinServerVersion)
+	}
+	return err
+}
+
+// retryUntilReady runs f until it succeeds, fails for a reason waiting will
+// not change, or ctx ends. A JetStream cluster that is still forming (no
+// meta leader yet, too few peers for the replicas) leaves API requests
+// unanswered or answers 503; so does a server that is restarting. Each
+// attempt is bounded on its own, so a request lost to an election does not
+// use up the whole of ctx; attempts grow to RequestTimeout for a slow server.
+func (q *Queen) retryUntilReady(ctx context.Context, what string, f func(context.Context) error) error {
+	attempt := min(q.cfg.RequestTimeout, time.Second)
+	backoff := 100 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		err := f(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !jetStreamNotReady(err) {
+			return err
+		}
+		q.log.Info("waiting for JetStream", "what", what, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		attempt = min(2*attempt, q.cfg.RequestTimeout)
+	}
+}
+
+// jetStreamNotReady reports whether err says JetStream cannot answer yet.
+func jetStreamNotReady(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jsClusterNotAvail, jsInsufficientResources, jsClusterNoPeers:
+			return true
+		}
+		return apiErr.Code == 503
+	}
+	return false
+}
+
+// JetStream API error codes (nats-server's server/errors.json) that mean the
+// cluster is not ready yet.
+const (
+	jsClusterNotAvail       jetstream.ErrorCode = 10008
+	jsInsufficientResources jetstream.ErrorCode = 10023
+	jsClusterNoPeers        jetstream.ErrorCode = 10005
+	jsReplicasNotSupported  jetstream.ErrorCode = 10074
+)

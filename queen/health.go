@@ -1,0 +1,161 @@
+package queen
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/wire"
+	"golang.org/x/time/rate"
+)
+
+// overloadLag is the write lag past which the queen reports itself
+// overloaded: beats are then written later than a reader would expect.
+const overloadLag = time.Second
+
+// minDisruption is the fewest expiries that can make a disruption: two
+// workers of a small system dying together are a failure, not a disruption.
+const minDisruption = 3
+
+// healthState tracks what the queen's own state is made of: expiries
+// (disruption), subscription drops, conflicts. Its methods may be called
+// concurrently.
+type healthState struct {
+	share float64
+
+	mu             sync.Mutex
+	expiries       []expiry // within the last TTL of each
+	disruptedUntil time.Time
+	disruptReason  string
+	droppedAt      time.Time
+	conflictLog    rate.Sometimes
+}
+
+type expiry struct {
+	at  time.Time
+	ttl time.Duration
+}
+
+func newHealthState(cfg Config) *healthState {
+	return &healthState{share: cfg.DisruptionShare, conflictLog: rate.Sometimes{Interval: 5 * time.Second}}
+}
+
+// expired records an expiry; live is the number of entries still in the
+// registry. More than the configured share expiring within one TTL makes the
+// registry disrupted until one TTL passes without that, after the Kubernetes
+// node controller's disruption mode: a scheduler should not move work
+// because of expiries the queen itself may have caused.
+func (h *healthState) expired(log *slog.Logger, now time.Time, ttlMs int64, live int) {
+	ttl := time.Duration(max(ttlMs, 1000)) * time.Millisecond
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	kept := h.expiries[:0]
+	for _, e := range h.expiries {
+		if now.Sub(e.at) <= e.ttl {
+			kept = append(kept, e)
+		}
+	}
+	h.expiries = append(kept, expiry{now, ttl})
+	n := len(h.expiries)
+	share := float64(n) / float64(n+live)
+	if n >= minDisruption && share > h.share {
+		if !now.Before(h.disruptedUntil) {
+			log.Warn("registry disrupted: many entries expired at once; schedulers should hold rescheduling",
+				"expired", n, "live", live, "share", fmt.Sprintf("%.2f", share))
+		}
+		h.disruptedUntil = now.Add(ttl)
+		h.disruptReason = fmt.Sprintf("registry disrupted: %d of %d entries expired within one TTL", n, n+live)
+	}
+}
+
+func (h *healthState) dropped(now time.Time, _ uint64) {
+	h.mu.Lock()
+	h.droppedAt = now
+	h.mu.Unlock()
+}
+
+func (h *healthState) conflict(log *slog.Logger, kind subjects.Kind, key, instance string) {
+	h.conflictLog.Do(func() {
+		log.Warn("two instances beat under one key (a forgery, or two processes started with one ID)",
+			"kind", kind, "key", key, "instance", instance)
+	})
+}
+
+// state returns the queen's state and its reason, worst first: disrupted,
+// then degraded (store failing, broker connection down, dropping beats,
+// overloaded), then ok.
+func (q *Queen) state(st writerStats) (wire.QueenState, string) {
+	now := time.Now()
+	h := q.health
+	h.mu.Lock()
+	disrupted, dreason, droppedAt := now.Before(h.disruptedUntil), h.disruptReason, h.droppedAt
+	h.mu.Unlock()
+	switch {
+	case disrupted:
+		return wire.QueenDisrupted, dreason
+	case st.Failing:
+		return wire.QueenDegraded, "store failing: " + st.LastErr
+	case q.nc.Status() != nats.CONNECTED:
+		return wire.QueenDegraded, "broker connection " + q.nc.Status().String()
+	case !droppedAt.IsZero() && now.Sub(droppedAt) < 2*q.cfg.Interval:
+		return wire.QueenDegraded, "overloaded: dropping beats"
+	case st.LagMs > overloadLag.Milliseconds():
+		return wire.QueenDegraded, fmt.Sprintf("overloaded: %d keys waiting, oldest %.1fs", st.Backlog, float64(st.LagMs)/1000)
+	}
+	return wire.QueenOK, ""
+}
+
+// ErrNotOK is returned (wrapped) by Health when the queen is not ok.
+var ErrNotOK = errors.New("queen not ok")
+
+// Health returns nil while the queen is started and ok, else an error
+// wrapping ErrNotOK that says why (for /healthz).
+func (q *Queen) Health() error {
+	q.life.Lock()
+	started, stopped := q.started, q.stopped
+	q.life.Unlock()
+	switch {
+	case !started:
+		return fmt.Errorf("%w: not started", ErrNotOK)
+	case stopped:
+		return fmt.Errorf("%w: stopped", ErrNotOK)
+	}
+	if s, reason := q.state(q.w.stats()); s != wire.QueenOK {
+		return fmt.Errorf("%w: %s: %s", ErrNotOK, s, reason)
+	}
+	return nil
+}
+
+// Status returns the queen's own heartbeat payload as it would send it now.
+func (q *Queen) Status() wire.Queen {
+	st := q.w.stats()
+	s, reason := q.state(st)
+	out := wire.Queen{
+		QueenID:     q.cfg.QueenID,
+		Hostname:    hostname(),
+		Version:     q.cfg.Version,
+		State:       s,
+		Reason:      reason,
+		Backlog:     st.Backlog,
+		WriteLagMs:  st.LagMs,
+		LastWriteMs: st.LastWriteMs,
+		Dropped:     uint64(value(q.metrics.dropped)),
+		Coalesced:   st.Coalesced,
+	}
+	if w := q.Registry(); w != nil {
+		nw, nh := w.Sizes()
+		out.Entries = nw + nh
+	}
+	out.Health = wire.Healthy
+	switch s {
+	case wire.QueenDegraded:
+		out.Health, out.HealthReason = wire.Degraded, reason
+	case wire.QueenDisrupted:
+		out.Health, out.HealthReason = wire.Degraded, reason
+	}
+	return out
+}

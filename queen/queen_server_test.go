@@ -1,0 +1,292 @@
+package queen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/internal/testutil"
+	"github.com/rbee/heartbeat/publisher"
+	"github.com/rbee/heartbeat/registry"
+	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/subscriber"
+	"github.com/rbee/heartbeat/wire"
+)
+
+// checkFor polls f until it returns nil or timeout passes, then fails with
+// f's last error (nats-server's checkFor).
+func checkFor(t *testing.T, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func testConfig(t *testing.T) Config {
+	cfg := DefaultConfig()
+	cfg.Logger = testutil.Logger(t)
+	cfg.Interval = time.Second
+	cfg.MaxTTL = time.Minute
+	cfg.Advisories = false
+	return cfg
+}
+
+func startTestQueen(t *testing.T, url string, cfg Config) *Queen {
+	t.Helper()
+	q, err := New(testutil.Connect(t, url), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
+	return q
+}
+
+func startTestWorker(t *testing.T, nc *nats.Conn, hive, id string, interval time.Duration) *publisher.Publisher[*wire.Worker] {
+	t.Helper()
+	s := subjects.Default()
+	pc := publisher.DefaultConfig(s.Worker(hive, id), wire.SchemaWorker)
+	pc.Interval = interval
+	w := &wire.Worker{HiveID: hive, WorkerID: id, Status: wire.StatusReady, Meta: wire.Meta{Health: wire.Healthy}, SlotsTotal: 1}
+	p, err := publisher.New(nc, pc, func() *wire.Worker { c := *w; return &c })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Abandon)
+	return p
+}
+
+// lastMsg returns the raw stored message of a worker key.
+func lastMsg(js jetstream.JetStream, bucket, key string) (*jetstream.RawStreamMsg, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, err
+	}
+	return st.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+key)
+}
+
+// TestPerEntryTTL: each write carries missed × the beat's own interval as
+// Nats-TTL, so workers at 1 s and 2 s live 3 s and 6 s in one bucket; a beat
+// whose TTL would pass the ceiling is refused with reason interval.
+func TestPerEntryTTL(t *testing.T) {
+	srv := testutil.Server(t)
+	q := startTestQueen(t, srv.ClientURL(), testConfig(t))
+	nc := testutil.Connect(t, srv.ClientURL())
+	startTestWorker(t, nc, "h", "fast", time.Second)
+	startTestWorker(t, nc, "h", "slow", 2*time.Second)
+	startTestWorker(t, nc, "h", "glacial", 30*time.Second) // 90 s > the 60 s ceiling
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{"h.fast": "3s", "h.slow": "6s"} {
+		checkFor(t, 10*time.Second, func() error {
+			m, err := lastMsg(js, "rbee_workers", key)
+			if err != nil {
+				return err
+			}
+			if got := m.Header.Get("Nats-TTL"); got != want {
+				return fmt.Errorf("%s: Nats-TTL %q, want %q", key, got, want)
+			}
+			return nil
+		})
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if n := q.Stats().Rejected[subscriber.ReasonInterval]; n == 0 {
+			return errors.New("no beat rejected for its interval")
+		}
+		if _, err := lastMsg(js, "rbee_workers", "h.glacial"); err == nil {
+			return errors.New("a refused beat reached the registry")
+		}
+		return nil
+	})
+}
+
+// TestMigrateOldBucket: a bucket of the older scheme (one TTL as its age
+// limit) is migrated in place: its age limit becomes the ceiling and every
+// entry keeps the expiry it had, so none is lost and none lives on forever.
+func TestMigrateOldBucket(t *testing.T) {
+	srv := testutil.Server(t)
+	nc := testutil.Connect(t, srv.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	old, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "rbee_workers", History: 1, TTL: 20 * time.Second,
+		LimitMarkerTTL: 20 * time.Second, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, _ := wire.Marshal(&wire.WorkerEntry{Worker: wire.Worker{HiveID: "h", WorkerID: "old", Status: wire.StatusReady,
+		Meta: wire.Meta{V: 1, InstanceID: "i", Seq: 1, IntervalMs: 5000, Health: wire.Healthy}}})
+	if _, err := old.Put(ctx, "h.old", entry); err != nil {
+		t.Fatal(err)
+	}
+	startTestQueen(t, srv.ClientURL(), testConfig(t))
+	kv, err := js.KeyValue(ctx, "rbee_workers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != time.Minute {
+		t.Fatalf("age limit %s after migration, want the 1m ceiling", st.TTL())
+	}
+	m, err := lastMsg(js, "rbee_workers", "h.old")
+	if err != nil {
+		t.Fatalf("entry lost in the migration: %v", err)
+	}
+	ttl, err := time.ParseDuration(m.Header.Get("Nats-TTL"))
+	if err != nil || ttl <= 0 || ttl > 20*time.Second {
+		t.Fatalf("migrated entry has Nats-TTL %q, want what was left of its 20s", m.Header.Get("Nats-TTL"))
+	}
+}
+
+// TestQueenBeats: the queen beats on rbee.hb.queen.<id> and its entry in
+// rbee_queens says ok.
+func TestQueenBeats(t *testing.T) {
+	srv := testutil.Server(t)
+	cfg := testConfig(t)
+	cfg.QueenID = "q-test"
+	q := startTestQueen(t, srv.ClientURL(), cfg)
+	checkFor(t, 10*time.Second, func() error {
+		qs := q.Registry().Queens()
+		if len(qs) != 1 || qs[0].QueenID != "q-test" || qs[0].State != wire.QueenOK {
+			return fmt.Errorf("queens = %+v, want q-test ok", qs)
+		}
+		return q.Health()
+	})
+}
+
+// TestGoodbyeAndExpiry: a goodbye deletes at once (left), silence expires the
+// entry by its own TTL (expired).
+func TestGoodbyeAndExpiry(t *testing.T) {
+	srv := testutil.Server(t)
+	var mu sync.Mutex
+	seen := map[string]registry.EventType{}
+	cfg := testConfig(t)
+	cfg.OnEvent = func(ev registry.Event) {
+		mu.Lock()
+		seen[ev.Key+" "+string(ev.Type)] = ev.Type
+		mu.Unlock()
+	}
+	startTestQueen(t, srv.ClientURL(), cfg)
+	nc := testutil.Connect(t, srv.ClientURL())
+	bye := startTestWorker(t, nc, "h", "bye", time.Second)
+	crash := startTestWorker(t, nc, "h", "crash", time.Second)
+	has := func(k string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, ok := seen[k]; !ok {
+			return fmt.Errorf("no %q event yet; seen %v", k, seen)
+		}
+		return nil
+	}
+	checkFor(t, 10*time.Second, func() error { return errors.Join(has("h.bye joined"), has("h.crash joined")) })
+	if err := bye.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	crash.Abandon()
+	checkFor(t, 10*time.Second, func() error { return has("h.bye left") })
+	checkFor(t, 10*time.Second, func() error { return has("h.crash expired") })
+	if has("h.bye expired") == nil || has("h.crash left") == nil {
+		t.Fatalf("a goodbye expired or a crash left: %v", seen)
+	}
+}
+
+// TestLifecycle: a second Start and a Start after Stop return ErrStarted;
+// Stop before Start and twice are safe; accessors may run during Start.
+func TestLifecycle(t *testing.T) {
+	srv := testutil.Server(t)
+	nc := testutil.Connect(t, srv.ClientURL())
+	q, err := New(nc, testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = q.Stats()
+				_ = q.Registry()
+				_ = q.Health()
+				_ = q.Status()
+			}
+		}
+	}()
+	if err := q.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(t.Context()); !errors.Is(err, ErrStarted) {
+		t.Fatalf("second Start = %v, want ErrStarted", err)
+	}
+	close(stop)
+	wg.Wait()
+	q.Stop(t.Context())
+	q.Stop(t.Context())
+	if err := q.Start(t.Context()); !errors.Is(err, ErrStarted) {
+		t.Fatalf("Start after Stop = %v, want ErrStarted", err)
+	}
+	q2, _ := New(nc, testConfig(t))
+	q2.Stop(t.Context()) // before Start
+	// Stop racing Start.
+	q3, _ := New(nc, testConfig(t))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = q3.Start(t.Context()) }()
+	q3.Stop(t.Context())
+	<-done
+	q3.Stop(t.Context())
+}
+
+// TestStartEndsWithContext: the queen stops when Start's context ends.
+func TestStartEndsWithContext(t *testing.T) {
+	srv := testutil.Server(t)
+	q, err := New(testutil.Connect(t, srv.ClientURL()), testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := q.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	checkFor(t, 10*time.Second, func() error {
+		if err := q.Health(); !errors.Is(err, ErrNotOK) {
+			return fmt.Errorf("health %v after the context ended, want stopped", err)
+		}
+		return nil
+	})
+}
