@@ -122,6 +122,8 @@ func runFullDisk(w *world, r *result) error {
 	// Watch the queen's state through its beat, /healthz and its KV writes.
 	var beatAt, healthAt time.Time
 	var beatState, healthBody string
+	var metricAt time.Time
+	var metricState string
 	stateOf := func(since time.Time) (string, bool) {
 		for id, b := range o.queenStates() {
 			if b.at.After(since) && b.state != "" && b.state != "ok" {
@@ -139,6 +141,13 @@ func runFullDisk(w *world, r *result) error {
 		if healthAt.IsZero() {
 			if code, body, err := healthz(q.httpAddr); err == nil && code != 200 {
 				healthAt, healthBody = time.Now(), fmt.Sprintf("%d %s", code, body)
+			}
+		}
+		if metricAt.IsZero() {
+			if m, err := scrape(q.httpAddr); err == nil {
+				if st := stateGauge(m); st != "" && st != "ok" {
+					metricAt, metricState = time.Now(), st
+				}
 			}
 		}
 	}
@@ -174,8 +183,15 @@ func runFullDisk(w *world, r *result) error {
 		recovered = time.Since(tFree)
 	}
 	fe := purges(o.removalsBetween(prefixOf(hiveHealthy), tF, time.Now()))
-	we := mFull.sum(counter("write_errors")) - m0.sum(counter("write_errors"))
-	lost := mFull.sum(counter("lost")) - m0.sum(counter("lost"))
+	// Failed and lost writes, by the names of the queen before and after its
+	// rewrite (kv_write_errors_total and kv_writes_lost_total, or
+	// kv_write_failures_total by outcome).
+	failures := func(m metrics) float64 { return m.sum(counter("write_errors")) + m.sum(counter("write_failures")) }
+	losses := func(m metrics) float64 {
+		return m.sum(counter("writes_lost")) + m.sum(counter("write_failures"), `outcome="lost"`)
+	}
+	we := failures(mFull) - failures(m0)
+	lost := losses(mFull) - losses(m0)
 	within := func(t time.Time) string {
 		if t.IsZero() {
 			return "never, in " + hold.String()
@@ -184,6 +200,7 @@ func runFullDisk(w *world, r *result) error {
 	}
 	r.fig("queen beat not `ok`", "%s %s", within(beatAt), beatState)
 	r.fig("/healthz not 200", "%s %s", within(healthAt), healthBody)
+	r.fig("rbee_queen_state not ok in /metrics", "%s %s", within(metricAt), metricState)
 	r.fig("write errors / writes counted lost while full", "%.0f / %.0f", we, lost)
 	r.fig("healthy workers written while full (after the first 2 s)", "%d of %d", freshWhileFull, n)
 	r.fig("expiries of beating workers during the fault and recovery", "%d", len(fe))
@@ -193,9 +210,11 @@ func runFullDisk(w *world, r *result) error {
 		r.fig("recovery after the space returned", "%s (/healthz 200, every worker written again)", recovered.Round(time.Millisecond))
 	}
 	r.fig("queen process", "pid %d before, %d after (%s)", pid, q.pid(), map[bool]string{true: "exited", false: "not restarted"}[q.exited()])
-	first := beatAt
-	if first.IsZero() || (!healthAt.IsZero() && healthAt.Before(first)) {
-		first = healthAt
+	var first time.Time
+	for _, t := range []time.Time{beatAt, healthAt, metricAt} {
+		if !t.IsZero() && (first.IsZero() || t.Before(first)) {
+			first = t
+		}
 	}
 	r.expect("`degraded` within one interval", !first.IsZero() && first.Sub(tF) <= interval, "%s", within(first))
 	r.expect("recovery without restart", recErr == nil && !q.exited() && q.pid() == pid, "%s", map[bool]string{true: "recovered in " + recovered.Round(time.Millisecond).String(), false: "not recovered within " + recBound.String()}[recErr == nil])
@@ -354,4 +373,18 @@ func runForgery(w *world, r *result) error {
 	r.fig("conflict counters in /metrics", "+%.0f", conflicts)
 	r.note("lockout: from the forged message until the real worker's own beat (its instance, a seq above the one before) is in KV again")
 	return nil
+}
+
+// stateGauge returns the state whose rbee_queen_state gauge is 1, or "" if
+// the queen exports none.
+func stateGauge(m metrics) string {
+	for full, v := range m.samples {
+		if v == 1 && strings.HasPrefix(full, "rbee_queen_state{") {
+			if _, rest, ok := strings.Cut(full, `state="`); ok {
+				st, _, _ := strings.Cut(rest, `"`)
+				return st
+			}
+		}
+	}
+	return ""
 }

@@ -24,9 +24,6 @@ import (
 // key once per interval at the offered rate, patching seq and sent_at_ms in
 // place, and prints what it sent as JSON lines.
 
-// loadKey returns the registry key of load worker i.
-func loadKey(hive string, i int) string { return hive + ".w" + strconv.Itoa(i) }
-
 // loadReport is one line the load generator prints.
 type loadReport struct {
 	Step     int    `json:"step,omitempty"` // offered rate of a ramp step

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -453,5 +452,3 @@ func waitFor(timeout time.Duration, what string, cond func() error) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-var errNotYet = errors.New("not yet")
