@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rbee/heartbeat/embedded"
 )
 
 // Names of the hives whose workers the cases tell apart.
@@ -516,3 +519,86 @@ func runKill9(w *world, r *result) error {
 	r.expect("0 false expiries (load)", len(fl) == 0, "%d", len(fl))
 	return nil
 }
+
+// runPauseSingle pauses the only queen for 2 × TTL, on a broker of its own
+// (here in the chaos process, standing for an external server), so that the
+// TTLs run on while the queen is frozen. Expiries are expected; the queen
+// must report them as a disruption, and the registry must be whole again
+// within one interval of the resume.
+func runPauseSingle(w *world, r *result) error {
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	bc := embedded.DefaultConfig(w.dir("broker"))
+	bc.Port = ports[0]
+	srv, err := embedded.New(bc)
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	q, err := w.startQueen("queen", 0, srv.ClientURL(), ports[1], "")
+	if err != nil {
+		return err
+	}
+	defer q.stop(10 * time.Second)
+	o, err := newObserver(srv.ClientURL(), notLoad)
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	f, err := w.fleet("healthy", srv.ClientURL(), hiveHealthy, w.opt.healthy)
+	if err != nil {
+		return err
+	}
+	defer f.kill()
+	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
+		return err
+	}
+	pause(2 * interval)
+	held := 2 * ttl
+	r.offer("one queen (`rbee queen --nats-url`) on a broker of its own; %d healthy workers beating every %s", w.opt.healthy, interval)
+	r.offer("the queen stopped with SIGSTOP for %s, then SIGCONT", held)
+	tP := time.Now()
+	if err := q.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	pause(held)
+	_ = q.signal(syscall.SIGCONT)
+	tR := time.Now()
+	// Whole again: every healthy worker present and written since the resume.
+	whole, werr := waitFresh(o, hiveHealthy, w.opt.healthy, tR, 20*time.Second)
+	// Disruption reported: the queen's beat, /healthz or rbee_queen_state.
+	var seen string
+	_ = waitFor(2*ttl+6*time.Second, "disruption reported", func() error {
+		for id, b := range o.queenStates() {
+			if b.at.After(tR) && b.state == "disrupted" {
+				seen = "queen beat " + id + ": disrupted " + b.reason
+				return nil
+			}
+		}
+		if m, err := scrape(q.httpAddr); err == nil && stateGauge(m) == "disrupted" {
+			seen = "rbee_queen_state{state=\"disrupted\"} 1"
+			return nil
+		}
+		if code, body, err := healthz(q.httpAddr); err == nil && code != 200 && strings.Contains(body, "disrupt") {
+			seen = fmt.Sprintf("/healthz %d %s", code, body)
+			return nil
+		}
+		return errNotSeen
+	})
+	exp := purges(o.removalsBetween(prefixOf(hiveHealthy), tP, time.Now()))
+	r.fig("expiries while the queen was frozen", "%d, of %d of the %d workers", len(exp), distinct(exp), w.opt.healthy)
+	if werr != nil {
+		r.fig("registry whole again", "not within 20 s of the resume: %v", werr)
+	} else {
+		r.fig("registry whole again", "%s after the resume", whole.Round(time.Millisecond))
+	}
+	r.fig("disruption reported", "%s", map[bool]string{true: seen, false: "no"}[seen != ""])
+	r.expect("expiries reported as a disruption", len(exp) == 0 || seen != "", "%s", map[bool]string{true: seen, false: "not reported"}[seen != ""])
+	r.expect("registry whole within one interval of the resume", werr == nil && whole <= interval, "%s",
+		map[bool]string{true: whole.Round(time.Millisecond).String(), false: "not within 20 s"}[werr == nil])
+	return nil
+}
+
+var errNotSeen = errors.New("not seen")

@@ -32,7 +32,8 @@ type options struct {
 	outage   time.Duration // blackhole length in the outage case
 	rssLimit int64         // the bounded-memory target, bytes
 	note     string
-	healthy  int // healthy workers whose false expiries are counted
+	baseline string // an earlier report whose summary is quoted for comparison
+	healthy  int    // healthy workers whose false expiries are counted
 }
 
 // kase is one attack.
@@ -49,6 +50,8 @@ func cases() []kase {
 		{"overload", "Offered load 2× what the queen can write, TTL of 3 beats",
 			"0 false expiries, 0 silent drops, 0 lost goodbyes, bounded RSS", runOverload},
 		{"pause", "One of two queens paused (SIGSTOP) 2 × TTL", "0 false expiries", runPause},
+		{"pause1", "The only queen paused (SIGSTOP) 2 × TTL, broker apart",
+			"expiries reported as a disruption, registry whole within one interval of the resume", runPauseSingle},
 		{"kill9", "kill -9 of the queen mid-ingest, restart within one interval", "0 false expiries", runKill9},
 		{"outage", "Network blackhole between workers and broker (toxiproxy)", "0 false expiries", runOutage},
 		{"fulldisk", "Full disk under the queen's JetStream store",
@@ -66,7 +69,7 @@ func main() {
 		return
 	}
 	var o options
-	flag.StringVar(&o.cases, "case", "", "run only these cases (comma-separated): capacity, overload, pause, kill9, outage, fulldisk, forgery")
+	flag.StringVar(&o.cases, "case", "", "run only these cases (comma-separated): capacity, overload, pause, pause1, kill9, outage, fulldisk, forgery")
 	flag.BoolVar(&o.quick, "quick", false, "shorter phases and smaller fleets (about 2 minutes in all)")
 	flag.StringVar(&o.out, "out", "RELIABILITY.md", "report file")
 	flag.Float64Var(&o.capacity, "capacity", 0, "the queen's write capacity in writes/s, instead of measuring it")
@@ -74,6 +77,7 @@ func main() {
 	flag.DurationVar(&o.outage, "outage", 2*time.Second, "blackhole length in the outage case (the documented margin)")
 	rss := flag.Int("rss-limit-mib", 1024, "the overload case's bound on the queen's peak RSS, MiB")
 	flag.StringVar(&o.note, "note", "", "a line for the top of the report")
+	flag.StringVar(&o.baseline, "baseline", "", "an earlier report (e.g. of the queen before a change) whose summary is quoted for comparison")
 	flag.Parse()
 	o.rssLimit = int64(*rss) << 20
 	o.healthy = 200

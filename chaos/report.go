@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"time"
 )
@@ -110,6 +111,9 @@ func (p report) markdown() string {
 		fmt.Fprintf(&b, "| [%s](#%s) | %s | %s |\n", r.title, r.name, r.target, r.summary())
 	}
 	b.WriteString("\n")
+	if p.opt.baseline != "" {
+		b.WriteString(baseline(p.opt.baseline))
+	}
 	for _, r := range p.results {
 		fmt.Fprintf(&b, "<a id=\"%s\"></a>\n## %s: %s\n\n", r.name, r.name, r.title)
 		fmt.Fprintf(&b, "Target: %s. Result: **%s**. Reproduce: `%s`. Took %s; load average %s before, %s after.\n\n",
@@ -186,4 +190,50 @@ func oneLine(s string) string {
 		s = s[:600] + "…"
 	}
 	return strings.ReplaceAll(s, "\n", " ⏎ ")
+}
+
+// baseline returns the summary of an earlier report, quoted under a heading
+// of its own, with the note and the date it was written.
+func baseline(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(baseline %s unreadable: %v)\n\n", path, err)
+	}
+	s := string(data)
+	var b strings.Builder
+	b.WriteString("## Baseline for comparison\n\n")
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, "> ") || strings.HasPrefix(l, "Written by") {
+			b.WriteString(strings.ReplaceAll(l, "](#", "](#base-") + "\n\n")
+			if strings.HasPrefix(l, "Written by") {
+				break
+			}
+		}
+	}
+	i := strings.Index(s, "## Summary\n")
+	if i < 0 {
+		return ""
+	}
+	rest := s[i+len("## Summary\n"):]
+	if j := strings.Index(rest, "\n## "); j >= 0 {
+		rest = rest[:j]
+	}
+	if j := strings.Index(rest, "\n<a id"); j >= 0 {
+		rest = rest[:j]
+	}
+	// Its links point into the other file; keep the text only.
+	for {
+		a := strings.Index(rest, "](#")
+		if a < 0 {
+			break
+		}
+		e := strings.Index(rest[a:], ")")
+		o := strings.LastIndex(rest[:a], "[")
+		if e < 0 || o < 0 {
+			break
+		}
+		rest = rest[:o] + rest[o+1:a] + rest[a+e+1:]
+	}
+	b.WriteString(strings.TrimSpace(rest) + "\n\n")
+	return b.String()
 }
