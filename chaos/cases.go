@@ -90,11 +90,13 @@ func runCapacity(w *world, r *result) error {
 	}
 	r.offer("a ramp of %s beats/s, %s per step, each step over as many workers beating once per %s (load generator in its own process)",
 		strings.Join(ramp, ", "), step, interval)
-	r.offer("writes/s = growth of the `KV_rbee_workers` stream's last sequence over the second half of a step")
+	r.offer("writes/s = growth of the `KV_rbee_workers` stream's last sequence over the second half of a step; a step is kept up " +
+		"when they reach 0.9 × offered and no worker of the ramp expires in it")
+	r.offer("what the queen can write = the best step kept up; the first step not kept up ends the ramp")
 	type sample struct {
-		at  time.Time
-		seq uint64
-		acc float64
+		at          time.Time
+		seq, expiry uint64
+		acc          float64
 	}
 	var samples []sample
 	take := func() {
@@ -102,10 +104,11 @@ func runCapacity(w *world, r *result) error {
 		if err != nil {
 			return
 		}
+		_, e := o.counts()
 		m, _ := scrape(q.httpAddr)
-		samples = append(samples, sample{time.Now(), seq, account(m).accepted})
+		samples = append(samples, sample{time.Now(), seq, e, account(m).accepted})
 	}
-	rateIn := func(from, to time.Time) (writes, accepted float64) {
+	rateIn := func(from, to time.Time) (writes, accepted float64, expired uint64) {
 		var a, b *sample
 		for i := range samples {
 			s := &samples[i]
@@ -117,10 +120,10 @@ func runCapacity(w *world, r *result) error {
 			}
 		}
 		if a == nil || b == nil || !b.at.After(a.at) {
-			return 0, 0
+			return 0, 0, 0
 		}
 		d := b.at.Sub(a.at).Seconds()
-		return float64(b.seq-a.seq) / d, (b.acc - a.acc) / d
+		return float64(b.seq-a.seq) / d, (b.acc - a.acc) / d, b.expiry - a.expiry
 	}
 	l, err := w.load(q.url(), "-ramp", strings.Join(ramp, ","), "-step", step.String(), "-interval", interval.String())
 	if err != nil {
@@ -148,16 +151,19 @@ loop:
 		for ; seen < len(reps); seen++ {
 			s := reps[seen]
 			from, to := time.UnixMilli(s.FromMs), time.UnixMilli(s.ToMs)
-			wr, acc := rateIn(from.Add(step/2), to)
+			wr, acc, _ := rateIn(from.Add(step/2), to)
+			_, _, exp := rateIn(from, to.Add(ttl))
 			offered := float64(s.Sent) / to.Sub(from).Seconds()
-			r.fig(fmt.Sprintf("step %d/s", s.Step), "offered %.0f/s, written %.0f/s, accepted %.0f/s", offered, wr, acc)
-			w.log("capacity: step %d: offered %.0f/s written %.0f/s accepted %.0f/s", s.Step, offered, wr, acc)
-			if wr > best {
-				best, bestAcc = wr, acc
-			}
-			if wr < 0.8*offered {
+			kept := wr >= 0.9*offered && exp == 0
+			r.fig(fmt.Sprintf("step %d/s", s.Step), "offered %.0f/s, written %.0f/s, accepted %.0f/s, %d expiries: %s",
+				offered, wr, acc, exp, map[bool]string{true: "kept up", false: "not kept up"}[kept])
+			w.log("capacity: step %d: offered %.0f/s written %.0f/s accepted %.0f/s expiries %d", s.Step, offered, wr, acc, exp)
+			if !kept {
 				saturated = true
 				break loop
+			}
+			if wr > best {
+				best, bestAcc = wr, acc
 			}
 		}
 	}
@@ -165,6 +171,9 @@ loop:
 	peak, _ := q.rss.result()
 	if !saturated {
 		r.note("the queen kept up with every step; capacity is at least the best step")
+	}
+	if best == 0 {
+		return fmt.Errorf("the queen kept up with no step of the ramp")
 	}
 	w.capacity = best
 	r.figures = append([][2]string{{"what the queen can write", fmt.Sprintf("%.0f writes/s (accepting %.0f beats/s)", best, bestAcc)}}, r.figures...)
@@ -290,9 +299,10 @@ func runOverload(w *world, r *result) error {
 		return err == nil && i < byes
 	}
 	fhs := purges(o.removalsBetween(prefixOf(hiveHealthy), t0, tBye))
-	fls := purges(o.removalsBetween(func(k string) bool { return isLoad(k) && !isBye(k) }, t0, tStop))
-	falseHealthy, falseLoad := len(fhs), len(fls)
 	byeAtT := time.UnixMilli(rep.ByeAtMs)
+	fls := append(purges(o.removalsBetween(func(k string) bool { return isLoad(k) && !isBye(k) }, t0, tStop)),
+		purges(o.removalsBetween(isBye, t0, byeAtT))...)
+	falseHealthy, falseLoad := len(fhs), len(fls)
 	var byeDel, byePurge int
 	for k, s := range loadKeys {
 		if isBye(k) {
@@ -323,7 +333,7 @@ func runOverload(w *world, r *result) error {
 		r.fig("queen's counts settled", "not within %s of the load's end", drainMax)
 	}
 	r.fig("false expiries: healthy workers", "%d, of %d of the %d workers", falseHealthy, distinct(fhs), w.opt.healthy)
-	r.fig("false expiries: load workers while beating", "%d, of %d of the %d workers", falseLoad, distinct(fls), rate-byes)
+	r.fig("false expiries: load workers while beating", "%d, of %d of the %d workers", falseLoad, distinct(fls), rate)
 	r.fig("load goodbyes", "%d sent at +%s: %d delete markers, %d expired", byes, byeAtT.Sub(t0).Round(time.Millisecond), byeDel, byePurge)
 	r.fig("healthy goodbyes (SIGTERM after the load)", "%d workers: %d delete markers", len(hs), len(hs)-lostHealthyByes)
 	r.fig("accept lag of healthy beats (received_at − sent_at)", "%s", accLag)

@@ -57,6 +57,8 @@ type observer struct {
 	lagSeen  []float64 // seen by the observer - sent_at_ms, ms
 	queens   map[string]queenBeat
 	lastRev  uint64
+	puts     uint64 // puts seen, all keys
+	expiries uint64 // purges after a put seen, all keys
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -212,6 +214,7 @@ func (o *observer) apply(e jetstream.KeyValueEntry) {
 		}
 		s.lastPut = now
 		s.puts++
+		o.puts++
 		if dec != nil {
 			s.instance, s.seq = dec.InstanceID, dec.Seq
 			s.receivedAt, s.sentAt = dec.ReceivedAtMs, dec.SentAtMs
@@ -225,6 +228,7 @@ func (o *observer) apply(e jetstream.KeyValueEntry) {
 			purge := e.Operation() == jetstream.KeyValuePurge
 			if purge {
 				s.purges++
+				o.expiries++
 			} else {
 				s.dels++
 			}
@@ -232,6 +236,13 @@ func (o *observer) apply(e jetstream.KeyValueEntry) {
 		}
 	}
 	s.op = e.Operation()
+}
+
+// counts returns the puts and expiries seen so far, over all keys.
+func (o *observer) counts() (puts, expiries uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.puts, o.expiries
 }
 
 // snapshot returns a copy of the state of every key matching match.
