@@ -96,7 +96,7 @@ func runCapacity(w *world, r *result) error {
 	type sample struct {
 		at          time.Time
 		seq, expiry uint64
-		acc          float64
+		acc         float64
 	}
 	var samples []sample
 	take := func() {
