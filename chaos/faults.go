@@ -61,7 +61,7 @@ func runOutage(w *world, r *result) error {
 	}
 	tE := time.Now()
 	rec, ferr := waitFresh(o, hiveHealthy, w.opt.healthy, tE, 20*time.Second)
-	pause(ttl + 2*interval)
+	pause(ttl + interval)
 	fe := purges(o.removalsBetween(prefixOf(hiveHealthy), tO, time.Now()))
 	r.fig("false expiries", "%d of %d", len(fe), w.opt.healthy)
 	if ferr != nil {
@@ -108,7 +108,7 @@ func runFullDisk(w *world, r *result) error {
 	pause(2 * interval)
 	hold := 8 * time.Second
 	if w.opt.quick {
-		hold = 5 * time.Second
+		hold = 4 * time.Second
 	}
 	r.offer("the queen's --data on a 64 MiB tmpfs; %d healthy workers beating every %s", n, interval)
 	r.offer("the tmpfs filled with a file until ENOSPC, held full for %s, then the file removed", hold)
@@ -162,7 +162,7 @@ func runFullDisk(w *world, r *result) error {
 	var recovered time.Duration
 	recBound := 30 * time.Second
 	if w.opt.quick {
-		recBound = 15 * time.Second
+		recBound = 10 * time.Second
 	}
 	recErr := waitFor(recBound, "recovery", func() error {
 		if q.exited() {
