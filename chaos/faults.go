@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
@@ -157,6 +158,10 @@ func runFullDisk(w *world, r *result) error {
 		return err
 	}
 	tFree := time.Now()
+	var st syscall.Statfs_t
+	if syscall.Statfs(mnt, &st) == nil {
+		r.fig("free space once the filler was removed", "%s of the tmpfs", mib(int64(st.Bavail)*st.Bsize))
+	}
 	// Recovery: /healthz 200, no queen beat saying otherwise since, and every
 	// healthy worker written again.
 	var recovered time.Duration
@@ -218,6 +223,11 @@ func runFullDisk(w *world, r *result) error {
 	}
 	r.expect("`degraded` within one interval", !first.IsZero() && first.Sub(tF) <= interval, "%s", within(first))
 	r.expect("recovery without restart", recErr == nil && !q.exited() && q.pid() == pid, "%s", map[bool]string{true: "recovered in " + recovered.Round(time.Millisecond).String(), false: "not recovered within " + recBound.String()}[recErr == nil])
+	if r.failed() {
+		n, _ := q.count("level=warn")
+		e, _ := q.count("level=error")
+		r.note("the queen's log had %d warnings and %d errors; its last lines: `%s`", n, e, cell(lastLines(q.output(), 6)))
+	}
 	return nil
 }
 
