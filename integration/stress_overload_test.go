@@ -124,8 +124,7 @@ func TestStressOverloadThrottledStore(t *testing.T) {
 
 	// Accounting: the load's beats are all accepted, rejected or counted as
 	// dropped, once the queen has worked through what it holds.
-	var last string
-	testutil.Eventually(t, 30*time.Second, func() bool {
+	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		acc := counterSum(t, q.Collector(), "beats_accepted", "kind=worker")
 		rej := counterSum(t, q.Collector(), "rejected", "kind=worker")
 		drop := counterSum(t, q.Collector(), "drop")
@@ -137,7 +136,10 @@ func TestStressOverloadThrottledStore(t *testing.T) {
 		}
 		// The healthy workers' beats are counted by their seqs (each starts at 1).
 		got := acc + rej + drop - healthy
-		last = fmt.Sprintf("load sent %d; queen counted accepted %.0f + rejected %.0f + dropped %.0f − healthy ≈ %.0f", sent, acc, rej, drop, got)
-		return math.Abs(got-float64(sent)) <= 40 // the healthy seqs are read up to a beat apart from the counters
-	}, "every beat accounted for: %s", &last)
+		if math.Abs(got-float64(sent)) > 40 { // the healthy seqs are read up to a beat apart from the counters
+			return fmt.Errorf("not every beat accounted for: load sent %d; queen counted accepted %.0f + rejected %.0f + dropped %.0f − healthy ≈ %.0f",
+				sent, acc, rej, drop, got)
+		}
+		return nil
+	})
 }
