@@ -175,7 +175,11 @@ loop:
 	if best == 0 {
 		return fmt.Errorf("the queen kept up with no step of the ramp")
 	}
-	w.capacity = best
+	if w.opt.capacity == 0 {
+		w.capacity = best
+	} else {
+		r.note("the load of the other cases is sized from -capacity %.0f, not from this measurement", w.opt.capacity)
+	}
 	r.figures = append([][2]string{{"what the queen can write", fmt.Sprintf("%.0f writes/s (accepting %.0f beats/s)", best, bestAcc)}}, r.figures...)
 	r.fig("queen peak RSS (VmHWM)", "%s", mib(peak))
 	return nil
@@ -220,7 +224,7 @@ func runOverload(w *world, r *result) error {
 	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
 		return err
 	}
-	r.offer("%d load workers beating once per %s = %d beats/s for %s (2 × %.0f writes/s measured by the capacity case, or -rate)",
+	r.offer("%d load workers beating once per %s = %d beats/s for %s (2 × %.0f writes/s: the capacity case's measurement, or -capacity, or -rate)",
 		rate, interval, rate, dur, w.capacity)
 	r.offer("%d of them send a goodbye %s into the load and stop", byes, byeAt)
 	r.offer("%d healthy workers (`rbee worker --simulate %d --interval %s`) in a separate process, stopped with SIGTERM (goodbyes) after the load",

@@ -146,7 +146,7 @@ func command(o options, name string) string {
 	}
 	if name == "overload" && o.rate > 0 {
 		s += fmt.Sprintf(" -rate %d", o.rate)
-	} else if name == "overload" && o.capacity > 0 {
+	} else if (name == "overload" || name == "kill9") && o.capacity > 0 {
 		s += fmt.Sprintf(" -capacity %.0f", o.capacity)
 	}
 	if name == "outage" {
