@@ -79,7 +79,7 @@ func runCapacity(w *world, r *result) error {
 	}
 	defer o.close()
 	defer q.stop(10 * time.Second)
-	rates := []int{5000, 10000, 20000, 30000, 40000, 60000, 80000, 120000, 160000}
+	rates := []int{5000, 10000, 15000, 20000, 25000, 30000, 40000, 60000, 80000, 120000, 160000}
 	step := 4 * time.Second
 	if w.opt.quick {
 		rates, step = []int{10000, 20000, 40000, 60000, 80000, 120000}, 5*time.Second/2
