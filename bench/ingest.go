@@ -2,223 +2,438 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"os"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/embedded"
+	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/subjects"
 )
 
-// ingestResult is the throughput of the queen and of the three references
-// for one fleet size.
+// ingestResult is the queen and its references at one fleet size.
 type ingestResult struct {
 	Workers      int     `json:"workers"`
 	PayloadBytes float64 `json:"payload_bytes_msgpack"`
 	JSONBytes    float64 `json:"payload_bytes_json"`
-	BeatsPerRun  uint64  `json:"beats_per_trial"`
+	Beats        uint64  `json:"beats_per_trial"`
 
-	Queen  summary      `json:"queen"`
-	Verify verification `json:"queen_verification"`
-	// RSS is the process's resident set after the queen's trials (queen,
-	// in-process broker and the fleet's fixtures).
-	RSS int64 `json:"rss_after_queen_bytes"`
-
-	Core     summary `json:"core_nats"`
-	Store    summary `json:"store_kv_lean"`
-	StoreStd summary `json:"store_kv_publish_msg_async"`
-	Relay    summary `json:"relay_core_to_kv"`
-	HTTP     summary `json:"http_json"`
+	Queen      summary        `json:"queen"`
+	Verify     verification   `json:"queen_verification"`
+	Core       summary        `json:"core_nats"`
+	Store      summary        `json:"store_kv_publish_async_with_ttl"`
+	StoreNoTTL summary        `json:"store_kv_publish_async_without_ttl"`
+	HTTP       summary        `json:"http_json"`
+	Profile    *profileResult `json:"profile,omitempty"`
 
 	RatioStore float64 `json:"queen_over_store"`
 	RatioHTTP  float64 `json:"queen_over_http"`
 	RatioCore  float64 `json:"queen_over_core"`
 }
 
-const ingestTTL = 10 * time.Minute // nothing expires during a run
-
-// measureIngest runs every system for a fleet of n workers.
-func measureIngest(o options, n int) (ingestResult, error) {
+// measureIngest runs every system against a fleet of n workers, the queen
+// first; with profile (the largest size) it profiles one more queen trial.
+func measureIngest(o options, n int, profile bool) (ingestResult, error) {
 	f, err := newFleet(n)
 	if err != nil {
 		return ingestResult{}, err
 	}
-	r := ingestResult{Workers: n}
+	r := ingestResult{Workers: n, Beats: uint64(max(1, o.beats/n) * n)}
 	r.PayloadBytes, r.JSONBytes = f.meanSize()
-	rounds := max(1, o.beats/n)
-	r.BeatsPerRun = uint64(rounds * n)
-	limit := 120 * time.Second
-
-	log.Printf("ingest %d workers: queen", n)
-	if r.Queen, r.Verify, r.RSS, err = ingestQueen(o, f, r.BeatsPerRun, limit); err != nil {
-		return r, fmt.Errorf("queen: %w", err)
+	run := func(name string, sum *summary, fn func(st *stack) (sink, error)) error {
+		log.Printf("ingest %d workers: %s (load %s)", n, name, loadAvg())
+		st, err := startStack(nil)
+		if err != nil {
+			return err
+		}
+		defer st.Stop()
+		s, err := fn(st)
+		if err != nil {
+			return err
+		}
+		g := &gen{f: f, s: s, window: o.window}
+		if *sum, err = trials(g.run, uint64(n), o.trials, r.Beats); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if ss, ok := s.(*storeSink); ok && ss.bad.Load() > 0 {
+			return fmt.Errorf("%s: %d publishes failed", name, ss.bad.Load())
+		}
+		if st.q != nil {
+			r.Verify = verify(st, f, g.cursor)
+			if profile && o.cpuProfile != "" {
+				log.Printf("ingest %d workers: queen under the CPU profiler", n)
+				if r.Profile, err = profileTrial(o.cpuProfile, g, r.Beats); err != nil {
+					return err
+				}
+			}
+		}
+		return st.errs.err()
 	}
-
-	log.Printf("ingest %d workers: core NATS", n)
-	if r.Core, err = ingestCore(o, f, r.BeatsPerRun, limit); err != nil {
-		return r, fmt.Errorf("core: %w", err)
+	const ttl = "90s" // what the queen writes for a 30 s beat: Missed × interval
+	if err := errors.Join(
+		run("queen", &r.Queen, func(st *stack) (sink, error) { return st.startQueen() }),
+		run("core NATS", &r.Core, func(st *stack) (sink, error) { return newCoreSink(st) }),
+		run("KV publishes with Nats-TTL", &r.Store, func(st *stack) (sink, error) { return newStoreSink(st, ttl) }),
+		run("KV publishes without TTL", &r.StoreNoTTL, func(st *stack) (sink, error) { return newStoreSink(st, "") }),
+	); err != nil {
+		return r, err
 	}
-	log.Printf("ingest %d workers: KV publishes, lean", n)
-	if r.Store, err = ingestStore(o, f, r.BeatsPerRun, limit, false, false); err != nil {
-		return r, fmt.Errorf("store: %w", err)
-	}
-	log.Printf("ingest %d workers: KV publishes, PublishMsgAsync", n)
-	if r.StoreStd, err = ingestStore(o, f, r.BeatsPerRun, limit, false, true); err != nil {
-		return r, fmt.Errorf("store (PublishMsgAsync): %w", err)
-	}
-	log.Printf("ingest %d workers: relay", n)
-	if r.Relay, err = ingestStore(o, f, r.BeatsPerRun, limit, true, false); err != nil {
-		return r, fmt.Errorf("relay: %w", err)
-	}
-	log.Printf("ingest %d workers: HTTP/JSON", n)
-	if r.HTTP, err = ingestHTTP(o, f, limit); err != nil {
+	log.Printf("ingest %d workers: HTTP/JSON (load %s)", n, loadAvg())
+	if r.HTTP, err = ingestHTTP(o, f); err != nil {
 		return r, fmt.Errorf("http: %w", err)
 	}
-	// The store limit is the faster of the two ways to publish.
-	r.RatioStore = r.Queen.Median / max(r.Store.Median, r.StoreStd.Median)
-	r.RatioHTTP = r.Queen.Median / r.HTTP.Median
-	r.RatioCore = r.Queen.Median / r.Core.Median
+	r.RatioStore, r.RatioHTTP, r.RatioCore = r.Queen.Median/r.Store.Median, r.Queen.Median/r.HTTP.Median, r.Queen.Median/r.Core.Median
 	return r, nil
 }
 
-func ingestQueen(o options, f *fleet, beats uint64, limit time.Duration) (summary, verification, int64, error) {
-	dir, err := os.MkdirTemp("", "rbee-bench-queen-")
-	if err != nil {
-		return summary{}, verification{}, 0, err
-	}
-	defer os.RemoveAll(dir)
-	s, err := startQueenStack(dir, o.childBroker, ingestTTL, nil)
-	if err != nil {
-		return summary{}, verification{}, 0, err
-	}
-	defer s.Stop()
-	g := &gen{f: f, s: newQueenSink(s, f), window: o.window, brokerPID: s.b.PID}
-	sum, err := g.trials(o.trials, beats, limit)
-	if err != nil {
-		return sum, verification{}, 0, err
-	}
-	rss := rssBytes("self")
-	v := verify(s, f, g.cursor)
-	if !v.OK {
-		sum.Notes = append(sum.Notes, v.Problems...)
-	}
-	return sum, v, rss, nil
+// sink is one system under test fed by the load generator.
+type sink interface {
+	send(f *fleet, i int) error // hand worker i's current payload over
+	done() uint64               // beats fully handled so far
+	drained() bool              // nothing in flight any more
 }
 
-func ingestCore(o options, f *fleet, beats uint64, limit time.Duration) (summary, error) {
-	dir, err := os.MkdirTemp("", "rbee-bench-core-")
-	if err != nil {
-		return summary{}, err
+// gen is the load generator: one goroutine publishing the fleet's payloads,
+// patched to a fresh seq per round, never more than window beats ahead of
+// what the sink has handled.
+type gen struct {
+	f      *fleet
+	s      sink
+	window uint64
+	cursor uint64 // beats sent over the sink's life; round = cursor / n
+}
+
+// trial is one timed run.
+type trial struct {
+	Beats   uint64        `json:"beats"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+	Rate    float64       `json:"beats_per_s"`
+	ProcCPU time.Duration `json:"process_cpu_ns"` // the whole process: system, broker, generator
+	Load1   float64       `json:"load_average_1m_at_start"`
+}
+
+// run sends beats beats and waits until all are done and drained. The clock
+// runs from the first send to the last beat done.
+func (g *gen) run(beats uint64) (trial, error) {
+	t := trial{Beats: beats, Load1: load1(), ProcCPU: processCPU()}
+	done0, start := g.s.done(), time.Now()
+	deadline := start.Add(2 * time.Minute)
+	n, sentAt := uint64(g.f.n), start.UnixMilli()
+	var sent, seen uint64
+	wait := func(ok func() bool) error {
+		for seen = g.s.done() - done0; !ok(); seen = g.s.done() - done0 {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%d of %d beats done after 2m", seen, sent)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		return nil
 	}
-	defer os.RemoveAll(dir)
-	b, err := startBroker(dir, o.childBroker)
-	if err != nil {
-		return summary{}, err
+	for sent < beats {
+		i := int(g.cursor % n)
+		if i == 0 {
+			sentAt = time.Now().UnixMilli()
+		}
+		g.f.patch(i, g.cursor/n+1, sentAt)
+		if err := g.s.send(g.f, i); err != nil {
+			return t, fmt.Errorf("send beat %d: %w", g.cursor, err)
+		}
+		g.cursor++
+		sent++
+		if sent > seen+g.window { // seen may pass sent: the sink counts stray beats too
+			if err := wait(func() bool { return sent <= seen+g.window/2 }); err != nil {
+				return t, err
+			}
+		}
 	}
-	defer b.Stop()
-	errs := &asyncErrors{}
-	pub, err := connect(b.URL, "bench-loadgen", errs)
-	if err != nil {
-		return summary{}, err
+	if err := wait(func() bool { return seen >= sent && g.s.drained() }); err != nil {
+		return t, err
 	}
-	defer pub.Close()
-	subc, err := connect(b.URL, "bench-core-sub", errs)
-	if err != nil {
-		return summary{}, err
+	t.Elapsed = time.Since(start)
+	t.Rate, t.ProcCPU = float64(beats)/t.Elapsed.Seconds(), processCPU()-t.ProcCPU
+	return t, nil
+}
+
+// summary is the median and spread of several trials.
+type summary struct {
+	Trials []trial `json:"trials"`
+	Median float64 `json:"median_beats_per_s"`
+	Min    float64 `json:"min_beats_per_s"`
+	Max    float64 `json:"max_beats_per_s"`
+	// CPUPer100k is the process's CPU seconds per 100k beats over all trials.
+	CPUPer100k float64 `json:"process_cpu_s_per_100k"`
+}
+
+// trials runs warm beats (one per worker), then count timed trials of beats.
+func trials(run func(uint64) (trial, error), warm uint64, count int, beats uint64) (summary, error) {
+	if _, err := run(warm); err != nil {
+		return summary{}, fmt.Errorf("warm-up: %w", err)
 	}
-	defer subc.Close()
-	c, err := newCoreSink(pub, subc, f, subjects.Default().All())
-	if err != nil {
-		return summary{}, err
+	s := summary{}
+	var rates []float64
+	var cpu time.Duration
+	for range count {
+		t, err := run(beats)
+		if err != nil {
+			return s, err
+		}
+		s.Trials, rates, cpu = append(s.Trials, t), append(rates, t.Rate), cpu+t.ProcCPU
 	}
-	g := &gen{f: f, s: c, window: o.window, brokerPID: b.PID}
-	sum, err := g.trials(o.trials, beats, limit)
+	slices.Sort(rates)
+	s.Min, s.Max, s.Median = rates[0], rates[len(rates)-1], rates[len(rates)/2]
+	s.CPUPer100k = cpu.Seconds() / float64(beats*uint64(count)) * 1e5
+	return s, nil
+}
+
+// stack is an embedded broker in this process (as rbee queen runs it), a
+// generator connection, and optionally a queen on its own connection.
+type stack struct {
+	dir  string
+	srv  *embedded.Server
+	gen  *nats.Conn
+	qc   *nats.Conn
+	q    *queen.Queen
+	cfg  queen.Config
+	stop context.CancelFunc
+	errs asyncErrors
+}
+
+// startStack starts the broker and the generator's connection; edit may
+// adjust the queen's configuration before startQueen.
+func startStack(edit func(*queen.Config)) (*stack, error) {
+	dir, err := os.MkdirTemp("", "rbee-bench-")
+	if err != nil {
+		return nil, err
+	}
+	st := &stack{dir: dir, cfg: queen.DefaultConfig()}
+	if edit != nil {
+		edit(&st.cfg)
+	}
+	c := embedded.DefaultConfig(dir)
+	c.Port = -1
+	if st.srv, err = embedded.New(c); err == nil {
+		st.gen, err = st.connect("bench-loadgen")
+	}
+	if err != nil {
+		st.Stop()
+		return nil, err
+	}
+	return st, nil
+}
+
+// connect opens a connection like every rbee role does, counting its
+// asynchronous errors (slow consumers).
+func (st *stack) connect(name string) (*nats.Conn, error) {
+	c := natsconn.DefaultConfig(st.srv.ClientURL(), name)
+	c.OnAsyncError = st.errs.add
+	return natsconn.Connect(c)
+}
+
+// startQueen starts the queen with a long-lived context and returns a sink
+// that feeds it.
+func (st *stack) startQueen() (sink, error) {
+	var err error
+	if st.qc, err = st.connect("rbee-queen"); err != nil {
+		return nil, err
+	}
+	if st.q, err = queen.New(st.qc, st.cfg); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	st.stop = cancel
+	if err := st.q.Start(ctx); err != nil {
+		return nil, err
+	}
+	return &queenSink{pub: st.gen, q: st.q}, nil
+}
+
+// Stop stops the queen, the connections and the broker, and removes the store.
+func (st *stack) Stop() {
+	if st.q != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st.q.Stop(ctx)
+		cancel()
+		st.stop()
+	}
+	for _, nc := range []*nats.Conn{st.gen, st.qc} {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	if st.srv != nil {
+		st.srv.Shutdown()
+	}
+	_ = os.RemoveAll(st.dir)
+}
+
+// asyncErrors counts asynchronous connection errors.
+type asyncErrors struct {
+	n     atomic.Int64
+	first atomic.Value
+}
+
+func (a *asyncErrors) add(err error) { a.first.CompareAndSwap(nil, err); a.n.Add(1) }
+func (a *asyncErrors) err() error {
+	if a.n.Load() == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d async connection errors, first: %w", a.n.Load(), a.first.Load().(error))
+}
+
+// coreSink is the bus limit: the generator's messages, headers included,
+// received by a plain core-NATS subscriber that only counts them.
+type coreSink struct {
+	pub *nats.Conn
+	got atomic.Uint64
+}
+
+func newCoreSink(st *stack) (*coreSink, error) {
+	c := &coreSink{pub: st.gen}
+	nc, err := st.connect("bench-core-sub")
+	if err != nil {
+		return nil, err
+	}
+	st.qc = nc
+	sub, err := nc.Subscribe(subjects.Default().All(), func(*nats.Msg) { c.got.Add(1) })
 	if err == nil {
-		err = errs.err()
+		err = sub.SetPendingLimits(1<<20, 512<<20)
 	}
-	return sum, err
+	if err == nil {
+		err = nc.Flush()
+	}
+	return c, err
 }
 
-// ingestStore measures KV puts into the worker bucket's stream, sent by the
-// generator itself (relay false) or forwarded by a core subscriber, with the
-// lean publisher or JetStream's PublishMsgAsync (std).
-func ingestStore(o options, f *fleet, beats uint64, limit time.Duration, relay, std bool) (summary, error) {
-	dir, err := os.MkdirTemp("", "rbee-bench-store-")
-	if err != nil {
-		return summary{}, err
-	}
-	defer os.RemoveAll(dir)
-	b, err := startBroker(dir, o.childBroker)
-	if err != nil {
-		return summary{}, err
-	}
-	defer b.Stop()
-	errs := &asyncErrors{}
-	pub, err := connect(b.URL, "bench-loadgen", errs)
-	if err != nil {
-		return summary{}, err
-	}
-	defer pub.Close()
-	if err := createWorkerBucket(pub); err != nil {
-		return summary{}, err
-	}
-	qc := queen.DefaultConfig()
-	pc := pub
-	if relay {
-		if pc, err = connect(b.URL, "bench-relay", errs); err != nil {
-			return summary{}, err
-		}
-		defer pc.Close()
-	}
-	p, err := newKVPublisher(pc, std, qc.MaxInFlight, qc.RequestTimeout)
-	if err != nil {
-		return summary{}, err
-	}
-	var s sink = &storeSink{f: f, p: p}
-	if relay {
-		if s, err = newRelaySink(pub, pc, f, p); err != nil {
-			return summary{}, err
-		}
-	}
-	g := &gen{f: f, s: s, window: o.window, brokerPID: b.PID}
-	sum, err := g.trials(o.trials, beats, limit)
-	if err != nil {
-		return sum, err
-	}
-	if n := p.fails.Load(); n != 0 {
-		return sum, fmt.Errorf("%d publishes failed", n)
-	}
-	return sum, errs.err()
+func publish(nc *nats.Conn, f *fleet, i int) error {
+	return nc.PublishMsg(&nats.Msg{Subject: f.subjects[i], Data: f.mp[i], Header: f.header})
 }
 
-// createWorkerBucket creates the worker bucket as the queen would.
-func createWorkerBucket(nc *nats.Conn) error {
-	js, err := jetstream.New(nc)
+func (c *coreSink) send(f *fleet, i int) error { return publish(c.pub, f, i) }
+func (c *coreSink) done() uint64               { return c.got.Load() }
+func (c *coreSink) drained() bool              { return true }
+
+// storeSink is the store limit: the same payloads published straight into
+// the worker bucket's stream ($KV.rbee_workers.<key>) with nats.go's
+// PublishMsgAsync and the queen's in-flight bound, carrying the queen's
+// Nats-TTL (ttl; empty: none), nothing decoded.
+type storeSink struct {
+	js         jetstream.JetStream
+	ttl        string
+	acked, bad atomic.Uint64
+}
+
+func newStoreSink(st *stack, ttl string) (*storeSink, error) {
+	s := &storeSink{ttl: ttl}
+	var err error
+	s.js, err = jetstream.New(st.gen,
+		jetstream.WithPublishAsyncMaxPending(st.cfg.MaxInFlight),
+		jetstream.WithPublishAsyncTimeout(st.cfg.WriteTimeout),
+		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) { s.acked.Add(1) }),
+		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { s.bad.Add(1) }))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = js.CreateOrUpdateKeyValue(ctx, queen.BucketConfig(subjects.Default().WorkersBucket(), ingestTTL, 1))
+	_, err = s.js.CreateOrUpdateKeyValue(ctx, queen.BucketConfig(subjects.Default().WorkersBucket(), st.cfg.MaxTTL, 1))
+	return s, err
+}
+
+func (s *storeSink) send(f *fleet, i int) error {
+	m := &nats.Msg{Subject: f.kvSubj[i], Data: f.mp[i]}
+	if s.ttl != "" {
+		m.Header = nats.Header{jetstream.MsgTTLHeader: {s.ttl}}
+	}
+	_, err := s.js.PublishMsgAsync(m, jetstream.WithStallWait(10*time.Second)) // blocks at the in-flight bound
 	return err
 }
 
-func ingestHTTP(o options, f *fleet, limit time.Duration) (summary, error) {
-	s, err := startSeedServer()
+func (s *storeSink) done() uint64  { return s.acked.Load() + s.bad.Load() }
+func (s *storeSink) drained() bool { return s.js.PublishAsyncPending() == 0 }
+
+// queenSink feeds worker beats to the queen over core NATS. A beat is done
+// once the queen counted it accepted or rejected; drained once no registry
+// write waits or is in flight.
+type queenSink struct {
+	pub *nats.Conn
+	q   *queen.Queen
+}
+
+func (s *queenSink) send(f *fleet, i int) error { return publish(s.pub, f, i) }
+func (s *queenSink) done() uint64 {
+	st := s.q.Stats()
+	n := st.Accepted[subjects.KindWorker]
+	for _, r := range st.Rejected {
+		n += r
+	}
+	return n
+}
+func (s *queenSink) drained() bool { st := s.q.Stats(); return st.InFlight == 0 && st.Backlog == 0 }
+
+// verification is the proof that the queen's trials lost nothing.
+type verification struct {
+	Sent, Accepted, Rejected, Coalesced, Lost, Dropped uint64
+	KVValues                                           uint64
+	MirrorAtLastSeq                                    int
+	OK                                                 bool
+	Problems                                           []string `json:",omitempty"`
+}
+
+// verify checks that every beat sent was accepted, nothing was lost or
+// dropped, and the bucket holds exactly one value per worker, each at the
+// last round's seq in the queen's mirror (fed by a KV watch).
+func verify(st *stack, f *fleet, sent uint64) verification {
+	s := st.q.Stats()
+	v := verification{Sent: sent, Accepted: s.Accepted[subjects.KindWorker], Coalesced: s.Coalesced, Lost: s.Lost, Dropped: s.Dropped}
+	for _, r := range s.Rejected {
+		v.Rejected += r
+	}
+	bad := func(format string, args ...any) { v.Problems = append(v.Problems, fmt.Sprintf(format, args...)) }
+	if v.Accepted != sent || v.Lost+v.Dropped != 0 {
+		bad("sent %d, accepted %d, rejected %d, lost %d, dropped %d", sent, v.Accepted, v.Rejected, v.Lost, v.Dropped)
+	}
+	want := seqOf(sent / uint64(f.n))
+	deadline := time.Now().Add(time.Minute)
+	for v.MirrorAtLastSeq < f.n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		v.MirrorAtLastSeq = 0
+		for _, e := range st.q.Registry().Workers() {
+			if e.Seq == want {
+				v.MirrorAtLastSeq++
+			}
+		}
+	}
+	if v.MirrorAtLastSeq != f.n {
+		bad("mirror: %d of %d entries at seq %d", v.MirrorAtLastSeq, f.n, want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	js, err := jetstream.New(st.gen)
+	var kv jetstream.KeyValue
+	if err == nil {
+		kv, err = js.KeyValue(ctx, subjects.Default().WorkersBucket())
+	}
+	var ks jetstream.KeyValueStatus
+	if err == nil {
+		ks, err = kv.Status(ctx)
+	}
 	if err != nil {
-		return summary{}, err
+		bad("bucket: %v", err)
+		return v
 	}
-	defer s.Stop()
-	c := newSeedClient(f, s, o.httpSenders)
-	sum, err := c.trials(o.trials, uint64(o.httpBeats), limit)
-	if err != nil {
-		return sum, err
+	if v.KVValues = ks.Values(); v.KVValues != uint64(f.n) {
+		bad("bucket holds %d values, want %d", v.KVValues, f.n)
 	}
-	if s.size() != f.n || s.bad.Load() != 0 {
-		return sum, fmt.Errorf("seed server holds %d workers (want %d), %d bad requests", s.size(), f.n, s.bad.Load())
+	if err := st.errs.err(); err != nil {
+		bad("%v", err)
 	}
-	return sum, nil
+	v.OK = len(v.Problems) == 0
+	return v
 }

@@ -158,12 +158,36 @@ func runQueen(e *env, args []string) error {
 	if err := q.Start(e.ctx); err != nil {
 		return err
 	}
-	if _, err := events.EnsureStream(e.ctx, js, f.scheme(), sc); err != nil {
-		if e.ctx.Err() != nil {
-			return nil // stopped while starting
+	// The event history is kept beside the registry, never in its way: a
+	// stream that cannot be made yet (a cluster still placing its replicas)
+	// is retried while the queen runs, and events published meanwhile are
+	// counted as failed.
+	go func() {
+		warned := false
+		for {
+			ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
+			_, err := events.EnsureStream(ctx, js, f.scheme(), sc)
+			cancel()
+			if err == nil {
+				if warned {
+					log.Info("event history ready", "stream", f.scheme().EventsStream())
+				}
+				return
+			}
+			if e.ctx.Err() != nil {
+				return
+			}
+			if !warned {
+				log.Warn("event history not ready, retrying", "stream", f.scheme().EventsStream(), "err", err)
+				warned = true
+			}
+			select {
+			case <-e.ctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
 		}
-		return fmt.Errorf("event history: %w", err)
-	}
+	}()
 	if qc.Advisories {
 		go func() {
 			// A server without the advisory import leaves crash detection to the TTL: say so once.

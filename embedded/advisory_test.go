@@ -112,11 +112,21 @@ func TestAdvisoryForFrozenClient(t *testing.T) {
 func TestAdvisoriesAcrossCluster(t *testing.T) {
 	servers := startCluster(t)
 	adv := watchAdvisories(t, connect(t, servers[0].ClientURL()), Account)
-	// Interest crosses the routes asynchronously: reconnect until one
-	// connect advisory from the far server arrives.
+	id := waitAdvisoryPath(t, adv, servers[2])
+	checkFor(t, 5*time.Second, func() error { _, err := adv.find(DisconnectAdvisoryType, id); return err })
+	if !strings.HasPrefix(id, servers[2].NATS().ID()+"/") {
+		t.Fatalf("conn %s is not on the far server %s", id, servers[2].NATS().ID())
+	}
+}
+
+// waitAdvisoryPath returns once a connect advisory from far has reached adv:
+// interest crosses the routes asynchronously, so it reconnects until one
+// arrives. It returns the connection ID of that (closed) probe.
+func waitAdvisoryPath(t *testing.T, adv *advisories, far *Server) string {
+	t.Helper()
 	var id string
 	checkFor(t, 10*time.Second, func() error {
-		nc, err := nats.Connect(servers[2].ClientURL(), nats.NoReconnect())
+		nc, err := nats.Connect(far.ClientURL(), nats.NoReconnect())
 		if err != nil {
 			return err
 		}
@@ -129,10 +139,7 @@ func TestAdvisoriesAcrossCluster(t *testing.T) {
 		}
 		return nil
 	})
-	checkFor(t, 5*time.Second, func() error { _, err := adv.find(DisconnectAdvisoryType, id); return err })
-	if !strings.HasPrefix(id, servers[2].NATS().ID()+"/") {
-		t.Fatalf("conn %s is not on the far server %s", id, servers[2].NATS().ID())
-	}
+	return id
 }
 
 // startCluster starts three servers routed to each other on loopback and
@@ -169,6 +176,8 @@ func startCluster(t testing.TB) []*Server {
 func TestAdvisoriesServerLoss(t *testing.T) {
 	servers := startCluster(t)
 	adv := watchAdvisories(t, connect(t, servers[0].ClientURL()), Account)
+	waitAdvisoryPath(t, adv, servers[2])
+	waitAdvisoryPath(t, adv, servers[1])
 	urls := servers[2].ClientURL() + "," + servers[1].ClientURL()
 	nc := connect(t, urls, nats.DontRandomize(), nats.ReconnectWait(50*time.Millisecond))
 	old := ConnID(nc)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -289,4 +290,20 @@ func TestStartEndsWithContext(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestReplicasOnOneServer: --replicas 2 on a server that is not clustered is
+// refused in one line that says what is wrong.
+func TestReplicasOnOneServer(t *testing.T) {
+	srv := testutil.Server(t)
+	cfg := testConfig(t)
+	cfg.Replicas = 2
+	q, err := New(testutil.Connect(t, srv.ClientURL()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = q.Start(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "--replicas 2 needs a JetStream cluster") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("Start with 2 replicas on one server: %v", err)
+	}
 }
