@@ -4,11 +4,16 @@ package integration
 
 import (
 	"fmt"
+	"io"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/internal/testutil"
 )
 
@@ -52,4 +57,40 @@ func TestStressPausedQueen(t *testing.T) {
 	if got := w.expiredSince(hiveKeys("gpu-node-1"), t0); len(got) > 0 {
 		t.Errorf("%d of %d workers expired while one of two queens was paused: %v\n%s\nchild queen:\n%s", len(got), workers, got, w, out)
 	}
+}
+
+// startProcess is startKillable with the command, to signal it (SIGSTOP,
+// SIGCONT); it is killed at cleanup.
+func startProcess(t *testing.T, name string, args ...string) (*lines, *exec.Cmd) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	out := &lines{}
+	done := make(chan struct{})
+	go func() { out.read(pr); close(done) }()
+	go func() { _ = cmd.Wait(); pw.Close() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	return out, cmd
+}
+
+// subscribedAs reports whether a client named name holds a subscription to subject on srv.
+func subscribedAs(srv *embedded.Server, name, subject string) bool {
+	cz, err := srv.NATS().Connz(&server.ConnzOptions{Subscriptions: true})
+	if err != nil {
+		return false
+	}
+	for _, c := range cz.Conns {
+		if c.Name == name && slices.Contains(c.Subs, subject) {
+			return true
+		}
+	}
+	return false
 }

@@ -3,19 +3,13 @@ package integration
 import (
 	"context"
 	"fmt"
-	"io"
-	"os/exec"
-	"slices"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/rs/zerolog"
 )
@@ -183,40 +177,4 @@ func (l *rawLoad) stop() (uint64, time.Time) {
 	l.stopped = true
 	_ = l.nc.Flush()
 	return l.sent, time.Now()
-}
-
-// startProcess is startKillable with the command, to signal it (SIGSTOP,
-// SIGCONT); it is killed at cleanup.
-func startProcess(t *testing.T, name string, args ...string) (*lines, *exec.Cmd) {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	out := &lines{}
-	done := make(chan struct{})
-	go func() { out.read(pr); close(done) }()
-	go func() { _ = cmd.Wait(); pw.Close() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGCONT)
-		_ = cmd.Process.Kill()
-		<-done
-	})
-	return out, cmd
-}
-
-// subscribedAs reports whether a client named name holds a subscription to subject on srv.
-func subscribedAs(srv *embedded.Server, name, subject string) bool {
-	cz, err := srv.NATS().Connz(&server.ConnzOptions{Subscriptions: true})
-	if err != nil {
-		return false
-	}
-	for _, c := range cz.Conns {
-		if c.Name == name && slices.Contains(c.Subs, subject) {
-			return true
-		}
-	}
-	return false
 }
