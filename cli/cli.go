@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -43,19 +45,65 @@ type command struct {
 	name    string
 	summary string
 	run     func(e *env, args []string) error
+	// synopsis is the usage line after "rbee <name>"; examples are shown by -h.
+	synopsis string
+	examples []string
 }
 
 var commands []command
 
 func init() {
 	commands = []command{
-		{"queen", "keep the registry (embedded NATS broker unless --nats-url)", runQueen},
-		{"hive", "publish a machine's stats and its workers", runHive},
-		{"worker", "publish a worker's heartbeats (--simulate N for many)", runWorker},
-		{"status", "print the registry as tables (--json for scripts)", runStatus},
-		{"watch", "print registry events as they happen (--json for scripts)", runWatch},
-		{"decode", "msgpack on stdin to JSON on stdout", runDecode},
-		{"demo", "a whole system in one process: queen, hive, workers, expiry, goodbye", runDemo},
+		{"queen", "keep the registry (embedded NATS broker unless --nats-url)", runQueen,
+			"[--listen 127.0.0.1:4222] [--data DIR] [--nats-url URL[,URL...]] [--http ADDR|off] [flags]", []string{
+				"rbee queen",
+				"rbee queen --listen 0.0.0.0:4222 --config server.conf --data /var/lib/rbee",
+				"rbee queen --nats-url nats://10.0.0.5:4222,nats://10.0.0.6:4222 --replicas 3",
+			}},
+		{"hive", "publish a machine's stats and its workers", runHive,
+			"--hive-id ID [--nats-url URL] [--interval 30s] [flags]", []string{
+				"rbee hive --hive-id gpu-node-1",
+				"rbee hive --hive-id gpu-node-1 --nats-url nats://queen:4222 --creds /etc/rbee/hive.creds",
+			}},
+		{"worker", "publish a worker's heartbeats (--simulate N for many)", runWorker,
+			"--hive-id ID --worker-id ID [--model M] [--device D] [--slots N] [--url URL] [flags]", []string{
+				"rbee worker --hive-id gpu-node-1 --worker-id llama-0 --model meta-llama/Llama-3.1-8B-Instruct --device cuda:0",
+				"rbee worker --hive-id load --worker-id sim --simulate 1000 --interval 5s",
+			}},
+		{"status", "print the registry as tables, with filters (--json for scripts)", runStatus,
+			"[--hive ID] [--model M] [--status S[,S...]] [--json] [flags]", []string{
+				"rbee status",
+				"rbee status --hive gpu-node-1",
+				"rbee status --status busy,draining --json",
+			}},
+		{"watch", "print registry events as they happen; --since replays history first", runWatch,
+			"[--since 1h] [--json] [flags]", []string{
+				"rbee watch",
+				"rbee watch --since 1h",
+				"rbee watch --json | jq .",
+			}},
+		{"events", "print the event history: what happened to a machine", runEvents,
+			"[--hive ID] [--since 24h|RFC3339] [--follow] [--json] [flags]", []string{
+				"rbee events --hive gpu-node-1 --since 24h",
+				"rbee events --since 2026-01-31T22:00:00Z --json",
+			}},
+		{"check", "exit 0 if a worker or hive is present and alive, 1 if not, 2 on bad input", runCheck,
+			"worker HIVE.WORKER | hive HIVE [flags]", []string{
+				"rbee check worker gpu-node-1.llama-0",
+				"rbee check hive gpu-node-1 --nats-url nats://queen:4222",
+			}},
+		{"decode", "msgpack on stdin to JSON on stdout", runDecode,
+			"[--compact=false] < payload.msgpack", []string{
+				"nats sub 'rbee.hb.>' --translate 'rbee decode'",
+				"nats kv get rbee_workers gpu-node-1.llama-0 --raw | rbee decode",
+			}},
+		{"demo", "a whole system in one process: queen, hive, workers, expiry, goodbye", runDemo,
+			"[--listen 127.0.0.1:4222 | --nats-url URL] [--interval 1s] [--stay] [flags]", []string{
+				"rbee demo",
+				"rbee demo --listen 127.0.0.1:-1 --stay",
+				"rbee demo --nats-url nats://127.0.0.1:4222 --prefix demo",
+			}},
+		{"version", "print the version", runVersion, "", nil},
 	}
 }
 
@@ -66,17 +114,73 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-7s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'rbee <command> -h' for the flags of a command.")
+	fmt.Fprintln(w, "Run 'rbee <command> -h' (or 'rbee help <command>') for the flags of a command.")
+}
+
+func findCommand(name string) *command {
+	for i := range commands {
+		if commands[i].name == name {
+			return &commands[i]
+		}
+	}
+	return nil
+}
+
+// versionString is the one version line: release, commit and toolchain.
+func versionString() string {
+	s := "rbee " + Version
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		var rev, dirty string
+		for _, kv := range bi.Settings {
+			switch kv.Key {
+			case "vcs.revision":
+				rev = kv.Value
+			case "vcs.modified":
+				if kv.Value == "true" {
+					dirty = "+dirty"
+				}
+			}
+		}
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		if rev != "" {
+			s += " (" + rev + dirty + ")"
+		}
+	}
+	return s + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+}
+
+func runVersion(e *env, args []string) error {
+	fs := newFlagSet(e, "version")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	fmt.Fprintln(e.stdout, versionString())
+	return nil
 }
 
 // Main runs the subcommand named by args[0] and returns the exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		usage(stdout)
-		if len(args) == 0 {
-			return 2
+		if len(args) == 2 && args[0] == "help" && findCommand(args[1]) != nil {
+			args = []string{args[1], "-h"}
+		} else {
+			usage(stdout)
+			if len(args) == 0 {
+				return 2
+			}
+			return 0
 		}
-		return 0
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = []string{"version"}
 	}
 	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
 	for _, c := range commands {
@@ -85,18 +189,26 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		}
 		err := c.run(e, args[1:])
 		var ue usageError
+		var ce checkError
+		var xc interface{ ExitCode() int } // a supervised engine's exit: the worker exits with its code
 		switch {
 		case err == nil, errors.Is(err, flag.ErrHelp), errors.Is(err, errStoppedWaiting):
 			return 0
+		case errors.As(err, &xc):
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
+			return xc.ExitCode()
+		case errors.As(err, &ce):
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
+			return 1
 		case errors.As(err, &ue):
-			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, oneLine(err.Error()))
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
 			return 2
 		default:
-			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, oneLine(err.Error()))
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
 			return 1
 		}
 	}
-	fmt.Fprintf(stderr, "rbee: unknown command %q (try 'rbee help')\n", args[0])
+	fmt.Fprintf(stderr, "rbee: unknown command %q (try 'rbee help')\n", termSafe(args[0]))
 	return 2
 }
 
@@ -114,9 +226,31 @@ type common struct {
 	logLevel string
 }
 
+// newFlagSet returns the flag set of command name. Its -h output is the
+// command's one-line description, usage line and examples, then its flags.
 func newFlagSet(e *env, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("rbee "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		w := fs.Output()
+		if c := findCommand(name); c != nil {
+			fmt.Fprintf(w, "rbee %s: %s\n\nusage: rbee %s %s\n", name, c.summary, name, c.synopsis)
+			if len(c.examples) > 0 {
+				fmt.Fprintln(w, "\nexamples:")
+				for _, ex := range c.examples {
+					fmt.Fprintln(w, "  "+ex)
+				}
+			}
+		} else {
+			fmt.Fprintf(w, "usage: rbee %s [flags]\n", name)
+		}
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintln(w, "\nflags:")
+			fs.PrintDefaults()
+		}
+	}
 	return fs
 }
 
@@ -179,10 +313,6 @@ func (c *common) connConfig(name string, log *slog.Logger) natsconn.Config {
 	cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile = c.tlsCA, c.tlsCert, c.tlsKey
 	cfg.Logger = log
 	return cfg
-}
-
-func (c *common) connect(name string, log *slog.Logger) (*nats.Conn, error) {
-	return dial(c.connConfig(name, log))
 }
 
 func dial(cfg natsconn.Config) (*nats.Conn, error) {

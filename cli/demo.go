@@ -1,67 +1,101 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/hive"
-	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/rbee/heartbeat/worker"
 )
 
+// demoPrefix is the demo's prefix against an existing server unless
+// --prefix says otherwise: its queen, hive and workers stay out of a real
+// registry on that server.
+const demoPrefix = "demo"
+
 func runDemo(e *env, args []string) error {
 	c := common{logLevel: "error"}
 	fs := newFlagSet(e, "demo")
 	c.register(fs, "")
-	listen := fs.String("listen", "127.0.0.1:4222", "embedded broker's client address")
+	listen := fs.String("listen", "127.0.0.1:4222", "embedded broker's client address (without --nats-url)")
 	interval := fs.Duration("interval", time.Second, "heartbeat interval of the demo's hive and workers")
 	missed := fs.Int("missed", 3, "missed beats before an entry expires")
 	stay := fs.Bool("stay", false, "keep running after the demo until interrupted")
 	httpAddr := fs.String("http", "off", "queen HTTP API address, or off")
+	fs.Lookup("nats-url").Usage = "run against this existing NATS server instead of an embedded one (env NATS_URL); the prefix is then " + demoPrefix + " unless --prefix is given"
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
-	if *missed < 1 || *interval < 100*time.Millisecond {
-		return usagef("--missed must be at least 1 and --interval at least 100ms")
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *missed < 2 || *missed > 100 || *interval < 100*time.Millisecond || *interval > time.Minute {
+		return usagef("--missed must be 2 to 100 and --interval 100ms to 1m")
 	}
-	ttl := time.Duration(*missed) * *interval
+	external := c.natsURL != ""
+	if external && set["listen"] {
+		return usagef("--listen starts an embedded broker; it does not go with --nats-url")
+	}
+	if !external && (c.creds != "" || c.nkey != "" || c.tlsCA != "" || c.tlsCert != "" || c.tlsKey != "") {
+		return usagef("--creds, --nkey and --tls-* are for an existing server: give --nats-url too")
+	}
+	if external && !set["prefix"] {
+		c.prefix = demoPrefix
+	}
+	// Each registry write's TTL is missed × interval in whole seconds, rounded up.
+	ttl := (time.Duration(*missed) * *interval).Round(0)
+	if r := ttl % time.Second; r != 0 {
+		ttl += time.Second - r
+	}
 	log := c.logger(e)
-	dir, err := os.MkdirTemp("", "rbee-demo-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
 
-	qf := queenFlags{listen: *listen, data: dir}
-	ec, err := qf.embeddedConfig(log)
-	if err != nil {
-		return err
+	url := c.natsURL
+	if !external {
+		dir, err := os.MkdirTemp("", "rbee-demo-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		qf := queenFlags{listen: *listen, data: dir}
+		ec, err := qf.embeddedConfig(log)
+		if err != nil {
+			return err
+		}
+		srv, err := embedded.New(ec)
+		if err != nil {
+			return fmt.Errorf("embedded broker on %s: %w", *listen, err)
+		}
+		defer srv.Shutdown()
+		url = srv.ClientURL()
 	}
-	srv, err := embedded.New(ec)
-	if err != nil {
-		return fmt.Errorf("embedded broker on %s: %w", *listen, err)
+	// The queen's events are printed from its watcher's goroutine: one
+	// lock keeps them from tearing the demo's own lines and tables.
+	out := &syncWriter{w: e.stdout}
+	where := "embedded broker " + url
+	if external {
+		where = "existing server " + url
 	}
-	defer srv.Shutdown()
-	url := srv.ClientURL()
-	out := e.stdout
-	fmt.Fprintf(out, "rbee demo: broker %s, beats every %s, entries expire after %s without a beat\n", url, *interval, ttl)
-	fmt.Fprintf(out, "  watch it live from another terminal: nats sub 'rbee.hb.>' --server %s\n\n", url)
+	fmt.Fprintf(out, "rbee demo: %s, prefix %s, beats every %s, entries expire after %s without a beat\n", where, c.prefix, *interval, ttl)
+	fmt.Fprintf(out, "  watch it live from another terminal: nats sub '%s' --server %s\n\n", c.scheme().All(), url)
 
 	connect := func(name string) (*natsConnCloser, error) {
-		cfg := natsconn.DefaultConfig(url, name)
-		cfg.Logger = log
-		nc, err := natsconn.Connect(cfg)
+		cfg := c.connConfig(name, log)
+		cfg.URL = url
+		nc, err := dial(cfg)
 		return &natsConnCloser{nc}, err
 	}
 	events := make(chan registry.Event, 256)
 	qc := queen.DefaultConfig()
-	qc.Logger = log
+	qc.Prefix, qc.Missed, qc.Version, qc.Logger = c.prefix, *missed, Version, log
 	qc.OnEvent = func(ev registry.Event) {
 		fmt.Fprintln(out, formatEvent(ev))
 		events <- ev
@@ -80,7 +114,7 @@ func runDemo(e *env, args []string) error {
 	}
 	defer q.Stop(context.Background())
 	if *httpAddr != "off" {
-		hs, err := serveHTTP(*httpAddr, q, log)
+		hs, err := startHTTP(e.ctx, *httpAddr, q, qconn.nc, log)
 		if err != nil {
 			return err
 		}
@@ -98,7 +132,7 @@ func runDemo(e *env, args []string) error {
 	}
 	defer hconn.Close()
 	hc := hive.DefaultConfig("demo-hive")
-	hc.Interval, hc.WorkerTTL, hc.Version, hc.Stats, hc.Logger = *interval, ttl, Version, stats.Fill, log
+	hc.Prefix, hc.Interval, hc.WorkerTTL, hc.Version, hc.Stats, hc.Logger = c.prefix, *interval, ttl, Version, stats.Fill, log
 	h, err := hive.New(hconn.nc, hc)
 	if err != nil {
 		return err
@@ -108,20 +142,22 @@ func runDemo(e *env, args []string) error {
 	}
 	defer h.Abandon()
 
-	wconn, err := connect("rbee-workers")
-	if err != nil {
-		return err
-	}
-	defer wconn.Close()
 	specs := []struct{ id, model, device string }{
 		{"llama-0", "meta-llama/Llama-3.1-8B-Instruct", "cuda:0"},
 		{"qwen-1", "Qwen/Qwen2.5-7B-Instruct", "cuda:1"},
 		{"mistral-2", "mistralai/Mistral-7B-Instruct-v0.3", "cpu"},
 	}
 	workers := map[string]*worker.Worker{}
+	wconns := map[string]*natsConnCloser{} // one connection each, as separate processes would have
 	for _, s := range specs {
+		wconn, err := connect("rbee-worker-" + s.id)
+		if err != nil {
+			return err
+		}
+		defer wconn.Close()
+		wconns[s.id] = wconn
 		wc := worker.DefaultConfig("demo-hive", s.id)
-		wc.Interval, wc.ModelID, wc.Device, wc.Version, wc.SlotsTotal = *interval, s.model, s.device, Version, 4
+		wc.Prefix, wc.Interval, wc.ModelID, wc.Device, wc.Version, wc.SlotsTotal = c.prefix, *interval, s.model, s.device, Version, 4
 		wc.URL = "http://127.0.0.1:9000/" + s.id
 		w, err := worker.New(wconn.nc, wc)
 		if err != nil {
@@ -149,7 +185,9 @@ func runDemo(e *env, args []string) error {
 	}
 	table := func(title string) {
 		fmt.Fprintf(out, "\n--- %s ---\n", title)
-		printStatus(out, q.Registry().Workers(), q.Registry().Hives(), time.Now())
+		var b bytes.Buffer
+		printStatus(&b, q.Registry().Workers(), q.Registry().Hives(), time.Now())
+		_, _ = out.Write(b.Bytes())
 		fmt.Fprintln(out)
 	}
 	step := func(msg string) { fmt.Fprintf(out, "\n>>> %s\n", msg) }
@@ -160,6 +198,8 @@ func runDemo(e *env, args []string) error {
 	}
 	_ = workers["llama-0"].SetStatus(wire.StatusBusy, wire.Healthy, "")
 	workers["llama-0"].SetSlotsBusy(2)
+	_ = workers["llama-0"].SetProgress(4096) // tokens generated; it stops growing: a hung engine
+	frozeAt := time.Now()
 	if err := wait("all workers in the hive's view", func() bool {
 		hs := q.Registry().Hives()
 		nw, _ := q.Registry().Sizes()
@@ -169,13 +209,38 @@ func runDemo(e *env, args []string) error {
 	}
 	table("registry")
 
-	step(fmt.Sprintf("killing qwen-1 without a goodbye: it expires %s after its last beat", ttl))
+	step(fmt.Sprintf("killing qwen-1 without a goodbye: disconnected at once, expired %s after its last beat", ttl))
 	workers["qwen-1"].Abandon()
+	wconns["qwen-1"].Close() // as a crash closes the process's connection
 	killed := time.Now()
+	if err := wait("qwen-1 disconnected", func() bool {
+		e, _, ok := q.Registry().Worker("demo-hive.qwen-1")
+		return !ok || e.Liveness == wire.LivenessDisconnected
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "    qwen-1 disconnected %s after the kill\n", time.Since(killed).Round(time.Millisecond))
 	if err := wait("qwen-1 expiry", func() bool { return !hasWorker(q, "demo-hive", "qwen-1") }); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "    qwen-1 expired %.1fs after it stopped beating\n", time.Since(killed).Seconds())
+
+	step(fmt.Sprintf("llama-0 hangs: busy, its token counter stops; stalled after 3 of its intervals (%s)", 3**interval))
+	if err := wait("llama-0 stalled", func() bool {
+		e, _, ok := q.Registry().Worker("demo-hive.llama-0")
+		return ok && e.Liveness == wire.LivenessStalled
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "    llama-0 stalled %.1fs after its progress froze\n", time.Since(frozeAt).Seconds())
+	workers["llama-0"].AddProgress(128)
+	if err := wait("llama-0 recovered", func() bool {
+		e, _, ok := q.Registry().Worker("demo-hive.llama-0")
+		return ok && e.Liveness != wire.LivenessStalled
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "    llama-0 recovered when its counter grew again")
 
 	step("stopping mistral-2 gracefully: its goodbye removes it at once")
 	stopped := time.Now()
@@ -196,6 +261,9 @@ func runDemo(e *env, args []string) error {
 	st := q.Stats()
 	fmt.Fprintf(out, "queen: %d worker beats and %d hive beats accepted, %d events\n",
 		st.Accepted["worker"], st.Accepted["hive"], st.Events[registry.Joined]+st.Events[registry.Updated]+st.Events[registry.Left]+st.Events[registry.Expired]+st.Events[registry.Restarted])
+	if external {
+		fmt.Fprintf(out, "the demo's buckets %s and %s stay on %s\n", c.scheme().WorkersBucket(), c.scheme().HivesBucket(), url)
+	}
 	if *stay {
 		fmt.Fprintln(out, "\nstill running; press Ctrl-C to stop")
 		<-e.ctx.Done()
@@ -212,4 +280,16 @@ func hasWorker(q *queen.Queen, hiveID, workerID string) bool {
 		}
 	}
 	return false
+}
+
+// syncWriter serialises writes to w; each Write reaches w whole.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

@@ -12,7 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/embedded"
+	"github.com/rbee/heartbeat/events"
+	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/queen"
 )
 
@@ -32,6 +36,8 @@ type queenFlags struct {
 	routes      string
 	serverName  string
 	config      string
+	evMaxAge    time.Duration
+	evMaxBytes  string
 }
 
 func runQueen(e *env, args []string) error {
@@ -52,10 +58,21 @@ func runQueen(e *env, args []string) error {
 	fs.StringVar(&f.routes, "routes", "", "comma-separated cluster URLs of the other members, e.g. nats-route://127.0.0.1:6223")
 	fs.StringVar(&f.serverName, "server-name", "", "embedded broker's name (distinct per cluster member; default from the host and port)")
 	fs.StringVar(&f.config, "config", "", "nats-server configuration file for the embedded broker (authorization, TLS)")
+	fs.DurationVar(&f.evMaxAge, "events-max-age", 7*24*time.Hour, "how long the event history (stream rbee_events) keeps an event")
+	fs.StringVar(&f.evMaxBytes, "events-max-bytes", "1GiB", "the most the event history may store, e.g. 512MiB or 1GiB")
 	if err := f.parse(fs, args); err != nil {
 		return err
 	}
 	log := f.logger(e)
+	sc := events.DefaultStreamConfig()
+	sc.MaxAge, sc.Replicas = f.evMaxAge, f.replicas
+	var err error
+	if sc.MaxBytes, err = events.ParseSize(f.evMaxBytes); err != nil {
+		return usagef("--events-max-bytes %q: %v", f.evMaxBytes, err)
+	}
+	if err := sc.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
 	qc := queen.DefaultConfig()
 	qc.Prefix, qc.Missed, qc.MaxTTL, qc.StallAfter, qc.Replicas, qc.Logger = f.prefix, f.missed, f.maxTTL, f.stallAfter, f.replicas, log
 	qc.DisruptionShare, qc.Version = f.disruption, Version
@@ -86,6 +103,23 @@ func runQueen(e *env, args []string) error {
 		defer srv.Shutdown()
 		f.natsURL = srv.ClientURL()
 		log.Info("embedded broker ready", "url", f.natsURL, "data", ec.StoreDir)
+		if cr := srv.Credentials(); cr != nil {
+			// Beyond loopback the broker requires its generated password.
+			if cr.Generated {
+				fmt.Fprintf(e.stderr, "rbee queen: the embedded broker listens beyond loopback and requires a password now.\n"+
+					"  connect every role with: --nats-url %s\n  (kept in %s; shown only this once)\n", cr.URL(f.natsURL), cr.File)
+			} else {
+				log.Info("embedded broker requires its generated credentials", "file", cr.File)
+			}
+			f.natsURL = cr.URL(f.natsURL)
+		}
+		qc.Repair = func(context.Context) error {
+			again, err := srv.RecoverJetStream()
+			if again {
+				log.Warn("embedded JetStream recovered after a storage failure")
+			}
+			return err
+		}
 	} else if f.cluster != "" || f.routes != "" || f.config != "" {
 		return usagef("--cluster, --routes and --config configure the embedded broker; they do not go with --nats-url")
 	}
@@ -95,6 +129,28 @@ func runQueen(e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	// Every registry event also goes to the event history; the publisher
+	// never blocks the queen (what it must shed is counted and logged).
+	pc := events.DefaultConfig(qc.QueenID)
+	pc.Scheme, pc.Logger = f.scheme(), log
+	evp, err := events.NewPublisher(js, pc)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if err := evp.Start(e.ctx); err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		evp.Stop(ctx)
+	}()
+	qc.OnEvent = evp.OnEvent
+	qc.Collectors = append(qc.Collectors, evp.Collector())
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		return usageError{err.Error()}
@@ -102,13 +158,59 @@ func runQueen(e *env, args []string) error {
 	if err := q.Start(e.ctx); err != nil {
 		return err
 	}
+	// The event history is kept beside the registry, never in its way: a
+	// stream that cannot be made yet (a cluster still placing its replicas)
+	// is retried while the queen runs, and events published meanwhile are
+	// counted as failed.
+	go func() {
+		warned := false
+		for {
+			ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
+			_, err := events.EnsureStream(ctx, js, f.scheme(), sc)
+			cancel()
+			if err == nil {
+				if warned {
+					log.Info("event history ready", "stream", f.scheme().EventsStream())
+				}
+				return
+			}
+			if e.ctx.Err() != nil {
+				return
+			}
+			if !warned {
+				log.Warn("event history not ready, retrying", "stream", f.scheme().EventsStream(), "err", err)
+				warned = true
+			}
+			select {
+			case <-e.ctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}()
+	if qc.Advisories {
+		go func() {
+			// A server without the advisory import leaves crash detection to the TTL: say so once.
+			ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+			defer cancel()
+			acc, err := embedded.ClientAccount(ctx, nc)
+			if err == nil {
+				err = embedded.AdvisoriesReachable(ctx, nc, acc, func() (*nats.Conn, error) {
+					return natsconn.Connect(f.connConfig("rbee-queen-probe", log))
+				})
+			}
+			if err != nil && e.ctx.Err() == nil {
+				log.Warn("no connection advisories from the server: crash detection falls back to the TTL", "err", err)
+			}
+		}()
+	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		q.Stop(ctx)
 	}()
 	if f.http != "off" {
-		hs, err := serveHTTP(f.http, q, log)
+		hs, err := startHTTP(e.ctx, f.http, q, nc, log)
 		if err != nil {
 			return err
 		}

@@ -7,13 +7,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
+	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/events"
 	"github.com/rbee/heartbeat/registry"
+	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
 
@@ -41,117 +43,231 @@ func runDecode(e *env, args []string) error {
 	return enc.Encode(v)
 }
 
-// openRegistry connects and returns a JetStream handle for the read-only tools.
-func (c *common) openJetStream(e *env, name string) (jetstream.JetStream, func(), error) {
-	log := c.logger(e)
-	nc, err := c.connect(name, log)
+// MinServerVersion is the oldest nats-server rbee works with: 2.11 brought
+// per-message TTLs (Nats-TTL) and the KV limit markers that make an expiry
+// visible to watchers.
+const MinServerVersion = "2.11.0"
+
+// serverAtLeast reports whether version (e.g. "2.10.24") is min or newer.
+func serverAtLeast(version, min string) bool {
+	parse := func(v string) [3]int {
+		var out [3]int
+		v, _, _ = strings.Cut(strings.TrimPrefix(v, "v"), "-")
+		for i, p := range strings.SplitN(v, ".", 3) {
+			out[i], _ = strconv.Atoi(p)
+		}
+		return out
+	}
+	a, b := parse(version), parse(min)
+	for i := range a {
+		if a[i] != b[i] {
+			return a[i] > b[i]
+		}
+	}
+	return true
+}
+
+// tool is the connection of a read-only command (status, watch, events,
+// check). Its ctx ends, with the reason as its cause, when the server
+// reports a permissions violation: a request the identity may not make is
+// otherwise only a timeout.
+type tool struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+func (t *tool) Close() {
+	t.cancel(nil)
+	t.nc.Close()
+}
+
+// errf returns err, or the cause of t's ctx when it ended with one, so
+// that a refused request reads as the permissions violation behind it.
+func (t *tool) errf(err error) error {
+	if c := context.Cause(t.ctx); c != nil && !errors.Is(c, context.Canceled) && !errors.Is(c, context.DeadlineExceeded) {
+		return c
+	}
+	return err
+}
+
+// errPermission wraps a permissions violation reported by the server.
+var errPermission = errors.New("permissions violation")
+
+func (c *common) openTool(e *env, name string) (*tool, error) {
+	ctx, cancel := context.WithCancelCause(e.ctx)
+	// The tools report connection trouble themselves, once, as their result.
+	cfg := c.connConfig(name, nil)
+	cfg.OnAsyncError = func(err error) {
+		msg := err.Error()
+		if i := strings.Index(strings.ToLower(msg), "permissions violation for "); i >= 0 {
+			cancel(fmt.Errorf("%w: the server refused %s (check the identity's permissions or --creds)", errPermission, msg[i+len("permissions violation for "):]))
+		}
+	}
+	nc, err := dial(cfg)
 	if err != nil {
-		return nil, nil, err
+		cancel(nil)
+		return nil, err
+	}
+	if v := nc.ConnectedServerVersion(); !serverAtLeast(v, MinServerVersion) {
+		nc.Close()
+		cancel(nil)
+		return nil, fmt.Errorf("nats-server %s at %s is too old: rbee needs nats-server %s or later (per-message TTLs and KV limit markers)",
+			v, c.natsURL, MinServerVersion)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, nil, err
+		cancel(nil)
+		return nil, err
 	}
-	return js, nc.Close, nil
+	return &tool{nc: nc, js: js, ctx: ctx, cancel: cancel}, nil
+}
+
+// noRegistry explains missing buckets.
+func (c *common) noRegistry(err error) error {
+	return fmt.Errorf("no registry at %s (is a queen running?): %w", c.natsURL, err)
+}
+
+// filters selects the entries rbee status shows.
+type filters struct {
+	hive, model string
+	status      []wire.Status
+}
+
+func (f *filters) register(fs *flag.FlagSet) (status *string) {
+	fs.StringVar(&f.hive, "hive", "", "show only this hive and its workers")
+	fs.StringVar(&f.model, "model", "", "show only workers serving this model")
+	return fs.String("status", "", "show only workers in these states, comma-separated (starting, ready, busy, draining, stopping, stopped)")
+}
+
+func (f *filters) parse(status string) error {
+	if f.hive != "" {
+		if err := subjects.ValidateID("--hive", f.hive); err != nil {
+			return usageError{err.Error()}
+		}
+	}
+	if status == "" {
+		return nil
+	}
+	for _, s := range strings.Split(status, ",") {
+		st := wire.Status(strings.TrimSpace(s))
+		if !st.Valid() {
+			return usagef("--status %q: want starting, ready, busy, draining, stopping or stopped", s)
+		}
+		f.status = append(f.status, st)
+	}
+	return nil
+}
+
+func (f *filters) worker(w *wire.WorkerEntry) bool {
+	if f.hive != "" && w.HiveID != f.hive {
+		return false
+	}
+	if f.model != "" && w.ModelID != f.model {
+		return false
+	}
+	if len(f.status) == 0 {
+		return true
+	}
+	for _, s := range f.status {
+		if w.Status == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *filters) apply(workers []*wire.WorkerEntry, hives []*wire.HiveEntry) ([]*wire.WorkerEntry, []*wire.HiveEntry) {
+	var ws []*wire.WorkerEntry
+	for _, w := range workers {
+		if f.worker(w) {
+			ws = append(ws, w)
+		}
+	}
+	var hs []*wire.HiveEntry
+	for _, h := range hives {
+		if f.hive == "" || h.HiveID == f.hive {
+			hs = append(hs, h)
+		}
+	}
+	return ws, hs
 }
 
 func runStatus(e *env, args []string) error {
 	var c common
+	var f filters
 	fs := newFlagSet(e, "status")
 	c.register(fs, DefaultURL)
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
+	status := f.register(fs)
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
+	if err := f.parse(*status); err != nil {
+		return err
+	}
 	c.logLevel = "error"
-	js, closeFn, err := c.openJetStream(e, "rbee-status")
+	t, err := c.openTool(e, "rbee-status")
 	if err != nil {
 		return err
 	}
-	defer closeFn()
-	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer t.Close()
+	ctx, cancel := context.WithTimeout(t.ctx, 10*time.Second)
 	defer cancel()
-	workers, hives, err := registry.Snapshot(ctx, js, c.scheme())
+	workers, hives, err := registry.Snapshot(ctx, t.js, c.scheme())
 	if err != nil {
 		if registry.IsNotFound(err) {
-			return fmt.Errorf("no registry at %s (is a queen running?): %w", c.natsURL, err)
+			return c.noRegistry(err)
 		}
-		return err
+		return t.errf(err)
 	}
+	queens, qerr := readQueens(ctx, t.js, c.scheme())
+	if qerr != nil && !errors.Is(qerr, jetstream.ErrBucketNotFound) {
+		if err := t.errf(nil); err != nil {
+			return err // a permissions violation
+		}
+		// The registry is what status is for: the queens' own state is extra.
+		fmt.Fprintf(e.stderr, "rbee status: queens not shown: %s\n", termSafe(oneLine(qerr.Error())))
+	}
+	workers, hives = f.apply(workers, hives)
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"workers": workers, "hives": hives})
+		return enc.Encode(map[string]any{"workers": workers, "hives": hives, "queens": queens})
+	}
+	if qerr == nil {
+		printQueens(e.stdout, queens, time.Now())
 	}
 	printStatus(e.stdout, workers, hives, time.Now())
 	return nil
 }
 
-func age(nowMs, ms int64) string {
-	if ms == 0 {
-		return "-"
+// readQueens returns the entries of the queen registry bucket, or an error
+// wrapping jetstream.ErrBucketNotFound when no queen that beats has run.
+func readQueens(ctx context.Context, js jetstream.JetStream, s subjects.Scheme) ([]*wire.QueenEntry, error) {
+	kv, err := js.KeyValue(ctx, s.QueensBucket())
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", s.QueensBucket(), err)
 	}
-	return (time.Duration(nowMs-ms) * time.Millisecond).Round(100 * time.Millisecond).String()
-}
-
-func gib(b uint64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<30)) }
-
-func gpuSummary(gpus []wire.GPU) string {
-	if len(gpus) == 0 {
-		return "-"
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, err
 	}
-	parts := make([]string, 0, len(gpus))
-	for _, g := range gpus {
-		s := fmt.Sprintf("%d:", g.Index)
-		if g.VRAMUsedBytes != nil && g.VRAMTotalBytes != nil {
-			s += gib(*g.VRAMUsedBytes) + "/" + gib(*g.VRAMTotalBytes) + "GiB"
-		} else {
-			s += "?GiB"
+	var out []*wire.QueenEntry
+	for key := range lister.Keys() {
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			continue // expired between list and get
 		}
-		if g.TemperatureC != nil {
-			s += fmt.Sprintf(" %.0fC", *g.TemperatureC)
+		q, err := wire.DecodeQueenEntry(e.Value())
+		if err != nil {
+			continue
 		}
-		if g.Health == wire.Degraded || g.Health == wire.Unhealthy {
-			s += " " + string(g.Health)
-		}
-		parts = append(parts, s)
+		out = append(out, q)
 	}
-	return strings.Join(parts, ", ")
-}
-
-// printStatus writes the registry as two tables.
-func printStatus(w io.Writer, workers []*wire.WorkerEntry, hives []*wire.HiveEntry, now time.Time) {
-	nowMs := now.UnixMilli()
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "HIVES (%d)\n", len(hives))
-	fmt.Fprintln(tw, "ID\tAGE\tHEALTH\tCPU%\tRAM GiB\tGPUS (VRAM used/total, temp)\tWORKERS")
-	for _, h := range hives {
-		health := string(h.Health)
-		if h.StatsStale {
-			health += " (stale stats)"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%s/%s\t%s\t%d\n", h.HiveID, age(nowMs, h.ReceivedAtMs), health,
-			h.CPUPercent, gib(h.RAMUsedBytes), gib(h.RAMTotalBytes), gpuSummary(h.GPUs), len(h.Workers))
-	}
-	fmt.Fprintln(tw)
-	fmt.Fprintf(tw, "WORKERS (%d)\n", len(workers))
-	fmt.Fprintln(tw, "ID\tHIVE\tSTATUS\tHEALTH\tMODEL\tDEVICE\tSLOTS\tAGE\tUP")
-	sort.SliceStable(workers, func(i, j int) bool {
-		if workers[i].HiveID != workers[j].HiveID {
-			return workers[i].HiveID < workers[j].HiveID
-		}
-		return workers[i].WorkerID < workers[j].WorkerID
-	})
-	for _, x := range workers {
-		model := x.ModelID
-		if model == "" {
-			model = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", x.WorkerID, x.HiveID, x.Status, x.Health, model,
-			x.Device, x.SlotsBusy, x.SlotsTotal, age(nowMs, x.ReceivedAtMs), age(nowMs, x.FirstSeenMs))
-	}
-	_ = tw.Flush()
+	return out, nil
 }
 
 func runWatch(e *env, args []string) error {
@@ -159,40 +275,62 @@ func runWatch(e *env, args []string) error {
 	fs := newFlagSet(e, "watch")
 	c.register(fs, DefaultURL)
 	asJSON := fs.Bool("json", false, "print one JSON object per event")
+	sinceFlag := fs.String("since", "", "first replay the event history since this long ago (1h, 2d) or this time (RFC 3339), then follow")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
-	js, closeFn, err := c.openJetStream(e, "rbee-watch")
-	if err != nil {
-		return err
-	}
-	defer closeFn()
-	out := make(chan registry.Event, 1024)
-	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
-	w, err := registry.Watch(e.ctx, js, registry.Config{Scheme: c.scheme(), OnEvent: func(ev registry.Event) { out <- ev }})
-	if err == nil {
-		err = w.WaitReady(ctx)
-	}
-	cancel()
-	if err != nil {
-		if registry.IsNotFound(err) {
-			return fmt.Errorf("no registry at %s (is a queen running?): %w", c.natsURL, err)
+	var since time.Time
+	if *sinceFlag != "" {
+		var err error
+		if since, err = parseSince(*sinceFlag, time.Now()); err != nil {
+			return err
 		}
+	}
+	t, err := c.openTool(e, "rbee-watch")
+	if err != nil {
 		return err
 	}
-	defer w.Stop()
-	nw, nh := w.Sizes()
+	defer t.Close()
 	// The banner goes to stderr in JSON mode so stdout stays one event per line.
 	banner := e.stdout
 	if *asJSON {
 		banner = e.stderr
 	}
+	if !since.IsZero() {
+		fmt.Fprintf(banner, "replaying events since %s from %s, then following\n", since.Local().Format(time.DateTime), c.natsURL)
+		q := events.Query{Since: since, Follow: true, CaughtUp: func() { fmt.Fprintln(banner, "--- history replayed; following ---") }}
+		return c.printHistory(e, t, q, *asJSON)
+	}
+
+	out := make(chan registry.Event, 1024)
+	ctx, cancel := context.WithTimeout(t.ctx, 10*time.Second)
+	w, err := registry.Watch(t.ctx, t.js, registry.Config{Scheme: c.scheme(), OnEvent: func(ev registry.Event) { out <- ev }})
+	if err == nil {
+		defer w.Stop()
+		err = w.WaitReady(ctx)
+	}
+	cancel()
+	if err != nil {
+		if registry.IsNotFound(err) {
+			return c.noRegistry(err)
+		}
+		return t.errf(err)
+	}
+	nw, nh := w.Sizes()
 	fmt.Fprintf(banner, "watching %s: %d workers, %d hives live\n", c.natsURL, nw, nh)
 	enc := json.NewEncoder(e.stdout)
+	conn := t.nc.StatusChanged(nats.DISCONNECTED, nats.CONNECTED)
+	defer t.nc.RemoveStatusListener(conn)
 	for {
 		select {
-		case <-e.ctx.Done():
-			return nil
+		case <-t.ctx.Done():
+			return t.errf(nil)
+		case st := <-conn:
+			if st == nats.DISCONNECTED {
+				fmt.Fprintln(e.stderr, "disconnected from NATS; reconnecting")
+			} else {
+				fmt.Fprintf(e.stderr, "reconnected to %s\n", t.nc.ConnectedUrlRedacted())
+			}
 		case ev := <-out:
 			if *asJSON {
 				if err := enc.Encode(ev); err != nil {
@@ -205,23 +343,164 @@ func runWatch(e *env, args []string) error {
 	}
 }
 
-// formatEvent renders one event as a human-readable line; a hive's line
-// carries its machine stats.
-func formatEvent(ev registry.Event) string {
-	s := fmt.Sprintf("%s  %-9s %-6s %s", ev.At.Local().Format("15:04:05.000"), ev.Type, ev.Kind, ev.Key)
-	switch {
-	case ev.Worker != nil:
-		s += fmt.Sprintf("  status=%s health=%s model=%s device=%s", ev.Worker.Status, ev.Worker.Health, ev.Worker.ModelID, ev.Worker.Device)
-		if ev.Previous != "" {
-			s += " (was " + ev.Previous + ")"
-		}
-	case ev.Hive != nil:
-		h := ev.Hive
-		s += fmt.Sprintf("  health=%s gpus=%d workers=%d cpu=%.1f%% ram=%s/%sGiB",
-			h.Health, len(h.GPUs), len(h.Workers), h.CPUPercent, gib(h.RAMUsedBytes), gib(h.RAMTotalBytes))
-		if h.StatsStale {
-			s += " stats=stale"
+func runEvents(e *env, args []string) error {
+	var c common
+	fs := newFlagSet(e, "events")
+	c.register(fs, DefaultURL)
+	hiveID := fs.String("hive", "", "only the events of this hive and its workers")
+	sinceFlag := fs.String("since", "24h", "from this long ago (30m, 24h, 7d) or this time (RFC 3339); 0 for the whole history")
+	follow := fs.Bool("follow", false, "keep printing new events after the history")
+	asJSON := fs.Bool("json", false, "print one JSON object per event")
+	if err := c.parse(fs, args); err != nil {
+		return err
+	}
+	if *hiveID != "" {
+		if err := subjects.ValidateID("--hive", *hiveID); err != nil {
+			return usageError{err.Error()}
 		}
 	}
-	return s
+	var since time.Time
+	if *sinceFlag != "0" {
+		var err error
+		if since, err = parseSince(*sinceFlag, time.Now()); err != nil {
+			return err
+		}
+	}
+	c.logLevel = "error"
+	t, err := c.openTool(e, "rbee-events")
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return c.printHistory(e, t, events.Query{Since: since, HiveID: *hiveID, Follow: *follow}, *asJSON)
+}
+
+// printHistory prints the events of q, one per line.
+func (c *common) printHistory(e *env, t *tool, q events.Query, asJSON bool) error {
+	enc := json.NewEncoder(e.stdout)
+	err := events.Read(t.ctx, t.js, c.scheme(), q, func(r events.Record) error {
+		switch {
+		case r.Err != nil:
+			fmt.Fprintf(e.stderr, "event %d on %s: %v\n", r.Seq, termSafe(r.Subject), r.Err)
+			return nil
+		case asJSON:
+			return enc.Encode(r.Event)
+		}
+		_, err := fmt.Fprintln(e.stdout, formatHistoryEvent(r.Event))
+		return err
+	})
+	if errors.Is(err, events.ErrNoHistory) {
+		return fmt.Errorf("no event history at %s: stream %s does not exist (a queen that keeps the history creates it)", c.natsURL, c.scheme().EventsStream())
+	}
+	if err != nil {
+		return t.errf(err)
+	}
+	return nil
+}
+
+// parseSince reads --since: a duration back from now (Go syntax, plus a
+// whole number of days such as 7d) or an RFC 3339 time.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		if days, err := strconv.Atoi(n); err == nil && days >= 0 {
+			return now.Add(-time.Duration(days) * 24 * time.Hour), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	if ts, err := time.Parse(time.RFC3339, s); err == nil {
+		return ts, nil
+	}
+	return time.Time{}, usagef("--since %q: want a duration such as 1h or 7d, or an RFC 3339 time such as 2026-01-31T22:00:00Z", s)
+}
+
+// checkError is a check's negative answer: exit code 1 with its reason.
+type checkError struct{ msg string }
+
+func (e checkError) Error() string { return e.msg }
+
+func runCheck(e *env, args []string) error {
+	var c common
+	fs := newFlagSet(e, "check")
+	c.register(fs, DefaultURL)
+	// Flags may come before, between or after the two arguments.
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return usageError{err.Error()}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
+	if err := c.parse(fs, nil); err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return usagef("want 'worker HIVE.WORKER' or 'hive HIVE', got %d arguments", len(pos))
+	}
+	kind, key := pos[0], pos[1]
+	var bucket string
+	switch kind {
+	case "worker":
+		if _, _, err := subjects.ParseWorkerKey(key); err != nil {
+			return usageError{err.Error()}
+		}
+		bucket = c.scheme().WorkersBucket()
+	case "hive":
+		if err := subjects.ValidateID("hive id", key); err != nil {
+			return usageError{err.Error()}
+		}
+		bucket = c.scheme().HivesBucket()
+	default:
+		return usagef("%q: want worker or hive", kind)
+	}
+	c.logLevel = "error"
+	t, err := c.openTool(e, "rbee-check")
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	ctx, cancel := context.WithTimeout(t.ctx, 5*time.Second)
+	defer cancel()
+	kv, err := t.js.KeyValue(ctx, bucket)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return c.noRegistry(err)
+		}
+		return t.errf(err)
+	}
+	entry, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return checkError{fmt.Sprintf("%s %s is not in the registry (it left, expired or never beat)", kind, key)}
+	}
+	if err != nil {
+		return t.errf(err)
+	}
+	now := time.Now().UnixMilli()
+	var rec wire.Received
+	var state string
+	if kind == "worker" {
+		w, err := wire.DecodeWorkerEntry(entry.Value())
+		if err != nil {
+			return fmt.Errorf("%s %s: undecodable entry: %w", kind, key, err)
+		}
+		rec, state = w.Received, fmt.Sprintf("%s, %s", w.Status, w.Health)
+	} else {
+		h, err := wire.DecodeHiveEntry(entry.Value())
+		if err != nil {
+			return fmt.Errorf("%s %s: undecodable entry: %w", kind, key, err)
+		}
+		rec, state = h.Received, string(h.Health)
+	}
+	if l := rec.Liveness; l != "" && l != wire.LivenessAlive {
+		return checkError{fmt.Sprintf("%s %s is %s (for %s; %s, last beat %s ago)", kind, key, l, age(now, rec.LivenessSinceMs), state, age(now, rec.ReceivedAtMs))}
+	}
+	fmt.Fprintf(e.stdout, "%s %s is alive (%s, last beat %s ago)\n", kind, key, termSafe(state), age(now, rec.ReceivedAtMs))
+	return nil
 }

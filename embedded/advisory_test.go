@@ -54,6 +54,40 @@ func TestAdvisoriesForAnonymousClients(t *testing.T) {
 	}
 }
 
+// A wildcard subscription over every account's DISCONNECT (as a queen that
+// does not know its account makes) gets its own account's through the
+// import, in a queue group too.
+func TestAdvisoriesForWildcardQueueSubscription(t *testing.T) {
+	s := startServer(t, testConfig(t))
+	sub := connect(t, s.ClientURL())
+	got := make(chan ConnAdvisory, 16)
+	if _, err := sub.QueueSubscribe("$SYS.ACCOUNT.*.DISCONNECT", "rbee-queen", func(m *nats.Msg) {
+		if a, err := ParseConnAdvisory(m.Data); err == nil {
+			got <- a
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc := connect(t, s.ClientURL())
+	id := ConnID(nc)
+	nc.Close()
+	var seen []string
+	checkFor(t, 5*time.Second, func() error {
+		select {
+		case a := <-got:
+			if a.ConnID() == id {
+				return nil
+			}
+			seen = append(seen, a.ConnID())
+		default:
+		}
+		return fmt.Errorf("no DISCONNECT for %s; seen %q", id, seen)
+	})
+}
+
 // A client that completes CONNECT and then neither reads nor writes (a frozen
 // process) is dropped by the server's pings and reported disconnected.
 func TestAdvisoryForFrozenClient(t *testing.T) {
@@ -76,6 +110,42 @@ func TestAdvisoryForFrozenClient(t *testing.T) {
 // In a cluster of three, a client closing on one server is reported to a
 // subscriber connected to another.
 func TestAdvisoriesAcrossCluster(t *testing.T) {
+	servers := startCluster(t)
+	adv := watchAdvisories(t, connect(t, servers[0].ClientURL()), Account)
+	id := waitAdvisoryPath(t, adv, servers[2])
+	checkFor(t, 5*time.Second, func() error { _, err := adv.find(DisconnectAdvisoryType, id); return err })
+	if !strings.HasPrefix(id, servers[2].NATS().ID()+"/") {
+		t.Fatalf("conn %s is not on the far server %s", id, servers[2].NATS().ID())
+	}
+}
+
+// waitAdvisoryPath returns once a connect advisory from far has reached adv:
+// interest crosses the routes asynchronously, so it reconnects until one
+// arrives. It returns the connection ID of that (closed) probe.
+func waitAdvisoryPath(t *testing.T, adv *advisories, far *Server) string {
+	t.Helper()
+	var id string
+	checkFor(t, 10*time.Second, func() error {
+		nc, err := nats.Connect(far.ClientURL(), nats.NoReconnect())
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		id = ConnID(nc)
+		if _, err := adv.find(ConnectAdvisoryType, id); err != nil {
+			time.Sleep(100 * time.Millisecond) // give the advisory a moment before the next connection
+			_, err = adv.find(ConnectAdvisoryType, id)
+			return err
+		}
+		return nil
+	})
+	return id
+}
+
+// startCluster starts three servers routed to each other on loopback and
+// waits until every one has its two routes.
+func startCluster(t testing.TB) []*Server {
+	t.Helper()
 	ports := freePorts(t, 3)
 	var servers []*Server
 	for i, p := range ports {
@@ -97,27 +167,36 @@ func TestAdvisoriesAcrossCluster(t *testing.T) {
 		}
 		return nil
 	})
+	return servers
+}
+
+// A server lost from the cluster sends no DISCONNECT for its clients: they
+// reconnect to another server (a CONNECT from there) and no advisory says
+// their old connection closed.
+func TestAdvisoriesServerLoss(t *testing.T) {
+	servers := startCluster(t)
 	adv := watchAdvisories(t, connect(t, servers[0].ClientURL()), Account)
-	// Interest crosses the routes asynchronously: reconnect until one
-	// connect advisory from the far server arrives.
-	var id string
+	waitAdvisoryPath(t, adv, servers[2])
+	waitAdvisoryPath(t, adv, servers[1])
+	urls := servers[2].ClientURL() + "," + servers[1].ClientURL()
+	nc := connect(t, urls, nats.DontRandomize(), nats.ReconnectWait(50*time.Millisecond))
+	old := ConnID(nc)
+	if !strings.HasPrefix(old, servers[2].NATS().ID()+"/") {
+		t.Fatalf("conn %s not on %s", old, servers[2].NATS().ID())
+	}
+	checkFor(t, 10*time.Second, func() error { _, err := adv.find(ConnectAdvisoryType, old); return err })
+	servers[2].Shutdown()
+	var now string
 	checkFor(t, 10*time.Second, func() error {
-		nc, err := nats.Connect(servers[2].ClientURL(), nats.NoReconnect())
-		if err != nil {
-			return err
+		now = ConnID(nc)
+		if now == "" || now == old {
+			return fmt.Errorf("not reconnected: %q", now)
 		}
-		defer nc.Close()
-		id = ConnID(nc)
-		if _, err := adv.find(ConnectAdvisoryType, id); err != nil {
-			time.Sleep(100 * time.Millisecond) // give the advisory a moment before the next connection
-			_, err = adv.find(ConnectAdvisoryType, id)
-			return err
-		}
-		return nil
+		_, err := adv.find(ConnectAdvisoryType, now)
+		return err
 	})
-	checkFor(t, 5*time.Second, func() error { _, err := adv.find(DisconnectAdvisoryType, id); return err })
-	if !strings.HasPrefix(id, servers[2].NATS().ID()+"/") {
-		t.Fatalf("conn %s is not on the far server %s", id, servers[2].NATS().ID())
+	if a, err := adv.find(DisconnectAdvisoryType, old); err == nil {
+		t.Fatalf("the lost server's client was reported disconnected: %+v", a)
 	}
 }
 

@@ -74,8 +74,9 @@ func DefaultConfig(storeDir string) Config {
 		MaxMemory:    256 << 20, // 256 MiB
 		MaxStore:     4 << 30,   // 4 GiB
 		ReadyTimeout: 10 * time.Second,
-		// A frozen client is dropped 9–12 s after its last message.
-		PingInterval: 3 * time.Second,
+		// A frozen client is dropped 6–8 s after its last message, so the
+		// queue group stops handing beats to a paused queen within 8 s.
+		PingInterval: 2 * time.Second,
 		MaxPingsOut:  2,
 		// A client that stops reading under load is dropped within 3 s.
 		WriteDeadline: 3 * time.Second,

@@ -105,7 +105,7 @@ func TestPingSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts.PingInterval != 3*time.Second || opts.MaxPingsOut != 2 || opts.WriteDeadline != 3*time.Second {
+	if opts.PingInterval != 2*time.Second || opts.MaxPingsOut != 2 || opts.WriteDeadline != 3*time.Second {
 		t.Fatalf("defaults: ping %s × %d, write deadline %s", opts.PingInterval, opts.MaxPingsOut, opts.WriteDeadline)
 	}
 	if opts.Cluster.WriteDeadline != 10*time.Second {

@@ -56,6 +56,9 @@ type Sampler struct {
 	noDevices    bool                   // "no gpus" already logged; guarded by sampleMu
 	failures     map[string]nvml.Return // last failure per device call, to log changes only; guarded by sampleMu
 
+	procMu sync.Mutex
+	procs  []Process // from the last sample
+
 	mu     sync.Mutex
 	state  libState
 	busy   bool // a Sample is using NVML
@@ -216,25 +219,32 @@ func (s *Sampler) readAll(ctx context.Context) ([]wire.GPU, error) {
 	}
 	s.noDevices = false
 	gpus := make([]wire.GPU, 0, count)
+	var procs []Process
 	for i := range count {
 		if err := ctx.Err(); err != nil {
 			return []wire.GPU{}, fmt.Errorf("gpu sample: %w", err)
 		}
-		gpus = append(gpus, s.readDevice(i))
+		g, p := s.readDevice(i)
+		gpus = append(gpus, g)
+		procs = append(procs, p...)
 	}
+	s.procMu.Lock()
+	s.procs = procs
+	s.procMu.Unlock()
 	return gpus, nil
 }
 
-// readDevice reads GPU i. Fields the device cannot give stay nil; conditions
-// that make the GPU unwell are collected into its HealthReason.
-func (s *Sampler) readDevice(i int) wire.GPU {
+// readDevice reads GPU i and the processes holding memory on it. Fields the
+// device cannot give stay nil; conditions that make the GPU unwell are
+// collected into its HealthReason.
+func (s *Sampler) readDevice(i int) (wire.GPU, []Process) {
 	g := wire.GPU{Index: i, Health: wire.Healthy}
 	var unwell []string
 	dev, ret := guard(func() (nvml.Device, nvml.Return) { return s.lib.DeviceGetHandleByIndex(i) })
 	if ret != nvml.SUCCESS || dev == nil {
 		s.noteFailure(i, "handle", ret)
 		g.Health, g.HealthReason = wire.Degraded, "unreachable: "+nvml.ErrorString(ret)
-		return g
+		return g, nil
 	}
 	s.clearFailure(i, "handle")
 	r := &deviceReader{s: s, index: i}
@@ -297,7 +307,7 @@ func (s *Sampler) readDevice(i int) wire.GPU {
 	if len(unwell) > 0 {
 		g.Health, g.HealthReason = wire.Degraded, strings.Join(unwell, "; ")
 	}
-	return g
+	return g, readProcesses(r, dev, g)
 }
 
 type remap struct{ pending, failed bool }

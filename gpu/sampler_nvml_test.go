@@ -77,6 +77,8 @@ func setReading(d *server.Device, r reading) {
 	d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) {
 		return 0, 0, r.remapPending, r.remapFailed, nvml.SUCCESS
 	}
+	d.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS }
+	d.GetGraphicsRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS }
 }
 
 // wantGPU is the record a healthy device reading r at index i must produce.

@@ -49,3 +49,6 @@ func (s *Sampler) Close() error {
 	s.closed = true
 	return nil
 }
+
+// Processes returns nil: there is no GPU data in this build.
+func (s *Sampler) Processes() []Process { return nil }

@@ -2,7 +2,9 @@
 // machine's stats (through an injected source) and its own view of the
 // workers it hosts, which it learns by subscribing to their heartbeats — the
 // two-level chain. A worker's goodbye removes it from the view at once; a
-// worker silent for its TTL is dropped.
+// worker silent for Missed of its own intervals is dropped. With a
+// ProcessesFunc, each worker in the view carries the GPU memory its engine
+// process holds (by the pid the worker reports).
 package hive
 
 import (
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -32,27 +35,46 @@ var ErrInvalidConfig = errors.New("invalid hive config")
 // the last sample here.
 type StatsFunc func(h *wire.Hive)
 
+// ProcessVRAM is the GPU memory one process holds over all GPUs.
+type ProcessVRAM struct {
+	// UsedBytes is nil when the driver does not say how much.
+	UsedBytes *uint64
+	// GPUUUIDs are the GPUs the process holds memory on.
+	GPUUUIDs []string
+}
+
+// ProcessesFunc returns the GPU memory held per process ID, from the latest
+// sample; nil when unknown. It is called once per hive beat, from the
+// publisher's goroutine, and must return promptly.
+type ProcessesFunc func() map[int]ProcessVRAM
+
 // Config configures a Hive.
 type Config struct {
 	Prefix   string
 	HiveID   string
 	Interval time.Duration
 	Jitter   float64
-	// WorkerTTL drops a worker from the view after this long without a beat.
+	// Missed drops a worker from the view after this many of its own
+	// intervals (its beats' interval_ms) without a beat, as the queen does.
+	Missed int
+	// WorkerTTL, when set, drops every worker after this long instead: one
+	// fixed TTL for all, for tests and old set-ups. Zero uses Missed.
 	WorkerTTL time.Duration
 	Version   string
 	Hostname  string // os.Hostname() when empty
 	// Stats fills the machine stats; nil sends empty stats with gpus: [].
-	Stats      StatsFunc
+	Stats StatsFunc
+	// Processes gives each worker of the view its GPU memory; nil leaves it out.
+	Processes  ProcessesFunc
 	InstanceID string
 	Logger     *slog.Logger
 }
 
 // DefaultConfig returns a Config with the contract's defaults: 30 s interval,
-// ±10 % jitter, workers dropped after 90 s of silence.
+// ±10 % jitter, a worker dropped after 3 of its own intervals of silence.
 func DefaultConfig(hiveID string) Config {
 	return Config{Prefix: subjects.DefaultPrefix, HiveID: hiveID, Interval: 30 * time.Second,
-		Jitter: 0.10, WorkerTTL: 90 * time.Second}
+		Jitter: 0.10, Missed: 3}
 }
 
 // Validate returns an error wrapping ErrInvalidConfig if c cannot work.
@@ -63,8 +85,11 @@ func (c Config) Validate() error {
 	if err := subjects.ValidateID("hive id", c.HiveID); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	if c.WorkerTTL <= 0 {
-		return fmt.Errorf("%w: worker TTL must be positive", ErrInvalidConfig)
+	if c.WorkerTTL < 0 {
+		return fmt.Errorf("%w: worker TTL %s is negative", ErrInvalidConfig, c.WorkerTTL)
+	}
+	if c.WorkerTTL == 0 && (c.Missed < 1 || c.Missed > 1000) {
+		return fmt.Errorf("%w: missed %d: want 1 to 1000", ErrInvalidConfig, c.Missed)
 	}
 	return nil
 }
@@ -74,6 +99,7 @@ type seen struct {
 	instance string
 	seq      uint64
 	at       time.Time
+	ttl      time.Duration // how long the worker may stay silent
 }
 
 // Hive publishes one hive's heartbeats. Its methods may be called concurrently.
@@ -117,6 +143,9 @@ func New(nc *nats.Conn, cfg Config) (*Hive, error) {
 // InstanceID returns this start's instance ID.
 func (h *Hive) InstanceID() string { return h.pub.InstanceID() }
 
+// Stats returns the publisher's counts of beats sent and failed.
+func (h *Hive) Stats() publisher.Stats { return h.pub.Stats() }
+
 // Start subscribes to the hive's workers and begins beating.
 func (h *Hive) Start(ctx context.Context) error {
 	var err error
@@ -153,8 +182,8 @@ func (h *Hive) onWorker(hb *subscriber.Heartbeat) {
 		now := h.now()
 		h.workers[w.WorkerID] = &seen{
 			view: wire.HiveWorker{WorkerID: w.WorkerID, Status: w.Status, Health: w.Health,
-				ModelID: w.ModelID, Device: w.Device, LastSeenMs: now.UnixMilli()},
-			instance: w.InstanceID, seq: w.Seq, at: now,
+				ModelID: w.ModelID, Device: w.Device, LastSeenMs: now.UnixMilli(), PID: w.PID},
+			instance: w.InstanceID, seq: w.Seq, at: now, ttl: h.ttl(w.IntervalMs),
 		}
 	}
 	h.mu.Unlock()
@@ -163,24 +192,47 @@ func (h *Hive) onWorker(hb *subscriber.Heartbeat) {
 	}
 }
 
+// ttl returns how long a worker beating every intervalMs may stay silent.
+func (h *Hive) ttl(intervalMs int64) time.Duration {
+	if h.cfg.WorkerTTL > 0 {
+		return h.cfg.WorkerTTL
+	}
+	return time.Duration(h.cfg.Missed) * time.Duration(intervalMs) * time.Millisecond
+}
+
 // Workers returns the hive's current view of its workers, sorted by ID,
-// dropping those silent for longer than the worker TTL.
+// dropping those silent for longer than their TTL (Missed × their own
+// interval). With a ProcessesFunc, a worker whose pid holds GPU memory
+// carries vram_used_bytes and gpu_uuids.
 func (h *Hive) Workers() []wire.HiveWorker {
+	var procs map[int]ProcessVRAM
+	if h.cfg.Processes != nil {
+		procs = h.cfg.Processes()
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	cutoff := h.now().Add(-h.cfg.WorkerTTL)
+	now := h.now()
 	out := make([]wire.HiveWorker, 0, len(h.workers))
 	for id, s := range h.workers {
-		if s.at.Before(cutoff) {
+		if silent := now.Sub(s.at); silent > s.ttl {
 			delete(h.workers, id)
-			h.log.Info("worker dropped from view", "worker", id, "silent_for", h.now().Sub(s.at).Round(time.Millisecond))
+			h.log.Info("worker dropped from view", "worker", id, "silent_for", silent.Round(time.Millisecond), "ttl", s.ttl)
 			continue
 		}
-		out = append(out, s.view)
+		v := s.view
+		if p, ok := procs[v.PID]; ok && v.PID > 0 {
+			v.VRAMUsedBytes = p.UsedBytes
+			v.GPUUUIDs = slices.Clone(p.GPUUUIDs)
+		}
+		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].WorkerID < out[j].WorkerID })
 	return out
 }
+
+// Beat publishes a hive beat now instead of at the next tick, as a GPU
+// event needs. It never blocks; beats asked for together are merged.
+func (h *Hive) Beat() { h.pub.Trigger() }
 
 func (h *Hive) snapshot() *wire.Hive {
 	b := &wire.Hive{

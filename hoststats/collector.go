@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rbee/heartbeat/gpu"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/shirou/gopsutil/v4/cpu"
 	"github.com/shirou/gopsutil/v4/mem"
@@ -37,6 +38,9 @@ type Sample struct {
 	HostTemperatureC *float64
 	// GPUs has one record per GPU; empty, never nil, without GPU data.
 	GPUs []wire.GPU
+	// Processes lists the processes holding GPU memory, one record per
+	// process and GPU, when the GPU source is a ProcessSource.
+	Processes []gpu.Process
 	// Health is degraded when a GPU is degraded or cannot be read;
 	// HealthReason then says which and why.
 	Health       wire.Health
@@ -51,6 +55,12 @@ type Sample struct {
 // its own Collect is called concurrently.
 type GPUSource interface {
 	Sample(ctx context.Context) ([]wire.GPU, error)
+}
+
+// ProcessSource is a GPUSource that also lists the processes holding GPU
+// memory at its last Sample; *gpu.Sampler implements it.
+type ProcessSource interface {
+	Processes() []gpu.Process
 }
 
 // Collector reads the machine's statistics in one call. CPUPercent is
@@ -110,6 +120,9 @@ func (c *Collector) Collect(ctx context.Context) (Sample, error) {
 			unwell = append(unwell, "gpu stats unavailable: "+err.Error())
 		} else if gpus != nil {
 			s.GPUs = gpus
+			if ps, ok := c.gpus.(ProcessSource); ok {
+				s.Processes = ps.Processes()
+			}
 		}
 	}
 	for _, g := range s.GPUs {
@@ -182,7 +195,7 @@ func readCPU(ctx context.Context) (cpu.TimesStat, error) {
 // cpuSeconds returns the CPU time t accounts for. On Linux guest time is
 // already counted in user time, so it is left out.
 func cpuSeconds(t cpu.TimesStat) float64 {
-	total := t.Total()
+	total := t.User + t.System + t.Idle + t.Nice + t.Iowait + t.Irq + t.Softirq + t.Steal + t.Guest + t.GuestNice
 	if runtime.GOOS == "linux" {
 		total -= t.Guest + t.GuestNice
 	}

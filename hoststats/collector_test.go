@@ -241,3 +241,30 @@ func TestUsedRAM(t *testing.T) {
 		})
 	}
 }
+
+var _ ProcessSource = (*gpu.Sampler)(nil)
+
+// processGPUs is a GPUSource that also lists processes.
+type processGPUs struct {
+	fakeGPUs
+	procs []gpu.Process
+}
+
+func (p *processGPUs) Processes() []gpu.Process { return p.procs }
+
+func TestCollectProcesses(t *testing.T) {
+	used := uint64(1 << 30)
+	procs := []gpu.Process{{PID: 42, GPUIndex: 0, GPUUUID: "GPU-0", UsedBytes: &used}}
+	c := NewCollector(&processGPUs{fakeGPUs{gpus: []wire.GPU{{Index: 0, UUID: "GPU-0", Health: wire.Healthy}}}, procs}, nil)
+	s, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s.Processes, procs) {
+		t.Fatalf("processes %+v, want %+v", s.Processes, procs)
+	}
+	c = NewCollector(&processGPUs{fakeGPUs{err: errors.New("nvml gone")}, procs}, nil)
+	if s, _ = c.Collect(context.Background()); s.Processes != nil {
+		t.Fatalf("processes %+v from a failed GPU sample", s.Processes)
+	}
+}

@@ -160,6 +160,7 @@ func (s *Sampler) Latest() (Sample, Freshness) {
 		age > s.cfg.Interval+s.cfg.Timeout
 	smp := s.latest
 	smp.GPUs = slices.Clone(s.latest.GPUs)
+	smp.Processes = slices.Clone(s.latest.Processes)
 	return smp, Freshness{Stale: stale, Age: age}
 }
 

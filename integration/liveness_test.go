@@ -23,20 +23,10 @@ import (
 )
 
 // checkFor polls f until it returns nil, failing with its last error at the
-// deadline (nats-server's checkFor).
+// deadline (testutil.CheckFor).
 func checkFor(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.CheckFor(t, timeout, 20*time.Millisecond, f)
 }
 
 // workerLiveness returns a worker entry's liveness (alive when absent) and

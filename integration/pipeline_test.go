@@ -74,7 +74,8 @@ func TestPipeline(t *testing.T) {
 		}
 	}
 
-	// A crashed worker (no goodbye) is purged within TTL + 1.5 s of its last beat.
+	// A crashed worker (no goodbye) is purged by its TTL; how late is a figure
+	// for bench/, reported here, not asserted.
 	crash.Abandon()
 	lastBeat := time.Now()
 	testutil.Eventually(t, ttl+3*time.Second, func() bool {
@@ -82,9 +83,7 @@ func TestPipeline(t *testing.T) {
 		return ok
 	}, "crash expired")
 	expired, _ := ev.find(registry.Expired, "hive-1.crash")
-	if late := time.Since(lastBeat); late > ttl+1500*time.Millisecond {
-		t.Fatalf("expired observed %s after the last beat, want within %s", late, ttl+1500*time.Millisecond)
-	}
+	t.Logf("crash expired, observed %s after its last beat (TTL %s)", time.Since(lastBeat), ttl)
 	if expired.Worker == nil || expired.Worker.ModelID != "model-crash" {
 		t.Fatalf("expired event lacks the last entry: %+v", expired)
 	}
@@ -92,7 +91,7 @@ func TestPipeline(t *testing.T) {
 		t.Fatal("expired key still in rbee_workers")
 	}
 
-	// A graceful stop deletes the key within 0.5 s and is observed as left.
+	// A graceful stop deletes the key at once and is observed as left.
 	stopAt := time.Now()
 	if err := leave.Stop(context.Background()); err != nil {
 		t.Fatal(err)
@@ -101,9 +100,7 @@ func TestPipeline(t *testing.T) {
 		_, ok := ev.find(registry.Left, "hive-1.leave")
 		return ok
 	}, "leave observed as left")
-	if d := time.Since(stopAt); d > 500*time.Millisecond {
-		t.Fatalf("left observed %s after goodbye, want within 500ms", d)
-	}
+	t.Logf("left observed %s after the goodbye", time.Since(stopAt))
 	if keys(t, wkv)["hive-1.leave"] {
 		t.Fatal("departed key still in rbee_workers")
 	}

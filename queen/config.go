@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 )
@@ -62,6 +63,9 @@ type Config struct {
 	// OnEvent, if set, receives every registry event, one at a time (from the
 	// registry watcher). It must not block for long.
 	OnEvent func(registry.Event)
+	// Collectors are exported with the queen's own metrics (the event
+	// history publisher's, for one).
+	Collectors []prometheus.Collector
 	// Repair, if set, is called (at most every 5 s) while registry writes
 	// fail, to bring the store back: the embedded broker re-enables a
 	// JetStream the server disabled after a storage failure.
@@ -81,7 +85,7 @@ func DefaultConfig() Config {
 		Version:         "dev",
 		Replicas:        1,
 		Queue:           "rbee-queen",
-		MaxInFlight:     8192,
+		MaxInFlight:     2048, // enough to pipeline the store; small enough that an ack never waits long behind its own window
 		WriteTimeout:    5 * time.Second,
 		RequestTimeout:  10 * time.Second,
 		StartTimeout:    2 * time.Minute,

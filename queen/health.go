@@ -17,6 +17,11 @@ import (
 // overloaded: beats are then written later than a reader would expect.
 const overloadLag = time.Second
 
+// storeSilence is how long a registry write may wait for its
+// acknowledgement before the queen reports the store failing: acks come in
+// milliseconds on a healthy store, even under load.
+const storeSilence = time.Second
+
 // minDisruption is the fewest expiries that can make a disruption: two
 // workers of a small system dying together are a failure, not a disruption.
 const minDisruption = 3
@@ -99,6 +104,8 @@ func (q *Queen) state(st writerStats) (wire.QueenState, string) {
 		return wire.QueenDisrupted, dreason
 	case st.Failing:
 		return wire.QueenDegraded, "store failing: " + st.LastErr
+	case st.AckWaitMs > storeSilence.Milliseconds():
+		return wire.QueenDegraded, fmt.Sprintf("store failing: no acknowledgement for %.1fs", float64(st.AckWaitMs)/1000)
 	case q.nc.Status() != nats.CONNECTED:
 		return wire.QueenDegraded, "broker connection " + q.nc.Status().String()
 	case !droppedAt.IsZero() && now.Sub(droppedAt) < 2*q.cfg.Interval:

@@ -164,6 +164,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, x := range c.q.metrics.all {
 		x.Describe(ch)
 	}
+	for _, x := range c.q.cfg.Collectors {
+		x.Describe(ch)
+	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -208,6 +211,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		count("hive", hl)
 	}
 	for _, x := range q.metrics.all {
+		x.Collect(ch)
+	}
+	for _, x := range q.cfg.Collectors {
 		x.Collect(ch)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,21 +19,11 @@ import (
 	"github.com/rbee/heartbeat/wire"
 )
 
-// checkFor polls f until it returns nil or timeout passes, then fails with
-// f's last error (nats-server's checkFor).
+// checkFor polls f until it returns nil, failing with its last error at the
+// deadline (testutil.CheckFor).
 func checkFor(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.CheckFor(t, timeout, 20*time.Millisecond, f)
 }
 
 func testConfig(t *testing.T) Config {
@@ -147,7 +138,23 @@ func TestMigrateOldBucket(t *testing.T) {
 	if _, err := old.Put(ctx, "h.old", entry); err != nil {
 		t.Fatal(err)
 	}
-	startTestQueen(t, srv.ClientURL(), testConfig(t))
+	// A live worker beats through the migration: its entry, written by the
+	// old queen, must never expire.
+	if _, err := old.Put(ctx, "h.live", entry); err != nil {
+		t.Fatal(err)
+	}
+	startTestWorker(t, nc, "h", "live", time.Second)
+	var mu sync.Mutex
+	var expired []string
+	cfg := testConfig(t)
+	cfg.OnEvent = func(ev registry.Event) {
+		if ev.Type == registry.Expired {
+			mu.Lock()
+			expired = append(expired, ev.Key)
+			mu.Unlock()
+		}
+	}
+	q := startTestQueen(t, srv.ClientURL(), cfg)
 	kv, err := js.KeyValue(ctx, "rbee_workers")
 	if err != nil {
 		t.Fatal(err)
@@ -166,6 +173,28 @@ func TestMigrateOldBucket(t *testing.T) {
 	ttl, err := time.ParseDuration(m.Header.Get("Nats-TTL"))
 	if err != nil || ttl <= 0 || ttl > 20*time.Second {
 		t.Fatalf("migrated entry has Nats-TTL %q, want what was left of its 20s", m.Header.Get("Nats-TTL"))
+	}
+	// Over more than three of its intervals the live worker keeps its entry.
+	seq := uint64(0)
+	checkFor(t, 15*time.Second, func() error {
+		e, _, ok := q.Registry().Worker("h.live")
+		if !ok {
+			return errors.New("h.live missing from the registry")
+		}
+		if seq == 0 {
+			seq = e.Seq
+		}
+		if e.Seq < seq+4 {
+			return fmt.Errorf("h.live at seq %d, waiting for %d", e.Seq, seq+4)
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, k := range expired {
+		if k == "h.live" {
+			t.Fatal("the live worker expired during the migration")
+		}
 	}
 }
 
@@ -289,4 +318,20 @@ func TestStartEndsWithContext(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestReplicasOnOneServer: --replicas 2 on a server that is not clustered is
+// refused in one line that says what is wrong.
+func TestReplicasOnOneServer(t *testing.T) {
+	srv := testutil.Server(t)
+	cfg := testConfig(t)
+	cfg.Replicas = 2
+	q, err := New(testutil.Connect(t, srv.ClientURL()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = q.Start(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "--replicas 2 needs a JetStream cluster") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("Start with 2 replicas on one server: %v", err)
+	}
 }

@@ -98,6 +98,9 @@ type slot struct {
 	idx        int // index in the queue, -1 when not queued
 	prio       int64
 	urgent     bool
+	// since is the accept time of the oldest op waiting since the key's last
+	// write: a newer beat replacing a waiting one keeps the key's place.
+	since int64
 }
 
 // queue orders the keys waiting to be written: goodbyes first, then new or
@@ -143,6 +146,10 @@ type writerStats struct {
 	Failing     bool  // the last write failed and none succeeded since
 	LastErr     string
 	Coalesced   uint64
+	// AckWaitMs is how long the oldest write in flight has waited for its
+	// acknowledgement: a store that stops answering (a full disk, a lost
+	// stream leader) shows here before any write times out.
+	AckWaitMs int64
 }
 
 // Write failures are retried with this pause while the store fails, and
@@ -217,6 +224,9 @@ func (w *writer) put(o *op) {
 		prev = s.last
 	}
 	s.urgent = s.urgent && s.pend != nil || notable(prev, o)
+	if s.pend == nil {
+		s.since = o.acceptedMs
+	}
 	s.pend = o
 	w.schedule(s)
 }
@@ -252,6 +262,9 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 		s.pend = cloneMark(from, rev, nowMs)
 	default:
 		return
+	}
+	if s.since == 0 {
+		s.since = nowMs
 	}
 	s.urgent = true
 	w.schedule(s)
@@ -291,8 +304,11 @@ func (w *writer) schedule(s *slot) {
 		}
 		return
 	}
+	if s.since == 0 {
+		s.since = s.pend.acceptedMs
+	}
 	if s.urgent || s.deadlineMs == 0 {
-		s.prio = s.pend.acceptedMs
+		s.prio = s.since
 	} else {
 		s.prio = s.deadlineMs
 	}
@@ -318,7 +334,7 @@ func (w *writer) run() {
 		failing := w.failingLocked()
 		s := heap.Pop(&w.q).(*slot)
 		o := s.pend
-		s.pend, s.inflight = nil, o
+		s.pend, s.inflight, s.since = nil, o, 0
 		msg, ok := w.build(s, o)
 		if ok {
 			w.inflight[msg] = s
@@ -479,7 +495,12 @@ func (w *writer) stats() writerStats {
 	st := writerStats{Backlog: len(w.q), InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
 		Failing: w.failingLocked(), Coalesced: w.coalesce}
 	for _, s := range w.q {
-		st.LagMs = max(st.LagMs, now-s.pend.acceptedMs)
+		st.LagMs = max(st.LagMs, now-s.since)
+	}
+	for _, s := range w.inflight {
+		if o := s.inflight; o != nil {
+			st.AckWaitMs = max(st.AckWaitMs, now-o.sentAt.UnixMilli())
+		}
 	}
 	if w.lastErr != nil && st.Failing {
 		st.LastErr = w.lastErr.Error()

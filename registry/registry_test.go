@@ -17,19 +17,11 @@ import (
 	"github.com/rbee/heartbeat/wire"
 )
 
+// checkFor polls f until it returns nil, failing with its last error at the
+// deadline (testutil.CheckFor).
 func checkFor(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.CheckFor(t, timeout, 20*time.Millisecond, f)
 }
 
 type recorder struct {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# beyond Go modules (the pinned nats CLI, the Node.js subscriber's packages),
-# then checks formatting and vet, then runs every test with the race detector.
+# beyond Go modules (the pinned nats CLI and staticcheck, the Node.js
+# subscriber's packages), then checks formatting, vet and staticcheck, then runs
+# every test with the race detector.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,9 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 CGO_ENABLED=0 go build ./...
+
+echo "== staticcheck"
+staticcheck ./...
 
 echo "== go test -race"
 go test -race -count=1 -timeout 12m ./...

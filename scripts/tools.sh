@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Go modules, idempotently:
 #   - the nats CLI, pinned, into ./.bin
+#   - staticcheck, pinned, into ./.bin
 #   - the Node.js example subscriber's packages, from its lockfile
+#   - libnats-dev and libmsgpack-dev for the C example (apt-get, as root)
 # Each step is skipped when what it installs is already there and current.
 # Prints one line per step; a failing step prints its log and exits non-zero.
 set -euo pipefail
@@ -10,6 +12,8 @@ root=$PWD
 
 natscli_module=github.com/nats-io/natscli/nats
 natscli_version=0.5.1
+staticcheck_module=honnef.co/go/tools/cmd/staticcheck
+staticcheck_version=0.8.2
 node_dir=examples/node-subscriber
 
 log=$(mktemp)
@@ -44,6 +48,38 @@ else
 	echo "nats cli: installed v$natscli_version into .bin"
 fi
 
+# staticcheck. "staticcheck -version" prints e.g. "staticcheck 2026.2.2 (0.8.2)".
+if [ -x .bin/staticcheck ] && .bin/staticcheck -version 2>/dev/null </dev/null | grep -q "($staticcheck_version)\$"; then
+	echo "staticcheck: v$staticcheck_version already in .bin"
+else
+	command -v go >/dev/null || { echo "staticcheck: go not found" >&2; exit 1; }
+	mkdir -p .bin
+	run "staticcheck" env GOFLAGS= GOBIN="$root/.bin" go install "$staticcheck_module@v$staticcheck_version"
+	echo "staticcheck: installed v$staticcheck_version into .bin"
+fi
+
+# The C example's libraries (integration TestCSubscriber): Debian's nats.c
+# and msgpack-c, installed with apt-get as root when pkg-config lacks them
+# (apt-get update only if the first try fails).
+if command -v pkg-config >/dev/null && pkg-config --exists libnats msgpack; then
+	echo "c-subscriber: libnats $(pkg-config --modversion libnats) and msgpack $(pkg-config --modversion msgpack) already installed"
+else
+	if ! command -v apt-get >/dev/null; then
+		echo "c-subscriber: libnats and msgpack-c not found, and no apt-get to install them: install nats.c and msgpack-c with their pkg-config files" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "c-subscriber: libnats-dev and libmsgpack-dev missing; installing them needs root: run 'apt-get install -y libnats-dev libmsgpack-dev pkg-config' as root, or this script as root" >&2
+		exit 1
+	fi
+	c_pkgs="libnats-dev libmsgpack-dev pkg-config gcc libc6-dev"
+	if ! env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $c_pkgs </dev/null >"$log" 2>&1; then
+		run "c-subscriber" env DEBIAN_FRONTEND=noninteractive apt-get update
+		run "c-subscriber" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $c_pkgs
+	fi
+	echo "c-subscriber: installed libnats $(pkg-config --modversion libnats) and msgpack $(pkg-config --modversion msgpack)"
+fi
+
 # The Node.js subscriber's packages. npm ci removes node_modules first, so the
 # lockfile hash stored inside it is present only after a complete install.
 stamp=$node_dir/node_modules/.rbee-lock-sha256
@@ -58,4 +94,36 @@ else
 	run "node-subscriber" npm ci --prefix "$node_dir" --no-audit --no-fund
 	echo "$want" >"$stamp"
 	echo "node-subscriber: npm ci done (node $(node --version))"
+fi
+
+# Chromium, headless, for the web view's browser test (cli TestBrowserLiveView):
+# Debian's package, installed with apt-get as root when no Chromium or Chrome
+# is on PATH (apt-get update only if the first try fails).
+chromium_bin=
+for c in chromium chromium-browser google-chrome google-chrome-stable; do
+	if command -v "$c" >/dev/null; then
+		chromium_bin=$c
+		break
+	fi
+done
+if [ -n "$chromium_bin" ]; then
+	echo "chromium: $("$chromium_bin" --version 2>/dev/null </dev/null | head -n1) already installed"
+else
+	if ! command -v apt-get >/dev/null; then
+		echo "chromium: not found, and no apt-get to install it: install Chromium so that 'chromium' is on PATH" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "chromium: not found; installing it needs root: run 'apt-get install -y chromium' as root, or this script as root" >&2
+		exit 1
+	fi
+	if ! env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium </dev/null >"$log" 2>&1; then
+		run "chromium" env DEBIAN_FRONTEND=noninteractive apt-get update
+		run "chromium" env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+	fi
+	if ! command -v chromium >/dev/null; then
+		echo "chromium: apt-get installed the package but 'chromium' is not on PATH" >&2
+		exit 1
+	fi
+	echo "chromium: installed $(chromium --version 2>/dev/null </dev/null | head -n1)"
 fi

@@ -24,7 +24,7 @@ const (
 	ReasonInvalid       Reason = "invalid"        // values break the schema
 	ReasonSpoofed       Reason = "spoofed"        // payload IDs differ from the subject's
 	ReasonReplay        Reason = "replay"         // older than the last beat accepted for the instance (set by the queen)
-	ReasonInterval      Reason = "interval"       // missed beats × interval passes the queen's max TTL (set by the queen)
+	ReasonInterval      Reason = "interval"       // the beat's TTL, missed beats × interval_ms, would pass the queen's max TTL (set by the queen)
 	ReasonConflict      Reason = "conflict"       // another instance holds the key and is beating (set by the queen)
 )
 
@@ -45,8 +45,8 @@ func (e *RejectError) Error() string {
 
 func (e *RejectError) Unwrap() error { return e.Err }
 
-// Heartbeat is one accepted beat. Exactly one of Worker and Hive is set,
-// matching Addr.Kind.
+// Heartbeat is one accepted beat. Exactly one of Worker, Hive and Queen is
+// set, matching Addr.Kind.
 type Heartbeat struct {
 	Subject string
 	Addr    subjects.Address
@@ -70,6 +70,17 @@ func (h *Heartbeat) Meta() *wire.Meta {
 	return &h.Hive.Meta
 }
 
+// schemaOf returns the Rbee-Schema a subject kind carries.
+func schemaOf(k subjects.Kind) string {
+	switch k {
+	case subjects.KindHive:
+		return wire.SchemaHive
+	case subjects.KindQueen:
+		return wire.SchemaQueen
+	}
+	return wire.SchemaWorker
+}
+
 func reject(r Reason, subject string, err error) error {
 	return &RejectError{Reason: r, Subject: subject, Err: err}
 }
@@ -84,13 +95,7 @@ func Decode(scheme subjects.Scheme, msg *nats.Msg) (*Heartbeat, error) {
 	if ct := msg.Header.Get(wire.HeaderContentType); ct != wire.ContentTypeMsgpack {
 		return nil, reject(ReasonBadHeaders, msg.Subject, fmt.Errorf("Content-Type %q, want %q", ct, wire.ContentTypeMsgpack))
 	}
-	want := wire.SchemaWorker
-	switch addr.Kind {
-	case subjects.KindHive:
-		want = wire.SchemaHive
-	case subjects.KindQueen:
-		want = wire.SchemaQueen
-	}
+	want := schemaOf(addr.Kind)
 	if s := msg.Header.Get(wire.HeaderSchema); s != want {
 		return nil, reject(ReasonUnknownSchema, msg.Subject, fmt.Errorf("%w: Rbee-Schema %q on a %s subject, want %q", wire.ErrUnknownSchema, s, addr.Kind, want))
 	}
@@ -100,29 +105,27 @@ func Decode(scheme subjects.Scheme, msg *nats.Msg) (*Heartbeat, error) {
 		Goodbye: msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye,
 		Size:    len(msg.Data),
 	}
-	var hiveID, workerID, queenID string
+	// The IDs the payload names, compared with the subject's below.
+	var got subjects.Address
 	switch addr.Kind {
 	case subjects.KindWorker:
-		hb.Worker, err = wire.DecodeWorker(msg.Data)
-		if err == nil {
-			hiveID, workerID = hb.Worker.HiveID, hb.Worker.WorkerID
+		if hb.Worker, err = wire.DecodeWorker(msg.Data); err == nil {
+			got = subjects.Address{Kind: addr.Kind, HiveID: hb.Worker.HiveID, WorkerID: hb.Worker.WorkerID}
 		}
 	case subjects.KindQueen:
-		hb.Queen, err = wire.DecodeQueen(msg.Data)
-		if err == nil {
-			queenID = hb.Queen.QueenID
+		if hb.Queen, err = wire.DecodeQueen(msg.Data); err == nil {
+			got = subjects.Address{Kind: addr.Kind, QueenID: hb.Queen.QueenID}
 		}
 	default:
-		hb.Hive, err = wire.DecodeHive(msg.Data)
-		if err == nil {
-			hiveID = hb.Hive.HiveID
+		if hb.Hive, err = wire.DecodeHive(msg.Data); err == nil {
+			got = subjects.Address{Kind: addr.Kind, HiveID: hb.Hive.HiveID}
 		}
 	}
 	if err != nil {
 		return nil, reject(reasonOf(err), msg.Subject, err)
 	}
-	if hiveID != addr.HiveID || workerID != addr.WorkerID || queenID != addr.QueenID {
-		return nil, reject(ReasonSpoofed, msg.Subject, fmt.Errorf("payload says hive %q worker %q", hiveID, workerID))
+	if got != addr {
+		return nil, reject(ReasonSpoofed, msg.Subject, fmt.Errorf("payload says hive %q worker %q queen %q", got.HiveID, got.WorkerID, got.QueenID))
 	}
 	return hb, nil
 }

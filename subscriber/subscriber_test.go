@@ -2,7 +2,10 @@ package subscriber_test
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/rbee/heartbeat/internal/testutil"
@@ -22,6 +25,13 @@ func hive(id string) []byte {
 	h := wire.Hive{HiveID: id, Meta: wire.Meta{Health: wire.Healthy}, GPUs: []wire.GPU{}, Workers: []wire.HiveWorker{}}
 	h.Stamp("inst", 1, 1, 1000)
 	b, _ := wire.Marshal(&h)
+	return b
+}
+
+func queen(id string) []byte {
+	q := wire.Queen{QueenID: id, Meta: wire.Meta{Health: wire.Healthy}, State: wire.QueenOK}
+	q.Stamp("inst", 1, 1, 1000)
+	b, _ := wire.Marshal(&q)
 	return b
 }
 
@@ -55,6 +65,18 @@ func TestDecode(t *testing.T) {
 		{"spoofed worker", msg("rbee.hb.worker.h1.w1", wire.SchemaWorker, worker("h1", "w2")), subscriber.ReasonSpoofed},
 		{"spoofed hive", msg("rbee.hb.worker.h1.w1", wire.SchemaWorker, worker("h2", "w1")), subscriber.ReasonSpoofed},
 		{"spoofed hive beat", msg("rbee.hb.hive.h1", wire.SchemaHive, hive("h2")), subscriber.ReasonSpoofed},
+		{"queen", msg("rbee.hb.queen.q1", wire.SchemaQueen, queen("q1")), ""},
+		{"spoofed queen", msg("rbee.hb.queen.q1", wire.SchemaQueen, queen("q2")), subscriber.ReasonSpoofed},
+		{"hive schema on queen subject", msg("rbee.hb.queen.q1", wire.SchemaHive, hive("q1")), subscriber.ReasonUnknownSchema},
+		{"queen schema on hive subject", msg("rbee.hb.hive.q1", wire.SchemaQueen, queen("q1")), subscriber.ReasonUnknownSchema},
+		{"queen beat on a hive subject", msg("rbee.hb.hive.q1", wire.SchemaHive, queen("q1")), subscriber.ReasonInvalid},
+		{"invalid queen state", msg("rbee.hb.queen.q1", wire.SchemaQueen, func() []byte {
+			q := wire.Queen{QueenID: "q1", Meta: wire.Meta{Health: wire.Healthy}, State: "fine"}
+			q.Stamp("inst", 1, 1, 1000)
+			b, _ := wire.Marshal(&q)
+			return b
+		}()), subscriber.ReasonInvalid},
+		{"queen subject with a bad id", msg("rbee.hb.queen.q$1", wire.SchemaQueen, queen("q1")), subscriber.ReasonBadSubject},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,8 +85,17 @@ func TestDecode(t *testing.T) {
 				if err != nil {
 					t.Fatalf("rejected: %v", err)
 				}
-				if (hb.Worker == nil) == (hb.Hive == nil) {
-					t.Fatal("exactly one of Worker and Hive must be set")
+				set := 0
+				for _, p := range []bool{hb.Worker != nil, hb.Hive != nil, hb.Queen != nil} {
+					if p {
+						set++
+					}
+				}
+				if set != 1 {
+					t.Fatalf("%d of Worker, Hive and Queen set, want exactly one", set)
+				}
+				if m := hb.Meta(); m.InstanceID != "inst" || m.Seq != 1 {
+					t.Fatalf("Meta() = %+v", m)
 				}
 				return
 			}
@@ -99,11 +130,80 @@ func TestSubscribe(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	hb := <-beats
+	hb := testutil.Recv(t, beats, 5*time.Second, "beat")
 	if hb.Worker.WorkerID != "w1" || !hb.Goodbye || hb.Addr.Kind != subjects.KindWorker {
 		t.Fatalf("beat %+v", hb)
 	}
-	if r := <-rejects; r.Reason != subscriber.ReasonUndecodable {
+	if r := testutil.Recv(t, rejects, 5*time.Second, "rejection"); r.Reason != subscriber.ReasonUndecodable {
 		t.Fatalf("reject %+v", r)
+	}
+	if err := nc.PublishMsg(msg(s.Queen("q1"), wire.SchemaQueen, queen("q1"))); err != nil {
+		t.Fatal(err)
+	}
+	if hb := testutil.Recv(t, beats, 5*time.Second, "queen beat"); hb.Queen == nil || hb.Queen.QueenID != "q1" || hb.Addr.Kind != subjects.KindQueen {
+		t.Fatalf("queen beat %+v", hb)
+	}
+}
+
+// TestSubscribeQueueGroup checks that two members of one queue group share
+// the beats: every beat reaches exactly one of them.
+func TestSubscribeQueueGroup(t *testing.T) {
+	srv := testutil.Server(t)
+	s := subjects.Default()
+	var mu sync.Mutex
+	got := map[uint64]int{}
+	for range 2 {
+		nc := testutil.Connect(t, srv.ClientURL())
+		if _, err := subscriber.Subscribe(nc, s, s.All(), "queens", subscriber.Handler{Beat: func(h *subscriber.Heartbeat) {
+			mu.Lock()
+			got[h.Meta().Seq]++
+			mu.Unlock()
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub := testutil.Connect(t, srv.ClientURL())
+	const n = 50
+	for i := range n {
+		w := wire.Worker{HiveID: "h1", WorkerID: "w1", Status: wire.StatusReady, Meta: wire.Meta{Health: wire.Healthy}}
+		w.Stamp("inst", uint64(i+1), 1, 1000)
+		b, _ := wire.Marshal(&w)
+		if err := pub.PublishMsg(msg(s.Worker("h1", "w1"), wire.SchemaWorker, b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) != n {
+			return fmt.Errorf("%d of %d beats delivered", len(got), n)
+		}
+		for seq, c := range got {
+			if c != 1 {
+				return fmt.Errorf("beat %d delivered %d times", seq, c)
+			}
+		}
+		return nil
+	})
+}
+
+func TestReasons(t *testing.T) {
+	seen := map[subscriber.Reason]bool{}
+	for _, r := range subscriber.Reasons {
+		if seen[r] {
+			t.Fatalf("reason %q listed twice", r)
+		}
+		seen[r] = true
+	}
+	for _, r := range []subscriber.Reason{subscriber.ReasonInterval, subscriber.ReasonReplay, subscriber.ReasonSpoofed, subscriber.ReasonConflict} {
+		if !seen[r] {
+			t.Errorf("Reasons lacks %q", r)
+		}
+	}
+	if subscriber.ReasonInterval != "interval" {
+		t.Errorf("ReasonInterval = %q", subscriber.ReasonInterval)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/tinylib/msgp/msgp"
 	"github.com/vmihailenco/msgpack/v5"
@@ -13,9 +14,9 @@ import (
 // 1,024 workers and 64 GPUs stays well below it.
 const MaxPayload = 256 << 10
 
-// MaxDepth is the deepest nesting of maps and arrays a payload may have.
-// Heartbeats nest three levels deep (hive → gpus → gpu); unknown keys may
-// nest deeper, up to this.
+// MaxDepth is the deepest nesting of maps and arrays that DecodeAny accepts,
+// and that a refused payload may have without being called undecodable.
+// Heartbeats nest three levels deep (hive → gpus → gpu).
 const MaxDepth = 32
 
 // errTooDeep is returned by walk for a value nested deeper than MaxDepth.
@@ -23,9 +24,10 @@ var errTooDeep = errors.New("nested deeper than MaxDepth")
 
 // walk checks that b starts with one complete msgpack value nested at most
 // MaxDepth-depth deep, and returns the bytes after it. It allocates nothing.
-// Run before the generated decoder, it turns every structural fault
-// (truncation, a length declared beyond the input, a reserved byte, deep
-// nesting) into one error, whichever key it hides under.
+// It reads the whole input a second time, so decode runs it only for a
+// payload it refuses: a structural fault (truncation, a length declared beyond
+// the input, a reserved byte, deep nesting) then names the refusal, whichever
+// key it hides under, rather than the first value-level error met before it.
 func walk(b []byte, depth int) ([]byte, error) {
 	var n uint32
 	var err error
@@ -68,8 +70,26 @@ func Marshal(v any) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("wire: %T has no generated msgpack codec", v)
 	}
-	return m.MarshalMsg(make([]byte, 0, m.Msgsize()))
+	// Msgsize is an upper bound, often half again the encoded size: encode
+	// into a pooled buffer and return an exact copy, one allocation of the
+	// right size.
+	bp := bufPool.Get().(*[]byte)
+	b, err := m.MarshalMsg((*bp)[:0])
+	var out []byte
+	if err == nil {
+		out = bytes.Clone(b)
+	}
+	if cap(b) <= maxPooled {
+		*bp = b
+		bufPool.Put(bp)
+	}
+	return out, err
 }
+
+// maxPooled is the largest buffer Marshal keeps for reuse.
+const maxPooled = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // AppendWorkerEntry appends to dst the registry value of an accepted worker
 // beat, the bytes Marshal(&WorkerEntry{Worker: *w, Received: rec}) returns,
@@ -96,15 +116,8 @@ func decode[T any, P unmarshaler[T]](data []byte) (*T, error) {
 	if msgp.NextType(data) != msgp.MapType {
 		return nil, fmt.Errorf("%w: not a msgpack map", ErrUndecodable)
 	}
-	rest, err := walk(data, 0)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
-	}
-	if len(rest) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, len(rest))
-	}
 	v := P(new(T))
-	rest, err = v.UnmarshalMsg(data)
+	rest, err := v.UnmarshalMsg(data)
 	if isNilValue(err) {
 		// nil reads as absent (docs/wire.md); msgp's readers of strings,
 		// integers and bools refuse it, so read the map again without them.
@@ -114,12 +127,35 @@ func decode[T any, P unmarshaler[T]](data []byte) (*T, error) {
 		}
 	}
 	if err != nil {
-		return nil, classify(err)
+		return nil, refused(data, classify(err))
 	}
 	if len(rest) != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, len(rest))
 	}
 	return (*T)(v), nil
+}
+
+// refused returns the error for a payload that decode or validation refused
+// with err: ErrUndecodable if data is structurally malformed (see walk),
+// err otherwise.
+func refused(data []byte, err error) error {
+	if errors.Is(err, ErrUndecodable) {
+		return err
+	}
+	if rest, werr := walk(data, 0); werr != nil {
+		return fmt.Errorf("%w: %v", ErrUndecodable, werr)
+	} else if len(rest) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, len(rest))
+	}
+	return err
+}
+
+// validated validates a decoded payload; a refusal is classified by refused.
+func validated(data []byte, validate func() error) error {
+	if err := validate(); err != nil {
+		return refused(data, err)
+	}
+	return nil
 }
 
 // isNilValue reports whether err is msgp's refusal of a nil value.
@@ -223,7 +259,7 @@ func DecodeWorker(data []byte) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := w.Validate(); err != nil {
+	if err := validated(data, w.Validate); err != nil {
 		return nil, err
 	}
 	return w, nil
@@ -237,7 +273,8 @@ func DecodeHive(data []byte) (*Hive, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := h.Validate(); err != nil {
+	h.emptyNotNil()
+	if err := validated(data, h.Validate); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -251,7 +288,7 @@ func DecodeQueen(data []byte) (*Queen, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := q.Validate(); err != nil {
+	if err := validated(data, q.Validate); err != nil {
 		return nil, err
 	}
 	return q, nil
@@ -264,7 +301,26 @@ func DecodeWorkerEntry(data []byte) (*WorkerEntry, error) { return decode[Worker
 
 // DecodeHiveEntry decodes a hive registry value without validating it.
 // Errors wrap ErrOversize, ErrUndecodable, ErrBadType or ErrInvalid.
-func DecodeHiveEntry(data []byte) (*HiveEntry, error) { return decode[HiveEntry](data) }
+func DecodeHiveEntry(data []byte) (*HiveEntry, error) {
+	e, err := decode[HiveEntry](data)
+	if err != nil {
+		return nil, err
+	}
+	e.emptyNotNil()
+	return e, nil
+}
+
+// emptyNotNil makes absent or empty gpus and workers empty slices, not nil,
+// so that they print as [] in JSON, as the senders wrote them (the generated
+// decoder reads an empty array as nil).
+func (h *Hive) emptyNotNil() {
+	if h.GPUs == nil {
+		h.GPUs = []GPU{}
+	}
+	if h.Workers == nil {
+		h.Workers = []HiveWorker{}
+	}
+}
 
 // DecodeQueenEntry decodes a queen registry value without validating it.
 // Errors wrap ErrOversize, ErrUndecodable, ErrBadType or ErrInvalid.
@@ -278,7 +334,7 @@ func DecodeEvent(data []byte) (*Event, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.Validate(); err != nil {
+	if err := validated(data, e.Validate); err != nil {
 		return nil, err
 	}
 	return e, nil

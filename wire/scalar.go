@@ -42,6 +42,11 @@ func (f *mpFloat64) UnmarshalMsg(b []byte) ([]byte, error) {
 		v, o, err := msgp.ReadUint64Bytes(b)
 		*f = mpFloat64(v)
 		return o, err
+	case msgp.Float64Type, msgp.Float32Type:
+	default:
+		// Said before msgp's reader, which checks the length first and so
+		// calls a short value of another type "too few bytes".
+		return b, msgp.TypeError{Method: msgp.Float64Type, Encoded: msgp.NextType(b)}
 	}
 	v, o, err := msgp.ReadFloat64Bytes(b)
 	*f = mpFloat64(v)

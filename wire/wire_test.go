@@ -2,7 +2,9 @@ package wire
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -286,6 +288,22 @@ func TestAcceptedInputs(t *testing.T) {
 		}), ErrInvalid, nil},
 		{"huge declared gpus", append([]byte{0x81, 0xa4, 'g', 'p', 'u', 's'}, 0xdd, 0x7f, 0xff, 0xff, 0xff), ErrUndecodable, nil},
 		{"nested past MaxDepth", append(append([]byte{0x81, 0xa1, 'x'}, bytes.Repeat([]byte{0x91}, MaxDepth)...), 0xc0), ErrUndecodable, nil},
+		{"valid beat, unknown key past MaxDepth", mutateHive(func(m map[string]any) {
+			var v any = 1
+			for range MaxDepth + 8 {
+				v = []any{v}
+			}
+			m["future"] = v
+		}), nil, nil},
+		{"invalid beat, unknown key past MaxDepth", mutateHive(func(m map[string]any) {
+			var v any = 1
+			for range MaxDepth + 8 {
+				v = []any{v}
+			}
+			m["future"] = v
+			m["cpu_percent"] = 101
+		}), ErrUndecodable, nil},
+		{"invalid beat, well formed", mutateHive(func(m map[string]any) { m["cpu_percent"] = 101 }), ErrInvalid, nil},
 		{"nested to MaxDepth", mutateHive(func(m map[string]any) {
 			var v any = 1
 			for range MaxDepth - 1 {
@@ -358,5 +376,57 @@ func TestQueenAndEventRoundTrip(t *testing.T) {
 	b, _ = Marshal(&e)
 	if got, err := DecodeEvent(b); err != nil || !reflect.DeepEqual(*got, e) {
 		t.Fatalf("event: %v %+v", err, got)
+	}
+}
+
+// TestDecodeLimitsMatchValidate holds the msgp limits in the struct tags to
+// the limits Validate enforces, so that both refuse the same lengths.
+func TestDecodeLimitsMatchValidate(t *testing.T) {
+	for _, tt := range []struct {
+		typ   reflect.Type
+		field string
+		want  int
+	}{
+		{reflect.TypeFor[Hive](), "GPUs", MaxGPUs},
+		{reflect.TypeFor[Hive](), "Workers", MaxHiveWorkers},
+		{reflect.TypeFor[HiveWorker](), "GPUUUIDs", MaxGPUs},
+	} {
+		f, _ := tt.typ.FieldByName(tt.field)
+		if tag, want := f.Tag.Get("msg"), fmt.Sprintf("limit=%d", tt.want); !strings.Contains(tag, want) {
+			t.Errorf("%s.%s: msg tag %q lacks %s", tt.typ.Name(), tt.field, tag, want)
+		}
+	}
+	h := sampleHive()
+	h.GPUs = make([]GPU, MaxGPUs)
+	for i := range h.GPUs {
+		h.GPUs[i] = GPU{Index: i, UUID: "u", Name: "n"}
+	}
+	b, _ := Marshal(&h)
+	if _, err := DecodeHive(b); err != nil {
+		t.Fatalf("%d gpus refused: %v", MaxGPUs, err)
+	}
+	h.GPUs = append(h.GPUs, GPU{})
+	b, _ = Marshal(&h)
+	if _, err := DecodeHive(b); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("%d gpus: %v, want ErrInvalid", MaxGPUs+1, err)
+	}
+}
+
+func TestHiveEmptyArraysStayEmpty(t *testing.T) {
+	h := sampleHive()
+	h.GPUs, h.Workers = nil, nil
+	b, _ := Marshal(&h)
+	got, err := DecodeHive(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(got)
+	if !strings.Contains(string(js), `"gpus":[]`) || !strings.Contains(string(js), `"workers":[]`) {
+		t.Fatalf("JSON of a hive without GPUs and workers: %s", js)
+	}
+	e := HiveEntry{Hive: h}
+	b, _ = Marshal(&e)
+	if ge, err := DecodeHiveEntry(b); err != nil || ge.GPUs == nil || ge.Workers == nil {
+		t.Fatalf("entry: %v %+v", err, ge)
 	}
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 // rbee-node-subscriber: an external rbee heartbeat subscriber written from
-// docs/wire.md alone. It subscribes to every heartbeat subject, watches both
-// registry buckets and prints one JSON object per line on stdout:
+// docs/wire.md alone. It subscribes to every heartbeat subject and every
+// registry event, watches both registry buckets and prints one JSON object
+// per line on stdout:
 //
-//   {"type":"beat","subject":S,"schema":"worker/1"|"hive/1","event":"goodbye"|null,"size":N,"payload":{...}}
-//   {"type":"kv","bucket":B,"key":K,"op":"PUT"|"DEL"|"PURGE","state":"alive"|"left"|"expired","revision":N,"initial":BOOL,"value":{...}|null}
+//   {"type":"beat","subject":S,"schema":"worker/1"|"hive/1"|"queen/1","event":"goodbye"|null,"size":N,"payload":{...}}
+//   {"type":"kv","bucket":B,"key":K,"op":"PUT"|"DEL"|"PURGE","state":"alive"|"left"|"expired","liveness":L|null,"revision":N,"initial":BOOL,"value":{...}|null}
+//   {"type":"event","subject":S,"event":E,"key":K,"payload":{...}}   a registry event (joined, expired, stalled, ...)
 //   {"type":"waiting","bucket":B,"message":M}   a bucket cannot be watched yet; retried every second
 //   {"type":"ready"}                             subscribed and both buckets watched
 //   {"type":"error","source":"beat"|"kv"|"nats","reason":R,"message":M,...}
@@ -21,7 +23,8 @@ const USAGE = "usage: subscriber.mjs [--prefix rbee] [--nats-url URL[,URL...]] [
 // Values from docs/wire.md.
 const MAX_PAYLOAD = 262144; // bytes; larger beats are refused ("oversize")
 const CONTENT_TYPE = "application/msgpack";
-const SCHEMAS = { worker: "worker/1", hive: "hive/1" }; // subject kind -> Rbee-Schema
+const SCHEMAS = { worker: "worker/1", hive: "hive/1", queen: "queen/1" }; // subject kind -> Rbee-Schema
+const EVENT_SCHEMA = "event/1";
 const SCHEMA_VERSION = 1; // the payload's "v" this reader understands
 const TOKEN = /^[A-Za-z0-9_-]+$/;
 const RETRY_MS = 1000;
@@ -125,8 +128,9 @@ function decodeMap(data) {
   return v;
 }
 
-// parseSubject splits "<prefix>.hb.worker.<hive_id>.<worker_id>" and
-// "<prefix>.hb.hive.<hive_id>"; it returns null for anything else.
+// parseSubject splits "<prefix>.hb.worker.<hive_id>.<worker_id>",
+// "<prefix>.hb.hive.<hive_id>" and "<prefix>.hb.queen.<queen_id>"; it
+// returns null for anything else.
 function parseSubject(prefix, subject) {
   const t = subject.split(".");
   if (t.length < 4 || t[0] !== prefix || t[1] !== "hb") return null;
@@ -134,7 +138,14 @@ function parseSubject(prefix, subject) {
   if (!ids.every((id) => id.length <= 64 && TOKEN.test(id))) return null;
   if (t[2] === "worker" && ids.length === 2) return { kind: "worker", hive_id: ids[0], worker_id: ids[1] };
   if (t[2] === "hive" && ids.length === 1) return { kind: "hive", hive_id: ids[0] };
+  if (t[2] === "queen" && ids.length === 1) return { kind: "queen", queen_id: ids[0] };
   return null;
+}
+
+// spoofed reports whether a payload's IDs differ from its subject's.
+function spoofed(addr, payload) {
+  if (addr.kind === "queen") return payload.queen_id !== addr.queen_id;
+  return payload.hive_id !== addr.hive_id || (addr.kind === "worker" && payload.worker_id !== addr.worker_id);
 }
 
 function onBeat(prefix, msg) {
@@ -157,10 +168,34 @@ function onBeat(prefix, msg) {
   } catch (err) {
     return refuse(err.reason ?? "undecodable", err.message);
   }
-  if (payload.hive_id !== addr.hive_id || (addr.kind === "worker" && payload.worker_id !== addr.worker_id)) {
-    return refuse("spoofed", `payload says hive ${toJSON(payload.hive_id ?? null)} worker ${toJSON(payload.worker_id ?? null)}`);
+  if (spoofed(addr, payload)) {
+    return refuse("spoofed", `payload says hive ${toJSON(payload.hive_id ?? null)} worker ${toJSON(payload.worker_id ?? null)} queen ${toJSON(payload.queen_id ?? null)}`);
   }
   emit({ type: "beat", subject, schema, event: header("Rbee-Event"), size: msg.data.length, payload });
+}
+
+// onEvent prints one registry event from "<prefix>.evt.<event>.<hive_id>[.<worker_id>]"
+// after the same checks as a beat: headers, decoding, and IDs that match the subject.
+function onEvent(prefix, msg) {
+  const subject = msg.subject;
+  const header = (name) => (msg.headers ? msg.headers.get(name) || null : null);
+  const refuse = (reason, message) => emit({ type: "error", source: "event", reason, subject, message });
+  const t = subject.split(".");
+  if (t.length < 4 || t.length > 5 || t[0] !== prefix || t[1] !== "evt" || !t.slice(2).every((id) => id.length <= 64 && TOKEN.test(id))) {
+    return refuse("bad_subject", "not an event subject");
+  }
+  if (header("Content-Type") !== CONTENT_TYPE) return refuse("bad_headers", `Content-Type ${JSON.stringify(header("Content-Type"))}`);
+  if (header("Rbee-Schema") !== EVENT_SCHEMA) return refuse("unknown_schema", `Rbee-Schema ${JSON.stringify(header("Rbee-Schema"))}, want ${EVENT_SCHEMA}`);
+  let payload;
+  try {
+    payload = decodeMap(msg.data);
+  } catch (err) {
+    return refuse(err.reason ?? "undecodable", err.message);
+  }
+  if (payload.event !== t[2] || payload.hive_id !== t[3] || (payload.worker_id ?? undefined) !== t[4]) {
+    return refuse("spoofed", `payload says ${toJSON(payload.event ?? null)} of ${toJSON(payload.key ?? null)}`);
+  }
+  emit({ type: "event", subject, event: payload.event, key: payload.key, payload });
 }
 
 // onEntry prints one registry change. known holds the state of each key of
@@ -170,6 +205,7 @@ function onEntry(bucket, known, initial, e) {
   const op = e.operation;
   let value = null;
   let state;
+  let liveness = null;
   switch (op) {
     case "PUT":
       try {
@@ -179,6 +215,8 @@ function onEntry(bucket, known, initial, e) {
         return;
       }
       state = "alive";
+      // The queen's judgement beyond the TTL: an absent key means alive.
+      liveness = value.liveness ?? "alive";
       known.set(e.key, state);
       break;
     case "DEL":
@@ -192,7 +230,7 @@ function onEntry(bucket, known, initial, e) {
     default:
       state = null;
   }
-  emit({ type: "kv", bucket, key: e.key, op, state, revision: e.revision, initial, value });
+  emit({ type: "kv", bucket, key: e.key, op, state, liveness, revision: e.revision, initial, value });
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -295,6 +333,19 @@ async function main() {
       }
     },
   });
+  const evsub = nc.subscribe(`${opts.prefix}.evt.>`, {
+    callback: (err, msg) => {
+      if (err) {
+        emit({ type: "error", source: "nats", reason: "subscription", message: err.message });
+        return;
+      }
+      try {
+        onEvent(opts.prefix, msg);
+      } catch (e) {
+        emit({ type: "error", source: "event", reason: "internal", subject: msg.subject, message: String(e?.message ?? e) });
+      }
+    },
+  });
   await nc.flush();
 
   const kvm = new Kvm(nc);
@@ -302,7 +353,7 @@ async function main() {
     (bucket) => new Promise((resolve) => watchBucket(kvm, bucket, resolve)),
   );
   await Promise.all(watching);
-  if (!stopping && !sub.isClosed()) emit({ type: "ready" });
+  if (!stopping && !sub.isClosed() && !evsub.isClosed()) emit({ type: "ready" });
 }
 
 main().catch((err) => {

@@ -4,6 +4,7 @@ package testutil
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -60,20 +61,50 @@ func Connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
-// Eventually polls cond every 10 ms until it returns true or timeout passes,
-// then fails the test with msg.
-func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
+// CheckFor calls f every sleep until it returns nil, for at most total, as
+// nats-server's checkFor does. At the deadline it fails the test with the
+// last error f returned, which should say what state was seen and what was
+// wanted. It returns as soon as f succeeds; f runs at least once.
+func CheckFor(t testing.TB, total, sleep time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(total)
 	for {
-		if cond() {
+		err := f()
+		if err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s: "+msg, append([]any{timeout}, args...)...)
+			t.Fatalf("still failing after %s (%d ms): %v", total, time.Since(start).Milliseconds(), err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(sleep)
 	}
+}
+
+// Eventually polls cond every 10 ms until it returns true or timeout passes,
+// then fails the test with msg. Prefer CheckFor, whose condition can say what
+// it saw.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	CheckFor(t, timeout, 10*time.Millisecond, func() error {
+		if cond() {
+			return nil
+		}
+		return fmt.Errorf(msg, args...)
+	})
+}
+
+// Recv returns the next value from ch, or fails the test with what if none
+// arrives within timeout.
+func Recv[T any](t testing.TB, ch <-chan T, timeout time.Duration, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(timeout):
+		t.Fatalf("no %s within %s", what, timeout)
+	}
+	panic("unreachable")
 }
 
 // Buffer is a bytes.Buffer safe for one writer (a logger, a program's

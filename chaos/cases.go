@@ -1,0 +1,617 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rbee/heartbeat/embedded"
+)
+
+// Names of the hives whose workers the cases tell apart.
+const (
+	hiveHealthy = "healthy"
+	hiveLoad    = "load"
+	hiveVictim  = "victim"
+)
+
+func notLoad(k string) bool { return !strings.HasPrefix(k, hiveLoad+".") }
+
+// single starts one queen with an embedded broker and an observer on it.
+func (w *world) single(label string) (*queen, *observer, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, nil, err
+	}
+	q, err := w.startQueen(label, ports[0], "", ports[1], w.dir(label))
+	if err != nil {
+		return nil, nil, err
+	}
+	o, err := newObserver(q.url(), notLoad)
+	if err != nil {
+		q.kill()
+		return nil, nil, err
+	}
+	return q, o, nil
+}
+
+// Metric selectors, by name so that they hold for the queen before and after
+// its rewrite: counters ending in _total.
+func counter(sub string) func(string) bool {
+	return func(n string) bool { return strings.Contains(n, sub) && strings.HasSuffix(n, "_total") }
+}
+
+func exact(name string) func(string) bool { return func(n string) bool { return n == name } }
+
+// queued sums the queen's gauges of work waiting: writes in flight, backlog.
+func queued(m metrics) float64 {
+	return m.sum(func(n string) bool {
+		return !strings.HasSuffix(n, "_total") && (strings.Contains(n, "in_flight") || strings.Contains(n, "backlog"))
+	})
+}
+
+// accounting is the queen's own count of the worker beats it got.
+type accounting struct {
+	accepted, rejected, dropped, coalesced float64
+}
+
+func (a accounting) total() float64 { return a.accepted + a.rejected + a.dropped }
+
+func account(m metrics) accounting {
+	return accounting{
+		accepted:  m.sum(exact("rbee_queen_beats_accepted_total"), `kind="worker"`),
+		rejected:  m.sum(counter("rejected"), `kind="worker"`),
+		dropped:   m.sum(counter("drop")),
+		coalesced: m.sum(counter("coalesc")),
+	}
+}
+
+// runCapacity ramps the offered load until the queen's writes fall behind,
+// and takes the best sustained write rate as what the queen can write.
+func runCapacity(w *world, r *result) error {
+	q, o, err := w.single("queen")
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	defer q.stop(10 * time.Second)
+	rates := []int{5000, 10000, 15000, 20000, 25000, 30000, 40000, 60000, 80000, 120000, 160000}
+	step := 4 * time.Second
+	if w.opt.quick {
+		rates, step = []int{10000, 20000, 40000, 60000, 80000, 120000}, 5*time.Second/2
+	}
+	var ramp []string
+	for _, x := range rates {
+		ramp = append(ramp, strconv.Itoa(x))
+	}
+	r.offer("a ramp of %s beats/s, %s per step, each step over as many workers beating once per %s (load generator in its own process)",
+		strings.Join(ramp, ", "), step, interval)
+	r.offer("writes/s = growth of the `KV_rbee_workers` stream's last sequence over the second half of a step (a coalescing " +
+		"queen writes fewer than it accepts); a step is kept up when the queen accepts 0.9 × offered, writes at least 0.5 × offered " +
+		"and no worker of the ramp expires in it; the first step not kept up ends the ramp")
+	r.offer("what the queen can write = the most writes/s of any step")
+	type sample struct {
+		at          time.Time
+		seq, expiry uint64
+		acc         float64
+	}
+	var samples []sample
+	take := func() {
+		seq, err := o.streamSeq()
+		if err != nil {
+			return
+		}
+		_, e := o.counts()
+		m, _ := scrape(q.httpAddr)
+		samples = append(samples, sample{time.Now(), seq, e, account(m).accepted})
+	}
+	rateIn := func(from, to time.Time) (writes, accepted float64, expired uint64) {
+		var a, b *sample
+		for i := range samples {
+			s := &samples[i]
+			if a == nil && !s.at.Before(from) {
+				a = s
+			}
+			if !s.at.After(to) {
+				b = s
+			}
+		}
+		if a == nil || b == nil || !b.at.After(a.at) {
+			return 0, 0, 0
+		}
+		d := b.at.Sub(a.at).Seconds()
+		return float64(b.seq-a.seq) / d, (b.acc - a.acc) / d, b.expiry - a.expiry
+	}
+	l, err := w.load(q.url(), "-ramp", strings.Join(ramp, ","), "-step", step.String(), "-interval", interval.String())
+	if err != nil {
+		return err
+	}
+	defer l.kill()
+	best, bestAcc := 0.0, 0.0
+	seen := 0
+	saturated := false
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	limit := time.After(time.Duration(len(rates)+4) * step * 2)
+loop:
+	for {
+		select {
+		case <-t.C:
+		case <-l.done:
+			take()
+			break loop
+		case <-limit:
+			break loop
+		}
+		take()
+		reps := l.reports()
+		for ; seen < len(reps); seen++ {
+			s := reps[seen]
+			from, to := time.UnixMilli(s.FromMs), time.UnixMilli(s.ToMs)
+			wr, acc, _ := rateIn(from.Add(step/2), to)
+			_, _, exp := rateIn(from, to.Add(ttl))
+			offered := float64(s.Sent) / to.Sub(from).Seconds()
+			kept := exp == 0 && acc >= 0.9*offered && wr >= 0.5*offered
+			r.fig(fmt.Sprintf("step %d/s", s.Step), "offered %.0f/s, written %.0f/s, accepted %.0f/s, %d expiries: %s",
+				offered, wr, acc, exp, map[bool]string{true: "kept up", false: "not kept up"}[kept])
+			w.log("capacity: step %d: offered %.0f/s written %.0f/s accepted %.0f/s expiries %d", s.Step, offered, wr, acc, exp)
+			if wr > best {
+				best, bestAcc = wr, acc
+			}
+			if !kept {
+				saturated = true
+				break loop
+			}
+		}
+	}
+	l.kill()
+	peak, _ := q.rss.result()
+	if !saturated {
+		r.note("the queen kept up with every step; capacity is at least the best step")
+	}
+	if best == 0 {
+		return fmt.Errorf("the queen kept up with no step of the ramp")
+	}
+	if w.opt.capacity == 0 {
+		w.capacity = best
+	} else {
+		r.note("the load of the other cases is sized from -capacity %.0f, not from this measurement", w.opt.capacity)
+	}
+	r.figures = append([][2]string{{"what the queen can write", fmt.Sprintf("%.0f writes/s (accepting %.0f beats/s)", best, bestAcc)}}, r.figures...)
+	r.fig("queen peak RSS (VmHWM)", "%s", mib(peak))
+	return nil
+}
+
+// runOverload offers twice what the queen can write, TTL of 3 beats: the
+// healthy workers and the load workers must not expire while they beat,
+// every beat must be accepted, rejected or counted as dropped, goodbyes
+// must arrive, and the queen's memory must stay bounded.
+func runOverload(w *world, r *result) error {
+	rate := w.opt.rate
+	if rate == 0 {
+		if w.capacity <= 0 {
+			return fmt.Errorf("no capacity measured; give -capacity or -rate")
+		}
+		rate = int(math.Round(2 * w.capacity))
+	}
+	dur, drainMax, byes := 20*time.Second, 60*time.Second, 1000
+	if w.opt.quick {
+		dur, drainMax, byes = 10*time.Second, 15*time.Second, 500
+	}
+	byes = min(byes, rate/10)
+	byeAt := dur - 5*time.Second
+	if w.opt.quick {
+		byeAt = dur - 3*time.Second
+	}
+	q, o, err := w.single("queen")
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	defer q.stop(10 * time.Second)
+	healthyBeats, err := o.countSubject("rbee.hb.worker." + hiveHealthy + ".>")
+	if err != nil {
+		return err
+	}
+	f, err := w.fleet("healthy", q.url(), hiveHealthy, w.opt.healthy)
+	if err != nil {
+		return err
+	}
+	defer f.kill()
+	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
+		return err
+	}
+	r.offer("%d load workers beating once per %s = %d beats/s for %s (2 × %.0f writes/s: the capacity case's measurement, or -capacity, or -rate)",
+		rate, interval, rate, dur, w.capacity)
+	r.offer("%d of them send a goodbye %s into the load and stop", byes, byeAt)
+	r.offer("%d healthy workers (`rbee worker --simulate %d --interval %s`) in a separate process, stopped with SIGTERM (goodbyes) after the load",
+		w.opt.healthy, w.opt.healthy, interval)
+	o.resetLag()
+	o.resetGaps()
+	t0 := time.Now()
+	l, err := w.load(q.url(), "-keys", strconv.Itoa(rate), "-duration", dur.String(), "-interval", interval.String(),
+		"-goodbye-at", byeAt.String(), "-goodbyes", strconv.Itoa(byes))
+	if err != nil {
+		return err
+	}
+	rep, err := l.wait(dur + 60*time.Second)
+	if err != nil {
+		return err
+	}
+	tStop := time.UnixMilli(rep.ToMs)
+	accLag, seenLag := o.lag()
+	w.log("overload: load sent %d beats (%d goodbyes, %d errors); draining", rep.Sent, rep.Goodbyes, rep.Errors)
+
+	// Drain: until what was sent and what the queen counted differ by the
+	// same amount for 3 s (the healthy workers still beat) while the queen's
+	// gauges show nothing queued or in flight, or drainMax.
+	var last accounting
+	lastGap, lastChange := math.NaN(), time.Now()
+	drained := false
+	for deadline := time.Now().Add(drainMax); time.Now().Before(deadline); {
+		if q.exited() {
+			break
+		}
+		hs := healthyBeats.Load()
+		m, err := scrape(q.httpAddr)
+		if err == nil {
+			last = account(m)
+			gap := float64(rep.Sent+hs) - last.total()
+			if math.Abs(gap-lastGap) > float64(w.opt.healthy) || queued(m) > 0 {
+				lastGap, lastChange = gap, time.Now()
+			} else if time.Since(lastChange) > 3*time.Second {
+				drained = true
+				break
+			}
+		}
+		pause(250 * time.Millisecond)
+	}
+	drainedIn := time.Since(tStop) - 3*time.Second
+	loadKeys := o.snapshot(prefixOf(hiveLoad))
+	var lastLoadPut time.Time
+	for _, s := range loadKeys {
+		if s.lastPut.After(lastLoadPut) {
+			lastLoadPut = s.lastPut
+		}
+	}
+	// The healthy workers leave with goodbyes.
+	tBye := time.Now()
+	f.stop(15 * time.Second)
+	_ = waitFor(ttl+5*time.Second, "healthy goodbyes", func() error {
+		if p, _ := o.livePresent(prefixOf(hiveHealthy), time.Time{}); p > 0 {
+			return fmt.Errorf("%d still present", p)
+		}
+		return nil
+	})
+	healthySent := healthyBeats.Load()
+	m, merr := scrape(q.httpAddr)
+	final := account(m)
+	peak, rssKilled := q.rss.result()
+	slow, lines := q.count("slow consumer")
+	errs, _ := q.count("level=error")
+	reconn, _ := q.count("reconnected")
+
+	isLoad := prefixOf(hiveLoad)
+	isBye := func(k string) bool {
+		if !isLoad(k) {
+			return false
+		}
+		i, err := strconv.Atoi(strings.TrimPrefix(k, hiveLoad+".w"))
+		return err == nil && i < byes
+	}
+	fhs := purges(o.removalsBetween(prefixOf(hiveHealthy), t0, tBye))
+	byeAtT := time.UnixMilli(rep.ByeAtMs)
+	fls := append(purges(o.removalsBetween(func(k string) bool { return isLoad(k) && !isBye(k) }, t0, tStop)),
+		purges(o.removalsBetween(isBye, t0, byeAtT))...)
+	falseHealthy, falseLoad := len(fhs), len(fls)
+	var byeDel, byePurge int
+	for k, s := range loadKeys {
+		if isBye(k) {
+			byeDel += s.dels
+			byePurge += s.purges
+		}
+	}
+	lostLoadByes := byes - byeDel
+	hs := o.snapshot(prefixOf(hiveHealthy))
+	lostHealthyByes := len(hs) - len(removalsDel(o.removalsBetween(prefixOf(hiveHealthy), tBye, time.Now())))
+	sent := float64(rep.Sent + healthySent)
+	unaccounted := sent - final.total()
+	var maxGap time.Duration
+	for _, s := range hs {
+		maxGap = max(maxGap, s.maxGap)
+	}
+
+	r.fig("offered", "%.0f beats/s (%d beats in %s; %d publish errors)", float64(rep.Sent)/tStop.Sub(time.UnixMilli(rep.FromMs)).Seconds(), rep.Sent, dur, rep.Errors)
+	r.fig("healthy beats seen on the broker", "%d", healthySent)
+	if merr != nil {
+		r.fig("queen metrics at the end", "unreadable: %v", merr)
+	}
+	r.fig("queen accounting (worker beats)", "accepted %.0f, rejected %.0f, counted as dropped %.0f, coalesced %.0f", final.accepted, final.rejected, final.dropped, final.coalesced)
+	r.fig("sent − (accepted + rejected + dropped)", "%.0f (%.1f %% of sent)", unaccounted, 100*unaccounted/math.Max(sent, 1))
+	if drained {
+		r.fig("queen's counts settled", "%s after the load's end", drainedIn.Round(100*time.Millisecond))
+	} else {
+		r.fig("queen's counts settled", "not within %s of the load's end", drainMax)
+	}
+	r.fig("false expiries: healthy workers", "%d, of %d of the %d workers", falseHealthy, distinct(fhs), w.opt.healthy)
+	r.fig("false expiries: load workers while beating", "%d, of %d of the %d workers", falseLoad, distinct(fls), rate)
+	r.fig("load goodbyes", "%d sent at +%s: %d delete markers, %d expired", byes, byeAtT.Sub(t0).Round(time.Millisecond), byeDel, byePurge)
+	r.fig("healthy goodbyes (SIGTERM after the load)", "%d workers: %d delete markers", len(hs), len(hs)-lostHealthyByes)
+	r.fig("accept lag of healthy beats (received_at − sent_at)", "%s", accLag)
+	r.fig("beat → visible in KV, healthy workers", "%s", seenLag)
+	r.fig("longest gap between two writes of a healthy worker", "%s", maxGap.Round(time.Millisecond))
+	if !lastLoadPut.IsZero() {
+		r.fig("load writes after the load stopped", "for %s", lastLoadPut.Sub(tStop).Round(time.Millisecond))
+	}
+	r.fig("queen peak RSS (VmHWM)", "%s%s", mib(peak), map[bool]string{true: " (killed at the safety limit)", false: ""}[rssKilled])
+	r.fig("queen log", "%d lines: %d 'slow consumer', %d errors, %d 'reconnected'", lines, slow, errs, reconn)
+
+	r.expect("0 false expiries (healthy)", falseHealthy == 0, "%d", falseHealthy)
+	r.expect("0 false expiries (load workers while beating)", falseLoad == 0, "%d", falseLoad)
+	r.expect("0 silent drops", merr == nil && drained && math.Abs(unaccounted) < 0.5, "%.0f unaccounted", unaccounted)
+	r.expect("0 lost goodbyes (under load)", lostLoadByes == 0, "%d of %d lost", lostLoadByes, byes)
+	r.expect("0 lost goodbyes (healthy, after load)", lostHealthyByes == 0, "%d of %d lost", lostHealthyByes, len(hs))
+	r.expect(fmt.Sprintf("bounded RSS (≤ %s)", mib(w.opt.rssLimit)), !rssKilled && peak <= w.opt.rssLimit, "%s", mib(peak))
+	if r.failed() {
+		r.note("last lines of the queen's log: `%s`", cell(lastLines(q.output(), 4)))
+	}
+	return nil
+}
+
+// distinct returns how many keys the removals concern.
+func distinct(rs []removal) int {
+	m := map[string]bool{}
+	for _, r := range rs {
+		m[r.key] = true
+	}
+	return len(m)
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	for i := range l {
+		if len(l[i]) > 240 {
+			l[i] = l[i][:240] + "…"
+		}
+	}
+	return strings.Join(l, " ⏎ ")
+}
+
+func purges(rs []removal) []removal {
+	var out []removal
+	for _, r := range rs {
+		if r.purge {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func removalsDel(rs []removal) []removal {
+	var out []removal
+	for _, r := range rs {
+		if !r.purge {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// maxGapOf returns the longest gap between two writes of any key of hive.
+func maxGapOf(o *observer, hive string) time.Duration {
+	var g time.Duration
+	for _, s := range o.snapshot(prefixOf(hive)) {
+		g = max(g, s.maxGap)
+	}
+	return g
+}
+
+// runPause pauses one of two queens for 2 × TTL.
+func runPause(w *world, r *result) error {
+	ports, err := freePorts(3)
+	if err != nil {
+		return err
+	}
+	qa, err := w.startQueen("queen-a", ports[0], "", ports[1], w.dir("queen-a"))
+	if err != nil {
+		return err
+	}
+	defer qa.stop(10 * time.Second)
+	qb, err := w.startQueen("queen-b", 0, qa.url(), ports[2], "")
+	if err != nil {
+		return err
+	}
+	defer qb.stop(10 * time.Second)
+	o, err := newObserver(qa.url(), notLoad)
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	f, err := w.fleet("healthy", qa.url(), hiveHealthy, w.opt.healthy)
+	if err != nil {
+		return err
+	}
+	defer f.kill()
+	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
+		return err
+	}
+	pause(2 * interval) // both queens take their share
+	held := 2 * ttl
+	r.offer("two queens in one queue group: queen A with the embedded broker, queen B on A's broker (`--nats-url`)")
+	r.offer("%d healthy workers beating every %s; queen B stopped with SIGSTOP for %s, then SIGCONT; watched for one TTL more", w.opt.healthy, interval, held)
+	o.resetGaps()
+	o.resetLag()
+	tP := time.Now()
+	if err := qb.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	pause(held)
+	_ = qb.signal(syscall.SIGCONT)
+	pause(ttl + interval)
+	rem := purges(o.removalsBetween(prefixOf(hiveHealthy), tP, time.Now()))
+	acc, seen := o.lag()
+	r.fig("false expiries", "%d of %d", len(rem), w.opt.healthy)
+	r.fig("accept lag (received_at − sent_at)", "%s", acc)
+	r.fig("beat → visible in KV", "%s", seen)
+	r.fig("longest gap between two writes of a worker", "%s", maxGapOf(o, hiveHealthy).Round(time.Millisecond))
+	r.fig("queen B after SIGCONT", "%s", map[bool]string{true: "exited", false: "running"}[qb.exited()])
+	r.expect("0 false expiries", len(rem) == 0, "%d", len(rem))
+	return nil
+}
+
+// runKill9 kills the queen (and its embedded broker) with SIGKILL mid-ingest
+// and starts it again half an interval later on the same data.
+func runKill9(w *world, r *result) error {
+	q, o, err := w.single("queen")
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	defer q.stop(10 * time.Second)
+	f, err := w.fleet("healthy", q.url(), hiveHealthy, w.opt.healthy)
+	if err != nil {
+		return err
+	}
+	defer f.kill()
+	rate := 5000
+	if w.capacity > 0 {
+		rate = int(0.7 * w.capacity)
+	}
+	dur := 30 * time.Second
+	l, err := w.load(q.url(), "-keys", strconv.Itoa(rate), "-duration", dur.String(), "-interval", interval.String())
+	if err != nil {
+		return err
+	}
+	defer l.kill()
+	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
+		return err
+	}
+	if err := waitPresent(o, hiveLoad, rate, 30*time.Second); err != nil {
+		return err
+	}
+	pause(2 * interval)
+	down := interval / 2
+	r.offer("%d healthy workers and %d load workers (%d beats/s, 0.7 × capacity when measured) beating every %s", w.opt.healthy, rate, rate, interval)
+	r.offer("the queen (with its embedded broker) killed with SIGKILL, started again %s later on the same data folder and ports", down)
+	o.resetGaps()
+	tK := time.Now()
+	q.kill()
+	q.rss.result()
+	pause(down)
+	tStart := time.Now()
+	if err := w.launch("queen", q); err != nil {
+		return err
+	}
+	ready := time.Since(tStart)
+	rec, ferr := waitFresh(o, hiveHealthy, w.opt.healthy, tStart, 20*time.Second)
+	pause(ttl + 2*interval)
+	end := time.Now()
+	fh := purges(o.removalsBetween(prefixOf(hiveHealthy), tK, end))
+	fl := purges(o.removalsBetween(prefixOf(hiveLoad), tK, end))
+	lr := l.exited()
+	r.fig("false expiries: healthy workers", "%d of %d", len(fh), w.opt.healthy)
+	r.fig("false expiries: load workers", "%d of %d", len(fl), rate)
+	r.fig("restarted queen answers /healthz", "%s after its start", ready.Round(time.Millisecond))
+	if ferr != nil {
+		r.fig("every healthy worker written again", "not within 20 s: %v", ferr)
+	} else {
+		r.fig("every healthy worker written again", "%s after the restart", rec.Round(time.Millisecond))
+	}
+	r.fig("longest gap between two writes of a healthy worker", "%s", maxGapOf(o, hiveHealthy).Round(time.Millisecond))
+	if lr {
+		r.note("the load generator ended before the window closed")
+	}
+	r.expect("0 false expiries (healthy)", len(fh) == 0, "%d", len(fh))
+	r.expect("0 false expiries (load)", len(fl) == 0, "%d", len(fl))
+	return nil
+}
+
+// runPauseSingle pauses the only queen for 2 × TTL, on a broker of its own
+// (here in the chaos process, standing for an external server), so that the
+// TTLs run on while the queen is frozen. Expiries are expected; the queen
+// must report them as a disruption, and the registry must be whole again
+// within one interval of the resume.
+func runPauseSingle(w *world, r *result) error {
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	bc := embedded.DefaultConfig(w.dir("broker"))
+	bc.Port = ports[0]
+	srv, err := embedded.New(bc)
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	q, err := w.startQueen("queen", 0, srv.ClientURL(), ports[1], "")
+	if err != nil {
+		return err
+	}
+	defer q.stop(10 * time.Second)
+	o, err := newObserver(srv.ClientURL(), notLoad)
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	f, err := w.fleet("healthy", srv.ClientURL(), hiveHealthy, w.opt.healthy)
+	if err != nil {
+		return err
+	}
+	defer f.kill()
+	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
+		return err
+	}
+	pause(2 * interval)
+	held := 2 * ttl
+	r.offer("one queen (`rbee queen --nats-url`) on a broker of its own; %d healthy workers beating every %s", w.opt.healthy, interval)
+	r.offer("the queen stopped with SIGSTOP for %s, then SIGCONT", held)
+	tP := time.Now()
+	if err := q.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	pause(held)
+	_ = q.signal(syscall.SIGCONT)
+	tR := time.Now()
+	// Whole again: every healthy worker present and written since the resume.
+	whole, werr := waitFresh(o, hiveHealthy, w.opt.healthy, tR, 20*time.Second)
+	// Disruption reported: the queen's beat, /healthz or rbee_queen_state.
+	var seen string
+	_ = waitFor(2*ttl+6*time.Second, "disruption reported", func() error {
+		for id, b := range o.queenStates() {
+			if b.at.After(tR) && b.state == "disrupted" {
+				seen = "queen beat " + id + ": disrupted " + b.reason
+				return nil
+			}
+		}
+		if m, err := scrape(q.httpAddr); err == nil && stateGauge(m) == "disrupted" {
+			seen = "rbee_queen_state{state=\"disrupted\"} 1"
+			return nil
+		}
+		if code, body, err := healthz(q.httpAddr); err == nil && code != 200 && strings.Contains(body, "disrupt") {
+			seen = fmt.Sprintf("/healthz %d %s", code, body)
+			return nil
+		}
+		return errNotSeen
+	})
+	exp := purges(o.removalsBetween(prefixOf(hiveHealthy), tP, time.Now()))
+	r.fig("expiries while the queen was frozen", "%d, of %d of the %d workers", len(exp), distinct(exp), w.opt.healthy)
+	if werr != nil {
+		r.fig("registry whole again", "not within 20 s of the resume: %v", werr)
+	} else {
+		r.fig("registry whole again", "%s after the resume", whole.Round(time.Millisecond))
+	}
+	r.fig("disruption reported", "%s", map[bool]string{true: seen, false: "no"}[seen != ""])
+	r.expect("expiries reported as a disruption", len(exp) == 0 || seen != "", "%s", map[bool]string{true: seen, false: "not reported"}[seen != ""])
+	r.expect("registry whole within one interval of the resume", werr == nil && whole <= interval, "%s",
+		map[bool]string{true: whole.Round(time.Millisecond).String(), false: "not within 20 s"}[werr == nil])
+	return nil
+}
+
+var errNotSeen = errors.New("not seen")

@@ -1,0 +1,293 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/lifecycle"
+	"github.com/rbee/heartbeat/registry"
+	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/wire"
+	"golang.org/x/time/rate"
+)
+
+// Schema is the Rbee-Schema header value of an event message.
+const Schema = "event/1"
+
+// Config configures a Publisher.
+type Config struct {
+	// Scheme names the subjects the events go to.
+	Scheme subjects.Scheme
+	// QueenID is written into every event (queen_id): who saw the change.
+	QueenID string
+	// Buffer is how many events may wait to be published; beyond it events
+	// are dropped, counted and logged.
+	Buffer int
+	// Timeout bounds one publish and its acknowledgement.
+	Timeout time.Duration
+	// Retries is how many times a failed publish is tried again.
+	Retries int
+	// RetryWait is the pause before a retry.
+	RetryWait time.Duration
+	// Logger receives the publisher's log; nil discards.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a Config for the default scheme.
+func DefaultConfig(queenID string) Config {
+	return Config{
+		Scheme:    subjects.Default(),
+		QueenID:   queenID,
+		Buffer:    16384, // events; a mass expiry of 16 Ki entries fits
+		Timeout:   5 * time.Second,
+		Retries:   3,
+		RetryWait: 250 * time.Millisecond,
+	}
+}
+
+// Validate returns an error wrapping ErrInvalidConfig if c cannot work.
+func (c Config) Validate() error {
+	switch {
+	case c.Scheme.Prefix() == "":
+		return fmt.Errorf("%w: no subject scheme", ErrInvalidConfig)
+	case c.Buffer < 1:
+		return fmt.Errorf("%w: buffer %d, want at least 1", ErrInvalidConfig, c.Buffer)
+	case c.Timeout <= 0:
+		return fmt.Errorf("%w: timeout %s, want more than 0", ErrInvalidConfig, c.Timeout)
+	case c.Retries < 0 || c.RetryWait < 0:
+		return fmt.Errorf("%w: negative retries or retry wait", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Stats counts what a Publisher did.
+type Stats struct {
+	// Published counts events the stream acknowledged as new.
+	Published uint64
+	// Duplicates counts events the stream already held (another queen stored them).
+	Duplicates uint64
+	// Dropped counts events refused because the buffer was full.
+	Dropped uint64
+	// Failed counts events given up after every retry.
+	Failed uint64
+}
+
+// Publisher publishes registry events to the event stream, one at a time in
+// the order they were handed over. Its methods may be called concurrently;
+// it keeps the lifecycle contract (package lifecycle).
+type Publisher struct {
+	js  jetstream.JetStream
+	cfg Config
+	log *slog.Logger
+	q   chan registry.Event
+
+	mu       sync.Mutex
+	started  bool
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when run returns
+	stopping chan struct{} // closed by Stop: publish what is buffered, then return
+
+	published, duplicates, dropped, failed atomic.Uint64
+	dropLog                                *rate.Limiter
+}
+
+// NewPublisher returns a Publisher on js, or an error wrapping ErrInvalidConfig.
+func NewPublisher(js jetstream.JetStream, cfg Config) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Publisher{
+		js: js, cfg: cfg, log: log.With("component", "events"),
+		q:       make(chan registry.Event, cfg.Buffer),
+		dropLog: rate.NewLimiter(rate.Every(5*time.Second), 1),
+	}, nil
+}
+
+// Start starts publishing. It returns an error wrapping lifecycle.ErrStarted
+// if called before.
+func (p *Publisher) Start(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started {
+		return fmt.Errorf("events publisher: %w", lifecycle.ErrStarted)
+	}
+	p.started = true
+	ctx, p.cancel = context.WithCancel(ctx)
+	p.done, p.stopping = make(chan struct{}), make(chan struct{})
+	go p.run(ctx, p.done, p.stopping)
+	return nil
+}
+
+// Stop publishes what is still buffered until ctx ends, then stops and waits
+// for the publishing goroutine. Events handed over after Stop are not
+// published. Safe before Start and twice.
+func (p *Publisher) Stop(ctx context.Context) {
+	p.mu.Lock()
+	cancel, done, stopping := p.cancel, p.done, p.stopping
+	p.started = true // a Start after Stop fails
+	p.cancel = nil
+	p.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	close(stopping)
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	cancel()
+	<-done
+}
+
+// OnEvent hands ev over for publishing without blocking: when the buffer is
+// full, ev is dropped, counted and logged. It fits queen.Config.OnEvent.
+// Events of the queen registry and refreshes are not history: they are
+// left out (Publishes reports which are kept).
+func (p *Publisher) OnEvent(ev registry.Event) {
+	if !Publishes(ev) {
+		return
+	}
+	select {
+	case p.q <- ev:
+	default:
+		n := p.dropped.Add(1)
+		if p.dropLog.Allow() {
+			p.log.Warn("event history buffer full; events dropped", "dropped", n, "buffer", p.cfg.Buffer)
+		}
+	}
+}
+
+// Stats returns the publisher's counts so far.
+func (p *Publisher) Stats() Stats {
+	return Stats{
+		Published:  p.published.Load(),
+		Duplicates: p.duplicates.Load(),
+		Dropped:    p.dropped.Load(),
+		Failed:     p.failed.Load(),
+	}
+}
+
+func (p *Publisher) run(ctx context.Context, done, stopping chan struct{}) {
+	defer close(done)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stopping:
+			for {
+				select {
+				case ev := <-p.q:
+					p.publish(ctx, ev)
+				default:
+					return
+				}
+			}
+		case ev := <-p.q:
+			p.publish(ctx, ev)
+		}
+	}
+}
+
+func (p *Publisher) publish(ctx context.Context, ev registry.Event) {
+	msg, err := Message(p.cfg.Scheme, p.cfg.QueenID, ev)
+	if err != nil {
+		p.failed.Add(1)
+		p.log.Error("encode event", "key", ev.Key, "event", ev.Type, "err", err)
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+		ack, err := p.js.PublishMsg(pctx, msg)
+		cancel()
+		if err == nil {
+			if ack.Duplicate {
+				p.duplicates.Add(1)
+			} else {
+				p.published.Add(1)
+			}
+			p.log.Debug("event stored", "subject", msg.Subject, "seq", ack.Sequence, "duplicate", ack.Duplicate)
+			return
+		}
+		if ctx.Err() != nil || attempt >= p.cfg.Retries {
+			p.failed.Add(1)
+			p.log.Error("event not stored", "subject", msg.Subject, "attempts", attempt+1, "err", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(p.cfg.RetryWait):
+		}
+	}
+}
+
+// Publishes reports whether ev belongs in the event history: a worker or
+// hive event other than a refresh (the next beat, no change).
+func Publishes(ev registry.Event) bool {
+	return (ev.Kind == subjects.KindWorker || ev.Kind == subjects.KindHive) && ev.Type != registry.Refreshed
+}
+
+// MsgID returns the Nats-Msg-Id of ev: its kind, key, KV revision and event
+// type. Every queen that sees the same KV change derives the same ID.
+func MsgID(ev registry.Event) string {
+	return string(ev.Kind) + ":" + ev.Key + ":" + strconv.FormatUint(ev.Revision, 10) + ":" + string(ev.Type)
+}
+
+// FromRegistry returns the wire form of ev as seen by queen queenID.
+func FromRegistry(ev registry.Event, queenID string) wire.Event {
+	out := wire.Event{
+		V:        wire.SchemaVersion,
+		Event:    string(ev.Type),
+		Kind:     string(ev.Kind),
+		Key:      ev.Key,
+		HiveID:   ev.HiveID,
+		WorkerID: ev.WorkerID,
+		AtMs:     ev.At.UnixMilli(),
+		Revision: ev.Revision,
+		QueenID:  queenID,
+		Previous: ev.Previous,
+	}
+	switch {
+	case ev.Worker != nil:
+		w := ev.Worker
+		out.InstanceID, out.Status, out.ModelID = w.InstanceID, string(w.Status), w.ModelID
+		out.Health, out.HealthReason, out.Liveness = string(w.Health), w.HealthReason, string(w.Liveness)
+	case ev.Hive != nil:
+		h := ev.Hive
+		out.InstanceID = h.InstanceID
+		out.Health, out.HealthReason, out.Liveness = string(h.Health), h.HealthReason, string(h.Liveness)
+	}
+	return out
+}
+
+// Message returns the NATS message publishing ev under scheme s: the event
+// subject, the msgpack payload, and the Content-Type, Rbee-Schema and
+// Nats-Msg-Id headers. It fails only if ev's IDs are not valid subject tokens.
+func Message(s subjects.Scheme, queenID string, ev registry.Event) (*nats.Msg, error) {
+	if !subjects.ValidID(ev.HiveID) || (ev.WorkerID != "" && !subjects.ValidID(ev.WorkerID)) || !validEventType(string(ev.Type)) {
+		return nil, fmt.Errorf("event %q on %q: not valid subject tokens", ev.Type, ev.Key)
+	}
+	we := FromRegistry(ev, queenID)
+	data, err := wire.Marshal(&we)
+	if err != nil {
+		return nil, err
+	}
+	msg := nats.NewMsg(s.Event(string(ev.Type), ev.HiveID, ev.WorkerID))
+	msg.Data = data
+	msg.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
+	msg.Header.Set(wire.HeaderSchema, Schema)
+	msg.Header.Set(jetstream.MsgIDHeader, MsgID(ev))
+	return msg, nil
+}
+
+func validEventType(t string) bool { return subjects.ValidID(t) }

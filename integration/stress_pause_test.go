@@ -1,0 +1,96 @@
+//go:build stress_pending
+
+package integration
+
+import (
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/rbee/heartbeat/embedded"
+	"github.com/rbee/heartbeat/internal/testutil"
+)
+
+// TestStressPausedQueen runs two queens in one queue group on one broker: one
+// in this process, one an `rbee queen --nats-url` child. The child is stopped
+// with SIGSTOP for 2 × TTL and then continued. It asserts that no worker
+// expires meanwhile or in the TTL after: the queue group must stop handing a
+// frozen queen its share, or the other queen must keep every worker alive.
+func TestStressPausedQueen(t *testing.T) {
+	const (
+		interval = time.Second
+		ttl      = 3 * interval
+		workers  = 30
+	)
+	bin := filepath.Join(rbeeBinary(t), "rbee")
+	srv := testutil.Server(t)
+	startQueen(t, srv.ClientURL(), ttl)
+	args := append([]string{"queen", "--nats-url", srv.ClientURL(), "--http", "off", "--log-level", "warn"}, queenTTLArgs(t, bin, 3)...)
+	out, cmd := startProcess(t, bin, args...)
+	testutil.Eventually(t, 30*time.Second, func() bool { return subscribedAs(srv, "rbee-queen", "rbee.hb.>") },
+		"the child queen subscribes to the beats:\n%s", out)
+
+	w := watchWorkers(t, srv.ClientURL())
+	nc := conn(t, srv.ClientURL(), "workers")
+	for i := range workers {
+		startWorker(t, nc, "gpu-node-1", fmt.Sprintf("w%d", i), interval)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool { p, _ := w.present(hiveKeys("gpu-node-1"), time.Time{}); return p == workers },
+		"%d workers registered: %s", workers, w)
+	window(2 * interval) // both queens take their share
+
+	t0 := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	window(2 * ttl)
+	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	window(ttl + interval)
+	if got := w.expiredSince(hiveKeys("gpu-node-1"), t0); len(got) > 0 {
+		t.Errorf("%d of %d workers expired while one of two queens was paused: %v\n%s\nchild queen:\n%s", len(got), workers, got, w, out)
+	}
+}
+
+// startProcess is startKillable with the command, to signal it (SIGSTOP,
+// SIGCONT); it is killed at cleanup.
+func startProcess(t *testing.T, name string, args ...string) (*lines, *exec.Cmd) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	out := &lines{}
+	done := make(chan struct{})
+	go func() { out.read(pr); close(done) }()
+	go func() { _ = cmd.Wait(); pw.Close() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	return out, cmd
+}
+
+// subscribedAs reports whether a client named name holds a subscription to subject on srv.
+func subscribedAs(srv *embedded.Server, name, subject string) bool {
+	cz, err := srv.NATS().Connz(&server.ConnzOptions{Subscriptions: true})
+	if err != nil {
+		return false
+	}
+	for _, c := range cz.Conns {
+		if c.Name == name && slices.Contains(c.Subs, subject) {
+			return true
+		}
+	}
+	return false
+}
