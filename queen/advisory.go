@@ -52,19 +52,30 @@ func (q *Queen) subscribeAdvisories() error {
 	return nil
 }
 
+// closeGrace is how long the queen waits after a DISCONNECT before it marks
+// the connection's entries: a goodbye sent just before the close travels on
+// the beats' subscription, which may deliver it after the advisory; within
+// the grace it removes the entry first and nothing is marked.
+const closeGrace = 250 * time.Millisecond
+
 func (q *Queen) onDisconnect(msg *nats.Msg) {
 	var a advisory
 	if err := json.Unmarshal(msg.Data, &a); err != nil || a.Server.ID == "" || a.Reason == serverShutdown {
 		return
 	}
 	conn := a.Server.ID + "/" + strconv.FormatUint(a.Client.ID, 10)
+	time.AfterFunc(closeGrace, func() { q.markClosed(conn, a.Timestamp) })
+}
+
+// markClosed marks the live entries last beating on conn disconnected.
+func (q *Queen) markClosed(conn string, at time.Time) {
 	now := time.Now()
 	targets := q.tracker.closed(conn, now.UnixMilli())
 	for _, tg := range targets {
 		q.markDisconnected(tg, conn, now.UnixMilli())
 	}
-	if len(targets) > 0 && !a.Timestamp.IsZero() {
-		q.metrics.advisoryLag.Observe(max(0, now.Sub(a.Timestamp).Seconds()))
+	if len(targets) > 0 && !at.IsZero() {
+		q.metrics.advisoryLag.Observe(max(0, now.Sub(at).Seconds()))
 	}
 }
 

@@ -62,7 +62,7 @@ func newMetrics() *metrics {
 			Help:    "Absolute difference between the queen's receive time and the sender's sent_at_ms (skew plus transit; never used for liveness).",
 			Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 30, 300, 3600}}),
 		advisoryLag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rbee_queen_advisory_lag_seconds",
-			Help:    "Time from a server's DISCONNECT advisory to the queen queuing the disconnected marks.",
+			Help:    "Time from a server's DISCONNECT advisory to the queen queuing the disconnected marks (including a 250 ms grace for a goodbye).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 	}
 	for _, k := range kinds {
