@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/natsconn"
 )
 
 // Account is the account every client of the embedded broker lands in when
@@ -32,14 +33,7 @@ func AdvisorySubjects(account string) (connect, disconnect string) {
 // ConnID returns the connection identity "<server_id>/<client_id>" of nc, as
 // heartbeats carry it in conn and as ConnAdvisory.ConnID rebuilds it from an
 // advisory. It returns "" while nc is not connected.
-func ConnID(nc *nats.Conn) string {
-	id, err := nc.GetClientID()
-	sid := nc.ConnectedServerId()
-	if err != nil || sid == "" {
-		return ""
-	}
-	return fmt.Sprintf("%s/%d", sid, id)
-}
+func ConnID(nc *nats.Conn) string { return natsconn.ID(nc) }
 
 // ConnAdvisory is the part of a client connect or disconnect advisory that
 // identifies the connection.

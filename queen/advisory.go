@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/subjects"
 )
 
@@ -34,10 +33,6 @@ type advisory struct {
 // as it shuts down: its clients reconnect to another server and beat at
 // once, so they are not marked.
 const serverShutdown = "Server Shutdown"
-
-// ConnID returns the connection identity a beat carries in conn:
-// "<server_id>/<client_id>", as the server's advisories name it.
-func ConnID(nc *nats.Conn) string { return natsconn.ID(nc) }
 
 // subscribeAdvisories marks the entries of a closed connection disconnected.
 // The queens share the advisories in their queue group, so each closed

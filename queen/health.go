@@ -77,7 +77,7 @@ func (h *healthState) expired(log *slog.Logger, now time.Time, ttlMs int64, live
 	}
 }
 
-func (h *healthState) dropped(now time.Time, _ uint64) {
+func (h *healthState) dropped(now time.Time) {
 	h.mu.Lock()
 	h.droppedAt = now
 	h.mu.Unlock()
@@ -158,10 +158,7 @@ func (q *Queen) Status() wire.Queen {
 		out.Entries = nw + nh
 	}
 	out.Health = wire.Healthy
-	switch s {
-	case wire.QueenDegraded:
-		out.Health, out.HealthReason = wire.Degraded, reason
-	case wire.QueenDisrupted:
+	if s != wire.QueenOK {
 		out.Health, out.HealthReason = wire.Degraded, reason
 	}
 	return out

@@ -301,7 +301,7 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 		case now := <-t.C:
 			if d, err := sub.Dropped(); err == nil && d > dropped {
 				q.metrics.dropped.Add(float64(d - dropped))
-				q.health.dropped(now, uint64(d))
+				q.health.dropped(now)
 				n := d
 				dropLog.Do(func() {
 					q.log.Warn("heartbeats dropped: the queen cannot decode as fast as they arrive", "dropped_total", n)

@@ -328,14 +328,6 @@ func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received
 	t.setConn(key, s, m.Conn)
 }
 
-// latest reports whether (instance, seq) is still the newest accepted beat of key.
-func (t *tracker) latest(key, instance string, seq uint64) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.m[key]
-	return s != nil && s.holder.instance == instance && s.holder.seq == seq
-}
-
 // forget marks a key whose entry left or expired. Its claimants are kept so
 // a replayed goodbye or older beat is still refused, while a newer beat of
 // the same instance (a sender back from a partition) is accepted.

@@ -46,9 +46,6 @@ func TestTrackerReplayAndRestart(t *testing.T) {
 		{"old instance replayed after restart", "a", 9, 2600, false, false, "replay"},
 		{"new instance continues", "b", 2, 3500, false, true, ""},
 	})
-	if !tr.latest(testKey, "b", 2) || tr.latest(testKey, "b", 1) || tr.latest(testKey, "a", 9) {
-		t.Fatal("latest disagrees with the last admitted beat")
-	}
 }
 
 // TestTrackerForgeryIsBounded: no single forged message locks the real
