@@ -392,7 +392,8 @@ func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	}
 	q.metrics.accepted.WithLabelValues(string(kind)).Inc()
 	q.metrics.skew(wire.SkewMs(now, m.SentAtMs))
-	o := &op{kind: kind, key: key, ttlMs: ttlMs, acceptedMs: now, instance: m.InstanceID, seq: m.Seq, conn: m.Conn}
+	o := &op{kind: kind, key: key, ttlMs: ttlMs, intervalMs: m.IntervalMs, acceptedMs: now, storedUntilMs: v.storedUntilMs,
+		instance: m.InstanceID, seq: m.Seq, conn: m.Conn}
 	if hb.Goodbye {
 		q.metrics.goodbyes.WithLabelValues(string(kind)).Inc()
 		o.del = true

@@ -36,6 +36,9 @@ type sender struct {
 	goneAtMs   int64 // queen clock when the entry left or expired; 0 while live
 	conflictMs int64 // last time two instances beat within one TTL; 0 never
 	conn       string
+	// storedUntilMs is when the newest value the registry showed expires at
+	// the earliest (its accept time plus TTL); 0 while none is known.
+	storedUntilMs int64
 
 	progress        uint64
 	hasProgress     bool
@@ -53,6 +56,9 @@ type verdict struct {
 	newInst  bool // a new instance took the key (a restart)
 	conflict bool // two instances are beating under the key
 	rec      wire.Received
+	// storedUntilMs is when the entry in the registry expires at the
+	// earliest, as last seen there; 0: none.
+	storedUntilMs int64
 }
 
 // tracker holds, per registry key, the claimants and liveness state that
@@ -112,6 +118,9 @@ func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy b
 	}
 	ttl := t.cfg.ttlMs(max(s.intervalMs, m.IntervalMs))
 	var v verdict
+	if s.goneAtMs == 0 {
+		v.storedUntilMs = s.storedUntilMs
+	}
 	switch {
 	case m.InstanceID == s.holder.instance:
 		elapsed := nowMs - s.holder.lastMs
@@ -172,7 +181,7 @@ func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy b
 	s.intervalMs = m.IntervalMs
 	if goodbye {
 		// Gone at once, so a close of its connection after the goodbye marks nothing.
-		s.goneAtMs = nowMs
+		s.goneAtMs, s.storedUntilMs = nowMs, 0
 		t.setConn(key, s, "")
 		return v
 	}
@@ -317,6 +326,7 @@ func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received
 		s.firstSeenMs, s.goneAtMs = rec.FirstSeenMs, 0
 	}
 	s.intervalMs = m.IntervalMs
+	s.storedUntilMs = max(s.storedUntilMs, rec.ReceivedAtMs+t.cfg.ttlMs(m.IntervalMs))
 	if rec.Conflict {
 		s.conflictMs = max(s.conflictMs, rec.ReceivedAtMs)
 	}
@@ -335,7 +345,7 @@ func (t *tracker) forget(key string, nowMs int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.m[key]; s != nil && s.goneAtMs == 0 {
-		s.goneAtMs = nowMs
+		s.goneAtMs, s.storedUntilMs = nowMs, 0
 		t.setConn(key, s, "")
 	}
 }

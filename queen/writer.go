@@ -25,15 +25,22 @@ type op struct {
 	worker     *wire.WorkerEntry
 	hive       *wire.HiveEntry
 	queen      *wire.QueenEntry
-	ttlMs      int64 // the entry's TTL from acceptedMs
+	ttlMs      int64 // the entry's TTL
+	intervalMs int64 // the sender's interval
 	acceptedMs int64 // queen clock when the beat was accepted
-	instance   string
-	seq        uint64
-	conn       string
-	mark       bool   // a liveness mark, not a beat
-	expectRev  uint64 // write only over this revision (marks); 0: unconditional
-	attempts   int
-	sentAt     time.Time
+	// expiresMs is when the written entry expires (set when the write is
+	// sent); for a mark, the expiry it keeps. 0: not yet known.
+	expiresMs int64
+	// storedUntilMs is when the entry the registry shows for the key
+	// expires, as the tracker knows it; 0: none known.
+	storedUntilMs int64
+	instance      string
+	seq           uint64
+	conn          string
+	mark          bool   // a liveness mark, not a beat
+	expectRev     uint64 // write only over this revision (marks); 0: unconditional
+	attempts      int
+	sentAt        time.Time
 }
 
 func (o *op) received() *wire.Received {
@@ -92,41 +99,80 @@ type slot struct {
 	inflight *op
 	last     *op    // last op the store acknowledged (not a delete)
 	lastRev  uint64 // its revision
-	// deadlineMs estimates when the stored entry expires (queen clock): the
-	// accept time of the last acknowledged beat plus its TTL. 0: unknown.
+	// deadlineMs estimates when the stored entry expires (queen clock),
+	// never later than it does: from this queen's acknowledged write or
+	// from what the registry shows another queen wrote. 0: no entry known.
 	deadlineMs int64
-	idx        int // index in the queue, -1 when not queued
-	prio       int64
+	idx        [nQueues]int // index in each queue, -1 when not in it
+	queued     bool
 	urgent     bool
 	// since is the accept time of the oldest op waiting since the key's last
 	// write: a newer beat replacing a waiting one keeps the key's place.
 	since int64
 }
 
-// queue orders the keys waiting to be written: goodbyes first, then new or
-// changed entries by accept time, then refreshes by the deadline of the
-// entry they keep alive. A key needs one write per TTL, not one per beat, so
-// under overload every key stays alive as long as the store can take
-// keys ÷ TTL writes per second.
-type queue []*slot
+// The writer's queues. A waiting key is in qFirst, or in qLive, qNew or
+// both.
+const (
+	qFirst = iota // goodbyes and disconnected marks, by accept time
+	qLive         // keys with a stored entry, by the entry's expiry
+	qNew          // new or changed entries, by accept time
+	nQueues
+)
 
-func (q queue) Len() int { return len(q) }
-func (q queue) Less(i, j int) bool {
-	a, b := q[i], q[j]
-	if ga, gb := a.pend.del, b.pend.del; ga != gb {
-		return ga
-	}
-	return a.prio < b.prio
+// queue is one of the writer's heaps of waiting keys.
+type queue struct {
+	which int
+	s     []*slot
 }
-func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i]; q[i].idx = i; q[j].idx = j }
-func (q *queue) Push(x any)   { s := x.(*slot); s.idx = len(*q); *q = append(*q, s) }
+
+func (q *queue) Len() int { return len(q.s) }
+func (q *queue) Less(i, j int) bool {
+	a, b := q.s[i], q.s[j]
+	if q.which == qLive {
+		return a.deadlineMs < b.deadlineMs
+	}
+	return a.since < b.since
+}
+func (q *queue) Swap(i, j int) {
+	q.s[i], q.s[j] = q.s[j], q.s[i]
+	q.s[i].idx[q.which], q.s[j].idx[q.which] = i, j
+}
+func (q *queue) Push(x any) { s := x.(*slot); s.idx[q.which] = len(q.s); q.s = append(q.s, s) }
 func (q *queue) Pop() any {
-	old := *q
-	s := old[len(old)-1]
-	old[len(old)-1] = nil
-	*q = old[:len(old)-1]
-	s.idx = -1
+	n := len(q.s) - 1
+	s := q.s[n]
+	q.s[n] = nil
+	q.s = q.s[:n]
+	s.idx[q.which] = -1
 	return s
+}
+
+// urgentMs is how long before its stored entry expires a refresh goes ahead
+// of new and changed entries: one of the key's intervals, at least
+// urgentMinMs, so the write lands before the entry expires.
+const urgentMinMs = 500
+
+func urgentMs(o *op) int64 { return max(o.intervalMs, urgentMinMs) }
+
+// next returns the key to write now, nil if none. Keeping what is alive
+// alive comes first, and a key needs one write per TTL, not one per beat, so
+// under overload every entry stays alive as long as the store can take
+// keys ÷ TTL writes per second; new and changed entries take what is left.
+// Order: goodbyes and marks; refreshes of entries due to expire within
+// urgentMs; new and changed entries; other refreshes, earliest expiry
+// first. mu held.
+func (w *writer) next(nowMs int64) *slot {
+	first, live, fresh := &w.qs[qFirst], &w.qs[qLive], &w.qs[qNew]
+	switch {
+	case first.Len() > 0:
+		return first.s[0]
+	case live.Len() > 0 && (fresh.Len() == 0 || live.s[0].deadlineMs-nowMs <= urgentMs(live.s[0].pend)):
+		return live.s[0]
+	case fresh.Len() > 0:
+		return fresh.s[0]
+	}
+	return nil
 }
 
 // writeMetrics is what the writer reports to; *metrics implements it.
@@ -173,7 +219,8 @@ type writer struct {
 	mu        sync.Mutex
 	cond      *sync.Cond
 	slots     map[string]*slot // by subject
-	q         queue
+	qs        [nQueues]queue
+	waiting   int // keys in the queues
 	inflight  map[*nats.Msg]*slot
 	stopping  bool
 	lastOKMs  int64
@@ -194,6 +241,9 @@ func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subject
 		inflight: map[*nats.Msg]*slot{},
 		errLog:   rate.Sometimes{Interval: 5 * time.Second},
 	}
+	for i := range w.qs {
+		w.qs[i].which = i
+	}
 	w.cond = sync.NewCond(&w.mu)
 	return w
 }
@@ -209,8 +259,11 @@ func (w *writer) put(o *op) {
 	defer w.mu.Unlock()
 	s := w.slots[subject]
 	if s == nil {
-		s = &slot{kind: o.kind, key: o.key, subject: subject, idx: -1}
+		s = newSlot(o.kind, o.key, subject)
 		w.slots[subject] = s
+	}
+	if o.storedUntilMs > s.deadlineMs && s.inflight == nil {
+		s.deadlineMs = o.storedUntilMs // another queen's write, or one before a restart
 	}
 	if s.pend != nil {
 		w.coalesce++
@@ -240,7 +293,7 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 	defer w.mu.Unlock()
 	s := w.slots[subject]
 	if s == nil {
-		s = &slot{kind: kind, key: key, subject: subject, idx: -1}
+		s = newSlot(kind, key, subject)
 		w.slots[subject] = s
 	}
 	switch {
@@ -281,6 +334,9 @@ func setDisconnected(o *op, nowMs int64) {
 func cloneMark(o *op, rev uint64, nowMs int64) *op {
 	c := *o
 	c.mark, c.expectRev, c.attempts = true, rev, 0
+	if c.expiresMs == 0 {
+		c.expiresMs = o.acceptedMs + o.ttlMs
+	}
 	switch {
 	case o.worker != nil:
 		e := *o.worker
@@ -296,35 +352,61 @@ func cloneMark(o *op, rev uint64, nowMs int64) *op {
 	return &c
 }
 
-// schedule (re)queues s if it has a waiting op and none in flight. mu held.
+func newSlot(kind subjects.Kind, key, subject string) *slot {
+	s := &slot{kind: kind, key: key, subject: subject}
+	for i := range s.idx {
+		s.idx[i] = -1
+	}
+	return s
+}
+
+// schedule puts s in the queues its waiting op belongs in, or takes it out
+// of them if nothing is waiting or a write is in flight. mu held.
 func (w *writer) schedule(s *slot) {
-	if s.pend == nil || s.inflight != nil {
-		if s.idx >= 0 && s.pend == nil {
-			heap.Remove(&w.q, s.idx)
+	var in [nQueues]bool
+	if o := s.pend; o != nil && s.inflight == nil {
+		if s.since == 0 {
+			s.since = o.acceptedMs
 		}
-		return
+		switch {
+		case o.del || o.mark:
+			in[qFirst] = true
+		default:
+			in[qLive] = s.deadlineMs != 0
+			in[qNew] = s.urgent || s.deadlineMs == 0
+		}
 	}
-	if s.since == 0 {
-		s.since = s.pend.acceptedMs
+	queued := false
+	for i := range w.qs {
+		q := &w.qs[i]
+		switch {
+		case in[i] && s.idx[i] >= 0:
+			heap.Fix(q, s.idx[i])
+		case in[i]:
+			heap.Push(q, s)
+		case s.idx[i] >= 0:
+			heap.Remove(q, s.idx[i])
+		}
+		queued = queued || in[i]
 	}
-	if s.urgent || s.deadlineMs == 0 {
-		s.prio = s.since
-	} else {
-		s.prio = s.deadlineMs
+	if queued != s.queued {
+		s.queued = queued
+		if queued {
+			w.waiting++
+		} else {
+			w.waiting--
+		}
 	}
-	if s.idx >= 0 {
-		heap.Fix(&w.q, s.idx)
-	} else {
-		heap.Push(&w.q, s)
+	if queued {
+		w.cond.Signal()
 	}
-	w.cond.Signal()
 }
 
 // run sends queued writes until stop; one goroutine.
 func (w *writer) run() {
 	for {
 		w.mu.Lock()
-		for !w.stopping && (len(w.q) == 0 || len(w.inflight) >= w.limit()) {
+		for !w.stopping && (w.waiting == 0 || len(w.inflight) >= w.limit()) {
 			w.cond.Wait()
 		}
 		if w.stopping {
@@ -332,9 +414,10 @@ func (w *writer) run() {
 			return
 		}
 		failing := w.failingLocked()
-		s := heap.Pop(&w.q).(*slot)
+		s := w.next(time.Now().UnixMilli())
 		o := s.pend
 		s.pend, s.inflight, s.since = nil, o, 0
+		w.schedule(s) // out of the queues while in flight
 		msg, ok := w.build(s, o)
 		if ok {
 			w.inflight[msg] = s
@@ -365,8 +448,12 @@ func (w *writer) limit() int {
 func (w *writer) failingLocked() bool { return w.lastErrMs > w.lastOKMs }
 
 // build returns the message for o, or false if o is dropped: a beat whose
-// TTL ran out while it waited (shed: the entry it would refresh is already
-// due to expire, and writing it would make a dead sender look alive). mu held.
+// TTL ran out while it waited (shed: writing it would make a dead sender
+// look alive). An entry's TTL runs from its write, but a beat that waited
+// longer than one of its sender's intervals loses the excess, so an entry
+// never outlives its sender's last beat by more than TTL + one interval
+// (the time a queen may hold a live sender's newest beat under overload).
+// A mark keeps the expiry of the entry it marks. mu held.
 func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
 	now := time.Now()
 	h := nats.Header{}
@@ -374,7 +461,13 @@ func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
 	if o.del {
 		h.Set(kvOperation, "DEL")
 	} else {
-		remaining := o.ttlMs - (now.UnixMilli() - o.acceptedMs)
+		nowMs := now.UnixMilli()
+		var remaining int64
+		if o.mark {
+			remaining = o.expiresMs - nowMs
+		} else {
+			remaining = o.ttlMs - max(0, nowMs-o.acceptedMs-o.intervalMs)
+		}
 		if remaining <= 0 {
 			w.m.shed(o.kind, "stale")
 			return nil, false
@@ -386,6 +479,7 @@ func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
 		}
 		msg.Data = data
 		h.Set(jetstream.MsgTTLHeader, strconv.FormatInt((remaining+999)/1000, 10)+"s")
+		o.expiresMs = nowMs + remaining
 	}
 	if o.expectRev != 0 {
 		h.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(o.expectRev, 10))
@@ -415,7 +509,7 @@ func (w *writer) acked(msg *nats.Msg, pa *jetstream.PubAck) {
 		s.last, s.deadlineMs, s.lastRev = nil, 0, 0
 	} else {
 		s.last, s.lastRev = o, pa.Sequence
-		s.deadlineMs = o.acceptedMs + o.ttlMs
+		s.deadlineMs = o.expiresMs
 	}
 	lat := time.Since(o.sentAt)
 	w.finish(s)
@@ -467,12 +561,12 @@ func (w *writer) failed(msg *nats.Msg, err error) {
 
 // finish requeues s after its write completed and wakes waiters. mu held.
 func (w *writer) finish(s *slot) {
-	if s.pend == nil && s.last == nil && s.idx < 0 {
+	if s.pend == nil && s.last == nil && !s.queued {
 		delete(w.slots, s.subject) // nothing left to remember (a deleted key)
 	}
 	w.schedule(s)
 	w.cond.Signal()
-	if len(w.inflight) == 0 && len(w.q) == 0 && w.idle != nil {
+	if len(w.inflight) == 0 && w.waiting == 0 && w.idle != nil {
 		close(w.idle)
 		w.idle = nil
 	}
@@ -492,10 +586,15 @@ func (w *writer) stats() writerStats {
 	now := time.Now().UnixMilli()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	st := writerStats{Backlog: len(w.q), InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
+	st := writerStats{Backlog: w.waiting, InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
 		Failing: w.failingLocked(), Coalesced: w.coalesce}
-	for _, s := range w.q {
+	for _, s := range w.qs[qLive].s { // the other queues are in accept order
 		st.LagMs = max(st.LagMs, now-s.since)
+	}
+	for _, q := range []*queue{&w.qs[qFirst], &w.qs[qNew]} {
+		if q.Len() > 0 {
+			st.LagMs = max(st.LagMs, now-q.s[0].since)
+		}
 	}
 	for _, s := range w.inflight {
 		if o := s.inflight; o != nil {
@@ -511,7 +610,7 @@ func (w *writer) stats() writerStats {
 // wait returns true once nothing is waiting or in flight, false if ctx ends first.
 func (w *writer) wait(ctx context.Context) bool {
 	w.mu.Lock()
-	if len(w.inflight) == 0 && len(w.q) == 0 {
+	if len(w.inflight) == 0 && w.waiting == 0 {
 		w.mu.Unlock()
 		return true
 	}

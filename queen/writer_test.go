@@ -1,11 +1,12 @@
 package queen
 
 import (
-	"container/heap"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
@@ -22,9 +23,37 @@ func beatOp(key, inst string, seq uint64, acceptedMs int64, status wire.Status) 
 		worker: &wire.WorkerEntry{Worker: wire.Worker{Status: status}}}
 }
 
+// popAll takes every waiting key in the order the writer would write them
+// at nowMs.
+func popAll(w *writer, nowMs int64) []*slot {
+	var out []*slot
+	for s := w.next(nowMs); s != nil; s = w.next(nowMs) {
+		out = append(out, s)
+		p := s.pend
+		s.pend, s.inflight = nil, p
+		w.schedule(s)
+		s.pend, s.inflight = p, nil
+	}
+	return out
+}
+
+func liveSlot(w *writer, key string, deadline int64) {
+	s := newSlot(subjects.KindWorker, key, "$KV.w."+key)
+	s.last, s.deadlineMs = beatOp(key, "i", 1, 0, wire.StatusReady), deadline
+	w.slots[s.subject] = s
+}
+
+func order(slots []*slot) (keys []string) {
+	for _, s := range slots {
+		keys = append(keys, s.key)
+	}
+	return keys
+}
+
 // TestQueueOrder: goodbyes go first; a newer beat replacing a waiting one
-// keeps the key's place (coalesced, counted); refreshes go in the order
-// their stored entries expire.
+// keeps the key's place (coalesced, counted); new entries go before
+// refreshes that are not yet due; refreshes go in the order their stored
+// entries expire.
 func TestQueueOrder(t *testing.T) {
 	m := &nopMetrics{}
 	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
@@ -36,25 +65,81 @@ func TestQueueOrder(t *testing.T) {
 	w.put(bye)
 	// Two refreshes: stored entries expiring at 5000 and 4000.
 	for key, deadline := range map[string]int64{"d": 5000, "e": 4000} {
-		w.slots["$KV.w."+key] = &slot{kind: subjects.KindWorker, key: key, subject: "$KV.w." + key, idx: -1,
-			last: beatOp(key, "i", 1, 0, wire.StatusReady), deadlineMs: deadline}
+		liveSlot(w, key, deadline)
 		w.put(beatOp(key, "i", 2, 1000, wire.StatusReady))
 	}
-	var got []string
-	for w.q.Len() > 0 {
-		s := heap.Pop(&w.q).(*slot)
-		got = append(got, s.key)
+	if w.waiting != 5 {
+		t.Fatalf("%d keys waiting, want 5", w.waiting)
+	}
+	got := popAll(w, 1000)
+	for _, s := range got {
 		if s.key == "a" && s.pend.seq != 2 {
 			t.Fatalf("a's waiting write is seq %d, want the newest (2)", s.pend.seq)
 		}
 	}
-	want := []string{"c", "a", "b", "e", "d"}
-	for i := range want {
-		if i >= len(got) || got[i] != want[i] {
-			t.Fatalf("write order %v, want %v", got, want)
-		}
+	if want := "[c a b e d]"; fmt.Sprint(order(got)) != want {
+		t.Fatalf("write order %v, want %v", order(got), want)
 	}
 	if m.coalesce != 1 {
 		t.Fatalf("coalesced %d, want 1", m.coalesce)
+	}
+	if w.waiting != 0 {
+		t.Fatalf("%d keys still waiting", w.waiting)
+	}
+}
+
+// TestQueueLiveFirst: under a backlog of new entries, a refresh whose entry
+// is due to expire within urgentMs goes ahead of all of them, so a flood of
+// newcomers cannot expire what is already alive; a changed live entry keeps
+// its place among the new ones and is still protected by its expiry.
+func TestQueueLiveFirst(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	const now = 10_000
+	for i := range 100 {
+		w.put(beatOp(fmt.Sprintf("new%03d", i), "i", 1, int64(i), wire.StatusReady))
+	}
+	liveSlot(w, "due", now+urgentMinMs-1)
+	w.put(beatOp("due", "i", 2, now-10, wire.StatusReady))
+	liveSlot(w, "later", now+5000)
+	w.put(beatOp("later", "i", 2, now-10, wire.StatusReady))
+	liveSlot(w, "changed", now+urgentMinMs/2)
+	w.put(beatOp("changed", "i", 2, now-5, wire.StatusBusy))
+	got := order(popAll(w, now))
+	if len(got) != 103 || got[0] != "changed" || got[1] != "due" || got[2] != "new000" || got[102] != "later" {
+		t.Fatalf("write order %v: want changed and due (expiring within %d ms) first, later last", got, urgentMinMs)
+	}
+}
+
+// TestBuildTTL: an entry's TTL runs from its write; a beat that waited
+// longer than one interval loses the excess; one that waited TTL + one
+// interval is shed; a mark keeps the expiry it marks.
+func TestBuildTTL(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	now := time.Now().UnixMilli()
+	for _, c := range []struct {
+		waited  int64
+		want    string
+		shed    bool
+		mark    bool
+		expires int64
+	}{
+		{waited: 0, want: "3s"},
+		{waited: 900, want: "3s"},
+		{waited: 1500, want: "3s"}, // 2500 ms left, rounded up
+		{waited: 2100, want: "2s"},
+		{waited: 4000, shed: true},
+		{mark: true, expires: now + 1200, want: "2s"},
+		{mark: true, expires: now - 1, shed: true},
+	} {
+		o := beatOp("k", "i", 1, now-c.waited, wire.StatusReady)
+		o.intervalMs, o.mark, o.expiresMs = 1000, c.mark, c.expires
+		s := newSlot(subjects.KindWorker, "k", "$KV.w.k")
+		msg, ok := w.build(s, o)
+		switch {
+		case ok == c.shed:
+			t.Fatalf("%+v: written %v", c, ok)
+		case ok && msg.Header.Get(jetstream.MsgTTLHeader) != c.want:
+			t.Fatalf("%+v: TTL %q, want %q", c, msg.Header.Get(jetstream.MsgTTLHeader), c.want)
+		}
 	}
 }
