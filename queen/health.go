@@ -33,16 +33,31 @@ type healthState struct {
 	share float64
 
 	mu             sync.Mutex
-	expiries       []expiry // within the last TTL of each
+	expiries       map[time.Duration]*expiryLog // by TTL: within the last TTL
 	disruptedUntil time.Time
 	disruptReason  string
 	droppedAt      time.Time
 	conflictLog    rate.Sometimes
 }
 
-type expiry struct {
-	at  time.Time
-	ttl time.Duration
+// expiryLog holds the times of recent expiries of one TTL, oldest first,
+// so dropping the old ones is amortised O(1) per expiry even when thousands
+// expire at once.
+type expiryLog struct {
+	at   []time.Time
+	head int
+}
+
+// prune drops the expiries older than ttl and returns how many are left.
+func (l *expiryLog) prune(now time.Time, ttl time.Duration) int {
+	for l.head < len(l.at) && now.Sub(l.at[l.head]) > ttl {
+		l.head++
+	}
+	if l.head > len(l.at)/2 {
+		l.at = append(l.at[:0], l.at[l.head:]...)
+		l.head = 0
+	}
+	return len(l.at) - l.head
 }
 
 func newHealthState(cfg Config) *healthState {
@@ -58,14 +73,21 @@ func (h *healthState) expired(log *slog.Logger, now time.Time, ttlMs int64, live
 	ttl := time.Duration(max(ttlMs, 1000)) * time.Millisecond
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	kept := h.expiries[:0]
-	for _, e := range h.expiries {
-		if now.Sub(e.at) <= e.ttl {
-			kept = append(kept, e)
+	if h.expiries == nil {
+		h.expiries = map[time.Duration]*expiryLog{}
+	}
+	if h.expiries[ttl] == nil {
+		h.expiries[ttl] = &expiryLog{}
+	}
+	h.expiries[ttl].at = append(h.expiries[ttl].at, now)
+	n := 0
+	for d, l := range h.expiries {
+		if k := l.prune(now, d); k > 0 {
+			n += k
+		} else if d != ttl {
+			delete(h.expiries, d)
 		}
 	}
-	h.expiries = append(kept, expiry{now, ttl})
-	n := len(h.expiries)
 	share := float64(n) / float64(n+live)
 	if n >= minDisruption && share > h.share {
 		if !now.Before(h.disruptedUntil) {

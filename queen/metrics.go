@@ -186,29 +186,16 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if w := q.Registry(); w != nil {
 		ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(w.Undecodable()))
-		workers, hives := w.Workers(), w.Hives()
-		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(len(workers)), "worker")
-		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(len(hives)), "hive")
+		nw, nh := w.Sizes()
+		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(nw), "worker")
+		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(nh), "hive")
 		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(len(w.Queens())), "queen")
-		count := func(kind string, ls []wire.Liveness) {
-			n := map[wire.Liveness]int{}
-			for _, l := range ls {
-				n[orAlive(l)]++
-			}
+		wl, hl := w.Liveness()
+		for kind, n := range map[string]map[wire.Liveness]int{"worker": wl, "hive": hl} {
 			for _, l := range []wire.Liveness{wire.LivenessAlive, wire.LivenessDisconnected, wire.LivenessStalled} {
 				ch <- prometheus.MustNewConstMetric(descLiveness, prometheus.GaugeValue, float64(n[l]), kind, string(l))
 			}
 		}
-		wl := make([]wire.Liveness, len(workers))
-		for i, e := range workers {
-			wl[i] = e.Liveness
-		}
-		hl := make([]wire.Liveness, len(hives))
-		for i, e := range hives {
-			hl[i] = e.Liveness
-		}
-		count("worker", wl)
-		count("hive", hl)
 	}
 	for _, x := range q.metrics.all {
 		x.Collect(ch)

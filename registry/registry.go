@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -461,15 +463,21 @@ func (w *Watcher) emit(ev Event) {
 // Workers returns the mirrored worker entries sorted by key. The entries are
 // shared: do not modify them.
 func (w *Watcher) Workers() []*wire.WorkerEntry {
+	type kv struct {
+		key string
+		v   *wire.WorkerEntry
+	}
 	w.mu.RLock()
-	out := make([]*wire.WorkerEntry, 0, len(w.workers))
-	for _, it := range w.workers {
-		out = append(out, it.v)
+	all := make([]kv, 0, len(w.workers))
+	for k, it := range w.workers {
+		all = append(all, kv{k, it.v})
 	}
 	w.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool {
-		return subjects.WorkerKey(out[i].HiveID, out[i].WorkerID) < subjects.WorkerKey(out[j].HiveID, out[j].WorkerID)
-	})
+	slices.SortFunc(all, func(a, b kv) int { return strings.Compare(a.key, b.key) })
+	out := make([]*wire.WorkerEntry, len(all))
+	for i := range all {
+		out[i] = all[i].v
+	}
 	return out
 }
 
@@ -517,6 +525,21 @@ func (w *Watcher) Hive(key string) (*wire.HiveEntry, uint64, bool) {
 		return it.v, it.rev, true
 	}
 	return nil, 0, false
+}
+
+// Liveness counts the mirrored workers and hives by liveness (an absent
+// value counts as alive), without copying or sorting them.
+func (w *Watcher) Liveness() (workers, hives map[wire.Liveness]int) {
+	workers, hives = map[wire.Liveness]int{}, map[wire.Liveness]int{}
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	for _, it := range w.workers {
+		workers[orAlive(it.v.Liveness)]++
+	}
+	for _, it := range w.hives {
+		hives[orAlive(it.v.Liveness)]++
+	}
+	return workers, hives
 }
 
 // Sizes returns how many workers and hives the mirror holds.
