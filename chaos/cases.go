@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -339,6 +340,8 @@ func runOverload(w *world, r *result) error {
 	}
 	r.fig("false expiries: healthy workers", "%d, of %d of the %d workers", falseHealthy, distinct(fhs), w.opt.healthy)
 	r.fig("false expiries: load workers while beating", "%d, of %d of the %d workers", falseLoad, distinct(fls), rate)
+	r.fig("when the false expiries happened (s after the load started: count)", "healthy %s; load %s; the load stopped at +%.1fs",
+		bySecond(fhs, t0), bySecond(fls, t0), tStop.Sub(t0).Seconds())
 	r.fig("load goodbyes", "%d sent at +%s: %d delete markers, %d expired", byes, byeAtT.Sub(t0).Round(time.Millisecond), byeDel, byePurge)
 	r.fig("healthy goodbyes (SIGTERM after the load)", "%d workers: %d delete markers", len(hs), len(hs)-lostHealthyByes)
 	r.fig("accept lag of healthy beats (received_at − sent_at)", "%s", accLag)
@@ -360,6 +363,28 @@ func runOverload(w *world, r *result) error {
 		r.note("last lines of the queen's log: `%s`", cell(lastLines(q.output(), 4)))
 	}
 	return nil
+}
+
+// bySecond counts removals by whole seconds after t0: "+3s: 12, +4s: 1".
+func bySecond(rs []removal, t0 time.Time) string {
+	if len(rs) == 0 {
+		return "none"
+	}
+	n := map[int]int{}
+	var secs []int
+	for _, r := range rs {
+		s := int(r.at.Sub(t0) / time.Second)
+		if n[s] == 0 {
+			secs = append(secs, s)
+		}
+		n[s]++
+	}
+	sort.Ints(secs)
+	parts := make([]string, len(secs))
+	for i, s := range secs {
+		parts[i] = fmt.Sprintf("+%ds: %d", s, n[s])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // distinct returns how many keys the removals concern.
