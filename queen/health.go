@@ -19,8 +19,10 @@ const overloadLag = time.Second
 
 // storeSilence is how long a registry write may wait for its
 // acknowledgement before the queen reports the store failing: acks come in
-// milliseconds on a healthy store, even under load.
-const storeSilence = time.Second
+// milliseconds on a healthy store and in tens of them under overload (the
+// write window is bounded), so half a second of silence is a store that
+// stopped answering (a full disk, a lost stream leader).
+const storeSilence = 500 * time.Millisecond
 
 // minDisruption is the fewest expiries that can make a disruption: two
 // workers of a small system dying together are a failure, not a disruption.

@@ -284,11 +284,19 @@ func (q *Queen) shutdown() {
 
 // housekeeping counts subscription drops, forgets departed senders, and
 // repairs a failing store.
+// stateCheck is how often the queen looks for a change of its own state.
+const stateCheck = 100 * time.Millisecond
+
 func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 	defer q.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	// A change of the queen's state is beaten at once, not at the next
+	// interval, so every consumer sees a failing store within one interval.
+	stateT := time.NewTicker(stateCheck)
+	defer stateT.Stop()
 	var (
+		state     = wire.QueenOK
 		dropped   int
 		lastSweep = time.Now()
 		lastFix   time.Time
@@ -298,6 +306,11 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-stateT.C:
+			if s, _ := q.state(q.w.stats()); s != state {
+				state = s
+				q.self.Trigger()
+			}
 		case now := <-t.C:
 			if d, err := sub.Dropped(); err == nil && d > dropped {
 				q.metrics.dropped.Add(float64(d - dropped))
