@@ -1,5 +1,3 @@
-//go:build stress_pending
-
 package integration
 
 import (

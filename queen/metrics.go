@@ -18,6 +18,8 @@ type metrics struct {
 	rejected    *prometheus.CounterVec
 	goodbyes    *prometheus.CounterVec
 	dropped     prometheus.Counter
+	rescued     *prometheus.CounterVec
+	reserveDrop prometheus.Counter
 	coalescedC  *prometheus.CounterVec
 	shedC       *prometheus.CounterVec
 	writeOut    *prometheus.CounterVec
@@ -42,6 +44,11 @@ func newMetrics() *metrics {
 			Help: "Goodbye beats accepted (the key is deleted)."}, []string{"kind"}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_beats_dropped_total",
 			Help: "Heartbeats the queen's subscription dropped before decoding them (slow consumer)."}),
+		rescued: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_rescued_total",
+			Help: "Beats the queue group handed another queen that no queen took within half an interval; this queen took them from its reserve (a frozen or failing peer)."},
+			[]string{"kind"}),
+		reserveDrop: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_reserve_dropped_total",
+			Help: "Beats the reserve's subscription (every beat, held while other queens share the group) dropped (slow consumer)."}),
 		coalescedC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_coalesced_total",
 			Help: "Accepted beats replaced by a newer beat of the same key before being written."}, []string{"kind"}),
 		shedC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_shed_total",
@@ -70,6 +77,7 @@ func newMetrics() *metrics {
 		m.accepted.WithLabelValues(ks)
 		m.goodbyes.WithLabelValues(ks)
 		m.coalescedC.WithLabelValues(ks)
+		m.rescued.WithLabelValues(ks)
 		m.shedC.WithLabelValues(ks, "stale")
 		m.conflicts.WithLabelValues(ks)
 		m.marks.WithLabelValues(ks)
@@ -83,7 +91,7 @@ func newMetrics() *metrics {
 			m.events.WithLabelValues(ks, string(e))
 		}
 	}
-	m.all = []prometheus.Collector{m.accepted, m.rejected, m.goodbyes, m.dropped, m.coalescedC, m.shedC, m.writeOut,
+	m.all = []prometheus.Collector{m.accepted, m.rejected, m.goodbyes, m.dropped, m.rescued, m.reserveDrop, m.coalescedC, m.shedC, m.writeOut,
 		m.conflicts, m.marks, m.events, m.writeLat, m.skewSeconds, m.advisoryLag}
 	return m
 }

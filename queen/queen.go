@@ -48,6 +48,7 @@ type Queen struct {
 	wg      sync.WaitGroup
 	subs    []*nats.Subscription
 	self    *publisher.Publisher[*wire.Queen]
+	reserve reserve
 }
 
 // New returns a Queen that will use nc. It returns an error wrapping
@@ -266,6 +267,7 @@ func (q *Queen) Stop(ctx context.Context) {
 	for _, s := range q.subs {
 		_ = s.Unsubscribe()
 	}
+	q.reserve.follow(q, 0)
 	if !q.w.wait(ctx) {
 		st := q.w.stats()
 		q.log.Warn("stopping with registry writes queued", "backlog", st.Backlog, "in_flight", st.InFlight)
@@ -282,11 +284,12 @@ func (q *Queen) shutdown() {
 	}
 }
 
-// housekeeping counts subscription drops, forgets departed senders, and
-// repairs a failing store.
-// stateCheck is how often the queen looks for a change of its own state.
+// stateCheck is how often the queen looks for a change of its own state
+// and for beats held in reserve that no queen took.
 const stateCheck = 100 * time.Millisecond
 
+// housekeeping counts subscription drops, forgets departed senders, repairs
+// a failing store, beats a change of state at once, and runs the reserve.
 func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 	defer q.wg.Done()
 	t := time.NewTicker(time.Second)
@@ -296,17 +299,19 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 	stateT := time.NewTicker(stateCheck)
 	defer stateT.Stop()
 	var (
-		state     = wire.QueenOK
-		dropped   int
-		lastSweep = time.Now()
-		lastFix   time.Time
-		dropLog   = rate.Sometimes{Interval: 10 * time.Second}
+		state          = wire.QueenOK
+		dropped        int
+		reserveDropped int
+		lastSweep      = time.Now()
+		lastFix        time.Time
+		dropLog        = rate.Sometimes{Interval: 10 * time.Second}
 	)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-stateT.C:
+		case now := <-stateT.C:
+			q.reserve.rescue(q, now)
 			if s, _ := q.state(q.w.stats()); s != state {
 				state = s
 				q.self.Trigger()
@@ -321,6 +326,15 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 				})
 				dropped = d
 			}
+			q.reserve.follow(q, q.peers())
+			if d := q.reserve.dropped(); d > reserveDropped {
+				q.metrics.reserveDrop.Add(float64(d - reserveDropped))
+				n := d
+				dropLog.Do(func() {
+					q.log.Warn("beats held in reserve dropped: the queen cannot hold them as fast as they arrive", "dropped_total", n)
+				})
+			}
+			reserveDropped = q.reserve.dropped()
 			if now.Sub(lastSweep) > q.cfg.MaxTTL {
 				lastSweep = now
 				if n := q.tracker.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli()); n > 0 {
@@ -342,6 +356,7 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 // onMsg handles one heartbeat; it runs on the subscription's goroutine and
 // never blocks on the store: the writer queues per key.
 func (q *Queen) onMsg(msg *nats.Msg) {
+	q.reserve.took(msg)
 	hb, err := subscriber.Decode(q.scheme, msg)
 	if err != nil {
 		var re *subscriber.RejectError
@@ -364,16 +379,7 @@ var reasons = map[string]subscriber.Reason{
 // queues the registry write.
 func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	m := hb.Meta()
-	kind := hb.Addr.Kind
-	var key string
-	switch kind {
-	case subjects.KindWorker:
-		key = subjects.WorkerKey(hb.Addr.HiveID, hb.Addr.WorkerID)
-	case subjects.KindHive:
-		key = subjects.HiveKey(hb.Addr.HiveID)
-	default:
-		key = hb.Addr.QueenID
-	}
+	kind, key := hb.Addr.Kind, keyOf(hb.Addr)
 	id := q.w.subjectOf(kind, key)
 	ttlMs := q.cfg.ttlMs(m.IntervalMs)
 	if ttlMs > q.cfg.MaxTTL.Milliseconds() {

@@ -338,6 +338,26 @@ func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received
 	t.setConn(key, s, m.Conn)
 }
 
+// seen reports whether the tracker has accepted or observed seq (or a later
+// one) of instance under id, or, for a goodbye, that the entry is gone:
+// some queen took that beat.
+func (t *tracker) seen(id, instance string, seq uint64, goodbye bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.m[id]
+	if s == nil {
+		return false
+	}
+	if goodbye && s.goneAtMs != 0 {
+		return true
+	}
+	if s.holder.instance == instance {
+		return s.holder.seq >= seq
+	}
+	i := s.ousterIndex(instance)
+	return i >= 0 && s.ousted[i].seq >= seq
+}
+
 // forget marks a key whose entry left or expired. Its claimants are kept so
 // a replayed goodbye or older beat is still refused, while a newer beat of
 // the same instance (a sender back from a partition) is accepted.

@@ -294,6 +294,10 @@ func DecodeQueen(data []byte) (*Queen, error) {
 	return q, nil
 }
 
+// DecodeIdent reads a beat's instance, seq and interval, skipping its other
+// keys; it checks the msgpack structure only, not the beat.
+func DecodeIdent(data []byte) (*Ident, error) { return decode[Ident](data) }
+
 // DecodeWorkerEntry decodes a worker registry value. It does not validate it:
 // the queen validated the beat before storing it. Errors wrap ErrOversize,
 // ErrUndecodable, ErrBadType or ErrInvalid.

@@ -90,6 +90,13 @@ func FuzzDecode(f *testing.F) {
 		check(t, "hive entry", data, DecodeHiveEntry)
 		check(t, "queen entry", data, DecodeQueenEntry)
 		check(t, "event", data, DecodeEvent)
+		check(t, "ident", data, DecodeIdent)
+		if w, err := DecodeWorker(data); err == nil {
+			id, err := DecodeIdent(data)
+			if err != nil || id.InstanceID != w.InstanceID || id.Seq != w.Seq || id.IntervalMs != w.IntervalMs {
+				t.Fatalf("ident %+v (%v) of a worker beat %s/%d/%d", id, err, w.InstanceID, w.Seq, w.IntervalMs)
+			}
+		}
 		agreesWithReference(t, data, DecodeWorkerEntry)
 		agreesWithReference(t, data, DecodeHiveEntry)
 		agreesWithReference(t, data, DecodeQueenEntry)

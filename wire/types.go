@@ -269,6 +269,15 @@ type Event struct {
 	ModelID      string `msgpack:"model_id,omitempty" json:"model_id,omitempty"`
 }
 
+// Ident is the part of a beat's common keys that says which beat it is. The
+// queen reads it from a beat it holds in reserve, to learn whether any queen
+// took that beat, without decoding the rest.
+type Ident struct {
+	InstanceID string `msgpack:"instance_id" json:"instance_id"`
+	Seq        uint64 `msgpack:"seq" json:"seq"`
+	IntervalMs int64  `msgpack:"interval_ms" json:"interval_ms"`
+}
+
 // WorkerEntry is the value of a key in the worker registry bucket.
 type WorkerEntry struct {
 	Worker   `msgpack:",inline" msg:",flatten"`

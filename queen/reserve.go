@@ -1,0 +1,170 @@
+package queen
+
+import (
+	"bytes"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/wire"
+)
+
+// reserve keeps a frozen queen from taking live entries with it. The queue
+// group hands each beat to one queen, and the server goes on handing a
+// frozen (stopped, swapping, partitioned) queen its share until it drops
+// that queen's connection, seconds later: longer than a TTL of a few beats.
+// So while other queens are in the group, every queen also receives every
+// beat on a plain subscription and holds the newest of each key for a
+// moment. A held beat that no queen took by then (its seq is not in this
+// queen's tracker, which learns from this queen's own share and from every
+// write in the registry) was swallowed by a queen that is not working, and
+// this queen takes it. A frozen queen's share is then written with at most
+// half an interval of delay. With one queen there is no reserve.
+type reserve struct {
+	on   atomic.Bool
+	mu   sync.Mutex
+	sub  *nats.Subscription
+	held map[string]heldBeat // by subject
+}
+
+type heldBeat struct {
+	msg   *nats.Msg
+	atMs  int64
+	dueMs int64 // when the hold runs out; 0 until the beat is first looked at
+}
+
+// Hold times: half the sender's interval, within these bounds.
+const (
+	holdMinMs = 250
+	holdMaxMs = 1000
+)
+
+// follow turns the reserve on while there are peers, off without.
+func (r *reserve) follow(q *Queen, peers int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case peers > 0 && r.sub == nil:
+		sub, err := q.nc.Subscribe(q.scheme.All(), r.hold)
+		if err == nil {
+			err = sub.SetPendingLimits(q.cfg.PendingMsgs, q.cfg.PendingBytes)
+		}
+		if err != nil {
+			q.log.Warn("cannot hold beats in reserve for the other queens", "err", err)
+			if sub != nil {
+				_ = sub.Unsubscribe()
+			}
+			return
+		}
+		r.sub, r.held = sub, map[string]heldBeat{}
+		r.on.Store(true)
+		q.log.Info("holding beats in reserve: other queens share the group", "peers", peers)
+	case peers == 0 && r.sub != nil:
+		_ = r.sub.Unsubscribe()
+		r.sub, r.held = nil, nil
+		r.on.Store(false)
+		q.log.Info("reserve off: no other queen in the group")
+	}
+}
+
+// dropped returns how many beats the reserve's subscription dropped.
+func (r *reserve) dropped() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sub == nil {
+		return 0
+	}
+	d, _ := r.sub.Dropped()
+	return d
+}
+
+// hold keeps msg as the newest beat of its subject (the reserve's
+// subscription goroutine).
+func (r *reserve) hold(msg *nats.Msg) {
+	now := time.Now().UnixMilli()
+	r.mu.Lock()
+	if r.held != nil {
+		r.held[msg.Subject] = heldBeat{msg: msg, atMs: now}
+	}
+	r.mu.Unlock()
+}
+
+// took lets go of the held copy of a beat this queen took from its share.
+func (r *reserve) took(msg *nats.Msg) {
+	if !r.on.Load() {
+		return
+	}
+	r.mu.Lock()
+	if h, ok := r.held[msg.Subject]; ok && bytes.Equal(h.msg.Data, msg.Data) {
+		delete(r.held, msg.Subject)
+	}
+	r.mu.Unlock()
+}
+
+// rescue takes the held beats whose hold ran out and that no queen took.
+func (r *reserve) rescue(q *Queen, now time.Time) {
+	if !r.on.Load() {
+		return
+	}
+	nowMs := now.UnixMilli()
+	self := q.scheme.Queen(q.cfg.QueenID)
+	var due []*nats.Msg
+	r.mu.Lock()
+	for subject, h := range r.held {
+		if nowMs-h.atMs < holdMinMs {
+			continue
+		}
+		if h.dueMs == 0 {
+			id, err := wire.DecodeIdent(h.msg.Data)
+			if err != nil || subject == self {
+				delete(r.held, subject) // refused (and counted) by the queen it went to; or our own beat
+				continue
+			}
+			h.dueMs = h.atMs + min(max(id.IntervalMs/2, holdMinMs), holdMaxMs)
+			r.held[subject] = h
+		}
+		if nowMs >= h.dueMs {
+			due = append(due, h.msg)
+			delete(r.held, subject)
+		}
+	}
+	r.mu.Unlock()
+	for _, msg := range due {
+		a, err := q.scheme.Parse(msg.Subject)
+		id, ierr := wire.DecodeIdent(msg.Data)
+		if err != nil || ierr != nil || q.tracker.seen(q.w.subjectOf(a.Kind, keyOf(a)), id.InstanceID, id.Seq,
+			msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye) {
+			continue
+		}
+		q.metrics.rescued.WithLabelValues(string(a.Kind)).Inc()
+		q.onMsg(msg)
+	}
+}
+
+// keyOf returns the registry key of a beat's address.
+func keyOf(a subjects.Address) string {
+	switch a.Kind {
+	case subjects.KindWorker:
+		return subjects.WorkerKey(a.HiveID, a.WorkerID)
+	case subjects.KindHive:
+		return subjects.HiveKey(a.HiveID)
+	}
+	return a.QueenID
+}
+
+// peers returns how many other queens the registry shows.
+func (q *Queen) peers() int {
+	w := q.Registry()
+	if w == nil {
+		return 0
+	}
+	n := 0
+	for _, e := range w.Queens() {
+		if e.QueenID != q.cfg.QueenID {
+			n++
+		}
+	}
+	return n
+}
