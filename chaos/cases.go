@@ -55,19 +55,25 @@ func queued(m metrics) float64 {
 	})
 }
 
-// accounting is the queen's own count of the worker beats it got.
+// accounting is the queen's own count of the worker beats it got: each is
+// accepted, rejected, dropped by the subscription, or superseded by a newer
+// beat of its key before it was decoded.
 type accounting struct {
-	accepted, rejected, dropped, coalesced float64
+	accepted, rejected, dropped, superseded, coalesced float64
 }
 
-func (a accounting) total() float64 { return a.accepted + a.rejected + a.dropped }
+func (a accounting) total() float64 { return a.accepted + a.rejected + a.dropped + a.superseded }
+
+// taken is what the queen took off the connection and handled.
+func (a accounting) taken() float64 { return a.accepted + a.superseded }
 
 func account(m metrics) accounting {
 	return accounting{
-		accepted:  m.sum(exact("rbee_queen_beats_accepted_total"), `kind="worker"`),
-		rejected:  m.sum(counter("rejected"), `kind="worker"`),
-		dropped:   m.sum(counter("drop")),
-		coalesced: m.sum(counter("coalesc")),
+		accepted:   m.sum(exact("rbee_queen_beats_accepted_total"), `kind="worker"`),
+		rejected:   m.sum(counter("rejected"), `kind="worker"`),
+		dropped:    m.sum(exact("rbee_queen_beats_dropped_total")),
+		superseded: m.sum(exact("rbee_queen_beats_superseded_total"), `kind="worker"`),
+		coalesced:  m.sum(counter("coalesc")),
 	}
 }
 
@@ -108,7 +114,7 @@ func runCapacity(w *world, r *result) error {
 		}
 		_, e := o.counts()
 		m, _ := scrape(q.httpAddr)
-		samples = append(samples, sample{time.Now(), seq, e, account(m).accepted})
+		samples = append(samples, sample{time.Now(), seq, e, account(m).taken()})
 	}
 	rateIn := func(from, to time.Time) (writes, accepted float64, expired uint64) {
 		var a, b *sample
@@ -189,7 +195,7 @@ loop:
 
 // runOverload offers twice what the queen can write, TTL of 3 beats: the
 // healthy workers and the load workers must not expire while they beat,
-// every beat must be accepted, rejected or counted as dropped, goodbyes
+// every beat must be accepted, rejected, counted as dropped or superseded, goodbyes
 // must arrive, and the queen's memory must stay bounded.
 func runOverload(w *world, r *result) error {
 	rate := w.opt.rate
@@ -331,8 +337,9 @@ func runOverload(w *world, r *result) error {
 	if merr != nil {
 		r.fig("queen metrics at the end", "unreadable: %v", merr)
 	}
-	r.fig("queen accounting (worker beats)", "accepted %.0f, rejected %.0f, counted as dropped %.0f, coalesced %.0f", final.accepted, final.rejected, final.dropped, final.coalesced)
-	r.fig("sent − (accepted + rejected + dropped)", "%.0f (%.1f %% of sent)", unaccounted, 100*unaccounted/math.Max(sent, 1))
+	r.fig("queen accounting (worker beats)", "accepted %.0f, rejected %.0f, counted as dropped %.0f, superseded before decoding %.0f; coalesced after accepting %.0f",
+		final.accepted, final.rejected, final.dropped, final.superseded, final.coalesced)
+	r.fig("sent − (accepted + rejected + dropped + superseded)", "%.0f (%.1f %% of sent)", unaccounted, 100*unaccounted/math.Max(sent, 1))
 	if drained {
 		r.fig("queen's counts settled", "%s after the load's end", drainedIn.Round(100*time.Millisecond))
 	} else {

@@ -19,6 +19,7 @@ type metrics struct {
 	goodbyes    *prometheus.CounterVec
 	dropped     prometheus.Counter
 	rescued     *prometheus.CounterVec
+	supersededC *prometheus.CounterVec
 	reserveDrop prometheus.Counter
 	coalescedC  *prometheus.CounterVec
 	shedC       *prometheus.CounterVec
@@ -46,6 +47,9 @@ func newMetrics() *metrics {
 			Help: "Heartbeats the queen's subscription dropped before decoding them (slow consumer)."}),
 		rescued: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_rescued_total",
 			Help: "Beats the queue group handed another queen that no queen took within half an interval; this queen took them from its reserve (a frozen or failing peer)."},
+			[]string{"kind"}),
+		supersededC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_superseded_total",
+			Help: "Beats replaced by a newer beat of the same key before the queen decoded them (it decodes the newest when the key's write comes: under overload, decoding follows writes, not beats)."},
 			[]string{"kind"}),
 		reserveDrop: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_reserve_dropped_total",
 			Help: "Beats the reserve's subscription (every beat, held while other queens share the group) dropped (slow consumer)."}),
@@ -78,6 +82,7 @@ func newMetrics() *metrics {
 		m.goodbyes.WithLabelValues(ks)
 		m.coalescedC.WithLabelValues(ks)
 		m.rescued.WithLabelValues(ks)
+		m.supersededC.WithLabelValues(ks)
 		m.shedC.WithLabelValues(ks, "stale")
 		m.conflicts.WithLabelValues(ks)
 		m.marks.WithLabelValues(ks)
@@ -91,12 +96,13 @@ func newMetrics() *metrics {
 			m.events.WithLabelValues(ks, string(e))
 		}
 	}
-	m.all = []prometheus.Collector{m.accepted, m.rejected, m.goodbyes, m.dropped, m.rescued, m.reserveDrop, m.coalescedC, m.shedC, m.writeOut,
+	m.all = []prometheus.Collector{m.accepted, m.rejected, m.goodbyes, m.dropped, m.rescued, m.supersededC, m.reserveDrop, m.coalescedC, m.shedC, m.writeOut,
 		m.conflicts, m.marks, m.events, m.writeLat, m.skewSeconds, m.advisoryLag}
 	return m
 }
 
-func (m *metrics) coalesced(k subjects.Kind) { m.coalescedC.WithLabelValues(string(k)).Inc() }
+func (m *metrics) coalesced(k subjects.Kind)  { m.coalescedC.WithLabelValues(string(k)).Inc() }
+func (m *metrics) superseded(k subjects.Kind) { m.supersededC.WithLabelValues(string(k)).Inc() }
 func (m *metrics) shed(k subjects.Kind, reason string) {
 	m.shedC.WithLabelValues(string(k), reason).Inc()
 }

@@ -84,6 +84,7 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		subjects.KindHive:   "$KV." + scheme.HivesBucket() + ".",
 		subjects.KindQueen:  "$KV." + scheme.QueensBucket() + ".",
 	})
+	q.w.decode = q.decode
 	return q, nil
 }
 
@@ -357,15 +358,31 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 // never blocks on the store: the writer queues per key.
 func (q *Queen) onMsg(msg *nats.Msg) {
 	q.reserve.took(msg)
+	now := time.Now().UnixMilli()
+	if msg.Header.Get(wire.HeaderEvent) != wire.EventGoodbye {
+		// A key whose last beat still waits for its write takes the new
+		// one undecoded: under overload, decoding follows writes, not beats.
+		if a, err := q.scheme.Parse(msg.Subject); err == nil && q.w.park(q.w.subjectOf(a.Kind, keyOf(a)), msg, now) {
+			return
+		}
+	}
+	if o := q.decode(msg, now); o != nil {
+		q.w.put(o)
+	}
+}
+
+// decode decodes and admits a beat that arrived at nowMs: the registry write
+// to queue, or nil if it was refused (counted and logged).
+func (q *Queen) decode(msg *nats.Msg, nowMs int64) *op {
 	hb, err := subscriber.Decode(q.scheme, msg)
 	if err != nil {
 		var re *subscriber.RejectError
 		if errors.As(err, &re) {
 			q.reject(kindOf(q.scheme, msg.Subject), re)
 		}
-		return
+		return nil
 	}
-	q.accept(hb)
+	return q.admit(hb, nowMs)
 }
 
 // reasons maps the tracker's refusals to rejection reasons.
@@ -375,9 +392,9 @@ var reasons = map[string]subscriber.Reason{
 	"conflict": subscriber.ReasonConflict,
 }
 
-// accept applies a decoded heartbeat: TTL, freshness and conflicts, then
-// queues the registry write.
-func (q *Queen) accept(hb *subscriber.Heartbeat) {
+// admit applies a decoded heartbeat that arrived at now: TTL, freshness and
+// conflicts. It returns the registry write to queue, or nil if refused.
+func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	m := hb.Meta()
 	kind, key := hb.Addr.Kind, keyOf(hb.Addr)
 	id := q.w.subjectOf(kind, key)
@@ -385,9 +402,8 @@ func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	if ttlMs > q.cfg.MaxTTL.Milliseconds() {
 		q.reject(kind, &subscriber.RejectError{Reason: subscriber.ReasonInterval, Subject: hb.Subject,
 			Err: fmt.Errorf("TTL %d × %d ms passes the max TTL %s", q.cfg.Missed, m.IntervalMs, q.cfg.MaxTTL)})
-		return
+		return nil
 	}
-	now := time.Now().UnixMilli()
 	var (
 		busy     bool
 		progress *uint64
@@ -404,7 +420,7 @@ func (q *Queen) accept(hb *subscriber.Heartbeat) {
 		}
 		q.reject(kind, &subscriber.RejectError{Reason: reasons[v.reason], Subject: hb.Subject,
 			Err: fmt.Errorf("instance %s seq %d: %s", m.InstanceID, m.Seq, v.detail)})
-		return
+		return nil
 	}
 	if v.conflict {
 		q.health.conflict(q.log, kind, key, m.InstanceID)
@@ -416,8 +432,7 @@ func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	if hb.Goodbye {
 		q.metrics.goodbyes.WithLabelValues(string(kind)).Inc()
 		o.del = true
-		q.w.put(o)
-		return
+		return o
 	}
 	switch kind {
 	case subjects.KindWorker:
@@ -427,7 +442,7 @@ func (q *Queen) accept(hb *subscriber.Heartbeat) {
 	default:
 		o.queen = &wire.QueenEntry{Queen: *hb.Queen, Received: v.rec}
 	}
-	q.w.put(o)
+	return o
 }
 
 func kindOf(s subjects.Scheme, subject string) subjects.Kind {

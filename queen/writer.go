@@ -92,10 +92,15 @@ func notable(prev, o *op) bool {
 // key is in flight, so a key's writes land in the order they were accepted
 // and a beat is never written after a newer one.
 type slot struct {
-	kind     subjects.Kind
-	key      string
-	subject  string
-	pend     *op // newest op waiting; nil if none
+	kind    subjects.Kind
+	key     string
+	subject string
+	pend    *op // newest op waiting; nil if none
+	// raw is a beat that arrived while pend waited, not yet decoded (so not
+	// yet admitted): it is decoded when the key's turn comes, and replaces
+	// pend then unless it is refused. rawAtMs is when it arrived.
+	raw      *nats.Msg
+	rawAtMs  int64
 	inflight *op
 	last     *op    // last op the store acknowledged (not a delete)
 	lastRev  uint64 // its revision
@@ -178,6 +183,7 @@ func (w *writer) next(nowMs int64) *slot {
 // writeMetrics is what the writer reports to; *metrics implements it.
 type writeMetrics interface {
 	coalesced(k subjects.Kind)
+	superseded(k subjects.Kind)
 	shed(k subjects.Kind, reason string)
 	writeDone(d time.Duration)
 	writeFailed(k subjects.Kind, outcome string)
@@ -229,6 +235,9 @@ type writer struct {
 	coalesce  uint64
 	idle      chan struct{}
 	errLog    rate.Sometimes
+	// decode decodes and admits a parked beat that arrived at atMs; nil if
+	// refused. Called without mu.
+	decode func(msg *nats.Msg, atMs int64) *op
 }
 
 func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subjects.Kind]string) *writer {
@@ -265,6 +274,7 @@ func (w *writer) put(o *op) {
 	if o.storedUntilMs > s.deadlineMs && s.inflight == nil {
 		s.deadlineMs = o.storedUntilMs // another queen's write, or one before a restart
 	}
+	w.dropRaw(s) // o arrived after it
 	if s.pend != nil {
 		w.coalesce++
 		w.m.coalesced(o.kind)
@@ -284,6 +294,33 @@ func (w *writer) put(o *op) {
 	w.schedule(s)
 }
 
+// park stores msg, a beat of key that arrived at nowMs, undecoded, if an
+// accepted beat of the key is already waiting for its write: the newest
+// beat is decoded when the key's turn comes, so under overload decoding
+// follows writes, not beats. A beat parked over another supersedes it
+// (counted). It returns false if the beat must be decoded now.
+func (w *writer) park(subject string, msg *nats.Msg, nowMs int64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.slots[subject]
+	if w.decode == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark {
+		return false
+	}
+	if s.raw != nil {
+		w.m.superseded(s.kind)
+	}
+	s.raw, s.rawAtMs = msg, nowMs
+	return true
+}
+
+// dropRaw discards a parked beat that an op accepted since supersedes. mu held.
+func (w *writer) dropRaw(s *slot) {
+	if s.raw != nil {
+		s.raw = nil
+		w.m.superseded(s.kind)
+	}
+}
+
 // mark queues a disconnected mark for key, whose holder's connection conn
 // closed: applied to a waiting beat from conn, else written over the entry
 // last seen (from, at revision rev) with its original expiry.
@@ -296,6 +333,7 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 		s = newSlot(kind, key, subject)
 		w.slots[subject] = s
 	}
+	w.dropRaw(s) // from the closed connection, or a beat decides soon after
 	switch {
 	case s.pend != nil && s.pend.del:
 		return // a goodbye is on its way
@@ -415,9 +453,20 @@ func (w *writer) run() {
 		}
 		failing := w.failingLocked()
 		s := w.next(time.Now().UnixMilli())
-		o := s.pend
-		s.pend, s.inflight, s.since = nil, o, 0
+		o, raw, rawAt := s.pend, s.raw, s.rawAtMs
+		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
 		w.schedule(s) // out of the queues while in flight
+		if raw != nil {
+			w.mu.Unlock()
+			d := w.decode(raw, rawAt)
+			w.mu.Lock()
+			if d != nil { // else the waiting beat, admitted before, is written
+				o = d
+				w.coalesce++
+				w.m.coalesced(o.kind)
+			}
+			s.inflight = o
+		}
 		msg, ok := w.build(s, o)
 		if ok {
 			w.inflight[msg] = s

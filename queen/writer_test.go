@@ -14,6 +14,7 @@ import (
 type nopMetrics struct{ coalesce int }
 
 func (m *nopMetrics) coalesced(subjects.Kind)           { m.coalesce++ }
+func (m *nopMetrics) superseded(subjects.Kind)          {}
 func (m *nopMetrics) shed(subjects.Kind, string)        {}
 func (m *nopMetrics) writeDone(time.Duration)           {}
 func (m *nopMetrics) writeFailed(subjects.Kind, string) {}
