@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
@@ -142,5 +143,41 @@ func TestBuildTTL(t *testing.T) {
 		case ok && msg.Header.Get(jetstream.MsgTTLHeader) != c.want:
 			t.Fatalf("%+v: TTL %q, want %q", c, msg.Header.Get(jetstream.MsgTTLHeader), c.want)
 		}
+	}
+}
+
+type countMetrics struct {
+	nopMetrics
+	nSuperseded int
+}
+
+func (m *countMetrics) superseded(subjects.Kind) { m.nSuperseded++ }
+
+// TestPark: a beat is parked undecoded only while an accepted beat of its key
+// waits; a second parked beat supersedes the first (counted), and an
+// accepted op (a goodbye, a mark) supersedes a parked one.
+func TestPark(t *testing.T) {
+	m := &countMetrics{}
+	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w.decode = func(*nats.Msg, int64) *op { return nil }
+	a, b := &nats.Msg{Subject: "a1"}, &nats.Msg{Subject: "a2"}
+	if w.park("$KV.w.k", a, 1) {
+		t.Fatal("parked a beat of a key with nothing waiting")
+	}
+	w.put(beatOp("k", "i", 1, 100, wire.StatusReady))
+	if !w.park("$KV.w.k", a, 200) || !w.park("$KV.w.k", b, 300) {
+		t.Fatal("a beat of a key with a waiting beat was not parked")
+	}
+	if s := w.slots["$KV.w.k"]; s.raw != b || m.nSuperseded != 1 {
+		t.Fatalf("parked %v, superseded %d: want the newest parked and one superseded", s.raw, m.nSuperseded)
+	}
+	bye := beatOp("k", "i", 2, 400, wire.StatusReady)
+	bye.del = true
+	w.put(bye)
+	if s := w.slots["$KV.w.k"]; s.raw != nil || m.nSuperseded != 2 {
+		t.Fatalf("after a goodbye: parked %v, superseded %d", s.raw, m.nSuperseded)
+	}
+	if w.park("$KV.w.k", a, 500) {
+		t.Fatal("parked a beat behind a waiting goodbye")
 	}
 }
