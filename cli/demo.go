@@ -114,7 +114,7 @@ func runDemo(e *env, args []string) error {
 	}
 	defer q.Stop(context.Background())
 	if *httpAddr != "off" {
-		hs, err := startHTTP(e.ctx, *httpAddr, q, qconn.nc, log)
+		hs, err := startHTTP(e.ctx, *httpAddr, q, qconn.nc, log, nil)
 		if err != nil {
 			return err
 		}

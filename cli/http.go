@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -323,8 +324,9 @@ func (s *httpServer) Close() error {
 // startHTTP serves q's API and web view on addr. nc is the queen's
 // connection: the web view watches the registry on it and /healthz checks
 // it; with nil the page loads without live updates and /healthz checks only
-// the queen.
-func startHTTP(ctx context.Context, addr string, q *queen.Queen, nc *nats.Conn, log *slog.Logger) (*httpServer, error) {
+// the queen. With shared (the queen's OnEvent, refreshes included), the view
+// shares the queen's registry watch instead of watching on its own.
+func startHTTP(ctx context.Context, addr string, q *queen.Queen, nc *nats.Conn, log *slog.Logger, shared *eventFanout) (*httpServer, error) {
 	a := &httpAPI{q: q, self: q, nc: nc}
 	if nc != nil {
 		js, err := jetstream.New(nc)
@@ -334,8 +336,14 @@ func startHTTP(ctx context.Context, addr string, q *queen.Queen, nc *nats.Conn, 
 		a.js = js
 		vc := web.DefaultConfig(js)
 		vc.Scheme, vc.Logger = q.Scheme(), log
+		if shared != nil {
+			vc.Watcher = q.Registry()
+		}
 		if a.view, err = web.New(vc); err != nil {
 			return nil, err
+		}
+		if shared != nil {
+			shared.add(a.view.OnEvent)
 		}
 		if err := a.view.Start(ctx); err != nil {
 			return nil, err
@@ -361,4 +369,26 @@ func startHTTP(ctx context.Context, addr string, q *queen.Queen, nc *nats.Conn, 
 	s := &httpServer{hs: hs, view: a.view, addr: ln.Addr().String()}
 	log.Info("http api ready", "addr", "http://"+s.addr)
 	return s, nil
+}
+
+// eventFanout hands each registry event to every function added, in order;
+// it is a queen's OnEvent. Functions may be added while events flow.
+type eventFanout struct {
+	mu sync.RWMutex
+	fs []func(registry.Event)
+}
+
+func (f *eventFanout) add(fn func(registry.Event)) {
+	f.mu.Lock()
+	f.fs = append(f.fs, fn)
+	f.mu.Unlock()
+}
+
+func (f *eventFanout) call(ev registry.Event) {
+	f.mu.RLock()
+	fs := f.fs
+	f.mu.RUnlock()
+	for _, fn := range fs {
+		fn(ev)
+	}
 }

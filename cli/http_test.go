@@ -55,6 +55,8 @@ func startHTTPSystemOn(t *testing.T, srv *embedded.Server) *httpSystem {
 	nc := testutil.Connect(t, srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	qc := queen.DefaultConfig()
 	qc.Logger = testutil.Logger(t) // entries live 3 of their own intervals, rounded up to whole seconds
+	fan := &eventFanout{}          // the web view shares the queen's watch, as in rbee queen
+	qc.OnEvent, qc.Refreshes = fan.call, true
 	q, err := queen.New(nc, qc)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +66,7 @@ func startHTTPSystemOn(t *testing.T, srv *embedded.Server) *httpSystem {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Stop(context.Background()) })
-	hs, err := startHTTP(context.Background(), "127.0.0.1:0", q, nc, testutil.Logger(t))
+	hs, err := startHTTP(context.Background(), "127.0.0.1:0", q, nc, testutil.Logger(t), fan)
 	if err != nil {
 		t.Fatal(err)
 	}

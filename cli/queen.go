@@ -149,7 +149,10 @@ func runQueen(e *env, args []string) error {
 		defer cancel()
 		evp.Stop(ctx)
 	}()
-	qc.OnEvent = evp.OnEvent
+	// The event history and the web view share the queen's registry watch.
+	fan := &eventFanout{}
+	fan.add(evp.OnEvent)
+	qc.OnEvent, qc.Refreshes = fan.call, true
 	qc.Collectors = append(qc.Collectors, evp.Collector())
 	q, err := queen.New(nc, qc)
 	if err != nil {
@@ -210,7 +213,7 @@ func runQueen(e *env, args []string) error {
 		q.Stop(ctx)
 	}()
 	if f.http != "off" {
-		hs, err := startHTTP(e.ctx, f.http, q, nc, log)
+		hs, err := startHTTP(e.ctx, f.http, q, nc, log, fan)
 		if err != nil {
 			return err
 		}

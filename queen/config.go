@@ -63,6 +63,9 @@ type Config struct {
 	// OnEvent, if set, receives every registry event, one at a time (from the
 	// registry watcher). It must not block for long.
 	OnEvent func(registry.Event)
+	// Refreshes also hands OnEvent the Refreshed events: every value written
+	// (a web view sharing the queen's registry watch needs them).
+	Refreshes bool
 	// Collectors are exported with the queen's own metrics (the event
 	// history publisher's, for one).
 	Collectors []prometheus.Collector

@@ -486,6 +486,9 @@ func (q *Queen) onEvent(ev registry.Event) {
 		}
 	}
 	if ev.Type == registry.Refreshed {
+		if q.cfg.Refreshes && q.cfg.OnEvent != nil {
+			q.cfg.OnEvent(ev)
+		}
 		return
 	}
 	if ev.Type == registry.Expired && ev.Kind != subjects.KindQueen {

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/rbee/heartbeat/registry"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
 )
@@ -31,6 +33,11 @@ type Config struct {
 	WriteTimeout time.Duration
 	// Logger receives the view's log; nil discards.
 	Logger *slog.Logger
+	// Watcher, if set, is a registry watch to share (the queen's own), so
+	// the process reads every write once: the view then does not watch the
+	// registry itself, and whoever owns the watch must hand every event,
+	// refreshes included, to View.OnEvent.
+	Watcher *registry.Watcher
 }
 
 // DefaultConfig returns a Config for js with the default scheme.

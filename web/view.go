@@ -74,14 +74,18 @@ func (v *View) Start(ctx context.Context) error {
 	v.cancel = cancel
 	v.mu.Unlock()
 
-	w, err := registry.Watch(runCtx, v.cfg.JetStream, registry.Config{
-		Scheme:    v.cfg.Scheme,
-		OnEvent:   v.onEvent,
-		Refreshes: true, // every beat: VRAM, slots and ages change without an event
-		Logger:    v.log,
-	})
+	w, owned, err := v.cfg.Watcher, false, error(nil)
+	if w == nil {
+		owned = true
+		w, err = registry.Watch(runCtx, v.cfg.JetStream, registry.Config{
+			Scheme:    v.cfg.Scheme,
+			OnEvent:   v.OnEvent,
+			Refreshes: true, // every beat: VRAM, slots and ages change without an event
+			Logger:    v.log,
+		})
+	}
 	if err == nil {
-		if err = w.WaitReady(ctx); err != nil {
+		if err = w.WaitReady(ctx); err != nil && owned {
 			w.Stop()
 		}
 	}
@@ -92,13 +96,15 @@ func (v *View) Start(ctx context.Context) error {
 	v.mu.Lock()
 	if v.stopped { // Stop ran while the registry loaded
 		v.mu.Unlock()
-		w.Stop()
+		if owned {
+			w.Stop()
+		}
 		return nil
 	}
 	v.watcher = w
 	v.wg.Add(1)
 	v.mu.Unlock()
-	go v.run(runCtx, w)
+	go v.run(runCtx, w, owned)
 	return nil
 }
 
@@ -131,10 +137,12 @@ func (v *View) Dropped() uint64 {
 
 // run flushes coalesced changes until ctx ends, then stops the watch and
 // disconnects the pages (ctx may end without Stop).
-func (v *View) run(ctx context.Context, w *registry.Watcher) {
+func (v *View) run(ctx context.Context, w *registry.Watcher, owned bool) {
 	defer v.wg.Done()
 	defer func() {
-		w.Stop()
+		if owned {
+			w.Stop()
+		}
 		v.mu.Lock()
 		for c := range v.clients {
 			close(c.gone)
@@ -229,9 +237,11 @@ func (v *View) flush(w *registry.Watcher) {
 	}
 }
 
-// onEvent marks the event's entry for the next update and, for a change
-// worth an event, keeps it and sends it to the pages at once.
-func (v *View) onEvent(ev registry.Event) {
+// OnEvent marks the event's entry for the next update and, for a change
+// worth an event, keeps it and sends it to the pages at once. It is the
+// watch's callback (Config.Watcher: the owner's to call, one event at a
+// time).
+func (v *View) OnEvent(ev registry.Event) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if d := v.dirty[ev.Kind]; d != nil {
