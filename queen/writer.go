@@ -193,7 +193,7 @@ type writeMetrics interface {
 type writerStats struct {
 	Backlog     int   // keys waiting to be written
 	InFlight    int   // writes awaiting acknowledgement
-	LagMs       int64 // how long the oldest waiting write has waited
+	LagMs       int64 // how long writes wait (see stats)
 	LastWriteMs int64 // queen clock of the last acknowledged write
 	Failing     bool  // the last write failed and none succeeded since
 	LastErr     string
@@ -233,6 +233,7 @@ type writer struct {
 	lastErrMs int64
 	lastErr   error
 	coalesce  uint64
+	sentLagMs int64 // how long the write sent last had waited
 	idle      chan struct{}
 	errLog    rate.Sometimes
 	// decode decodes and admits a parked beat that arrived at atMs; nil if
@@ -454,6 +455,7 @@ func (w *writer) run() {
 		failing := w.failingLocked()
 		s := w.next(time.Now().UnixMilli())
 		o, raw, rawAt := s.pend, s.raw, s.rawAtMs
+		w.sentLagMs = time.Now().UnixMilli() - s.since
 		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
 		w.schedule(s) // out of the queues while in flight
 		if raw != nil {
@@ -630,15 +632,18 @@ func (w *writer) forget(kind subjects.Kind, key string) {
 	}
 }
 
-// stats returns a snapshot; it scans the waiting keys for the oldest.
+// stats returns a snapshot, in constant time: the write lag is how long
+// the write sent last had waited (refreshes go in expiry order, so under
+// overload that is about the longest wait), or the oldest goodbye or new
+// entry waiting, whichever is longer.
 func (w *writer) stats() writerStats {
 	now := time.Now().UnixMilli()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := writerStats{Backlog: w.waiting, InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
 		Failing: w.failingLocked(), Coalesced: w.coalesce}
-	for _, s := range w.qs[qLive].s { // the other queues are in accept order
-		st.LagMs = max(st.LagMs, now-s.since)
+	if w.waiting > 0 {
+		st.LagMs = w.sentLagMs
 	}
 	for _, q := range []*queue{&w.qs[qFirst], &w.qs[qNew]} {
 		if q.Len() > 0 {
