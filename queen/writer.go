@@ -624,11 +624,21 @@ func (w *writer) finish(s *slot) {
 }
 
 // forget drops what the writer remembers of a key that left or expired.
+// A key with a beat still waiting is new again: its write re-creates the
+// entry and goes with the new entries, not ahead of the refreshes that keep
+// live entries alive, so under overload writes are not spent on entries
+// already lost while others are about to be.
 func (w *writer) forget(kind subjects.Kind, key string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if s := w.slots[w.subjectOf(kind, key)]; s != nil && s.pend == nil && s.inflight == nil {
+	s := w.slots[w.subjectOf(kind, key)]
+	switch {
+	case s == nil || s.inflight != nil:
+	case s.pend == nil:
 		delete(w.slots, s.subject)
+	default:
+		s.last, s.lastRev, s.deadlineMs = nil, 0, 0
+		w.schedule(s)
 	}
 }
 

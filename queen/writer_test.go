@@ -181,3 +181,17 @@ func TestPark(t *testing.T) {
 		t.Fatal("parked a beat behind a waiting goodbye")
 	}
 }
+
+// TestForgetWaiting: a key whose entry expired while a beat of it waited
+// moves from the refreshes to the new entries.
+func TestForgetWaiting(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	liveSlot(w, "lost", 900)
+	w.put(beatOp("lost", "i", 2, 500, wire.StatusReady))
+	liveSlot(w, "due", 1200)
+	w.put(beatOp("due", "i", 2, 600, wire.StatusReady))
+	w.forget(subjects.KindWorker, "lost")
+	if got := fmt.Sprint(order(popAll(w, 1000))); got != "[due lost]" {
+		t.Fatalf("write order %s: want the live entry due to expire first, then the lost one", got)
+	}
+}
