@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/internal/testutil"
 )
@@ -54,6 +55,18 @@ func TestStressPausedQueen(t *testing.T) {
 	window(ttl + interval)
 	if got := w.expiredSince(hiveKeys("gpu-node-1"), t0); len(got) > 0 {
 		t.Errorf("%d of %d workers expired while one of two queens was paused: %v\n%s\nchild queen:\n%s", len(got), workers, got, w, out)
+	}
+	// The resumed queen does not write the old beats it found waiting over
+	// the newer ones the other queen wrote meanwhile.
+	var late []string
+	for _, o := range w.ops(hiveKeys("gpu-node-1")) {
+		if o.op == jetstream.KeyValuePut && o.at.Sub(o.sentAt) > 2*interval {
+			late = append(late, fmt.Sprintf("%s seq %d written %s after it was sent, at %s from the pause", o.key, o.seq,
+				o.at.Sub(o.sentAt).Round(time.Millisecond), o.at.Sub(t0).Round(time.Millisecond)))
+		}
+	}
+	if len(late) > 0 {
+		t.Errorf("%d beats written late after the resume: %v\nchild queen:\n%s", len(late), late, out)
 	}
 }
 

@@ -46,7 +46,7 @@ func newMetrics() *metrics {
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_beats_dropped_total",
 			Help: "Heartbeats the queen's subscription dropped before decoding them (slow consumer)."}),
 		rescued: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_rescued_total",
-			Help: "Beats the queue group handed another queen that no queen took within half an interval; this queen took them from its reserve (a frozen or failing peer)."},
+			Help: "Beats held in reserve that no queen took within half an interval, taken then: another queen's share (a frozen or failing peer), or this queen's own after it was stopped."},
 			[]string{"kind"}),
 		supersededC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_superseded_total",
 			Help: "Beats replaced by a newer beat of the same key before the queen decoded them (it decodes the newest when the key's write comes: under overload, decoding follows writes, not beats)."},

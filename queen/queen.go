@@ -312,6 +312,7 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 		case <-ctx.Done():
 			return
 		case now := <-stateT.C:
+			q.reserve.tick(q, now)
 			q.reserve.rescue(q, now)
 			if s, _ := q.state(q.w.stats()); s != state {
 				state = s
@@ -359,6 +360,19 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 func (q *Queen) onMsg(msg *nats.Msg) {
 	q.reserve.took(msg)
 	now := time.Now().UnixMilli()
+	if q.reserve.stalled(now) {
+		// This queen was frozen: its share waited in the socket while the
+		// other queens took those beats from their reserves. Hold them
+		// too, so only the ones no queen took are written, not old beats
+		// over newer ones.
+		q.reserve.hold(msg)
+		return
+	}
+	q.take(msg, now)
+}
+
+// take queues the registry write of a beat that arrived at now.
+func (q *Queen) take(msg *nats.Msg, now int64) {
 	if msg.Header.Get(wire.HeaderEvent) != wire.EventGoodbye {
 		// A key whose last beat still waits for its write takes the new
 		// one undecoded: under overload, decoding follows writes, not beats.

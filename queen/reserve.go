@@ -23,7 +23,12 @@ import (
 // this queen takes it. A frozen queen's share is then written with at most
 // half an interval of delay. With one queen there is no reserve.
 type reserve struct {
-	on   atomic.Bool
+	on atomic.Bool
+	// awakeMs is when housekeeping last ran; holdUntilMs is the end of the
+	// hold after a stall of this queen (SIGSTOP, a frozen VM).
+	awakeMs     atomic.Int64
+	holdUntilMs atomic.Int64
+
 	mu   sync.Mutex
 	sub  *nats.Subscription
 	held map[string]heldBeat // by subject
@@ -61,12 +66,35 @@ func (r *reserve) follow(q *Queen, peers int) {
 		r.sub, r.held = sub, map[string]heldBeat{}
 		r.on.Store(true)
 		q.log.Info("holding beats in reserve: other queens share the group", "peers", peers)
+		r.awakeMs.Store(time.Now().UnixMilli())
 	case peers == 0 && r.sub != nil:
 		_ = r.sub.Unsubscribe()
 		r.sub, r.held = nil, nil
 		r.on.Store(false)
 		q.log.Info("reserve off: no other queen in the group")
 	}
+}
+
+// stallGapMs is how long housekeeping (every stateCheck) may be silent
+// before the queen takes itself for stopped.
+const stallGapMs = 1000
+
+// tick records that housekeeping runs; after a stall, beats this queen took
+// from its share are held like the reserve's for holdMaxMs.
+func (r *reserve) tick(q *Queen, now time.Time) {
+	nowMs := now.UnixMilli()
+	prev := r.awakeMs.Swap(nowMs)
+	if r.on.Load() && prev != 0 && nowMs-prev > stallGapMs {
+		r.holdUntilMs.Store(nowMs + holdMaxMs)
+		q.log.Warn("this queen was stopped: the beats it received meanwhile are written only if no other queen took them",
+			"stalled", time.Duration(nowMs-prev)*time.Millisecond)
+	}
+}
+
+// stalled reports whether a beat of this queen's share that arrives at nowMs
+// must be held: this queen was stopped just now, or is still.
+func (r *reserve) stalled(nowMs int64) bool {
+	return r.on.Load() && (nowMs-r.awakeMs.Load() > stallGapMs || nowMs < r.holdUntilMs.Load())
 }
 
 // dropped returns how many beats the reserve's subscription dropped.
@@ -139,7 +167,13 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 			continue
 		}
 		q.metrics.rescued.WithLabelValues(string(a.Kind)).Inc()
-		q.onMsg(msg)
+		if o := q.decode(msg, nowMs); o != nil {
+			// Only over the entry as this queen last saw it: if another
+			// queen wrote since (this queen's view may lag after a stall),
+			// the write is refused and the newer entry stays.
+			o.expectRev = q.seenRev(a.Kind, o.key)
+			q.w.put(o)
+		}
 	}
 }
 
@@ -167,4 +201,21 @@ func (q *Queen) peers() int {
 		}
 	}
 	return n
+}
+
+// seenRev returns the revision of key's entry in this queen's registry
+// mirror, 0 if it has none.
+func (q *Queen) seenRev(kind subjects.Kind, key string) uint64 {
+	w := q.Registry()
+	if w == nil {
+		return 0
+	}
+	var rev uint64
+	switch kind {
+	case subjects.KindWorker:
+		_, rev, _ = w.Worker(key)
+	case subjects.KindHive:
+		_, rev, _ = w.Hive(key)
+	}
+	return rev
 }
