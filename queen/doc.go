@@ -11,12 +11,25 @@
 // not one per beat. The writer keeps at most one waiting write per key
 // (newer beats replace it: coalesced) and at most one in flight, so memory is
 // bounded by the number of keys, a key's writes land in order, and a beat is
-// never written after a newer one. Goodbyes go first, then new or changed
-// entries, then refreshes in the order their stored entries would expire; a
-// beat whose TTL ran out while it waited is shed rather than written, so a
-// dead sender is not kept alive by a backlog. Writes are nats.go jetstream
-// asynchronous publishes with a bounded window; beats the subscription drops
-// are counted. Every shed, coalesced, failed or lost write is in /metrics.
+// never written after a newer one. A beat of a key whose last beat still
+// waits is kept undecoded and decoded when the key's write comes, so under
+// overload decoding follows writes, not beats (superseded). Goodbyes and
+// marks go first, then refreshes of entries due to expire within an
+// interval, then new or changed entries, then the other refreshes in the
+// order their stored entries would expire. An entry's TTL runs from its
+// write, less any wait beyond one interval; a beat whose TTL ran out while
+// it waited is shed rather than written, so a dead sender is not kept alive
+// by a backlog. Writes are nats.go jetstream asynchronous publishes with a
+// bounded window; beats the subscription drops are counted. Every shed,
+// coalesced, superseded, failed or lost write is in /metrics.
+//
+// # Several queens
+//
+// While other queens are in the group, every queen also holds every beat in
+// reserve for half an interval and takes the ones no queen took (reserve.go):
+// a stopped queen's share is written by the others long before the server
+// drops its connection. A queen that finds it was stopped holds its own
+// share the same way, so it does not write old beats over newer ones.
 //
 // # The queen's own state
 //

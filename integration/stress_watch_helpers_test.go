@@ -14,8 +14,8 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Helpers of the stress tests still pending the queen's rewrite; the build
-// tag goes from this file with the last of them.
+
+
 
 // expiredBetween returns the keys matching match that expired in [from, to).
 func (w *kvWatch) expiredBetween(match func(string) bool, from, to time.Time) []string {
