@@ -14,9 +14,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-
-
-
 // expiredBetween returns the keys matching match that expired in [from, to).
 func (w *kvWatch) expiredBetween(match func(string) bool, from, to time.Time) []string {
 	w.mu.Lock()
