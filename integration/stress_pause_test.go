@@ -6,14 +6,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/internal/testutil"
+	"github.com/rbee/heartbeat/wire"
 )
 
 // TestStressPausedQueen runs two queens in one queue group on one broker: one
@@ -104,4 +108,68 @@ func subscribedAs(srv *embedded.Server, name, subject string) bool {
 		}
 	}
 	return false
+}
+
+// TestStressPausedOnlyQueen stops the only queen (an `rbee queen --nats-url`
+// child) for longer than the TTL: nothing can keep the workers alive then,
+// but the queen must report the registry disrupted once it runs again, and
+// write every worker again.
+func TestStressPausedOnlyQueen(t *testing.T) {
+	const (
+		interval = time.Second
+		ttl      = 3 * interval
+		workers  = 10
+	)
+	bin := filepath.Join(rbeeBinary(t), "rbee")
+	srv := testutil.Server(t)
+	args := append([]string{"queen", "--nats-url", srv.ClientURL(), "--http", "off", "--log-level", "warn"}, queenTTLArgs(t, bin, 3)...)
+	out, cmd := startProcess(t, bin, args...)
+	nc := conn(t, srv.ClientURL(), "observer")
+	var mu sync.Mutex
+	var states []string
+	sub, err := nc.Subscribe("rbee.hb.queen.*", func(m *nats.Msg) {
+		if q, err := wire.DecodeQueen(m.Data); err == nil {
+			mu.Lock()
+			states = append(states, string(q.State)+" "+q.Reason)
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	w := watchWorkers(t, srv.ClientURL())
+	wc := conn(t, srv.ClientURL(), "workers")
+	for i := range workers {
+		startWorker(t, wc, "gpu-node-1", fmt.Sprintf("w%d", i), interval)
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool { p, _ := w.present(hiveKeys("gpu-node-1"), time.Time{}); return p == workers },
+		"%d workers registered: %s\n%s", workers, w, out)
+
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	window(ttl + 2*interval)
+	resumed := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range states {
+			if strings.HasPrefix(s, "disrupted") {
+				return true
+			}
+		}
+		return false
+	}, "the queen reports the registry disrupted after it was stopped; its beats: %v\n%s", func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(states)
+	}(), out)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		_, fresh := w.present(hiveKeys("gpu-node-1"), resumed)
+		return fresh == workers
+	}, "every worker written again after the resume: %s", w)
 }

@@ -101,6 +101,19 @@ func (h *healthState) expired(log *slog.Logger, now time.Time, ttlMs int64, live
 	}
 }
 
+// stopped reports the registry disrupted after the queen itself was stopped
+// (SIGSTOP, a frozen VM) for gap, for as long again.
+func (h *healthState) stopped(log *slog.Logger, now time.Time, gap time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	log.Warn("registry disrupted: this queen was stopped; entries with a shorter TTL expired meanwhile; schedulers should hold rescheduling",
+		"stopped", gap.Round(time.Millisecond))
+	if until := now.Add(gap); until.After(h.disruptedUntil) {
+		h.disruptedUntil = until
+		h.disruptReason = fmt.Sprintf("registry disrupted: the queen was stopped for %.1fs", gap.Seconds())
+	}
+}
+
 func (h *healthState) dropped(now time.Time) {
 	h.mu.Lock()
 	h.droppedAt = now

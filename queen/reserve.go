@@ -84,12 +84,24 @@ const stallGapMs = 1000
 func (r *reserve) tick(q *Queen, now time.Time) {
 	nowMs := now.UnixMilli()
 	prev := r.awakeMs.Swap(nowMs)
-	if r.on.Load() && prev != 0 && nowMs-prev > stallGapMs {
+	gap := time.Duration(nowMs-prev) * time.Millisecond
+	switch {
+	case prev == 0 || gap <= stallGapMs*time.Millisecond:
+	case r.on.Load():
 		r.holdUntilMs.Store(nowMs + holdMaxMs)
 		q.log.Warn("this queen was stopped: the beats it received meanwhile are written only if no other queen took them",
-			"stalled", time.Duration(nowMs-prev)*time.Millisecond)
+			"stalled", gap)
+	case gap >= stoppedDisrupts:
+		// Alone, a queen stopped this long let every entry with a shorter
+		// TTL expire, whether or not its registry watch saw the expiries.
+		q.health.stopped(q.log, now, gap)
 	}
 }
+
+// stoppedDisrupts is how long a queen without peers may be stopped before
+// it reports the registry disrupted: the TTL of a sender beating every
+// second with the default --missed.
+const stoppedDisrupts = 3 * time.Second
 
 // stalled reports whether a beat of this queen's share that arrives at nowMs
 // must be held: this queen was stopped just now, or is still.
