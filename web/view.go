@@ -244,7 +244,9 @@ func (v *View) flush(w *registry.Watcher) {
 func (v *View) OnEvent(ev registry.Event) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if d := v.dirty[ev.Kind]; d != nil {
+	// With no page connected nothing is marked: a page that connects gets
+	// a snapshot of every entry.
+	if d := v.dirty[ev.Kind]; d != nil && len(v.clients) > 0 {
 		d[ev.Key] = struct{}{}
 		select {
 		case v.wake <- struct{}{}:
