@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -64,6 +65,7 @@ func runQueen(e *env, args []string) error {
 		return err
 	}
 	log := f.logger(e)
+	queenGC()
 	sc := events.DefaultStreamConfig()
 	sc.MaxAge, sc.Replicas = f.evMaxAge, f.replicas
 	var err error
@@ -258,4 +260,17 @@ func (f *queenFlags) embeddedConfig(log *slog.Logger) (embedded.Config, error) {
 		return embedded.Config{}, usageError{err.Error()}
 	}
 	return c, nil
+}
+
+// queenGCPercent is the garbage collector's target for `rbee queen` unless
+// GOGC is set: the embedded broker and the queen share one heap, and under
+// overload the collector took CPU the registry writes needed (RELIABILITY.md,
+// the overload case). The live heap grows with keys, not with the beat rate,
+// so memory stays bounded; it is about twice the live heap instead of once.
+const queenGCPercent = 200
+
+func queenGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(queenGCPercent)
+	}
 }
