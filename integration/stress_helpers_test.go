@@ -157,22 +157,7 @@ func (w *kvWatch) apply(e jetstream.KeyValueEntry) {
 
 // expiredSince returns the keys matching match that expired at or after since.
 func (w *kvWatch) expiredSince(match func(string) bool, since time.Time) []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var out []string
-	for k, ts := range w.expiries {
-		if !match(k) {
-			continue
-		}
-		for _, at := range ts {
-			if !at.Before(since) {
-				out = append(out, k)
-				break
-			}
-		}
-	}
-	sort.Strings(out)
-	return out
+	return w.expiredBetween(match, since, time.Unix(1<<40, 0))
 }
 
 // present returns how many keys matching match are present, and how many of
