@@ -381,25 +381,27 @@ func (s *queenSink) drained() bool { st := s.q.Stats(); return st.InFlight == 0 
 
 // verification is the proof that the queen's trials lost nothing.
 type verification struct {
-	Sent, Accepted, Rejected, Coalesced, Lost, Dropped uint64
-	KVValues                                           uint64
-	MirrorAtLastSeq                                    int
-	OK                                                 bool
-	Problems                                           []string `json:",omitempty"`
+	Sent, Accepted, Superseded, Rejected, Coalesced, Lost, Dropped uint64
+	KVValues                                                       uint64
+	MirrorAtLastSeq                                                int
+	OK                                                             bool
+	Problems                                                       []string `json:",omitempty"`
 }
 
-// verify checks that every beat sent was accepted, nothing was lost or
+// verify checks that every beat sent was accepted (or superseded by a newer
+// beat of its key before it was decoded), nothing was lost or
 // dropped, and the bucket holds exactly one value per worker, each at the
 // last round's seq in the queen's mirror (fed by a KV watch).
 func verify(st *stack, f *fleet, sent uint64) verification {
 	s := st.q.Stats()
-	v := verification{Sent: sent, Accepted: s.Accepted[subjects.KindWorker], Coalesced: s.Coalesced, Lost: s.Lost, Dropped: s.Dropped}
+	v := verification{Sent: sent, Accepted: s.Accepted[subjects.KindWorker], Superseded: s.Superseded[subjects.KindWorker],
+		Coalesced: s.Coalesced, Lost: s.Lost, Dropped: s.Dropped}
 	for _, r := range s.Rejected {
 		v.Rejected += r
 	}
 	bad := func(format string, args ...any) { v.Problems = append(v.Problems, fmt.Sprintf(format, args...)) }
-	if v.Accepted != sent || v.Lost+v.Dropped != 0 {
-		bad("sent %d, accepted %d, rejected %d, lost %d, dropped %d", sent, v.Accepted, v.Rejected, v.Lost, v.Dropped)
+	if v.Accepted+v.Superseded != sent || v.Lost+v.Dropped != 0 {
+		bad("sent %d, accepted %d, superseded %d, rejected %d, lost %d, dropped %d", sent, v.Accepted, v.Superseded, v.Rejected, v.Lost, v.Dropped)
 	}
 	want := seqOf(sent / uint64(f.n))
 	deadline := time.Now().Add(time.Minute)

@@ -195,13 +195,6 @@ func (f filter) match(key, value string) bool {
 	return !ok || slices.Contains(vs, value)
 }
 
-func livenessOf(l wire.Liveness) string {
-	if l == "" {
-		return string(wire.LivenessAlive)
-	}
-	return string(l)
-}
-
 func (a *httpAPI) serveWorkers(w http.ResponseWriter, r *http.Request) {
 	f, err := parseFilter(r.URL.Query(), "hive", "model", "status", "liveness")
 	if err != nil {
@@ -216,7 +209,7 @@ func (a *httpAPI) serveWorkers(w http.ResponseWriter, r *http.Request) {
 	out := []*wire.WorkerEntry{}
 	for _, e := range src.Workers() {
 		if f.match("hive", e.HiveID) && f.match("model", e.ModelID) && f.match("status", string(e.Status)) &&
-			f.match("liveness", livenessOf(e.Liveness)) {
+			f.match("liveness", string(e.Liveness.OrAlive())) {
 			out = append(out, e)
 		}
 	}
@@ -255,7 +248,7 @@ func (a *httpAPI) serveHives(w http.ResponseWriter, r *http.Request) {
 	}
 	out := []*wire.HiveEntry{}
 	for _, e := range src.Hives() {
-		if f.match("hive", e.HiveID) && f.match("health", string(e.Health)) && f.match("liveness", livenessOf(e.Liveness)) {
+		if f.match("hive", e.HiveID) && f.match("health", string(e.Health)) && f.match("liveness", string(e.Liveness.OrAlive())) {
 			out = append(out, e)
 		}
 	}

@@ -188,7 +188,7 @@ func (q *Queen) Status() wire.Queen {
 		WriteLagMs:  st.LagMs,
 		LastWriteMs: st.LastWriteMs,
 		Dropped:     uint64(value(q.metrics.dropped)),
-		Coalesced:   st.Coalesced,
+		Coalesced:   q.metrics.replaced(),
 	}
 	if w := q.Registry(); w != nil {
 		nw, nh := w.Sizes()

@@ -103,6 +103,17 @@ func newMetrics() *metrics {
 
 func (m *metrics) coalesced(k subjects.Kind)  { m.coalescedC.WithLabelValues(string(k)).Inc() }
 func (m *metrics) superseded(k subjects.Kind) { m.supersededC.WithLabelValues(string(k)).Inc() }
+
+// replaced counts beats replaced by a newer beat of their key before they
+// were written: coalesced after they were accepted, or superseded before
+// they were decoded.
+func (m *metrics) replaced() uint64 {
+	var n float64
+	for _, k := range kinds {
+		n += value(m.coalescedC.WithLabelValues(string(k))) + value(m.supersededC.WithLabelValues(string(k)))
+	}
+	return uint64(n)
+}
 func (m *metrics) shed(k subjects.Kind, reason string) {
 	m.shedC.WithLabelValues(string(k), reason).Inc()
 }
@@ -136,8 +147,11 @@ type Stats struct {
 	InFlight int
 	// Backlog is the number of keys waiting to be written.
 	Backlog int
+	// Superseded counts, by kind, beats replaced by a newer beat of their key
+	// before they were decoded (neither accepted nor rejected).
+	Superseded map[subjects.Kind]uint64
 	// Dropped counts beats the subscription dropped; Coalesced beats replaced
-	// before being written; Lost writes given up.
+	// before being written (superseded ones included); Lost writes given up.
 	Dropped, Coalesced, Lost uint64
 	// State is the queen's own state, as in its heartbeat.
 	State wire.QueenState

@@ -529,16 +529,17 @@ func (q *Queen) onEvent(ev registry.Event) {
 func (q *Queen) Stats() Stats {
 	m := q.metrics
 	s := Stats{
-		Accepted: map[subjects.Kind]uint64{},
-		Goodbyes: map[subjects.Kind]uint64{},
-		Rejected: map[subscriber.Reason]uint64{},
-		Events:   map[registry.EventType]uint64{},
+		Accepted:   map[subjects.Kind]uint64{},
+		Superseded: map[subjects.Kind]uint64{},
+		Goodbyes:   map[subjects.Kind]uint64{},
+		Rejected:   map[subscriber.Reason]uint64{},
+		Events:     map[registry.EventType]uint64{},
 	}
 	for _, k := range kinds {
 		ks := string(k)
 		s.Accepted[k] = uint64(value(m.accepted.WithLabelValues(ks)))
 		s.Goodbyes[k] = uint64(value(m.goodbyes.WithLabelValues(ks)))
-		s.Coalesced += uint64(value(m.coalescedC.WithLabelValues(ks)))
+		s.Superseded[k] = uint64(value(m.supersededC.WithLabelValues(ks)))
 		s.Lost += uint64(value(m.writeOut.WithLabelValues(ks, "lost")))
 		for _, r := range subscriber.Reasons {
 			s.Rejected[r] += uint64(value(m.rejected.WithLabelValues(ks, string(r))))
@@ -548,6 +549,7 @@ func (q *Queen) Stats() Stats {
 		}
 	}
 	s.Dropped = uint64(value(m.dropped))
+	s.Coalesced = m.replaced()
 	if w := q.Registry(); w != nil {
 		s.Workers, s.Hives = w.Sizes()
 	}

@@ -215,7 +215,7 @@ func (t *tracker) stamp(s *sender, m *wire.Meta, busy bool, progress *uint64, no
 	} else {
 		s.hasProgress, s.progressAtMs = false, 0
 	}
-	if live != orAlive(s.liveness) || s.livenessSinceMs == 0 {
+	if live != s.liveness.OrAlive() || s.livenessSinceMs == 0 {
 		s.livenessSinceMs = nowMs
 	}
 	s.liveness = live
@@ -233,13 +233,6 @@ func (t *tracker) stamp(s *sender, m *wire.Meta, busy bool, progress *uint64, no
 		v.rec.ProgressAtMs = s.progressAtMs
 	}
 	return v
-}
-
-func orAlive(l wire.Liveness) wire.Liveness {
-	if l == "" {
-		return wire.LivenessAlive
-	}
-	return l
 }
 
 // setConn records the connection the holder beat on. Called with mu held.
@@ -334,7 +327,7 @@ func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received
 		s.progress, s.hasProgress = *progress, true
 		s.progressAtMs = max(s.progressAtMs, rec.ProgressAtMs)
 	}
-	s.liveness, s.livenessSinceMs = orAlive(rec.Liveness), rec.LivenessSinceMs
+	s.liveness, s.livenessSinceMs = rec.Liveness.OrAlive(), rec.LivenessSinceMs
 	t.setConn(key, s, m.Conn)
 }
 

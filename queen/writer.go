@@ -197,7 +197,6 @@ type writerStats struct {
 	LastWriteMs int64 // queen clock of the last acknowledged write
 	Failing     bool  // the last write failed and none succeeded since
 	LastErr     string
-	Coalesced   uint64
 	// AckWaitMs is how long the oldest write in flight has waited for its
 	// acknowledgement: a store that stops answering (a full disk, a lost
 	// stream leader) shows here before any write times out.
@@ -232,7 +231,6 @@ type writer struct {
 	lastOKMs  int64
 	lastErrMs int64
 	lastErr   error
-	coalesce  uint64
 	sentLagMs int64 // how long the write sent last had waited
 	idle      chan struct{}
 	errLog    rate.Sometimes
@@ -277,7 +275,6 @@ func (w *writer) put(o *op) {
 	}
 	w.dropRaw(s) // o arrived after it
 	if s.pend != nil {
-		w.coalesce++
 		w.m.coalesced(o.kind)
 	}
 	prev := s.pend
@@ -464,7 +461,6 @@ func (w *writer) run() {
 			w.mu.Lock()
 			if d != nil { // else the waiting beat, admitted before, is written
 				o = d
-				w.coalesce++
 				w.m.coalesced(o.kind)
 			}
 			s.inflight = o
@@ -543,17 +539,28 @@ func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
 // kvOperation is the header the KV layer reads to tell a delete from a put.
 const kvOperation = "KV-Operation"
 
-// acked handles a store acknowledgement (nats.go's ack goroutine).
-func (w *writer) acked(msg *nats.Msg, pa *jetstream.PubAck) {
+// complete takes msg's write out of flight and returns its key and op, or
+// nil if msg is not in flight (answered twice). It locks mu; the caller
+// unlocks it either way.
+func (w *writer) complete(msg *nats.Msg) (*slot, *op) {
 	w.mu.Lock()
 	s := w.inflight[msg]
 	if s == nil {
-		w.mu.Unlock()
-		return
+		return nil, nil
 	}
 	delete(w.inflight, msg)
 	o := s.inflight
 	s.inflight = nil
+	return s, o
+}
+
+// acked handles a store acknowledgement (nats.go's ack goroutine).
+func (w *writer) acked(msg *nats.Msg, pa *jetstream.PubAck) {
+	s, o := w.complete(msg)
+	if s == nil {
+		w.mu.Unlock()
+		return
+	}
 	nowMs := time.Now().UnixMilli()
 	w.lastOKMs = max(nowMs, w.lastErrMs+1)
 	if o.del {
@@ -572,15 +579,11 @@ func (w *writer) acked(msg *nats.Msg, pa *jetstream.PubAck) {
 // unless a newer op of the key replaced it, a mark lost its race, or the
 // beat's TTL ran out (then it is counted lost and logged).
 func (w *writer) failed(msg *nats.Msg, err error) {
-	w.mu.Lock()
-	s := w.inflight[msg]
+	s, o := w.complete(msg)
 	if s == nil {
 		w.mu.Unlock()
 		return
 	}
-	delete(w.inflight, msg)
-	o := s.inflight
-	s.inflight = nil
 	nowMs := time.Now().UnixMilli()
 	var apiErr *jetstream.APIError
 	raced := errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
@@ -651,7 +654,7 @@ func (w *writer) stats() writerStats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := writerStats{Backlog: w.waiting, InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
-		Failing: w.failingLocked(), Coalesced: w.coalesce}
+		Failing: w.failingLocked()}
 	if w.waiting > 0 {
 		st.LagMs = w.sentLagMs
 	}

@@ -404,7 +404,7 @@ func (w *Watcher) apply(kind subjects.Kind, e jetstream.KeyValueEntry, initial b
 
 // livenessChange returns the event for a change of liveness, or "".
 func livenessChange(prev, cur wire.Liveness) EventType {
-	p, c := orAlive(prev), orAlive(cur)
+	p, c := prev.OrAlive(), cur.OrAlive()
 	switch {
 	case p == c:
 		return ""
@@ -419,20 +419,13 @@ func livenessChange(prev, cur wire.Liveness) EventType {
 	}
 }
 
-func orAlive(l wire.Liveness) wire.Liveness {
-	if l == "" {
-		return wire.LivenessAlive
-	}
-	return l
-}
-
 func workerChange(prev, v *wire.WorkerEntry) (EventType, string) {
 	switch {
 	case prev.InstanceID != v.InstanceID:
 		return Restarted, ""
 	}
 	if t := livenessChange(prev.Liveness, v.Liveness); t != "" {
-		return t, string(orAlive(prev.Liveness))
+		return t, string(prev.Liveness.OrAlive())
 	}
 	if prev.Status != v.Status || prev.Health != v.Health || prev.ModelID != v.ModelID || prev.Device != v.Device {
 		return Updated, string(prev.Status)
@@ -446,7 +439,7 @@ func hiveChange(prev, v *wire.HiveEntry) (EventType, string) {
 		return Restarted, ""
 	}
 	if t := livenessChange(prev.Liveness, v.Liveness); t != "" {
-		return t, string(orAlive(prev.Liveness))
+		return t, string(prev.Liveness.OrAlive())
 	}
 	if prev.Health != v.Health || len(prev.Workers) != len(v.Workers) || len(prev.GPUs) != len(v.GPUs) {
 		return Updated, string(prev.Health)
@@ -534,10 +527,10 @@ func (w *Watcher) Liveness() (workers, hives map[wire.Liveness]int) {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	for _, it := range w.workers {
-		workers[orAlive(it.v.Liveness)]++
+		workers[it.v.Liveness.OrAlive()]++
 	}
 	for _, it := range w.hives {
-		hives[orAlive(it.v.Liveness)]++
+		hives[it.v.Liveness.OrAlive()]++
 	}
 	return workers, hives
 }

@@ -195,6 +195,14 @@ const (
 	LivenessStalled      Liveness = "stalled"
 )
 
+// OrAlive returns l, or LivenessAlive for the empty value.
+func (l Liveness) OrAlive() Liveness {
+	if l == "" {
+		return LivenessAlive
+	}
+	return l
+}
+
 // Valid reports whether l is empty (alive) or one of the defined values.
 func (l Liveness) Valid() bool {
 	switch l {
