@@ -371,7 +371,7 @@ type queenSink struct {
 func (s *queenSink) send(f *fleet, i int) error { return publish(s.pub, f, i) }
 func (s *queenSink) done() uint64 {
 	st := s.q.Stats()
-	n := st.Accepted[subjects.KindWorker]
+	n := st.Accepted[subjects.KindWorker] + st.Superseded[subjects.KindWorker]
 	for _, r := range st.Rejected {
 		n += r
 	}

@@ -235,7 +235,7 @@ type writer struct {
 	idle      chan struct{}
 	errLog    rate.Sometimes
 	// decode decodes and admits a parked beat that arrived at atMs; nil if
-	// refused. Called without mu.
+	// refused. Called with mu held; it must not call back into the writer.
 	decode func(msg *nats.Msg, atMs int64) *op
 }
 
@@ -456,9 +456,9 @@ func (w *writer) run() {
 		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
 		w.schedule(s) // out of the queues while in flight
 		if raw != nil {
-			w.mu.Unlock()
+			// Decoded under mu: a newer beat of the key either parks over
+			// this one or is admitted after it, never before.
 			d := w.decode(raw, rawAt)
-			w.mu.Lock()
 			if d != nil { // else the waiting beat, admitted before, is written
 				o = d
 				w.m.coalesced(o.kind)
