@@ -427,6 +427,10 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 		progress = hb.Worker.Progress
 	}
 	v := q.tracker.admit(id, target{kind, key}, m, hb.Goodbye, busy, progress, now)
+	if v.reason == "superseded" {
+		q.metrics.superseded(kind)
+		return nil
+	}
 	if !v.ok {
 		if v.reason == "conflict" {
 			q.metrics.conflicts.WithLabelValues(string(kind)).Inc()

@@ -37,7 +37,8 @@ type reserve struct {
 type heldBeat struct {
 	msg   *nats.Msg
 	atMs  int64
-	dueMs int64 // when the hold runs out; 0 until the beat is first looked at
+	id    *wire.Ident // read when the beat is first looked at
+	dueMs int64       // when the hold runs out
 }
 
 // Hold times: half the sender's interval, within these bounds.
@@ -150,36 +151,36 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 	}
 	nowMs := now.UnixMilli()
 	self := q.scheme.Queen(q.cfg.QueenID)
-	var due []*nats.Msg
+	var due []heldBeat
 	r.mu.Lock()
 	for subject, h := range r.held {
 		if nowMs-h.atMs < holdMinMs {
 			continue
 		}
-		if h.dueMs == 0 {
+		if h.id == nil {
 			id, err := wire.DecodeIdent(h.msg.Data)
 			if err != nil || subject == self {
 				delete(r.held, subject) // refused (and counted) by the queen it went to; or our own beat
 				continue
 			}
-			h.dueMs = h.atMs + min(max(id.IntervalMs/2, holdMinMs), holdMaxMs)
+			h.id, h.dueMs = id, h.atMs+min(max(id.IntervalMs/2, holdMinMs), holdMaxMs)
 			r.held[subject] = h
 		}
 		if nowMs >= h.dueMs {
-			due = append(due, h.msg)
+			due = append(due, h)
 			delete(r.held, subject)
 		}
 	}
 	r.mu.Unlock()
-	for _, msg := range due {
+	for _, h := range due {
+		msg := h.msg
 		a, err := q.scheme.Parse(msg.Subject)
-		id, ierr := wire.DecodeIdent(msg.Data)
-		if err != nil || ierr != nil || q.tracker.seen(q.w.subjectOf(a.Kind, keyOf(a)), id.InstanceID, id.Seq,
+		if err != nil || q.tracker.seen(q.w.subjectOf(a.Kind, keyOf(a)), h.id.InstanceID, h.id.Seq,
 			msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye) {
 			continue
 		}
 		q.metrics.rescued.WithLabelValues(string(a.Kind)).Inc()
-		if o := q.decode(msg, nowMs); o != nil {
+		if o := q.decode(msg, h.atMs); o != nil { // accepted when it arrived
 			// Only over the entry as this queen last saw it: if another
 			// queen wrote since (this queen's view may lag after a stall),
 			// the write is refused and the newer entry stays.

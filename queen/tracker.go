@@ -50,7 +50,7 @@ type sender struct {
 // verdict is the tracker's decision on one beat.
 type verdict struct {
 	ok       bool
-	reason   string // why not ok: "replay", "conflict" or "seq"
+	reason   string // why not ok: "replay", "conflict", "seq" or "superseded"
 	detail   string
 	takeover bool // an ousted instance regained the key
 	newInst  bool // a new instance took the key (a restart)
@@ -125,6 +125,10 @@ func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy b
 	case m.InstanceID == s.holder.instance:
 		elapsed := nowMs - s.holder.lastMs
 		switch {
+		case m.Seq <= s.holder.seq && elapsed < 0:
+			// It arrived before the newest beat accepted, and was decoded
+			// after it (it waited parked): replaced, not replayed.
+			return verdict{reason: "superseded", detail: "a newer beat of the instance was accepted after it arrived"}
 		case m.Seq <= s.holder.seq && elapsed <= ttl:
 			return verdict{reason: "replay", detail: "seq is not newer than the last accepted"}
 		case m.Seq > s.holder.seq && m.Seq-s.holder.seq > maxJump(elapsed):

@@ -48,6 +48,19 @@ func TestTrackerReplayAndRestart(t *testing.T) {
 	})
 }
 
+// TestTrackerSuperseded: an older beat decoded after a newer one was
+// accepted is superseded if it arrived before that one (it waited parked),
+// a replay if it arrived after.
+func TestTrackerSuperseded(t *testing.T) {
+	tr := newTracker(DefaultConfig())
+	runBeats(t, tr, []beat{
+		{"first beat", "a", 1, 100, false, true, ""},
+		{"newer beat", "a", 3, 1100, false, true, ""},
+		{"parked beat that arrived before it", "a", 2, 1000, false, false, "superseded"},
+		{"the same seq arriving after it", "a", 2, 1200, false, false, "replay"},
+	})
+}
+
 // TestTrackerForgeryIsBounded: no single forged message locks the real
 // sender out for longer than one TTL (3 s here), and two instances beating
 // under one key are reported as a conflict.

@@ -235,7 +235,7 @@ type writer struct {
 	idle      chan struct{}
 	errLog    rate.Sometimes
 	// decode decodes and admits a parked beat that arrived at atMs; nil if
-	// refused. Called with mu held; it must not call back into the writer.
+	// refused or superseded. Called without mu.
 	decode func(msg *nats.Msg, atMs int64) *op
 }
 
@@ -456,9 +456,11 @@ func (w *writer) run() {
 		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
 		w.schedule(s) // out of the queues while in flight
 		if raw != nil {
-			// Decoded under mu: a newer beat of the key either parks over
-			// this one or is admitted after it, never before.
+			// Decoded outside mu, beside the subscription's goroutine. A
+			// newer beat admitted meanwhile makes this one superseded.
+			w.mu.Unlock()
 			d := w.decode(raw, rawAt)
+			w.mu.Lock()
 			if d != nil { // else the waiting beat, admitted before, is written
 				o = d
 				w.m.coalesced(o.kind)
