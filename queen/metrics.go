@@ -56,9 +56,9 @@ func newMetrics() *metrics {
 		coalescedC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_coalesced_total",
 			Help: "Accepted beats replaced by a newer beat of the same key before being written."}, []string{"kind"}),
 		shedC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_shed_total",
-			Help: "Accepted beats not written, by reason (stale: its TTL ran out while it waited)."}, []string{"kind", "reason"}),
+			Help: "Beats not written, by reason (stale: its TTL ran out while it waited; stalled: it reached this queen while the queen was stopped, and the other queens' reserves took it)."}, []string{"kind", "reason"}),
 		writeOut: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_kv_write_failures_total",
-			Help: "Registry writes that failed, by outcome: retried, superseded (a newer write of the key replaced it) or lost (its TTL ran out; each is logged)."},
+			Help: "Registry writes that failed, by outcome: retried, superseded (a newer write of the key replaced it), lost (its TTL ran out; each is logged), reread (the key changed since this queen last saw it: read again) or refused (after the re-read: the stored entry is newer, or the key left)."},
 			[]string{"kind", "outcome"}),
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_conflicts_total",
 			Help: "Beats from a second instance claiming a key another instance holds."}, []string{"kind"}),
@@ -84,9 +84,10 @@ func newMetrics() *metrics {
 		m.rescued.WithLabelValues(ks)
 		m.supersededC.WithLabelValues(ks)
 		m.shedC.WithLabelValues(ks, "stale")
+		m.shedC.WithLabelValues(ks, "stalled")
 		m.conflicts.WithLabelValues(ks)
 		m.marks.WithLabelValues(ks)
-		for _, o := range []string{"retried", "superseded", "lost"} {
+		for _, o := range []string{"retried", "superseded", "lost", "reread", "refused"} {
 			m.writeOut.WithLabelValues(ks, o)
 		}
 		for _, r := range subscriber.Reasons {

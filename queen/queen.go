@@ -193,8 +193,9 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 		return err
 	}
 
-	q.wg.Add(1)
+	q.wg.Add(2)
 	go func() { defer q.wg.Done(); q.w.run() }()
+	go func() { defer q.wg.Done(); q.w.runRereads(runCtx) }()
 
 	// Beats first: a restarted queen must keep entries alive before it has
 	// loaded them.
@@ -224,6 +225,7 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 	q.mu.Lock()
 	q.watcher = watcher
 	q.mu.Unlock()
+	q.w.setMirror(q.mirrored)
 	q.wg.Add(1)
 	go func() {
 		defer q.wg.Done()
@@ -249,9 +251,11 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 	return nil
 }
 
-// Stop sends the queen's goodbye, unsubscribes, waits up to ctx for the
-// writes still queued, and stops the registry watcher. Before Start, and a
-// second time, it returns at once.
+// Stop sends the queen's goodbye, drains its subscriptions (the beats and
+// goodbyes already delivered are handled; what ctx leaves no time for is
+// counted as dropped and logged), waits up to ctx for the writes still
+// queued, and stops the registry watcher. Before Start, and a second time,
+// it returns at once.
 func (q *Queen) Stop(ctx context.Context) {
 	q.life.Lock()
 	defer q.life.Unlock()
@@ -265,15 +269,42 @@ func (q *Queen) Stop(ctx context.Context) {
 	if q.self != nil {
 		_ = q.self.Stop(ctx)
 	}
-	for _, s := range q.subs {
-		_ = s.Unsubscribe()
-	}
+	q.drain(ctx)
 	q.reserve.follow(q, 0)
 	if !q.w.wait(ctx) {
 		st := q.w.stats()
 		q.log.Warn("stopping with registry writes queued", "backlog", st.Backlog, "in_flight", st.InFlight)
 	}
 	q.shutdown()
+}
+
+// drain drains the queen's subscriptions and waits up to ctx for what they
+// had delivered; beats left unhandled are counted as dropped.
+func (q *Queen) drain(ctx context.Context) {
+	for _, s := range q.subs {
+		if err := s.Drain(); err != nil {
+			_ = s.Unsubscribe()
+		}
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for _, s := range q.subs {
+		for s.IsValid() && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+		}
+		if !s.IsValid() {
+			continue
+		}
+		n, _, _ := s.Pending()
+		_ = s.Unsubscribe()
+		if n > 0 {
+			q.metrics.dropped.Add(float64(n))
+			q.log.Warn("stopping before every delivered beat was handled", "subject", s.Subject, "dropped", n)
+		}
+	}
 }
 
 func (q *Queen) shutdown() {
@@ -359,16 +390,15 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 // never blocks on the store: the writer queues per key.
 func (q *Queen) onMsg(msg *nats.Msg) {
 	q.reserve.took(msg)
-	now := time.Now().UnixMilli()
-	if q.reserve.stalled(now) {
+	if q.reserve.stalled() {
 		// This queen was frozen: its share waited in the socket while the
-		// other queens took those beats from their reserves. Hold them
-		// too, so only the ones no queen took are written, not old beats
-		// over newer ones.
-		q.reserve.hold(msg)
+		// other queens took those beats from their reserves. It discards
+		// them (counted) rather than write old beats; the conditional
+		// writes would refuse most, at a re-read each.
+		q.metrics.shed(kindOf(q.scheme, msg.Subject), "stalled")
 		return
 	}
-	q.take(msg, now)
+	q.take(msg, time.Now().UnixMilli())
 }
 
 // take queues the registry write of a beat that arrived at now.
@@ -491,8 +521,17 @@ func (q *Queen) onEvent(ev registry.Event) {
 	tg := target{ev.Kind, ev.Key}
 	switch ev.Type {
 	case registry.Left, registry.Expired:
-		q.tracker.forget(id, time.Now().UnixMilli())
-		q.w.forget(ev.Kind, ev.Key)
+		var inst string
+		switch {
+		case ev.Worker != nil:
+			inst = ev.Worker.InstanceID
+		case ev.Hive != nil:
+			inst = ev.Hive.InstanceID
+		case ev.Queen != nil:
+			inst = ev.Queen.InstanceID
+		}
+		q.tracker.forget(id, ev.Type == registry.Left, inst, time.Now().UnixMilli())
+		q.w.forget(ev.Kind, ev.Key, ev.Revision, ev.Type == registry.Left, inst)
 	default:
 		switch {
 		case ev.Worker != nil:

@@ -24,10 +24,11 @@ import (
 // half an interval of delay. With one queen there is no reserve.
 type reserve struct {
 	on atomic.Bool
-	// awakeMs is when housekeeping last ran; holdUntilMs is the end of the
-	// hold after a stall of this queen (SIGSTOP, a frozen VM).
-	awakeMs     atomic.Int64
-	holdUntilMs atomic.Int64
+	// awakeMs is when housekeeping last ran; discardUntilMs is the end of
+	// the discard after a stall of this queen (SIGSTOP, a frozen VM). Both
+	// on the monotonic clock (mono), so a step of the wall clock is no stall.
+	awakeMs        atomic.Int64
+	discardUntilMs atomic.Int64
 
 	mu   sync.Mutex
 	sub  *nats.Subscription
@@ -67,7 +68,7 @@ func (r *reserve) follow(q *Queen, peers int) {
 		r.sub, r.held = sub, map[string]heldBeat{}
 		r.on.Store(true)
 		q.log.Info("holding beats in reserve: other queens share the group", "peers", peers)
-		r.awakeMs.Store(time.Now().UnixMilli())
+		r.awakeMs.Store(mono())
 	case peers == 0 && r.sub != nil:
 		_ = r.sub.Unsubscribe()
 		r.sub, r.held = nil, nil
@@ -80,17 +81,18 @@ func (r *reserve) follow(q *Queen, peers int) {
 // before the queen takes itself for stopped.
 const stallGapMs = 1000
 
-// tick records that housekeeping runs; after a stall, beats this queen took
-// from its share are held like the reserve's for holdMaxMs.
+// tick records that housekeeping runs; after a stall, beats this queen
+// receives from its share are discarded for holdMaxMs: they waited in its
+// socket while the other queens took them from their reserves.
 func (r *reserve) tick(q *Queen, now time.Time) {
-	nowMs := now.UnixMilli()
+	nowMs := mono()
 	prev := r.awakeMs.Swap(nowMs)
 	gap := time.Duration(nowMs-prev) * time.Millisecond
 	switch {
 	case prev == 0 || gap <= stallGapMs*time.Millisecond:
 	case r.on.Load():
-		r.holdUntilMs.Store(nowMs + holdMaxMs)
-		q.log.Warn("this queen was stopped: the beats it received meanwhile are written only if no other queen took them",
+		r.discardUntilMs.Store(nowMs + holdMaxMs)
+		q.log.Warn("this queen was stopped: it discards the beats it received meanwhile, which the other queens took",
 			"stalled", gap)
 	case gap >= stoppedDisrupts:
 		// Alone, a queen stopped this long let every entry with a shorter
@@ -99,15 +101,25 @@ func (r *reserve) tick(q *Queen, now time.Time) {
 	}
 }
 
+// epoch anchors mono.
+var epoch = time.Now()
+
+// mono returns milliseconds on the monotonic clock.
+func mono() int64 { return time.Since(epoch).Milliseconds() }
+
 // stoppedDisrupts is how long a queen without peers may be stopped before
 // it reports the registry disrupted: the TTL of a sender beating every
 // second with the default --missed.
 const stoppedDisrupts = 3 * time.Second
 
-// stalled reports whether a beat of this queen's share that arrives at nowMs
-// must be held: this queen was stopped just now, or is still.
-func (r *reserve) stalled(nowMs int64) bool {
-	return r.on.Load() && (nowMs-r.awakeMs.Load() > stallGapMs || nowMs < r.holdUntilMs.Load())
+// stalled reports whether a beat of this queen's share that arrives now
+// must be discarded: this queen was stopped just now, or is still.
+func (r *reserve) stalled() bool {
+	if !r.on.Load() {
+		return false
+	}
+	now := mono()
+	return now-r.awakeMs.Load() > stallGapMs || now < r.discardUntilMs.Load()
 }
 
 // dropped returns how many beats the reserve's subscription dropped.
@@ -181,10 +193,9 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 		}
 		q.metrics.rescued.WithLabelValues(string(a.Kind)).Inc()
 		if o := q.decode(msg, h.atMs); o != nil { // accepted when it arrived
-			// Only over the entry as this queen last saw it: if another
-			// queen wrote since (this queen's view may lag after a stall),
-			// the write is refused and the newer entry stays.
-			o.expectRev = q.seenRev(a.Kind, o.key)
+			// Conditional like every write: if another queen wrote the key
+			// since this queen last saw it, the key is read again and the
+			// newer entry, or its goodbye, stays.
 			q.w.put(o)
 		}
 	}
@@ -216,19 +227,24 @@ func (q *Queen) peers() int {
 	return n
 }
 
-// seenRev returns the revision of key's entry in this queen's registry
-// mirror, 0 if it has none.
-func (q *Queen) seenRev(kind subjects.Kind, key string) uint64 {
+// mirrored returns what this queen's registry mirror holds for key: its
+// entry's revision and ident, or sNone.
+func (q *Queen) mirrored(kind subjects.Kind, key string) stored {
 	w := q.Registry()
 	if w == nil {
-		return 0
+		return stored{}
 	}
-	var rev uint64
 	switch kind {
 	case subjects.KindWorker:
-		_, rev, _ = w.Worker(key)
+		if e, rev, ok := w.Worker(key); ok {
+			return stored{rev: rev, what: sValue, instance: e.InstanceID, seq: e.Seq, atMs: e.ReceivedAtMs}
+		}
 	case subjects.KindHive:
-		_, rev, _ = w.Hive(key)
+		if e, rev, ok := w.Hive(key); ok {
+			return stored{rev: rev, what: sValue, instance: e.InstanceID, seq: e.Seq, atMs: e.ReceivedAtMs}
+		}
+	default:
+		return stored{} // a queen's own key: its acknowledgements say
 	}
-	return rev
+	return stored{} // not in the mirror: unknown (it may not be loaded yet)
 }

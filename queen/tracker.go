@@ -34,6 +34,10 @@ type sender struct {
 	// the holder falls silent.
 	ousted     [2]claim
 	goneAtMs   int64 // queen clock when the entry left or expired; 0 while live
+	// left is the instance that said goodbye for the key, last: it never
+	// beats again, so any later beat of it is a replay or a late copy (a
+	// queen's reserve, a retry) and is refused.
+	left string
 	conflictMs int64 // last time two instances beat within one TTL; 0 never
 	conn       string
 	// storedUntilMs is when the newest value the registry showed expires at
@@ -121,6 +125,9 @@ func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy b
 	if s.goneAtMs == 0 {
 		v.storedUntilMs = s.storedUntilMs
 	}
+	if s.left != "" && m.InstanceID == s.left {
+		return verdict{reason: "replay", detail: "the instance said goodbye already"}
+	}
 	switch {
 	case m.InstanceID == s.holder.instance:
 		elapsed := nowMs - s.holder.lastMs
@@ -185,7 +192,7 @@ func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy b
 	s.intervalMs = m.IntervalMs
 	if goodbye {
 		// Gone at once, so a close of its connection after the goodbye marks nothing.
-		s.goneAtMs, s.storedUntilMs = nowMs, 0
+		s.goneAtMs, s.storedUntilMs, s.left = nowMs, 0, s.holder.instance
 		t.setConn(key, s, "")
 		return v
 	}
@@ -336,8 +343,8 @@ func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received
 }
 
 // seen reports whether the tracker has accepted or observed seq (or a later
-// one) of instance under id, or, for a goodbye, that the entry is gone:
-// some queen took that beat.
+// one) of instance under id, or, for a goodbye, that the entry is gone, or
+// that instance said goodbye: some queen took that beat.
 func (t *tracker) seen(id, instance string, seq uint64, goodbye bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -345,7 +352,7 @@ func (t *tracker) seen(id, instance string, seq uint64, goodbye bool) bool {
 	if s == nil {
 		return false
 	}
-	if goodbye && s.goneAtMs != 0 {
+	if goodbye && s.goneAtMs != 0 || s.left != "" && s.left == instance {
 		return true
 	}
 	if s.holder.instance == instance {
@@ -355,13 +362,22 @@ func (t *tracker) seen(id, instance string, seq uint64, goodbye bool) bool {
 	return i >= 0 && s.ousted[i].seq >= seq
 }
 
-// forget marks a key whose entry left or expired. Its claimants are kept so
-// a replayed goodbye or older beat is still refused, while a newer beat of
-// the same instance (a sender back from a partition) is accepted.
-func (t *tracker) forget(key string, nowMs int64) {
+// forget marks a key whose entry left (a goodbye of instance, as far as the
+// registry showed it) or expired. Its claimants are kept so a replayed
+// goodbye or older beat is still refused, while a newer beat of an expired
+// instance (a sender back from a partition) is accepted; an instance that
+// left is never heard again.
+func (t *tracker) forget(key string, left bool, instance string, nowMs int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s := t.m[key]; s != nil && s.goneAtMs == 0 {
+	s := t.m[key]
+	if s == nil {
+		return
+	}
+	if left && instance != "" {
+		s.left = strings.Clone(instance)
+	}
+	if s.goneAtMs == 0 {
 		s.goneAtMs, s.storedUntilMs = nowMs, 0
 		t.setConn(key, s, "")
 	}

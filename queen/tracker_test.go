@@ -118,15 +118,34 @@ func TestTrackerForgeryIsBounded(t *testing.T) {
 	})
 }
 
+// TestTrackerLeftNeverReturns: once the registry shows an instance left, or
+// this queen accepted its goodbye, no beat of that instance is accepted again
+// (a reserve's late copy, a retry), while a new instance is.
+func TestTrackerLeftNeverReturns(t *testing.T) {
+	tr := newTracker(DefaultConfig())
+	runBeats(t, tr, []beat{{"beat", "a", 5, 100, false, true, ""}})
+	tr.forget(testKey, true, "a", 200) // another queen wrote its goodbye
+	runBeats(t, tr, []beat{
+		{"older beat of the left instance", "a", 5, 300, false, false, "replay"},
+		{"newer beat of the left instance", "a", 7, 400, false, false, "replay"},
+		{"a restart", "b", 1, 500, false, true, ""},
+		{"its goodbye", "b", 2, 600, true, true, ""},
+		{"a late copy of b's last beat", "b", 1, 700, false, false, "replay"},
+	})
+	if !tr.seen(testKey, "a", 1, false) || !tr.seen(testKey, "b", 1, false) {
+		t.Fatal("a left instance's beats must count as taken, so no reserve rescues them")
+	}
+}
+
 func TestTrackerForgetAndReturn(t *testing.T) {
 	tr := newTracker(DefaultConfig())
 	runBeats(t, tr, []beat{{"beat", "a", 5, 100, false, true, ""}})
-	tr.forget(testKey, 200)
+	tr.forget(testKey, false, "a", 200)
 	runBeats(t, tr, []beat{
 		{"replayed goodbye of a departed sender", "a", 5, 300, true, false, "replay"},
 		{"back after expiry", "a", 6, 400, false, true, ""},
 	})
-	tr.forget(testKey, 500)
+	tr.forget(testKey, false, "a", 500)
 	if n := tr.sweep(501); n != 1 || tr.len() != 0 {
 		t.Fatalf("sweep dropped %d, %d left", n, tr.len())
 	}

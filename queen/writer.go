@@ -37,8 +37,7 @@ type op struct {
 	instance      string
 	seq           uint64
 	conn          string
-	mark          bool   // a liveness mark, not a beat
-	expectRev     uint64 // write only over this revision (marks); 0: unconditional
+	mark          bool // a liveness mark, not a beat
 	attempts      int
 	sentAt        time.Time
 }
@@ -102,8 +101,15 @@ type slot struct {
 	raw      *nats.Msg
 	rawAtMs  int64
 	inflight *op
-	last     *op    // last op the store acknowledged (not a delete)
-	lastRev  uint64 // its revision
+	last     *op // last op the store acknowledged (not a delete)
+	// stored is the newest message of the key's subject this queen knows
+	// (a value, a goodbye's DEL, an expiry's marker), from its own
+	// acknowledgements, the registry mirror and watch, and re-reads. Every
+	// write is judged against it and expects its revision (conditional.go).
+	stored stored
+	// rereading: the last write found the key changed by someone else; it
+	// waits for the stored value to be read again and the write decided anew.
+	rereading bool
 	// deadlineMs estimates when the stored entry expires (queen clock),
 	// never later than it does: from this queen's acknowledged write or
 	// from what the registry shows another queen wrote. 0: no entry known.
@@ -237,6 +243,15 @@ type writer struct {
 	// decode decodes and admits a parked beat that arrived at atMs; nil if
 	// refused or superseded. Called without mu.
 	decode func(msg *nats.Msg, atMs int64) *op
+	// mirror returns what the registry mirror holds for key (what: sNone
+	// if nothing); nil before the mirror exists. Called with mu held.
+	mirror func(kind subjects.Kind, key string) stored
+	// rereads are the keys waiting to be read again (conditional.go).
+	rereads    map[*slot]struct{}
+	rereadQ    []*slot
+	rereadWake chan struct{}
+	streamMu   sync.Mutex
+	streams    map[subjects.Kind]jetstream.Stream
 }
 
 func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subjects.Kind]string) *writer {
@@ -248,12 +263,22 @@ func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subject
 		slots:    map[string]*slot{},
 		inflight: map[*nats.Msg]*slot{},
 		errLog:   rate.Sometimes{Interval: 5 * time.Second},
+		rereads:  map[*slot]struct{}{},
+		// One token: the reader goroutine drains every waiting key per wake.
+		rereadWake: make(chan struct{}, 1),
 	}
 	for i := range w.qs {
 		w.qs[i].which = i
 	}
 	w.cond = sync.NewCond(&w.mu)
 	return w
+}
+
+// setMirror sets the lookup of the registry mirror.
+func (w *writer) setMirror(f func(kind subjects.Kind, key string) stored) {
+	w.mu.Lock()
+	w.mirror = f
+	w.mu.Unlock()
 }
 
 // subjectOf returns the KV subject of key: "$KV.<bucket>.<key>" (ADR-8).
@@ -321,7 +346,9 @@ func (w *writer) dropRaw(s *slot) {
 
 // mark queues a disconnected mark for key, whose holder's connection conn
 // closed: applied to a waiting beat from conn, else written over the entry
-// last seen (from, at revision rev) with its original expiry.
+// last seen (from, at revision rev) with its original expiry. Like every
+// write it is conditional: if the entry changed since, the stored value is
+// read again and the mark dropped unless it still shows that beat.
 func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64, nowMs int64) {
 	subject := w.subjectOf(kind, key)
 	w.mu.Lock()
@@ -330,6 +357,9 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 	if s == nil {
 		s = newSlot(kind, key, subject)
 		w.slots[subject] = s
+	}
+	if from != nil {
+		s.stored.learn(stored{rev: rev, what: sValue, instance: from.instance, seq: from.seq, atMs: from.acceptedMs})
 	}
 	w.dropRaw(s) // from the closed connection, or a beat decides soon after
 	switch {
@@ -344,11 +374,11 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 		if s.inflight.conn != conn || s.inflight.del {
 			return
 		}
-		s.pend = cloneMark(s.inflight, 0, nowMs)
-	case s.last != nil && s.last.conn == conn && (rev == 0 || rev == s.lastRev):
-		s.pend = cloneMark(s.last, s.lastRev, nowMs)
+		s.pend = cloneMark(s.inflight, nowMs)
+	case s.last != nil && s.last.conn == conn && s.stored.is(s.last):
+		s.pend = cloneMark(s.last, nowMs)
 	case from != nil:
-		s.pend = cloneMark(from, rev, nowMs)
+		s.pend = cloneMark(from, nowMs)
 	default:
 		return
 	}
@@ -367,9 +397,9 @@ func setDisconnected(o *op, nowMs int64) {
 
 // cloneMark returns a mark op carrying a copy of o's entry, marked
 // disconnected, that keeps o's expiry.
-func cloneMark(o *op, rev uint64, nowMs int64) *op {
+func cloneMark(o *op, nowMs int64) *op {
 	c := *o
-	c.mark, c.expectRev, c.attempts = true, rev, 0
+	c.mark, c.attempts = true, 0
 	if c.expiresMs == 0 {
 		c.expiresMs = o.acceptedMs + o.ttlMs
 	}
@@ -400,7 +430,7 @@ func newSlot(kind subjects.Kind, key, subject string) *slot {
 // of them if nothing is waiting or a write is in flight. mu held.
 func (w *writer) schedule(s *slot) {
 	var in [nQueues]bool
-	if o := s.pend; o != nil && s.inflight == nil {
+	if o := s.pend; o != nil && s.inflight == nil && !s.rereading {
 		if s.since == 0 {
 			s.since = o.acceptedMs
 		}
@@ -472,7 +502,7 @@ func (w *writer) run() {
 			w.inflight[msg] = s
 		} else {
 			s.inflight = nil
-			w.schedule(s)
+			w.finish(s) // a shed write may be the last one a Stop waits for
 		}
 		w.mu.Unlock()
 		if !ok {
@@ -530,9 +560,24 @@ func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
 		h.Set(jetstream.MsgTTLHeader, strconv.FormatInt((remaining+999)/1000, 10)+"s")
 		o.expiresMs = nowMs + remaining
 	}
-	if o.expectRev != 0 {
-		h.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(o.expectRev, 10))
+	if o.del {
+		// The goodbye's sender, kept in the DEL marker: a re-read tells a
+		// left instance's older beat from a new instance (conditional.go).
+		h.Set(HeaderInstance, o.instance)
+		h.Set(HeaderSeq, strconv.FormatUint(o.seq, 10))
 	}
+	// Every write is judged against the newest message of the key this
+	// queen knows and conditional on its revision: another writer's change
+	// makes it fail, and the key is read again and decided anew.
+	if w.mirror != nil {
+		s.stored.learn(w.mirror(s.kind, s.key))
+	}
+	if ok, why := s.stored.admits(o); !ok {
+		w.m.writeFailed(o.kind, "refused")
+		w.log.Debug("registry write refused", "key", o.key, "seq", o.seq, "why", why)
+		return nil, false
+	}
+	h.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(s.stored.rev, 10))
 	o.attempts++
 	o.sentAt = now
 	return msg, true
@@ -565,11 +610,11 @@ func (w *writer) acked(msg *nats.Msg, pa *jetstream.PubAck) {
 	}
 	nowMs := time.Now().UnixMilli()
 	w.lastOKMs = max(nowMs, w.lastErrMs+1)
+	s.stored.learn(storedOf(o, pa.Sequence))
 	if o.del {
-		s.last, s.deadlineMs, s.lastRev = nil, 0, 0
+		s.last, s.deadlineMs = nil, 0
 	} else {
-		s.last, s.lastRev = o, pa.Sequence
-		s.deadlineMs = o.expiresMs
+		s.last, s.deadlineMs = o, o.expiresMs
 	}
 	lat := time.Since(o.sentAt)
 	w.finish(s)
@@ -577,9 +622,12 @@ func (w *writer) acked(msg *nats.Msg, pa *jetstream.PubAck) {
 	w.m.writeDone(lat)
 }
 
-// failed handles a write that got no acknowledgement or an error: retried
-// unless a newer op of the key replaced it, a mark lost its race, or the
-// beat's TTL ran out (then it is counted lost and logged).
+// failed handles a write that got no acknowledgement or an error. A write
+// refused because the key changed since this queen last saw it (another
+// queen, a mark, a retry of a write that did land) is decided again from the
+// stored value (conditional.go). Others are retried unless a newer op of the
+// key replaced them or the beat's TTL ran out (then it is counted lost and
+// logged).
 func (w *writer) failed(msg *nats.Msg, err error) {
 	s, o := w.complete(msg)
 	if s == nil {
@@ -596,10 +644,16 @@ func (w *writer) failed(msg *nats.Msg, err error) {
 	outcome := "retried"
 	switch {
 	case raced:
-		outcome = "superseded" // the entry changed since the mark was made: a beat decides now
+		outcome = "reread"
+		if s.pend == nil {
+			s.pend = o
+		} else {
+			w.m.coalesced(o.kind)
+		}
+		w.rereadLocked(s)
 	case s.pend != nil:
 		outcome = "superseded"
-	case o.del || o.ttlMs-(nowMs-o.acceptedMs) > 0:
+	case o.del || o.mark && o.expiresMs > nowMs || !o.mark && o.ttlMs-(nowMs-o.acceptedMs) > 0:
 		s.pend = o // goodbyes are retried until written
 	default:
 		outcome = "lost"
@@ -617,32 +671,46 @@ func (w *writer) failed(msg *nats.Msg, err error) {
 
 // finish requeues s after its write completed and wakes waiters. mu held.
 func (w *writer) finish(s *slot) {
-	if s.pend == nil && s.last == nil && !s.queued {
+	if s.pend == nil && s.last == nil && !s.queued && !s.rereading && s.inflight == nil {
 		delete(w.slots, s.subject) // nothing left to remember (a deleted key)
 	}
 	w.schedule(s)
 	w.cond.Signal()
-	if len(w.inflight) == 0 && w.waiting == 0 && w.idle != nil {
+	w.wakeIdle()
+}
+
+// wakeIdle wakes wait once nothing is waiting, in flight or being read
+// again. mu held.
+func (w *writer) wakeIdle() {
+	if len(w.inflight) == 0 && w.waiting == 0 && len(w.rereads) == 0 && w.idle != nil {
 		close(w.idle)
 		w.idle = nil
 	}
 }
 
-// forget drops what the writer remembers of a key that left or expired.
-// A key with a beat still waiting is new again: its write re-creates the
-// entry and goes with the new entries, not ahead of the refreshes that keep
-// live entries alive, so under overload writes are not spent on entries
-// already lost while others are about to be.
-func (w *writer) forget(kind subjects.Kind, key string) {
+// forget drops what the writer remembers of a key that left (the goodbye of
+// instance, if known) or expired at revision rev. A key with a beat still waiting is new again: its write
+// re-creates the entry (over rev) and goes with the new entries, not ahead
+// of the refreshes that keep live entries alive, so under overload writes
+// are not spent on entries already lost while others are about to be.
+func (w *writer) forget(kind subjects.Kind, key string, rev uint64, left bool, instance string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.slots[w.subjectOf(kind, key)]
+	if s == nil {
+		return
+	}
+	if left {
+		s.stored.learn(stored{rev: rev, what: sLeft, instance: instance})
+	} else {
+		s.stored.learn(stored{rev: rev, what: sGone})
+	}
 	switch {
-	case s == nil || s.inflight != nil:
+	case s.inflight != nil || s.rereading:
 	case s.pend == nil:
 		delete(w.slots, s.subject)
 	default:
-		s.last, s.lastRev, s.deadlineMs = nil, 0, 0
+		s.last, s.deadlineMs = nil, 0
 		w.schedule(s)
 	}
 }
@@ -679,7 +747,7 @@ func (w *writer) stats() writerStats {
 // wait returns true once nothing is waiting or in flight, false if ctx ends first.
 func (w *writer) wait(ctx context.Context) bool {
 	w.mu.Lock()
-	if len(w.inflight) == 0 && w.waiting == 0 {
+	if len(w.inflight) == 0 && w.waiting == 0 && len(w.rereads) == 0 {
 		w.mu.Unlock()
 		return true
 	}

@@ -1,0 +1,153 @@
+package queen
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/internal/testutil"
+	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/wire"
+)
+
+// condBeat is the registry write of worker key "h.w"'s beat seq from
+// instance inst, sent on connection conn, accepted now.
+func condBeat(inst string, seq uint64, conn string) *op {
+	now := time.Now().UnixMilli()
+	return &op{kind: subjects.KindWorker, key: "h.w", instance: inst, seq: seq, conn: conn, acceptedMs: now,
+		ttlMs: 30_000, intervalMs: 10_000, worker: &wire.WorkerEntry{
+			Worker:   wire.Worker{HiveID: "h", WorkerID: "w", Status: wire.StatusReady, Meta: wire.Meta{InstanceID: inst, Seq: seq, Conn: conn, IntervalMs: 10_000, Health: wire.Healthy}},
+			Received: wire.Received{ReceivedAtMs: now, FirstSeenMs: now}}}
+}
+
+func condBye(inst string, seq uint64) *op {
+	o := condBeat(inst, seq, "")
+	o.del, o.worker = true, nil
+	return o
+}
+
+// storedAs describes the key's last message: "seq N" (with " disconnected"
+// for a marked entry), "DEL", "PURGE" or "none", and its revision.
+func storedAs(t *testing.T, q *Queen) (string, uint64) {
+	t.Helper()
+	raw, err := lastMsg(q.js, q.scheme.WorkersBucket(), "h.w")
+	switch {
+	case err != nil && isNotFound(err):
+		return "none", 0
+	case err != nil:
+		t.Fatal(err)
+	}
+	if op := raw.Header.Get(kvOperation); op != "" {
+		return op, raw.Sequence
+	}
+	e, err := wire.DecodeWorkerEntry(raw.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := fmt.Sprintf("%s seq %d", e.InstanceID, e.Seq)
+	if e.Liveness == wire.LivenessDisconnected {
+		s += " disconnected"
+	}
+	return s, raw.Sequence
+}
+
+func isNotFound(err error) bool { return err != nil && err.Error() == jetstream.ErrMsgNotFound.Error() }
+
+// written puts o on q's writer and waits until the writer is idle.
+func written(t *testing.T, q *Queen, o *op) {
+	t.Helper()
+	q.w.put(o)
+	settle(t, q)
+}
+
+func settle(t *testing.T, q *Queen) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if !q.w.wait(ctx) {
+		t.Fatalf("writer not idle: %+v", q.w.stats())
+	}
+}
+
+// TestConditionalWrites drives the writers of two and three queens sharing
+// one bucket with the writes that raced each other before every write was
+// conditional: an older beat after a newer one, a late copy after a
+// goodbye, a retry of a write that did land, a disconnected mark after
+// another queen wrote a newer beat. Each queen learns only from its own
+// acknowledgements and (late) from its registry watch; every decision that
+// matters comes from the server's refusal and a re-read.
+func TestConditionalWrites(t *testing.T) {
+	for _, n := range []int{2, 3} {
+		t.Run(fmt.Sprintf("%d queens", n), func(t *testing.T) {
+			srv := testutil.Server(t)
+			var qs []*Queen
+			for i := range n {
+				cfg := testConfig(t)
+				cfg.QueenID = fmt.Sprintf("q%d", i)
+				qs = append(qs, startTestQueen(t, srv.ClientURL(), cfg))
+			}
+			a, b, c := qs[0], qs[1], qs[n-1]
+			want := func(what string) {
+				t.Helper()
+				if got, _ := storedAs(t, a); got != what {
+					t.Fatalf("stored %q, want %q", got, what)
+				}
+			}
+
+			written(t, a, condBeat("i1", 1, "s/1"))
+			want("i1 seq 1")
+			written(t, b, condBeat("i1", 3, "s/1"))
+			want("i1 seq 3")
+			// a's seq 2 came in late (a was behind): never over seq 3.
+			written(t, a, condBeat("i1", 2, "s/1"))
+			want("i1 seq 3")
+			// A retry of seq 3 that did land: not written twice.
+			_, rev := storedAs(t, a)
+			written(t, b, condBeat("i1", 3, "s/1"))
+			if _, again := storedAs(t, a); again != rev {
+				t.Fatalf("the retry of a landed write was written again: revision %d, then %d", rev, again)
+			}
+			// The connection of seq 3 closes; meanwhile another queen wrote
+			// seq 4 from a new connection. The mark is for seq 3: refused.
+			written(t, c, condBeat("i1", 4, "s/2"))
+			b.w.mark(subjects.KindWorker, "h.w", "s/1", nil, 0, time.Now().UnixMilli())
+			settle(t, b)
+			want("i1 seq 4")
+			// A mark for the stored beat is written.
+			c.w.mark(subjects.KindWorker, "h.w", "s/2", nil, 0, time.Now().UnixMilli())
+			settle(t, c)
+			want("i1 seq 4 disconnected")
+			// The worker says goodbye through one queen; another queen's late
+			// copy of an older beat (its reserve, a stopped queen) and a
+			// replayed goodbye never bring it back.
+			written(t, b, condBye("i1", 5))
+			want("DEL")
+			written(t, a, condBeat("i1", 4, "s/2"))
+			want("DEL")
+			written(t, c, condBeat("i1", 2, "s/1"))
+			written(t, a, condBye("i1", 5))
+			want("DEL")
+			// A restart (a new instance) registers again.
+			written(t, c, condBeat("i2", 1, "s/3"))
+			want("i2 seq 1")
+			// The old instance's goodbye, late, does not remove the new one.
+			written(t, a, condBye("i1", 5))
+			want("i2 seq 1")
+			for _, q := range qs {
+				if r := q.Stats().Lost; r != 0 {
+					t.Errorf("queen %s lost %d writes", q.ID(), r)
+				}
+			}
+			if v := counterOf(a, "refused") + counterOf(b, "refused") + counterOf(c, "refused"); v == 0 {
+				t.Error("no write counted as refused")
+			}
+		})
+	}
+}
+
+// counterOf returns q's count of failed writes with outcome.
+func counterOf(q *Queen, outcome string) float64 {
+	return value(q.metrics.writeOut.WithLabelValues(string(subjects.KindWorker), outcome))
+}
