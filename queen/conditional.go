@@ -184,7 +184,9 @@ func (s *stored) learn(n stored) {
 }
 
 // is reports whether s is o's own beat.
-func (s *stored) is(o *op) bool { return s.what == sValue && s.instance == o.instance && s.seq == o.seq }
+func (s *stored) is(o *op) bool {
+	return s.what == sValue && s.instance == o.instance && s.seq == o.seq
+}
 
 // storedOf returns what o leaves stored once written at rev.
 func storedOf(o *op, rev uint64) stored {

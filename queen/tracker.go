@@ -32,12 +32,12 @@ type sender struct {
 	// ousted holds earlier or competing claimants, newest first: their
 	// replays are refused, and one that keeps beating regains the key once
 	// the holder falls silent.
-	ousted     [2]claim
-	goneAtMs   int64 // queen clock when the entry left or expired; 0 while live
+	ousted   [2]claim
+	goneAtMs int64 // queen clock when the entry left or expired; 0 while live
 	// left is the instance that said goodbye for the key, last: it never
 	// beats again, so any later beat of it is a replay or a late copy (a
 	// queen's reserve, a retry) and is refused.
-	left string
+	left       string
 	conflictMs int64 // last time two instances beat within one TTL; 0 never
 	conn       string
 	// storedUntilMs is when the newest value the registry showed expires at
