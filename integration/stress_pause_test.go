@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/internal/testutil"
+	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/wire"
 )
 
@@ -172,4 +173,86 @@ func TestStressPausedOnlyQueen(t *testing.T) {
 		_, fresh := w.present(hiveKeys("gpu-node-1"), resumed)
 		return fresh == workers
 	}, "every worker written again after the resume: %s", w)
+}
+
+// TestPausedQueenGoodbye: with two and three queens, one (an `rbee queen`
+// child) is stopped with SIGSTOP while its share of one round of beats waits
+// in its socket; every worker then says goodbye, through whichever queen the
+// group hands it to, and stops. When the stopped queen resumes, the beats it
+// holds are older than the goodbyes the others wrote: no worker may come
+// back (a write after its DEL), and none may expire instead of leaving.
+func TestPausedQueenGoodbye(t *testing.T) {
+	for _, n := range []int{2, 3} {
+		t.Run(fmt.Sprintf("%d queens", n), func(t *testing.T) {
+			const (
+				interval = time.Second
+				ttl      = 3 * interval
+				workers  = 40
+			)
+			bin := filepath.Join(rbeeBinary(t), "rbee")
+			srv := testutil.Server(t)
+			var local []*queen.Queen
+			for range n - 1 {
+				q, _ := startQueen(t, srv.ClientURL(), ttl)
+				local = append(local, q)
+			}
+			args := append([]string{"queen", "--nats-url", srv.ClientURL(), "--http", "off", "--log-level", "warn"}, queenTTLArgs(t, bin, 3)...)
+			out, cmd := startProcess(t, bin, args...)
+			testutil.Eventually(t, 30*time.Second, func() bool {
+				for _, q := range local {
+					if q.Registry() == nil || len(q.Registry().Queens()) != n {
+						return false
+					}
+				}
+				return true
+			}, "the %d queens see each other:\n%s", n, out)
+			window(2 * interval) // each queen's reserve follows its peers
+
+			w := watchWorkers(t, srv.ClientURL())
+			l := startRawLoad(t, srv.ClientURL(), "gpu-node-1", workers)
+			testutil.Eventually(t, 20*time.Second, func() bool { p, _ := w.present(hiveKeys("gpu-node-1"), time.Time{}); return p == workers },
+				"%d workers registered: %s", workers, w)
+
+			if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			// Just after a round, while the stopped queen's share of it is
+			// still in its socket and in the others' reserves: goodbyes.
+			l.mu.Lock()
+			round := l.round
+			l.mu.Unlock()
+			testutil.Eventually(t, 5*time.Second, func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.round > round },
+				"a new round of beats")
+			window(100 * time.Millisecond)
+			l.goodbye(t, workers)
+			testutil.Eventually(t, 10*time.Second, func() bool {
+				for i := range workers {
+					if left, _ := w.left(l.key(i)); !left {
+						return false
+					}
+				}
+				return true
+			}, "every worker left: %s", w)
+			window(interval)
+			if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			window(ttl + interval)
+			var back []string
+			for i := range workers {
+				key, gone := l.key(i), false
+				for _, o := range w.ops(func(k string) bool { return k == key }) {
+					switch {
+					case o.op == jetstream.KeyValueDelete:
+						gone = true
+					case gone:
+						back = append(back, fmt.Sprintf("%s %s seq %d after its goodbye", key, o.op, o.seq))
+					}
+				}
+			}
+			if len(back) > 0 {
+				t.Errorf("%d writes after a goodbye: %v\n%s\nchild queen:\n%s", len(back), back, w, out)
+			}
+		})
+	}
 }
