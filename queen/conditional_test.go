@@ -3,6 +3,7 @@ package queen
 import (
 	"context"
 	"fmt"
+	"github.com/nats-io/nats.go"
 	"testing"
 	"time"
 
@@ -150,4 +151,69 @@ func TestConditionalWrites(t *testing.T) {
 // counterOf returns q's count of failed writes with outcome.
 func counterOf(q *Queen, outcome string) float64 {
 	return value(q.metrics.writeOut.WithLabelValues(string(subjects.KindWorker), outcome))
+}
+
+// TestStopDrains: goodbyes delivered to the queen when Stop is called are
+// handled (the keys left) or counted as dropped, never lost uncounted.
+func TestStopDrains(t *testing.T) {
+	const n = 1000
+	srv := testutil.Server(t)
+	cfg := testConfig(t)
+	q, err := New(testutil.Connect(t, srv.ClientURL()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	nc := testutil.Connect(t, srv.ClientURL())
+	send := func(i int, seq uint64, goodbye bool) {
+		w := &wire.Worker{HiveID: "h", WorkerID: fmt.Sprintf("w%d", i), Status: wire.StatusReady, SlotsTotal: 1,
+			Meta: wire.Meta{V: 1, InstanceID: fmt.Sprintf("inst%d", i), Seq: seq, IntervalMs: 1000, Health: wire.Healthy}}
+		data, err := wire.Marshal(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := &nats.Msg{Subject: q.scheme.Worker("h", w.WorkerID), Data: data, Header: nats.Header{}}
+		msg.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
+		msg.Header.Set(wire.HeaderSchema, wire.SchemaWorker)
+		if goodbye {
+			msg.Header.Set(wire.HeaderEvent, wire.EventGoodbye)
+		}
+		if err := nc.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		send(i, 1, false)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		if nw, _ := q.Registry().Sizes(); nw != n {
+			return fmt.Errorf("%d of %d workers registered", nw, n)
+		}
+		return nil
+	})
+	for i := range n {
+		send(i, 2, true)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	q.Stop(ctx)
+
+	kv, err := q.js.KeyValue(t.Context(), q.scheme.WorkersBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	present := 0
+	for i := range n {
+		if _, err := kv.Get(t.Context(), fmt.Sprintf("h.w%d", i)); err == nil {
+			present++
+		}
+	}
+	if dropped := int(q.Stats().Dropped); present != dropped {
+		t.Fatalf("after Stop %d of %d workers are still present, and %d beats were counted as dropped", present, n, dropped)
+	}
 }

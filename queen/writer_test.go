@@ -1,6 +1,8 @@
 package queen
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
@@ -193,5 +195,49 @@ func TestForgetWaiting(t *testing.T) {
 	w.forget(subjects.KindWorker, "lost", 0, false, "")
 	if got := fmt.Sprint(order(popAll(w, 1000))); got != "[due lost]" {
 		t.Fatalf("write order %s: want the live entry due to expire first, then the lost one", got)
+	}
+}
+
+// TestShedWakesWait: a write shed because its TTL ran out while it waited
+// is the last one a Stop waits for; wait returns instead of hanging.
+func TestShedWakesWait(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	stale := beatOp("a", "i", 1, time.Now().Add(-time.Minute).UnixMilli(), wire.StatusReady) // TTL 3 s, a minute old
+	w.put(stale)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	idle := make(chan bool, 1)
+	go func() { idle <- w.wait(ctx) }()
+	checkFor(t, 5*time.Second, func() error { // the waiter is registered before the write is taken
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.idle == nil {
+			return errors.New("no waiter yet")
+		}
+		return nil
+	})
+	done := make(chan struct{})
+	go func() { defer close(done); w.run() }()
+	t.Cleanup(func() { w.stop(); <-done })
+	if !<-idle {
+		t.Fatalf("wait did not return after the only waiting write was shed: %+v", w.stats())
+	}
+}
+
+// TestStallOnMonotonicClock: a step of the wall clock between two
+// housekeeping ticks is no stall; a lone queen stays ok.
+func TestStallOnMonotonicClock(t *testing.T) {
+	q, err := New(&nats.Conn{}, testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	q.reserve.tick(q, now)
+	q.reserve.tick(q, now.Add(10*time.Second).Round(0)) // NTP stepped the clock 10 s forward
+	q.health.mu.Lock()
+	disrupted := time.Now().Before(q.health.disruptedUntil)
+	q.health.mu.Unlock()
+	if disrupted {
+		t.Fatal("a wall-clock step was taken for a stopped queen: registry disrupted")
 	}
 }

@@ -89,7 +89,9 @@ func (m *Meta) Validate() error {
 }
 
 // Validate checks a worker payload. It returns an error wrapping
-// ErrUnknownSchema or ErrInvalid.
+// ErrUnknownSchema or ErrInvalid. A progress above 2^53 (an engine counter
+// that ran that far) is clamped to 2^53, not refused: the worker stays
+// valid, and readers that hold numbers as doubles read it exactly.
 func (w *Worker) Validate() error {
 	if err := w.Meta.Validate(); err != nil {
 		return err
@@ -119,7 +121,8 @@ func (w *Worker) Validate() error {
 		return invalid("requests_waiting %d is negative", *w.RequestsWaiting)
 	}
 	if w.Progress != nil && *w.Progress > MaxSeq {
-		return invalid("progress %d above 2^53", *w.Progress)
+		p := uint64(MaxSeq)
+		w.Progress = &p
 	}
 	if w.PID < 0 {
 		return invalid("pid %d is negative", w.PID)

@@ -27,6 +27,19 @@ func TestSkewMs(t *testing.T) {
 	}
 }
 
+// TestProgressClamped: an engine counter past 2^53 keeps the worker valid,
+// read as 2^53.
+func TestProgressClamped(t *testing.T) {
+	w := sampleWorker()
+	w.Progress = ptr[uint64](math.MaxUint64)
+	if err := w.Validate(); err != nil {
+		t.Fatalf("progress past 2^53 refused: %v", err)
+	}
+	if *w.Progress != MaxSeq {
+		t.Fatalf("progress %d, want 2^53", *w.Progress)
+	}
+}
+
 func TestValidateNewKeys(t *testing.T) {
 	tests := []struct {
 		name string
@@ -36,7 +49,6 @@ func TestValidateNewKeys(t *testing.T) {
 		{"sent_at_ms past 2^53", func() error { w := sampleWorker(); w.SentAtMs = MaxTimeMs + 1; return w.Validate() }},
 		{"sent_at_ms min int64", func() error { w := sampleWorker(); w.SentAtMs = math.MinInt64; return w.Validate() }},
 		{"requests_waiting negative", func() error { w := sampleWorker(); w.RequestsWaiting = ptr(-1); return w.Validate() }},
-		{"progress past 2^53", func() error { w := sampleWorker(); w.Progress = ptr[uint64](MaxSeq + 1); return w.Validate() }},
 		{"pid negative", func() error { w := sampleWorker(); w.PID = -2; return w.Validate() }},
 		{"engine_age_ms negative", func() error { w := sampleWorker(); w.EngineAgeMs = -1; return w.Validate() }},
 		{"conn too long", func() error { w := sampleWorker(); w.Conn = string(make([]byte, MaxTextLen+1)); return w.Validate() }},
