@@ -205,6 +205,33 @@ func runOverload(w *world, r *result) error {
 		}
 		rate = int(math.Round(2 * w.capacity))
 	}
+	return overload(w, r, rate, w.opt.healthy, false)
+}
+
+// busyKeys and busyProbes size the busy cases: keys ÷ TTL is about 17k
+// writes/s, within what the queen writes on this machine.
+const (
+	busyKeys   = 50_000
+	busyProbes = 50
+)
+
+// runBusy: busyKeys load workers beating every interval from one process,
+// busyProbes probe workers in another; with burn, a third process burns one
+// core beside them. Within capacity, nothing may expire falsely.
+func runBusy(burn bool) func(w *world, r *result) error {
+	return func(w *world, r *result) error {
+		rate := busyKeys
+		if w.opt.rate != 0 {
+			rate = w.opt.rate
+		}
+		return overload(w, r, rate, busyProbes, burn)
+	}
+}
+
+// overload offers rate load workers beating every interval, beside healthy
+// probe workers in their own process (and a process burning a core, with
+// burn), and checks that no live key expires and no goodbye is lost.
+func overload(w *world, r *result, rate, healthy int, burn bool) error {
 	dur, drainMax, byes := 20*time.Second, 60*time.Second, 1000
 	if w.opt.quick {
 		dur, drainMax, byes = 10*time.Second, 15*time.Second, 500
@@ -224,19 +251,27 @@ func runOverload(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	f, err := w.fleet("healthy", q.url(), hiveHealthy, w.opt.healthy)
+	f, err := w.fleet("healthy", q.url(), hiveHealthy, healthy)
 	if err != nil {
 		return err
 	}
 	defer f.kill()
-	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
+	if err := waitPresent(o, hiveHealthy, healthy, 30*time.Second); err != nil {
 		return err
+	}
+	if burn {
+		b, err := startProc("burn", w.self, []string{"-role", "burn"})
+		if err != nil {
+			return err
+		}
+		defer b.kill()
+		r.offer("another process burns one core from before the load until the end of the case")
 	}
 	r.offer("%d load workers beating once per %s = %d beats/s for %s (2 × %.0f writes/s: the capacity case's measurement, or -capacity, or -rate)",
 		rate, interval, rate, dur, w.capacity)
 	r.offer("%d of them send a goodbye %s into the load and stop", byes, byeAt)
 	r.offer("%d healthy workers (`rbee worker --simulate %d --interval %s`) in a separate process, stopped with SIGTERM (goodbyes) after the load",
-		w.opt.healthy, w.opt.healthy, interval)
+		healthy, healthy, interval)
 	o.resetLag()
 	o.resetGaps()
 	t0 := time.Now()
@@ -268,7 +303,7 @@ func runOverload(w *world, r *result) error {
 		if err == nil {
 			last = account(m)
 			gap := float64(rep.Sent+hs) - last.total()
-			if math.Abs(gap-lastGap) > float64(w.opt.healthy) || queued(m) > 0 {
+			if math.Abs(gap-lastGap) > float64(healthy) || queued(m) > 0 {
 				lastGap, lastChange = gap, time.Now()
 			} else if time.Since(lastChange) > 3*time.Second {
 				drained = true
@@ -345,7 +380,7 @@ func runOverload(w *world, r *result) error {
 	} else {
 		r.fig("queen's counts settled", "not within %s of the load's end", drainMax)
 	}
-	r.fig("false expiries: healthy workers", "%d, of %d of the %d workers", falseHealthy, distinct(fhs), w.opt.healthy)
+	r.fig("false expiries: healthy workers", "%d, of %d of the %d workers", falseHealthy, distinct(fhs), healthy)
 	r.fig("false expiries: load workers while beating", "%d, of %d of the %d workers", falseLoad, distinct(fls), rate)
 	r.fig("when the false expiries happened (s after the load started: count)", "healthy %s; load %s; the load stopped at +%.1fs",
 		bySecond(fhs, t0), bySecond(fls, t0), tStop.Sub(t0).Seconds())

@@ -34,6 +34,7 @@ type options struct {
 	note     string
 	baseline string // an earlier report whose summary is quoted for comparison
 	healthy  int    // healthy workers whose false expiries are counted
+	repeat   int    // runs of each case
 }
 
 // kase is one attack.
@@ -49,6 +50,10 @@ func cases() []kase {
 		{"capacity", "What the queen can write", "(measured; sets the overload case's offered load)", runCapacity},
 		{"overload", "Offered load 2× what the queen can write, TTL of 3 beats",
 			"0 false expiries, 0 silent drops, 0 lost goodbyes, bounded RSS", runOverload},
+		{"busy", "50k workers at 1 s (one process) and 50 probe workers (another), TTL of 3 beats, quiet machine",
+			"0 false expiries, goodbyes arrive as left", runBusy(false)},
+		{"busyburn", "As busy, with another process burning one core beside them",
+			"0 false expiries, goodbyes arrive as left", runBusy(true)},
 		{"pause", "One of two queens paused (SIGSTOP) 2 × TTL", "0 false expiries", runPause},
 		{"pause1", "The only queen paused (SIGSTOP) 2 × TTL, broker apart",
 			"expiries reported as a disruption, registry whole within one interval of the resume", runPauseSingle},
@@ -61,6 +66,9 @@ func cases() []kase {
 }
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "-role" && os.Args[2] == "burn" {
+		burn()
+	}
 	if len(os.Args) > 2 && os.Args[1] == "-role" && os.Args[2] == "load" {
 		if err := loadMain(os.Args[3:]); err != nil {
 			fmt.Fprintln(os.Stderr, "chaos load:", err)
@@ -69,7 +77,8 @@ func main() {
 		return
 	}
 	var o options
-	flag.StringVar(&o.cases, "case", "", "run only these cases (comma-separated): capacity, overload, pause, pause1, kill9, outage, fulldisk, forgery")
+	flag.StringVar(&o.cases, "case", "", "run only these cases (comma-separated): capacity, overload, busy, busyburn, pause, pause1, kill9, outage, fulldisk, forgery")
+	flag.IntVar(&o.repeat, "repeat", 1, "run each case this many times")
 	flag.BoolVar(&o.quick, "quick", false, "shorter phases and smaller fleets (about 2 minutes in all)")
 	flag.StringVar(&o.out, "out", "RELIABILITY.md", "report file")
 	flag.Float64Var(&o.capacity, "capacity", 0, "the queen's write capacity in writes/s, instead of measuring it")
@@ -113,17 +122,22 @@ func run(o options) int {
 		if len(want) > 0 && !want[c.name] {
 			continue
 		}
-		r := &result{name: c.name, title: c.title, target: c.target, loadBefore: loadAvg(), command: command(o, c.name)}
-		logf("case %s: %s", c.name, c.title)
-		t0 := time.Now()
-		if err := c.run(w, r); err != nil {
-			r.err = err
-			logf("case %s: %v", c.name, err)
+		for i := range max(1, o.repeat) {
+			r := &result{name: c.name, title: c.title, target: c.target, loadBefore: loadAvg(), command: command(o, c.name)}
+			if o.repeat > 1 {
+				r.name = fmt.Sprintf("%s (%d of %d)", c.name, i+1, o.repeat)
+			}
+			logf("case %s: %s", r.name, c.title)
+			t0 := time.Now()
+			if err := c.run(w, r); err != nil {
+				r.err = err
+				logf("case %s: %v", r.name, err)
+			}
+			r.took = time.Since(t0)
+			r.loadAfter = loadAvg()
+			logf("case %s: %s in %s", r.name, r.verdict(), r.took.Round(time.Second))
+			results = append(results, r)
 		}
-		r.took = time.Since(t0)
-		r.loadAfter = loadAvg()
-		logf("case %s: %s in %s", c.name, r.verdict(), r.took.Round(time.Second))
-		results = append(results, r)
 	}
 	rep := report{opt: o, results: results, missed: w.missed, took: time.Since(start), started: start}
 	if err := os.WriteFile(o.out, []byte(rep.markdown()), 0o644); err != nil {
@@ -183,4 +197,16 @@ func machine() []string {
 		out = append(out, "commit: "+rev)
 	}
 	return out
+}
+
+// burn keeps one core busy until the process is killed (the busyburn case's
+// neighbour).
+func burn() {
+	var h uint64 = 14695981039346656037
+	for i := uint64(0); ; i++ {
+		h = (h ^ i) * 1099511628211
+		if h == 0 {
+			fmt.Fprintln(os.Stderr, "burn:", i)
+		}
+	}
 }
