@@ -198,7 +198,8 @@ func storedOf(o *op, rev uint64) stored {
 
 // admits decides whether o may be written over what s knows is stored,
 // and why not.
-//   - Nothing known: any write, expecting no message (a refusal re-reads).
+//   - Nothing known: a beat, expecting no message (a refusal re-reads); the
+//     writer reads the key before a goodbye or mark.
 //   - Nothing stored: a beat is written; a goodbye or mark has nothing to act on.
 //   - A goodbye's DEL: the instance that said goodbye is never written
 //     again; another instance (a restart) is.

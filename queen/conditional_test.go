@@ -2,6 +2,7 @@ package queen
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/nats-io/nats.go"
 	"testing"
@@ -54,7 +55,7 @@ func storedAs(t *testing.T, q *Queen) (string, uint64) {
 	return s, raw.Sequence
 }
 
-func isNotFound(err error) bool { return err != nil && err.Error() == jetstream.ErrMsgNotFound.Error() }
+func isNotFound(err error) bool { return errors.Is(err, jetstream.ErrMsgNotFound) }
 
 // written puts o on q's writer and waits until the writer is idle.
 func written(t *testing.T, q *Queen, o *op) {
@@ -97,6 +98,9 @@ func TestConditionalWrites(t *testing.T) {
 				}
 			}
 
+			// A goodbye for a key with no entry deletes nothing.
+			written(t, b, condBye("i0", 9))
+			want("none")
 			written(t, a, condBeat("i1", 1, "s/1"))
 			want("i1 seq 1")
 			written(t, b, condBeat("i1", 3, "s/1"))

@@ -23,13 +23,24 @@
 // bounded window; beats the subscription drops are counted. Every shed,
 // coalesced, superseded, failed or lost write is in /metrics.
 //
+// # Conditional writes
+//
+// Every write (beat, goodbye, mark, rescue, retry) is judged against the
+// newest message of its key the queen knows and sent conditional on that
+// message's revision; when another writer changed the key, the server refuses
+// it and the queen reads the key again and decides anew (conditional.go). So
+// across queens an older beat is never written over a newer one, and a key
+// that left never comes back from an older beat: a goodbye's DEL names the
+// instance that left.
+//
 // # Several queens
 //
 // While other queens are in the group, every queen also holds every beat in
 // reserve for half an interval and takes the ones no queen took (reserve.go):
 // a stopped queen's share is written by the others long before the server
-// drops its connection. A queen that finds it was stopped holds its own
-// share the same way, so it does not write old beats over newer ones.
+// drops its connection. A queen that finds it was stopped (on the monotonic
+// clock) discards the beats of its share that waited meanwhile: the others
+// took them.
 //
 // # The queen's own state
 //

@@ -481,6 +481,16 @@ func (w *writer) run() {
 		}
 		failing := w.failingLocked()
 		s := w.next(time.Now().UnixMilli())
+		if w.mirror != nil {
+			s.stored.learn(w.mirror(s.kind, s.key))
+		}
+		if s.stored.what == sUnknown && (s.pend.del || s.pend.mark) {
+			// A goodbye or mark acts only on an entry it matches: with
+			// nothing known of the key, it is read first.
+			w.rereadLocked(s)
+			w.mu.Unlock()
+			continue
+		}
 		o, raw, rawAt := s.pend, s.raw, s.rawAtMs
 		w.sentLagMs = time.Now().UnixMilli() - s.since
 		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
@@ -569,9 +579,6 @@ func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
 	// Every write is judged against the newest message of the key this
 	// queen knows and conditional on its revision: another writer's change
 	// makes it fail, and the key is read again and decided anew.
-	if w.mirror != nil {
-		s.stored.learn(w.mirror(s.kind, s.key))
-	}
 	if ok, why := s.stored.admits(o); !ok {
 		w.m.writeFailed(o.kind, "refused")
 		w.log.Debug("registry write refused", "key", o.key, "seq", o.seq, "why", why)

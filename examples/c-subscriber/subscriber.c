@@ -185,7 +185,8 @@ static void onEvent(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
 
 /* bucket is one registry bucket read through its stream. left remembers the
  * keys whose last change was a DEL: the delete marker ages out of the bucket
- * one TTL later as a PURGE, which is not an expiry. */
+ * after its age limit (rbee queen --max-ttl, default 1 h) as a PURGE, which is
+ * not an expiry. */
 struct bucket {
     char name[64];
     char subject[80];
