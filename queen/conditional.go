@@ -30,7 +30,7 @@ const (
 )
 
 // Re-reads run on this many goroutines; each is one direct get.
-const rereaders = 4
+const rereaders = 16
 
 // rereadLocked takes s out of the queues until its stored value has been
 // read again and its waiting write decided anew. mu held.
@@ -41,11 +41,33 @@ func (w *writer) rereadLocked(s *slot) {
 	s.rereading = true
 	w.schedule(s)
 	w.rereads[s] = struct{}{}
-	w.rereadQ = append(w.rereadQ, s)
+	w.queueReread(s)
+}
+
+// queueReread queues s for a reader: goodbyes and marks first. mu held.
+func (w *writer) queueReread(s *slot) {
+	i := 1
+	if s.pend != nil && (s.pend.del || s.pend.mark) {
+		i = 0
+	}
+	w.rereadQ[i] = append(w.rereadQ[i], s)
 	select {
 	case w.rereadWake <- struct{}{}:
 	default:
 	}
+}
+
+// nextReread takes the next key to read again, nil if none. mu held.
+func (w *writer) nextReread() *slot {
+	for i := range w.rereadQ {
+		if q := w.rereadQ[i]; len(q) > 0 {
+			s := q[0]
+			q[0] = nil
+			w.rereadQ[i] = q[1:]
+			return s
+		}
+	}
+	return nil
 }
 
 // runRereads reads keys again until stop; rereaders goroutines.
@@ -57,22 +79,21 @@ func (w *writer) runRereads(ctx context.Context) {
 			defer wg.Done()
 			for {
 				w.mu.Lock()
-				for len(w.rereadQ) == 0 && ctx.Err() == nil {
+				s := w.nextReread()
+				for s == nil && ctx.Err() == nil {
 					w.mu.Unlock()
 					select {
 					case <-ctx.Done():
 					case <-w.rereadWake:
 					}
 					w.mu.Lock()
+					s = w.nextReread()
 				}
-				if ctx.Err() != nil {
+				if s == nil {
 					w.mu.Unlock()
 					return
 				}
-				s := w.rereadQ[0]
-				w.rereadQ[0] = nil
-				w.rereadQ = w.rereadQ[1:]
-				if len(w.rereadQ) > 0 {
+				if len(w.rereadQ[0])+len(w.rereadQ[1]) > 0 {
 					select { // pass the wake on
 					case w.rereadWake <- struct{}{}:
 					default:
@@ -97,11 +118,7 @@ func (w *writer) reread(ctx context.Context, s *slot) {
 		time.AfterFunc(failPause, func() {
 			w.mu.Lock()
 			defer w.mu.Unlock()
-			w.rereadQ = append(w.rereadQ, s)
-			select {
-			case w.rereadWake <- struct{}{}:
-			default:
-			}
+			w.queueReread(s)
 		})
 		return
 	}

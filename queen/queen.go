@@ -370,6 +370,7 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 			reserveDropped = q.reserve.dropped()
 			if now.Sub(lastSweep) > q.cfg.MaxTTL {
 				lastSweep = now
+				q.w.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli())
 				if n := q.tracker.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli()); n > 0 {
 					q.log.Debug("forgot departed senders", "count", n)
 				}

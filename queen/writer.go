@@ -110,6 +110,10 @@ type slot struct {
 	// rereading: the last write found the key changed by someone else; it
 	// waits for the stored value to be read again and the write decided anew.
 	rereading bool
+	// goneMs is when the key was last seen gone with nothing to write (queen
+	// clock): the slot is kept for what it knows of the stored message, so
+	// a sender that comes back is written over it at once, and swept later.
+	goneMs int64
 	// deadlineMs estimates when the stored entry expires (queen clock),
 	// never later than it does: from this queen's acknowledged write or
 	// from what the registry shows another queen wrote. 0: no entry known.
@@ -248,7 +252,7 @@ type writer struct {
 	mirror func(kind subjects.Kind, key string) stored
 	// rereads are the keys waiting to be read again (conditional.go).
 	rereads    map[*slot]struct{}
-	rereadQ    []*slot
+	rereadQ    [2][]*slot // goodbyes and marks first, then beats
 	rereadWake chan struct{}
 	streamMu   sync.Mutex
 	streams    map[subjects.Kind]jetstream.Stream
@@ -295,6 +299,7 @@ func (w *writer) put(o *op) {
 		s = newSlot(o.kind, o.key, subject)
 		w.slots[subject] = s
 	}
+	s.goneMs = 0
 	if o.storedUntilMs > s.deadlineMs && s.inflight == nil {
 		s.deadlineMs = o.storedUntilMs // another queen's write, or one before a restart
 	}
@@ -678,8 +683,8 @@ func (w *writer) failed(msg *nats.Msg, err error) {
 
 // finish requeues s after its write completed and wakes waiters. mu held.
 func (w *writer) finish(s *slot) {
-	if s.pend == nil && s.last == nil && !s.queued && !s.rereading && s.inflight == nil {
-		delete(w.slots, s.subject) // nothing left to remember (a deleted key)
+	if s.pend == nil && s.last == nil && !s.queued && !s.rereading && s.inflight == nil && s.goneMs == 0 {
+		s.goneMs = time.Now().UnixMilli() // a deleted key: kept for what it knows until swept
 	}
 	w.schedule(s)
 	w.cond.Signal()
@@ -715,11 +720,28 @@ func (w *writer) forget(kind subjects.Kind, key string, rev uint64, left bool, i
 	switch {
 	case s.inflight != nil || s.rereading:
 	case s.pend == nil:
-		delete(w.slots, s.subject)
+		s.last, s.deadlineMs = nil, 0
+		if s.goneMs == 0 {
+			s.goneMs = time.Now().UnixMilli()
+		}
 	default:
 		s.last, s.deadlineMs = nil, 0
 		w.schedule(s)
 	}
+}
+
+// sweep drops the keys gone before cutoffMs with nothing to write, so
+// departed senders do not pile up; it returns how many.
+func (w *writer) sweep(cutoffMs int64) (dropped int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for subject, s := range w.slots {
+		if s.goneMs != 0 && s.goneMs < cutoffMs && s.pend == nil && s.inflight == nil && !s.rereading && !s.queued {
+			delete(w.slots, subject)
+			dropped++
+		}
+	}
+	return dropped
 }
 
 // stats returns a snapshot, in constant time: the write lag is how long
