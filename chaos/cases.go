@@ -374,6 +374,10 @@ func overload(w *world, r *result, rate, healthy int, burn bool) error {
 	}
 	r.fig("queen accounting (worker beats)", "accepted %.0f, rejected %.0f, counted as dropped %.0f, superseded before decoding %.0f; coalesced after accepting %.0f",
 		final.accepted, final.rejected, final.dropped, final.superseded, final.coalesced)
+	r.fig("registry writes", "%.0f acknowledged; failed: %.0f re-read (the key changed since the queen last saw it), %.0f refused after a re-read, %.0f retried, %.0f lost; %.0f shed stale",
+		m.sum(exact("rbee_queen_kv_write_seconds_count")), m.sum(counter("kv_write_failures"), `outcome="reread"`),
+		m.sum(counter("kv_write_failures"), `outcome="refused"`), m.sum(counter("kv_write_failures"), `outcome="retried"`),
+		m.sum(counter("kv_write_failures"), `outcome="lost"`), m.sum(counter("beats_shed"), `reason="stale"`))
 	r.fig("sent − (accepted + rejected + dropped + superseded)", "%.0f (%.1f %% of sent)", unaccounted, 100*unaccounted/math.Max(sent, 1))
 	if drained {
 		r.fig("queen's counts settled", "%s after the load's end", drainedIn.Round(100*time.Millisecond))
