@@ -14,8 +14,17 @@
 //   - Every field read or written by two goroutines is guarded; accessors may
 //     be called concurrently with Start and Stop.
 //
-// Each type's own documentation says where it differs (none do) and its tests
-// hold each claim under the race detector.
+// Where the types differ, in the shape of the calls only:
+//   - Stop takes a ctx where it waits on something outside the process (the
+//     queen's writes, a goodbye on the wire): queen.Queen, publisher.Publisher,
+//     worker.Worker, hive.Hive, events.Publisher; it returns an error where the
+//     caller must learn that the goodbye was not sent (the publisher, worker
+//     and hive). The others' Stop() waits only for their own goroutines.
+//   - registry.Watch and embedded.New/Start return their value already
+//     running: it has no Start, and registry.Watcher.Stop and
+//     embedded.Server.Shutdown end it.
+//
+// Its tests hold each claim under the race detector.
 package lifecycle
 
 import "errors"
