@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,8 +38,8 @@ type Queen struct {
 
 	rejectLog map[subscriber.Reason]*rate.Sometimes
 
-	mu      sync.Mutex // guards the fields below, set during Start
-	watcher *registry.Watcher
+	watcher atomic.Pointer[registry.Watcher] // set during Start
+	mu      sync.Mutex                       // guards js, set during Start
 	js      jetstream.JetStream
 
 	life    sync.Mutex
@@ -96,11 +97,7 @@ func (q *Queen) ID() string { return q.cfg.QueenID }
 
 // Registry returns the queen's mirror of the registry, or nil before Start
 // has set it up.
-func (q *Queen) Registry() *registry.Watcher {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.watcher
-}
+func (q *Queen) Registry() *registry.Watcher { return q.watcher.Load() }
 
 // Start checks the server, creates or migrates the buckets, subscribes to
 // every heartbeat, and then loads the registry in the background: beats are
@@ -222,9 +219,7 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 	if err != nil {
 		return err
 	}
-	q.mu.Lock()
-	q.watcher = watcher
-	q.mu.Unlock()
+	q.watcher.Store(watcher)
 	q.w.setMirror(q.mirrored)
 	q.wg.Add(1)
 	go func() {
@@ -476,7 +471,7 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	}
 	q.metrics.accepted.WithLabelValues(string(kind)).Inc()
 	q.metrics.skew(wire.SkewMs(now, m.SentAtMs))
-	o := &op{kind: kind, key: key, ttlMs: ttlMs, intervalMs: m.IntervalMs, acceptedMs: now, storedUntilMs: v.storedUntilMs,
+	o := &op{kind: kind, key: key, ttlMs: ttlMs, intervalMs: m.IntervalMs, acceptedMs: now,
 		instance: m.InstanceID, seq: m.Seq, conn: m.Conn}
 	if hb.Goodbye {
 		q.metrics.goodbyes.WithLabelValues(string(kind)).Inc()

@@ -40,9 +40,6 @@ type sender struct {
 	left       string
 	conflictMs int64 // last time two instances beat within one TTL; 0 never
 	conn       string
-	// storedUntilMs is when the newest value the registry showed expires at
-	// the earliest (its accept time plus TTL); 0 while none is known.
-	storedUntilMs int64
 
 	progress        uint64
 	hasProgress     bool
@@ -60,9 +57,6 @@ type verdict struct {
 	newInst  bool // a new instance took the key (a restart)
 	conflict bool // two instances are beating under the key
 	rec      wire.Received
-	// storedUntilMs is when the entry in the registry expires at the
-	// earliest, as last seen there; 0: none.
-	storedUntilMs int64
 }
 
 // tracker holds, per registry key, the claimants and liveness state that
@@ -122,9 +116,6 @@ func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy b
 	}
 	ttl := t.cfg.ttlMs(max(s.intervalMs, m.IntervalMs))
 	var v verdict
-	if s.goneAtMs == 0 {
-		v.storedUntilMs = s.storedUntilMs
-	}
 	if s.left != "" && m.InstanceID == s.left {
 		return verdict{reason: "replay", detail: "the instance said goodbye already"}
 	}
@@ -192,7 +183,7 @@ func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy b
 	s.intervalMs = m.IntervalMs
 	if goodbye {
 		// Gone at once, so a close of its connection after the goodbye marks nothing.
-		s.goneAtMs, s.storedUntilMs, s.left = nowMs, 0, s.holder.instance
+		s.goneAtMs, s.left = nowMs, s.holder.instance
 		t.setConn(key, s, "")
 		return v
 	}
@@ -330,7 +321,6 @@ func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received
 		s.firstSeenMs, s.goneAtMs = rec.FirstSeenMs, 0
 	}
 	s.intervalMs = m.IntervalMs
-	s.storedUntilMs = max(s.storedUntilMs, rec.ReceivedAtMs+t.cfg.ttlMs(m.IntervalMs))
 	if rec.Conflict {
 		s.conflictMs = max(s.conflictMs, rec.ReceivedAtMs)
 	}
@@ -378,7 +368,7 @@ func (t *tracker) forget(key string, left bool, instance string, nowMs int64) {
 		s.left = strings.Clone(instance)
 	}
 	if s.goneAtMs == 0 {
-		s.goneAtMs, s.storedUntilMs = nowMs, 0
+		s.goneAtMs = nowMs
 		t.setConn(key, s, "")
 	}
 }

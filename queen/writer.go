@@ -31,9 +31,6 @@ type op struct {
 	// expiresMs is when the written entry expires (set when the write is
 	// sent); for a mark, the expiry it keeps. 0: not yet known.
 	expiresMs int64
-	// storedUntilMs is when the entry the registry shows for the key
-	// expires, as the tracker knows it; 0: none known.
-	storedUntilMs int64
 	instance      string
 	seq           uint64
 	conn          string
@@ -300,8 +297,12 @@ func (w *writer) put(o *op) {
 		w.slots[subject] = s
 	}
 	s.goneMs = 0
-	if o.storedUntilMs > s.deadlineMs && s.inflight == nil {
-		s.deadlineMs = o.storedUntilMs // another queen's write, or one before a restart
+	if s.inflight == nil && w.mirror != nil {
+		// Another queen's write, or one before a restart: the stored entry
+		// expires a TTL after it was accepted, at the earliest.
+		if s.stored.learn(w.mirror(o.kind, o.key)); s.stored.what == sValue {
+			s.deadlineMs = max(s.deadlineMs, s.stored.atMs+o.ttlMs)
+		}
 	}
 	w.dropRaw(s) // o arrived after it
 	if s.pend != nil {
