@@ -31,12 +31,12 @@ type op struct {
 	// expiresMs is when the written entry expires (set when the write is
 	// sent); for a mark, the expiry it keeps. 0: not yet known.
 	expiresMs int64
-	instance      string
-	seq           uint64
-	conn          string
-	mark          bool // a liveness mark, not a beat
-	attempts      int
-	sentAt        time.Time
+	instance  string
+	seq       uint64
+	conn      string
+	mark      bool // a liveness mark, not a beat
+	attempts  int
+	sentAt    time.Time
 }
 
 func (o *op) received() *wire.Received {
