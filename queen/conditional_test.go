@@ -81,74 +81,90 @@ func settle(t *testing.T, q *Queen) {
 // acknowledgements and (late) from its registry watch; every decision that
 // matters comes from the server's refusal and a re-read.
 func TestConditionalWrites(t *testing.T) {
-	for _, n := range []int{2, 3} {
-		t.Run(fmt.Sprintf("%d queens", n), func(t *testing.T) {
-			srv := testutil.Server(t)
-			var qs []*Queen
-			for i := range n {
-				cfg := testConfig(t)
-				cfg.QueenID = fmt.Sprintf("q%d", i)
-				qs = append(qs, startTestQueen(t, srv.ClientURL(), cfg))
-			}
-			a, b, c := qs[0], qs[1], qs[n-1]
-			want := func(what string) {
-				t.Helper()
-				if got, _ := storedAs(t, a); got != what {
-					t.Fatalf("stored %q, want %q", got, what)
-				}
-			}
-
-			// A goodbye for a key with no entry deletes nothing.
-			written(t, b, condBye("i0", 9))
-			want("none")
-			written(t, a, condBeat("i1", 1, "s/1"))
-			want("i1 seq 1")
-			written(t, b, condBeat("i1", 3, "s/1"))
+	type queens struct{ a, b, c *Queen }
+	scenarios := []struct {
+		name string
+		run  func(t *testing.T, q queens, want func(string))
+	}{
+		{"a late beat never over a newer one", func(t *testing.T, q queens, want func(string)) {
+			written(t, q.a, condBeat("i1", 1, "s/1"))
+			written(t, q.b, condBeat("i1", 3, "s/1"))
 			want("i1 seq 3")
-			// a's seq 2 came in late (a was behind): never over seq 3.
-			written(t, a, condBeat("i1", 2, "s/1"))
+			written(t, q.a, condBeat("i1", 2, "s/1")) // a was behind
 			want("i1 seq 3")
-			// A retry of seq 3 that did land: not written twice.
-			_, rev := storedAs(t, a)
-			written(t, b, condBeat("i1", 3, "s/1"))
-			if _, again := storedAs(t, a); again != rev {
+		}},
+		{"a retry of a write that landed is not written again", func(t *testing.T, q queens, want func(string)) {
+			written(t, q.a, condBeat("i1", 1, "s/1"))
+			written(t, q.b, condBeat("i1", 3, "s/1"))
+			_, rev := storedAs(t, q.a)
+			written(t, q.b, condBeat("i1", 3, "s/1")) // its ack was lost
+			if _, again := storedAs(t, q.a); again != rev {
 				t.Fatalf("the retry of a landed write was written again: revision %d, then %d", rev, again)
 			}
-			// The connection of seq 3 closes; meanwhile another queen wrote
-			// seq 4 from a new connection. The mark is for seq 3: refused.
-			written(t, c, condBeat("i1", 4, "s/2"))
-			b.w.mark(subjects.KindWorker, "h.w", "s/1", nil, 0, time.Now().UnixMilli())
-			settle(t, b)
+			written(t, q.c, condBeat("i1", 4, "s/1"))
+			written(t, q.a, condBeat("i1", 3, "s/1")) // a's retry of seq 3, after seq 4
 			want("i1 seq 4")
-			// A mark for the stored beat is written.
-			c.w.mark(subjects.KindWorker, "h.w", "s/2", nil, 0, time.Now().UnixMilli())
-			settle(t, c)
+		}},
+		{"a mark applies only to the beat it was made for", func(t *testing.T, q queens, want func(string)) {
+			written(t, q.b, condBeat("i1", 3, "s/1"))
+			written(t, q.c, condBeat("i1", 4, "s/2"))
+			// seq 3's connection closes after another queen wrote seq 4
+			// from a new one: b's mark of seq 3 is refused.
+			q.b.w.mark(subjects.KindWorker, "h.w", "s/1", nil, 0, time.Now().UnixMilli())
+			settle(t, q.b)
+			want("i1 seq 4")
+			q.c.w.mark(subjects.KindWorker, "h.w", "s/2", nil, 0, time.Now().UnixMilli())
+			settle(t, q.c)
 			want("i1 seq 4 disconnected")
-			// The worker says goodbye through one queen; another queen's late
-			// copy of an older beat (its reserve, a stopped queen) and a
-			// replayed goodbye never bring it back.
-			written(t, b, condBye("i1", 5))
+		}},
+		{"a key that left never comes back from an older beat", func(t *testing.T, q queens, want func(string)) {
+			written(t, q.a, condBeat("i1", 4, "s/2"))
+			// The worker says goodbye through one queen; another queen's
+			// late copy of an older beat (its reserve, a stopped queen) and
+			// a replayed goodbye never bring it back.
+			written(t, q.b, condBye("i1", 5))
 			want("DEL")
-			written(t, a, condBeat("i1", 4, "s/2"))
+			written(t, q.c, condBeat("i1", 4, "s/2"))
 			want("DEL")
-			written(t, c, condBeat("i1", 2, "s/1"))
-			written(t, a, condBye("i1", 5))
+			written(t, q.a, condBeat("i1", 2, "s/1"))
+			written(t, q.a, condBye("i1", 5))
 			want("DEL")
-			// A restart (a new instance) registers again.
-			written(t, c, condBeat("i2", 1, "s/3"))
+			// A restart (a new instance) registers again, and the old
+			// instance's late goodbye does not remove it.
+			written(t, q.c, condBeat("i2", 1, "s/3"))
 			want("i2 seq 1")
-			// The old instance's goodbye, late, does not remove the new one.
-			written(t, a, condBye("i1", 5))
+			written(t, q.a, condBye("i1", 5))
 			want("i2 seq 1")
-			for _, q := range qs {
-				if r := q.Stats().Lost; r != 0 {
-					t.Errorf("queen %s lost %d writes", q.ID(), r)
+		}},
+		{"a goodbye for a key with no entry deletes nothing", func(t *testing.T, q queens, want func(string)) {
+			written(t, q.b, condBye("i0", 9))
+			want("none")
+		}},
+	}
+	for _, n := range []int{2, 3} {
+		for _, sc := range scenarios {
+			t.Run(fmt.Sprintf("%d queens/%s", n, sc.name), func(t *testing.T) {
+				srv := testutil.Server(t)
+				var qs []*Queen
+				for i := range n {
+					cfg := testConfig(t)
+					cfg.QueenID = fmt.Sprintf("q%d", i)
+					qs = append(qs, startTestQueen(t, srv.ClientURL(), cfg))
 				}
-			}
-			if v := counterOf(a, "refused") + counterOf(b, "refused") + counterOf(c, "refused"); v == 0 {
-				t.Error("no write counted as refused")
-			}
-		})
+				q := queens{qs[0], qs[1], qs[n-1]}
+				sc.run(t, q, func(what string) {
+					t.Helper()
+					if got, _ := storedAs(t, q.a); got != what {
+						t.Fatalf("stored %q, want %q", got, what)
+					}
+				})
+				for _, q := range qs {
+					if r := q.Stats().Lost; r != 0 {
+						t.Errorf("queen %s lost %d writes", q.ID(), r)
+					}
+				}
+			})
+		}
 	}
 }
 
