@@ -92,6 +92,9 @@ func TestConditionalWrites(t *testing.T) {
 			want("i1 seq 3")
 			written(t, q.a, condBeat("i1", 2, "s/1")) // a was behind
 			want("i1 seq 3")
+			if counterOf(q.a, "refused") == 0 {
+				t.Error("the late beat was not counted as refused")
+			}
 		}},
 		{"a retry of a write that landed is not written again", func(t *testing.T, q queens, want func(string)) {
 			written(t, q.a, condBeat("i1", 1, "s/1"))
