@@ -510,6 +510,19 @@ func (q *Queen) reject(kind subjects.Kind, re *subscriber.RejectError) {
 	}
 }
 
+// metaOf returns the common keys of ev's entry; zero if it has none.
+func metaOf(ev registry.Event) wire.Meta {
+	switch {
+	case ev.Worker != nil:
+		return ev.Worker.Meta
+	case ev.Hive != nil:
+		return ev.Hive.Meta
+	case ev.Queen != nil:
+		return ev.Queen.Meta
+	}
+	return wire.Meta{}
+}
+
 // onEvent learns from every registry change (the watcher's goroutine, one
 // at a time): what other queens wrote, departures, expiries.
 func (q *Queen) onEvent(ev registry.Event) {
@@ -517,15 +530,7 @@ func (q *Queen) onEvent(ev registry.Event) {
 	tg := target{ev.Kind, ev.Key}
 	switch ev.Type {
 	case registry.Left, registry.Expired:
-		var inst string
-		switch {
-		case ev.Worker != nil:
-			inst = ev.Worker.InstanceID
-		case ev.Hive != nil:
-			inst = ev.Hive.InstanceID
-		case ev.Queen != nil:
-			inst = ev.Queen.InstanceID
-		}
+		inst := metaOf(ev).InstanceID
 		q.tracker.forget(id, ev.Type == registry.Left, inst, time.Now().UnixMilli())
 		q.w.forget(ev.Kind, ev.Key, ev.Revision, ev.Type == registry.Left, inst)
 	default:
@@ -546,14 +551,7 @@ func (q *Queen) onEvent(ev registry.Event) {
 	}
 	if ev.Type == registry.Expired && ev.Kind != subjects.KindQueen {
 		nw, nh := q.Registry().Sizes()
-		var intervalMs int64
-		switch {
-		case ev.Worker != nil:
-			intervalMs = ev.Worker.IntervalMs
-		case ev.Hive != nil:
-			intervalMs = ev.Hive.IntervalMs
-		}
-		q.health.expired(q.log, time.Now(), q.cfg.ttlMs(intervalMs), nw+nh)
+		q.health.expired(q.log, time.Now(), q.cfg.ttlMs(metaOf(ev).IntervalMs), nw+nh)
 	}
 	if c, err := q.metrics.events.GetMetricWithLabelValues(string(ev.Kind), string(ev.Type)); err == nil {
 		c.Inc()
