@@ -18,14 +18,17 @@ import (
 
 // Config configures a Worker.
 type Config struct {
-	Prefix     string
-	HiveID     string
-	WorkerID   string
-	Interval   time.Duration
-	Jitter     float64
-	ModelID    string
-	Device     string
-	URL        string
+	Prefix   string
+	HiveID   string
+	WorkerID string
+	Interval time.Duration
+	Jitter   float64
+	ModelID  string
+	Device   string
+	URL      string
+	// Version is the software version the beat reports. With Engine, leave
+	// it empty: the engine's own version is beaten once read, and a
+	// version that is not the engine's is never shown as if it were.
 	Version    string
 	SlotsTotal int
 	// PID is the engine's process ID on this machine, so that the hive can

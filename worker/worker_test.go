@@ -25,6 +25,9 @@ func newWorker(t *testing.T, url, id string, eng *engine.Config) *worker.Worker 
 	t.Helper()
 	c := worker.DefaultConfig("h1", id)
 	c.Interval, c.SlotsTotal, c.Device, c.Version = 200*time.Millisecond, 4, "cuda:0", "rbee-test"
+	if eng != nil {
+		c.Version = "" // the engine's own, once read
+	}
 	c.Engine, c.Logger = eng, testutil.Logger(t)
 	w, err := worker.New(testutil.Connect(t, url), c)
 	if err != nil {
@@ -58,7 +61,7 @@ func engineConfig(t *testing.T, kind engine.Kind, url string) *engine.Config {
 		t.Fatal(err)
 	}
 	if kind == engine.Generic {
-		spec.Running, spec.Waiting, spec.Tokens = "app_running", "app_waiting", "app_tokens_total"
+		spec.Running, spec.Waiting, spec.Progress = "app_running", "app_waiting", "app_tokens_total"
 	}
 	c := engine.DefaultConfig(spec, url)
 	c.Interval, c.Timeout = 100*time.Millisecond, 100*time.Millisecond
@@ -99,8 +102,8 @@ func TestEngineReadingsReachTheRegistry(t *testing.T) {
 					(progressIs(e, 10) && e.Engine == string(kind))
 			})
 			if kind != engine.Generic {
-				check("the engine's version (and model where the preset reads one)", func(e *wire.WorkerEntry) bool {
-					return e.Version == enginetest.Version && (kind == engine.LlamaCPP || e.ModelID != "")
+				check("the engine's version and served model", func(e *wire.WorkerEntry) bool {
+					return e.Version == fake.Version && e.ModelID == fake.Model && e.ModelID != ""
 				})
 			}
 
@@ -385,5 +388,88 @@ func TestFrozenEngineCounterUnderLoadIsStalled(t *testing.T) {
 	fake.Set(3, 2, 1100)
 	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "alive again once the counter grows", func(e *wire.WorkerEntry) bool {
 		return (e.Liveness == "" || e.Liveness == wire.LivenessAlive) && progressIs(e, 1100)
+	}))
+}
+
+// TestLongGenerationIsNeverStalled is one request generating for many stall
+// windows: the engine's per-request counter stays put while its per-step
+// counter moves, and the queen never marks the worker stalled.
+func TestLongGenerationIsNeverStalled(t *testing.T) {
+	sys := agenttest.Start(t)
+	fake := enginetest.Start(t, "llamacpp")
+	fake.SetFinished(0)
+	fake.Set(1, 0, 1)
+	w := newWorker(t, sys.URL, "w1", engineConfig(t, engine.LlamaCPP, fake.URL))
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // the engine decoding: one step every 20 ms
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for n := uint64(2); ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				fake.Set(1, 0, n)
+			}
+		}
+	}()
+	// 400 steps are 8 s of decoding: 40 worker intervals, 13 stall windows.
+	agenttest.CheckFor(t, 60*time.Second, func() error {
+		e, err := sys.Worker("h1.w1")
+		if err != nil {
+			return err
+		}
+		if e.Liveness == wire.LivenessStalled {
+			t.Fatalf("a generating worker was marked stalled: %s", agenttest.Describe(e))
+		}
+		if e.Status != wire.StatusBusy || e.Progress == nil || *e.Progress < 400 {
+			return fmt.Errorf("want busy with progress 400, registry has %s", agenttest.Describe(e))
+		}
+		return nil
+	})
+}
+
+// TestSleepAndKVCacheReachTheRegistry: a sleeping vLLM answers /health 200
+// and serves nothing; the registry must not call it ready.
+func TestSleepAndKVCacheReachTheRegistry(t *testing.T) {
+	sys := agenttest.Start(t)
+	fake := enginetest.Start(t, "vllm")
+	fake.SetKV(0.25)
+	w := newWorker(t, sys.URL, "w1", engineConfig(t, engine.VLLM, fake.URL))
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "ready, kv 25%", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusReady && !e.Sleeping && e.KVCachePercent != nil && *e.KVCachePercent == 25
+	}))
+	fake.SetSleeping(true)
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "sleeping and draining", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusDraining && e.Sleeping && e.Health == wire.Healthy
+	}))
+	fake.SetSleeping(false)
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "ready once awake", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusReady && !e.Sleeping
+	}))
+}
+
+// TestInfoFailureKeepsTheLoadFigures is a vLLM behind a proxy that forwards
+// only /health and /metrics: the load figures are read and beaten, health
+// stays healthy, and no version but the engine's is ever shown.
+func TestInfoFailureKeepsTheLoadFigures(t *testing.T) {
+	sys := agenttest.Start(t)
+	fake := enginetest.Start(t, "vllm")
+	fake.SetPathFail("/version", 404)
+	fake.Set(3, 2, 500)
+	w := newWorker(t, sys.URL, "w1", engineConfig(t, engine.VLLM, fake.URL))
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "busy and healthy with the load, no version", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusBusy && e.Health == wire.Healthy && e.SlotsBusy == 3 && !e.EngineStale &&
+			e.RequestsWaiting != nil && *e.RequestsWaiting == 2 && progressIs(e, 500) && e.Version == "" && e.ModelID == fake.Model
 	}))
 }
