@@ -440,3 +440,20 @@ func TestEngineAPIKeyFromEnvNeverEchoed(t *testing.T) {
 		t.Fatalf("the key is in the log:\n%s", stderr)
 	}
 }
+
+func TestStatusShowsKVCache(t *testing.T) {
+	kv := 62.6
+	workers := []*wire.WorkerEntry{
+		{Worker: wire.Worker{WorkerID: "w1", HiveID: "h1", Status: wire.StatusBusy, KVCachePercent: &kv}},
+		{Worker: wire.Worker{WorkerID: "w2", HiveID: "h1", Status: wire.StatusDraining, Sleeping: true}},
+		{Worker: wire.Worker{WorkerID: "w3", HiveID: "h1", Status: wire.StatusReady}},
+	}
+	var b strings.Builder
+	printStatus(&b, workers, nil, time.Now())
+	out := b.String()
+	for _, want := range []string{" KV ", "63%", "- asleep"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+}
