@@ -333,13 +333,20 @@ func runWorker(e *env, args []string) error {
 		return cmp.Or(stopChild(received(sigs)), err)
 	}
 	defer nc.Close()
+	// A supervised engine is stopped by this function, not by the signal
+	// context: the workers beat on while it drains, so that its exit
+	// reaches the registry before the goodbye.
+	wctx := e.ctx
+	if child != nil {
+		wctx = context.WithoutCancel(e.ctx)
+	}
 	workers := make([]*worker.Worker, len(cfgs))
 	for i, wc := range cfgs {
 		w, err := worker.New(nc, wc)
 		if err != nil {
 			return cmp.Or(stopChild(syscall.SIGTERM), error(usageError{err.Error()}))
 		}
-		if err := w.Start(e.ctx); err != nil {
+		if err := w.Start(wctx); err != nil {
 			return cmp.Or(stopChild(syscall.SIGTERM), err)
 		}
 		if wc.Engine == nil {

@@ -291,7 +291,9 @@ func TestSuperviseSigtermReachesChild(t *testing.T) {
 	s.waitFor(t, s.stdout, "engine up")
 	s.waitFor(t, s.stderr, "workers beating")
 	// The real signal, as a service manager sends it: runWorker listens for
-	// it while it supervises, so the test process is not stopped by it.
+	// it while it supervises, so the test process is not stopped by it. In
+	// rbee the same signal also ends the context main gave (cancel).
+	s.cancel()
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +415,9 @@ func TestEngineAPIKeyFromEnvNeverEchoed(t *testing.T) {
 	args := []string{"--nats-url", sys.URL, "--hive-id", "h1", "--worker-id", "w1", "--interval", "200ms", "--slots", "2",
 		"--engine", "llamacpp", "--engine-url", fake.URL, "--engine-interval", "100ms",
 		"--", "sh", "-c", "echo engine up; while :; do sleep 0.05; done", "llama-server", "--api-key", key}
-	go func() { done <- runWorker(&env{ctx: ctx, stdin: strings.NewReader(""), stdout: stdout, stderr: stderr}, args) }()
+	go func() {
+		done <- runWorker(&env{ctx: ctx, stdin: strings.NewReader(""), stdout: stdout, stderr: stderr}, args)
+	}()
 	defer func() {
 		cancel()
 		<-done

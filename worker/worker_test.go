@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/engine"
 	"github.com/rbee/heartbeat/internal/agenttest"
@@ -472,4 +473,49 @@ func TestInfoFailureKeepsTheLoadFigures(t *testing.T) {
 		return e.Status == wire.StatusBusy && e.Health == wire.Healthy && e.SlotsBusy == 3 && !e.EngineStale &&
 			e.RequestsWaiting != nil && *e.RequestsWaiting == 2 && progressIs(e, 500) && e.Version == "" && e.ModelID == fake.Model
 	}))
+}
+
+// TestExitedAfterTheBeatLoopEndedGoodbyeCarriesIt: the signal that stops
+// the process has ended the beat loop; the engine then exits non-zero. The
+// goodbye itself must say unhealthy, with the exit as the reason.
+func TestExitedAfterTheBeatLoopEndedGoodbyeCarriesIt(t *testing.T) {
+	srv := testutil.Server(t)
+	nc := testutil.Connect(t, srv.ClientURL())
+	msgs := make(chan *nats.Msg, 64)
+	sub, err := nc.ChanSubscribe("rbee.hb.worker.h1.w1", msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	w := newWorker(t, srv.ClientURL(), "w1", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WaitSent(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // SIGTERM through the signal context
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer wcancel()
+	if err := w.Exited(wctx, "engine killed by signal aborted"); err != nil {
+		t.Fatalf("Exited after the beat loop ended: %v", err)
+	}
+	if err := w.Stop(wctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m := testutil.Recv(t, msgs, 10*time.Second, "the goodbye")
+		if m.Header.Get(wire.HeaderEvent) != wire.EventGoodbye {
+			continue
+		}
+		b, err := wire.DecodeWorker(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Status != wire.StatusStopped || b.Health != wire.Unhealthy || b.HealthReason != "engine killed by signal aborted" {
+			t.Fatalf("goodbye says %s/%s %q, want stopped/unhealthy with the exit", b.Status, b.Health, b.HealthReason)
+		}
+		return
+	}
 }
