@@ -89,10 +89,34 @@ func probe(ctx context.Context, c *http.Client, base string, s Spec, key string,
 		a.MetricsRead = a.MetricsErr == nil
 	}
 	if info && a.Err == nil && s.InfoPath != "" {
-		a.Info, a.InfoErr = readInfo(ctx, c, base+s.InfoPath, s, key)
+		var alias bool
+		a.Info, alias, a.InfoErr = readInfo(ctx, c, base+s.InfoPath, s, key)
 		a.InfoRead = a.InfoErr == nil
+		if a.InfoRead && !alias && s.ModelsPath != "" {
+			if id := servedName(ctx, c, base+s.ModelsPath, key); id != "" {
+				a.Info.Model = id
+			}
+		}
 	}
 	return a
+}
+
+// servedName returns the id of the first model in the OpenAI-compatible
+// list at url, or "" when it cannot be read.
+func servedName(ctx context.Context, c *http.Client, url, key string) string {
+	code, body, err := get(ctx, c, url, key)
+	if err != nil || code < 200 || code > 299 {
+		return ""
+	}
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(body, &list) != nil || len(list.Data) == 0 {
+		return ""
+	}
+	return list.Data[0].ID
 }
 
 // get fetches url, with key as a bearer token when set, and returns its
@@ -259,18 +283,19 @@ func label(fams map[string]*dto.MetricFamily, s Spec, name string) string {
 	return ""
 }
 
-// readInfo reads the model and version members of the JSON object at url.
-func readInfo(ctx context.Context, c *http.Client, url string, s Spec, key string) (Info, error) {
+// readInfo reads the model and version members of the JSON object at url;
+// alias is true when the model came from the first of s.InfoModelKeys.
+func readInfo(ctx context.Context, c *http.Client, url string, s Spec, key string) (in Info, alias bool, err error) {
 	code, body, err := get(ctx, c, url, key)
 	if err != nil {
-		return Info{}, fmt.Errorf("%w: info: %w", ErrProbe, err)
+		return Info{}, false, fmt.Errorf("%w: info: %w", ErrProbe, err)
 	}
 	if code < 200 || code > 299 {
-		return Info{}, fmt.Errorf("%w: info: HTTP %d%s", ErrProbe, code, snippet(body))
+		return Info{}, false, fmt.Errorf("%w: info: HTTP %d%s", ErrProbe, code, snippet(body))
 	}
 	var obj map[string]any
 	if err := json.Unmarshal(body, &obj); err != nil {
-		return Info{}, fmt.Errorf("%w: info: %w", ErrProbe, err)
+		return Info{}, false, fmt.Errorf("%w: info: %w", ErrProbe, err)
 	}
 	str := func(k string) string {
 		if k == "" {
@@ -279,12 +304,12 @@ func readInfo(ctx context.Context, c *http.Client, url string, s Spec, key strin
 		v, _ := obj[k].(string)
 		return v
 	}
-	var in Info
-	for _, k := range s.InfoModelKeys {
+	for i, k := range s.InfoModelKeys {
 		if in.Model = str(k); in.Model != "" {
+			alias = i == 0
 			break
 		}
 	}
 	in.Version = str(s.InfoVersionKey)
-	return in, nil
+	return in, alias, nil
 }

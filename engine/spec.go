@@ -71,6 +71,11 @@ type Spec struct {
 	InfoPath       string
 	InfoModelKeys  []string
 	InfoVersionKey string
+	// ModelsPath serves the OpenAI-compatible model list, whose first
+	// entry's id is the name the engine serves. It is read with the info
+	// endpoint and wins over every InfoModelKeys member but the first (an
+	// explicit alias); its failure costs nothing but that name.
+	ModelsPath string
 	// LoadingStatus and LoadingText mark a health answer that means "the
 	// model is loading": that HTTP status with LoadingText in its body.
 	LoadingStatus int
@@ -113,12 +118,14 @@ func Preset(k Kind) (Spec, error) {
 		// (bumped on every llama_decode call). Its
 		// llamacpp:tokens_predicted_total grows only when a request
 		// finishes. GET /props carries model_alias (--alias; newer builds),
-		// model_path and build_info.
+		// model_path and build_info; GET /v1/models (public even with
+		// --api-key) lists the served name, the alias or else the path.
 		s.Running, s.Waiting, s.Progress = "llamacpp:requests_processing", "llamacpp:requests_deferred", "llamacpp:n_decode_total"
 		s.ProgressPerRequest = "llamacpp:tokens_predicted_total"
 		s.KVCache = []string{"llamacpp:kv_cache_usage_ratio"}
 		s.LoadingStatus, s.LoadingText = 503, "Loading model"
 		s.InfoPath, s.InfoModelKeys, s.InfoVersionKey = "/props", []string{"model_alias", "model_path"}, "build_info"
+		s.ModelsPath = "/v1/models"
 	case TGI:
 		// backends/v3/src/backend.rs and backends/v3/src/queue.rs (listed in
 		// docs/source/reference/metrics.md) of
@@ -168,7 +175,7 @@ func kindList() string {
 
 // Validate returns an error wrapping ErrInvalidConfig if s cannot be probed.
 func (s Spec) Validate() error {
-	for _, p := range []struct{ name, v string }{{"health path", s.HealthPath}, {"metrics path", s.MetricsPath}, {"info path", s.InfoPath}} {
+	for _, p := range []struct{ name, v string }{{"health path", s.HealthPath}, {"metrics path", s.MetricsPath}, {"info path", s.InfoPath}, {"models path", s.ModelsPath}} {
 		if p.v != "" && !strings.HasPrefix(p.v, "/") {
 			return fmt.Errorf("%w: %s %q must start with /", ErrInvalidConfig, p.name, p.v)
 		}

@@ -142,7 +142,9 @@ func infoFields(kind, body string) (model, version string) {
 	case "vllm":
 		return "llama-8b", str("version") // vLLM names the model by the metrics' model_name
 	case "llamacpp":
-		return cmpOr(str("model_alias"), str("model_path")), str("build_info")
+		// The served name: /props' model_alias where the build has it, else
+		// /v1/models' id (testdata/llamacpp/models.json, started with --alias).
+		return cmpOr(str("model_alias"), "tiny-rbee"), str("build_info")
 	case "tgi":
 		return str("model_id"), str("version")
 	case "sglang":
@@ -279,6 +281,9 @@ func (e *Engine) serve(w http.ResponseWriter, r *http.Request) {
 	case e.isInfo(path):
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprint(w, e.info)
+	case path == "/v1/models" && e.Kind == "llamacpp":
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		fmt.Fprint(w, e.mustFixture("llamacpp/models.json"))
 	default:
 		http.NotFound(w, r)
 	}
