@@ -125,12 +125,12 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.metrics, "engine-metrics-path", "", "generic engine: Prometheus metrics path (default /metrics)")
 	fs.StringVar(&f.running, "engine-running", "", "generic engine: gauge of running requests")
 	fs.StringVar(&f.waiting, "engine-waiting", "", "generic engine: gauge of queued requests")
-	fs.StringVar(&f.toks, "engine-tokens", "", "generic engine: counter of generated tokens (progress)")
+	fs.StringVar(&f.toks, "engine-tokens", "", "generic engine: counter that grows on every decode step (progress)")
 	fs.DurationVar(&f.probeEvery, "engine-interval", 0, "time between engine probes (default --interval)")
 	fs.DurationVar(&f.probeLimit, "engine-timeout", 0, "time one probe may take (default 5s, at most --engine-interval)")
 	fs.DurationVar(&f.grace, "engine-grace", engine.DefaultGrace, "an engine failing its probes this long after its last good one is reported stopped")
 	fs.DurationVar(&f.startGrace, "engine-start-grace", engine.DefaultStartGrace, "the same before its first good probe (model loading)")
-	fs.StringVar(&f.apiKey, "engine-api-key", "", "API key the engine was started with (llama-server/vLLM --api-key), sent as Authorization: Bearer; default $"+EngineAPIKeyEnv+", never logged")
+	fs.StringVar(&f.apiKey, "engine-api-key", "", "API key the engine was started with (llama-server/vLLM --api-key), sent as Authorization: Bearer; default $"+EngineAPIKeyEnv+" (preferred: a flag shows in ps), never logged")
 }
 
 func kindNames() string {
