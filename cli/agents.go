@@ -100,7 +100,12 @@ type workerFlags struct {
 	running, waiting, toks string
 	probeEvery, probeLimit time.Duration
 	grace, startGrace      time.Duration
+	apiKey                 string
 }
+
+// EngineAPIKeyEnv names the environment variable that gives the engine's API
+// key when --engine-api-key is not set.
+const EngineAPIKeyEnv = "RBEE_ENGINE_API_KEY"
 
 func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.hiveID, "hive-id", "", "the hive this worker runs on (required)")
@@ -120,11 +125,12 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.metrics, "engine-metrics-path", "", "generic engine: Prometheus metrics path (default /metrics)")
 	fs.StringVar(&f.running, "engine-running", "", "generic engine: gauge of running requests")
 	fs.StringVar(&f.waiting, "engine-waiting", "", "generic engine: gauge of queued requests")
-	fs.StringVar(&f.toks, "engine-tokens", "", "generic engine: counter of generated tokens (progress)")
+	fs.StringVar(&f.toks, "engine-tokens", "", "generic engine: counter that grows on every decode step (progress)")
 	fs.DurationVar(&f.probeEvery, "engine-interval", 0, "time between engine probes (default --interval)")
 	fs.DurationVar(&f.probeLimit, "engine-timeout", 0, "time one probe may take (default 5s, at most --engine-interval)")
 	fs.DurationVar(&f.grace, "engine-grace", engine.DefaultGrace, "an engine failing its probes this long after its last good one is reported stopped")
 	fs.DurationVar(&f.startGrace, "engine-start-grace", engine.DefaultStartGrace, "the same before its first good probe (model loading)")
+	fs.StringVar(&f.apiKey, "engine-api-key", "", "API key the engine was started with (llama-server/vLLM --api-key), sent as Authorization: Bearer; default $"+EngineAPIKeyEnv+" (preferred: a flag shows in ps), never logged")
 }
 
 func kindNames() string {
@@ -157,7 +163,7 @@ func (f *workerFlags) engineConfig(log *slog.Logger) (*engine.Config, error) {
 	if f.metrics != "" {
 		spec.MetricsPath = f.metrics
 	}
-	spec.Running, spec.Waiting, spec.Tokens = cmp.Or(f.running, spec.Running), cmp.Or(f.waiting, spec.Waiting), cmp.Or(f.toks, spec.Tokens)
+	spec.Running, spec.Waiting, spec.Progress = cmp.Or(f.running, spec.Running), cmp.Or(f.waiting, spec.Waiting), cmp.Or(f.toks, spec.Progress)
 	spec.Grace, spec.StartGrace = f.grace, f.startGrace
 	if f.engineURL == "" {
 		return nil, usagef("--engine %s needs --engine-url", f.engine)
@@ -166,6 +172,7 @@ func (f *workerFlags) engineConfig(log *slog.Logger) (*engine.Config, error) {
 	c.Interval = cmp.Or(f.probeEvery, f.interval)
 	c.Timeout = cmp.Or(f.probeLimit, min(c.Timeout, c.Interval))
 	c.Logger = log
+	c.APIKey = cmp.Or(f.apiKey, os.Getenv(EngineAPIKeyEnv))
 	if err := c.Validate(); err != nil {
 		return nil, usageError{err.Error()}
 	}
@@ -225,7 +232,10 @@ func (f *workerFlags) configs(c *common, command []string, log *slog.Logger) ([]
 	cfgs := make([]worker.Config, len(ids))
 	for i, id := range ids {
 		wc := worker.DefaultConfig(f.hiveID, id)
-		wc.Prefix, wc.Interval, wc.ModelID, wc.Device, wc.SlotsTotal, wc.Version = c.prefix, f.interval, f.model, f.device, f.slots, Version
+		wc.Prefix, wc.Interval, wc.ModelID, wc.Device, wc.SlotsTotal = c.prefix, f.interval, f.model, f.device, f.slots
+		if eng == nil {
+			wc.Version = Version // with an engine, the engine's own once read
+		}
 		wc.URL, wc.PID, wc.Engine = cmp.Or(f.url, f.engineURL), f.pid, eng
 		if f.simulate > 0 {
 			wc.Device = fmt.Sprintf("cuda:%d", i%8)
@@ -289,7 +299,7 @@ func runWorker(e *env, args []string) error {
 			return err
 		}
 		cfgs[0].PID = child.PID()
-		log.Info("engine started", "pid", child.PID(), "command", strings.Join(command, " "))
+		log.Info("engine started", "pid", child.PID(), "command", strings.Join(redactKeys(command), " "))
 	}
 	stopChild := func(sig os.Signal) error {
 		if child == nil {
@@ -323,13 +333,20 @@ func runWorker(e *env, args []string) error {
 		return cmp.Or(stopChild(received(sigs)), err)
 	}
 	defer nc.Close()
+	// A supervised engine is stopped by this function, not by the signal
+	// context: the workers beat on while it drains, so that its exit
+	// reaches the registry before the goodbye.
+	wctx := e.ctx
+	if child != nil {
+		wctx = context.WithoutCancel(e.ctx)
+	}
 	workers := make([]*worker.Worker, len(cfgs))
 	for i, wc := range cfgs {
 		w, err := worker.New(nc, wc)
 		if err != nil {
 			return cmp.Or(stopChild(syscall.SIGTERM), error(usageError{err.Error()}))
 		}
-		if err := w.Start(e.ctx); err != nil {
+		if err := w.Start(wctx); err != nil {
 			return cmp.Or(stopChild(syscall.SIGTERM), err)
 		}
 		if wc.Engine == nil {
@@ -368,10 +385,26 @@ func runWorker(e *env, args []string) error {
 		_ = goodbye(log, workers)
 		return exitResult(x)
 	case sig := <-sigs:
-		return stopBoth(log, workers, stopChild(sig))
+		return stopBoth(log, w, workers, stopChild(sig))
 	case <-e.ctx.Done():
-		return stopBoth(log, workers, stopChild(received(sigs)))
+		return stopBoth(log, w, workers, stopChild(received(sigs)))
 	}
+}
+
+// redactKeys returns command with the value of every API-key flag
+// (--api-key X, --api-key=X) replaced, for logging.
+func redactKeys(command []string) []string {
+	out := make([]string, len(command))
+	for i, a := range command {
+		out[i] = a
+		if i > 0 && strings.HasSuffix(command[i-1], "api-key") && strings.HasPrefix(command[i-1], "-") {
+			out[i] = "[redacted]"
+		}
+		if k, _, ok := strings.Cut(a, "="); ok && strings.HasPrefix(k, "-") && strings.HasSuffix(k, "api-key") {
+			out[i] = k + "=[redacted]"
+		}
+	}
+	return out
 }
 
 // received returns the signal that stopped the worker, SIGTERM when only
@@ -385,8 +418,17 @@ func received(sigs chan os.Signal) os.Signal {
 	}
 }
 
-// stopBoth says goodbye once the engine has exited, and returns the engine's result.
-func stopBoth(log *slog.Logger, workers []*worker.Worker, engineResult error) error {
+// stopBoth says goodbye once the engine has exited, and returns the
+// engine's result. An engine that exited non-zero makes the goodbye say
+// unhealthy, with the exit as the reason.
+func stopBoth(log *slog.Logger, w *worker.Worker, workers []*worker.Worker, engineResult error) error {
+	if engineResult != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := w.Exited(ctx, engineResult.Error()); err != nil {
+			log.Warn("last beat not sent", "err", err)
+		}
+		cancel()
+	}
 	_ = goodbye(log, workers)
 	return engineResult
 }

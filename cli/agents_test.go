@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -290,7 +291,9 @@ func TestSuperviseSigtermReachesChild(t *testing.T) {
 	s.waitFor(t, s.stdout, "engine up")
 	s.waitFor(t, s.stderr, "workers beating")
 	// The real signal, as a service manager sends it: runWorker listens for
-	// it while it supervises, so the test process is not stopped by it.
+	// it while it supervises, so the test process is not stopped by it. In
+	// rbee the same signal also ends the context main gave (cancel).
+	s.cancel()
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -300,13 +303,9 @@ func TestSuperviseSigtermReachesChild(t *testing.T) {
 	}
 	s.waitFor(t, s.stdout, "engine got TERM")
 	s.waitFor(t, s.stderr, "goodbye sent")
-	agenttest.CheckFor(t, 10*time.Second, func() error {
-		l := o.list()
-		if len(l) == 0 || l[len(l)-1] != "del" {
-			return fmt.Errorf("want the entry to leave by goodbye, operations %q", l)
-		}
-		return nil
-	})
+	// The engine exited non-zero on the way out: the last state before the
+	// goodbye says so, not healthy.
+	o.endsWith(t, "put:stopped/unhealthy:engine exited with code 7", "del")
 }
 
 func TestSuperviseChildIgnoringTermIsKilled(t *testing.T) {
@@ -396,5 +395,69 @@ func TestSuperviseChildExitsWhileNoBroker(t *testing.T) {
 	s := startSupervised(t, nowhere, nil, "exit 5")
 	if code := exitCodeOf(s.result(t)); code != 5 {
 		t.Fatalf("exit code %d, want the engine's 5; stderr:\n%s", code, s.stderr)
+	}
+}
+
+// TestEngineAPIKeyFromEnvNeverEchoed: llama-server started with --api-key
+// answers 401 to /metrics and /props; the key comes from
+// RBEE_ENGINE_API_KEY, goes out as a bearer token, and appears neither in
+// the logs (the engine's command line included) nor in the beats.
+func TestEngineAPIKeyFromEnvNeverEchoed(t *testing.T) {
+	const key = "sk-env-5b2e8d"
+	t.Setenv(EngineAPIKeyEnv, key)
+	sys := agenttest.Start(t)
+	fake := enginetest.Start(t, "llamacpp")
+	fake.SetAPIKey(key)
+	fake.Set(2, 0, 50)
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr := &testutil.Buffer{}, &testutil.Buffer{}
+	done := make(chan error, 1)
+	args := []string{"--nats-url", sys.URL, "--hive-id", "h1", "--worker-id", "w1", "--interval", "200ms", "--slots", "2",
+		"--engine", "llamacpp", "--engine-url", fake.URL, "--engine-interval", "100ms",
+		"--", "sh", "-c", "echo engine up; while :; do sleep 0.05; done", "llama-server", "--api-key", key}
+	go func() {
+		done <- runWorker(&env{ctx: ctx, stdin: strings.NewReader(""), stdout: stdout, stderr: stderr}, args)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	var last *wire.WorkerEntry
+	agenttest.CheckFor(t, 10*time.Second, func() error {
+		e, err := sys.Worker("h1.w1")
+		if err != nil || e.Status != wire.StatusBusy || e.Health != wire.Healthy || e.Version != fake.Version {
+			return fmt.Errorf("want busy, healthy, the engine's version read through the key: %s %v; stderr:\n%s", agenttest.Describe(e), err, stderr)
+		}
+		last = e
+		return nil
+	})
+	if !fake.Authorized("/metrics") || !fake.Authorized("/props") {
+		t.Error("requests carried no bearer token")
+	}
+	if b, _ := json.Marshal(last); strings.Contains(string(b), key) {
+		t.Errorf("the key is in the beat: %s", b)
+	}
+	if !strings.Contains(stderr.String(), "--api-key [redacted]") {
+		t.Errorf("the engine's command line is not logged redacted:\n%s", stderr)
+	}
+	if strings.Contains(stderr.String(), key) {
+		t.Fatalf("the key is in the log:\n%s", stderr)
+	}
+}
+
+func TestStatusShowsKVCache(t *testing.T) {
+	kv := 62.6
+	workers := []*wire.WorkerEntry{
+		{Worker: wire.Worker{WorkerID: "w1", HiveID: "h1", Status: wire.StatusBusy, KVCachePercent: &kv}},
+		{Worker: wire.Worker{WorkerID: "w2", HiveID: "h1", Status: wire.StatusDraining, Sleeping: true}},
+		{Worker: wire.Worker{WorkerID: "w3", HiveID: "h1", Status: wire.StatusReady}},
+	}
+	var b strings.Builder
+	printStatus(&b, workers, nil, time.Now())
+	out := b.String()
+	for _, want := range []string{" KV ", "63%", "- asleep"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
 	}
 }

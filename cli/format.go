@@ -172,7 +172,7 @@ func printStatus(w io.Writer, workers []*wire.WorkerEntry, hives []*wire.HiveEnt
 
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "WORKERS (%d)\n", len(workers))
-	fmt.Fprintln(tw, "ID\tHIVE\tSTATUS\tHEALTH\tLIVENESS\tMODEL\tDEVICE\tSLOTS\tAGE\tUP\tREASON")
+	fmt.Fprintln(tw, "ID\tHIVE\tSTATUS\tHEALTH\tLIVENESS\tMODEL\tDEVICE\tSLOTS\tKV\tAGE\tUP\tREASON")
 	sort.SliceStable(workers, func(i, j int) bool {
 		if workers[i].HiveID != workers[j].HiveID {
 			return workers[i].HiveID < workers[j].HiveID
@@ -180,11 +180,24 @@ func printStatus(w io.Writer, workers []*wire.WorkerEntry, hives []*wire.HiveEnt
 		return workers[i].WorkerID < workers[j].WorkerID
 	})
 	for _, x := range workers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", termSafe(x.WorkerID), termSafe(x.HiveID), dash(string(x.Status)),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", termSafe(x.WorkerID), termSafe(x.HiveID), dash(string(x.Status)),
 			dash(string(x.Health)), liveness(x.Received), dash(x.ModelID), dash(x.Device), x.SlotsBusy, x.SlotsTotal,
-			age(nowMs, x.ReceivedAtMs), age(nowMs, x.FirstSeenMs), dash(x.HealthReason))
+			kvCache(x.Worker), age(nowMs, x.ReceivedAtMs), age(nowMs, x.FirstSeenMs), dash(x.HealthReason))
 	}
 	_ = tw.Flush()
+}
+
+// kvCache renders a worker's KV-cache use ("63%", "63% asleep"), "-" when
+// the engine does not report it.
+func kvCache(w wire.Worker) string {
+	s := "-"
+	if w.KVCachePercent != nil {
+		s = fmt.Sprintf("%.0f%%", *w.KVCachePercent)
+	}
+	if w.Sleeping {
+		s += " asleep"
+	}
+	return s
 }
 
 // formatEvent renders one live registry event as a line; a hive's line

@@ -19,68 +19,115 @@ import (
 // every histogram is about 100 KiB.
 const maxBody = 4 << 20
 
-// Metrics is what one good probe read from the engine. A value the engine
-// does not report is nil or empty.
+// Metrics is what the engine's /metrics said. A value the engine does not
+// report is nil.
 type Metrics struct {
 	// Running is the number of requests being processed.
 	Running *int
 	// Waiting is the number of requests queued, not yet running.
 	Waiting *int
-	// Tokens is the engine's generated-token counter.
-	Tokens *uint64
-	// Model and Version are what the engine says it serves and is.
+	// Progress is the engine's work counter (Spec.Progress, else
+	// Spec.ProgressPerRequest, and then PerRequest is true).
+	Progress   *uint64
+	PerRequest bool
+	// KVCachePercent is the KV-cache use, 0 to 100.
+	KVCachePercent *float64
+	// Sleeping is true when the engine said it sleeps (Spec.Awake is 0).
+	Sleeping bool
+	// Model is the served model named by Spec.ModelLabel.
+	Model string
+}
+
+// Info is what the engine's info endpoint said.
+type Info struct {
 	Model, Version string
 }
 
-// Answer is the outcome of one probe.
+// Answer is the outcome of one probe. Each endpoint's failure is kept
+// apart, so that it affects only what that endpoint feeds.
 type Answer struct {
 	// Loading is true when the engine said its model is still loading.
 	Loading bool
-	// Metrics holds what /metrics and the info endpoint said; it is set
-	// only when Err is nil and Loading is false.
-	Metrics Metrics
-	// MetricsErr is set when the engine is healthy but /metrics or the
-	// info endpoint could not be read.
-	MetricsErr error
 	// Err is set when the health endpoint did not answer 2xx (nor loading);
 	// it wraps ErrProbe, and context.DeadlineExceeded on a timeout.
 	Err error
+	// Metrics holds what /metrics said when MetricsRead is true;
+	// MetricsErr is set when /metrics could not be read.
+	Metrics     Metrics
+	MetricsRead bool
+	MetricsErr  error
+	// Info holds what the info endpoint said when InfoRead is true;
+	// InfoErr is set when it was asked and could not be read.
+	Info     Info
+	InfoRead bool
+	InfoErr  error
 }
 
-// probe reads health, then metrics and info, from base (the engine's URL,
-// no trailing slash). info says whether to read the info endpoint.
-func probe(ctx context.Context, c *http.Client, base string, s Spec, info bool) Answer {
-	code, body, err := get(ctx, c, base+s.HealthPath)
+// timedOut reports whether err is a probe that got no answer in time.
+func timedOut(err error) bool { return errors.Is(err, context.DeadlineExceeded) }
+
+// probe reads health, metrics and, when info is true, the info endpoint
+// from base (the engine's URL, no trailing slash). /metrics is read even
+// when health fails, unless health ran out of time.
+func probe(ctx context.Context, c *http.Client, base string, s Spec, key string, info bool) Answer {
+	var a Answer
+	code, body, err := get(ctx, c, base+s.HealthPath, key)
 	switch {
 	case err != nil:
-		return Answer{Err: fmt.Errorf("%w: health: %w", ErrProbe, err)}
+		a.Err = fmt.Errorf("%w: health: %w", ErrProbe, err)
 	case s.LoadingStatus != 0 && code == s.LoadingStatus && strings.Contains(string(body), s.LoadingText):
-		return Answer{Loading: true}
+		a.Loading = true
+		return a
 	case code < 200 || code > 299:
-		return Answer{Err: fmt.Errorf("%w: health: HTTP %d%s", ErrProbe, code, snippet(body))}
+		a.Err = fmt.Errorf("%w: health: HTTP %d%s", ErrProbe, code, snippet(body))
 	}
-	var a Answer
+	if a.Err != nil && ctx.Err() != nil {
+		return a
+	}
 	if s.MetricsPath != "" {
-		a.Metrics, a.MetricsErr = readMetrics(ctx, c, base+s.MetricsPath, s)
+		a.Metrics, a.MetricsErr = readMetrics(ctx, c, base+s.MetricsPath, s, key)
+		a.MetricsRead = a.MetricsErr == nil
 	}
-	if info && s.InfoPath != "" && a.MetricsErr == nil {
-		model, version, err := readInfo(ctx, c, base+s.InfoPath, s)
-		if err != nil {
-			a.MetricsErr = err
+	if info && a.Err == nil && s.InfoPath != "" {
+		var alias bool
+		a.Info, alias, a.InfoErr = readInfo(ctx, c, base+s.InfoPath, s, key)
+		a.InfoRead = a.InfoErr == nil
+		if a.InfoRead && !alias && s.ModelsPath != "" {
+			if id := servedName(ctx, c, base+s.ModelsPath, key); id != "" {
+				a.Info.Model = id
+			}
 		}
-		if model != "" {
-			a.Metrics.Model = model
-		}
-		a.Metrics.Version = version
 	}
 	return a
 }
 
-// get fetches url and returns its status and at most maxBody bytes of body.
-func get(ctx context.Context, c *http.Client, url string) (int, []byte, error) {
+// servedName returns the id of the first model in the OpenAI-compatible
+// list at url, or "" when it cannot be read.
+func servedName(ctx context.Context, c *http.Client, url, key string) string {
+	code, body, err := get(ctx, c, url, key)
+	if err != nil || code < 200 || code > 299 {
+		return ""
+	}
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(body, &list) != nil || len(list.Data) == 0 {
+		return ""
+	}
+	return list.Data[0].ID
+}
+
+// get fetches url, with key as a bearer token when set, and returns its
+// status and at most maxBody bytes of body.
+func get(ctx context.Context, c *http.Client, url, key string) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, nil, err
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -109,9 +156,9 @@ func snippet(body []byte) string {
 }
 
 // readMetrics parses the Prometheus text at url with expfmt and picks the
-// families s names.
-func readMetrics(ctx context.Context, c *http.Client, url string, s Spec) (Metrics, error) {
-	code, body, err := get(ctx, c, url)
+// series s selects.
+func readMetrics(ctx context.Context, c *http.Client, url string, s Spec, key string) (Metrics, error) {
+	code, body, err := get(ctx, c, url, key)
 	if err != nil {
 		return Metrics{}, fmt.Errorf("%w: metrics: %w", ErrProbe, err)
 	}
@@ -124,17 +171,30 @@ func readMetrics(ctx context.Context, c *http.Client, url string, s Spec) (Metri
 		return Metrics{}, fmt.Errorf("%w: metrics: %w", ErrProbe, err)
 	}
 	var m Metrics
-	if v, ok := sum(fams[s.Running]); ok {
+	if v, ok := pick(fams, s.Running, false); ok {
 		n := int(min(v, math.MaxInt32))
 		m.Running = &n
 	}
-	if v, ok := sum(fams[s.Waiting]); ok {
+	if v, ok := pick(fams, s.Waiting, false); ok {
 		n := int(min(v, math.MaxInt32))
 		m.Waiting = &n
 	}
-	if v, ok := sum(fams[s.Tokens]); ok {
-		n := uint64(v)
-		m.Tokens = &n
+	if v, ok := pick(fams, s.Progress, false); ok {
+		n := uint64(min(v, 1<<53))
+		m.Progress = &n
+	} else if v, ok := pick(fams, s.ProgressPerRequest, false); ok {
+		n := uint64(min(v, 1<<53))
+		m.Progress, m.PerRequest = &n, true
+	}
+	for _, sel := range s.KVCache {
+		if v, ok := pick(fams, sel, true); ok {
+			pct := min(100, v*100)
+			m.KVCachePercent = &pct
+			break
+		}
+	}
+	if v, ok := pick(fams, s.Awake, false); ok && v == 0 {
+		m.Sleeping = true
 	}
 	if s.ModelLabel != "" {
 		m.Model = label(fams, s, s.ModelLabel)
@@ -142,15 +202,27 @@ func readMetrics(ctx context.Context, c *http.Client, url string, s Spec) (Metri
 	return m, nil
 }
 
-// sum adds up every series of a gauge, counter, untyped or histogram
-// (its sample sum) family; ok is false for an absent family or one whose
-// values are not finite, non-negative numbers.
-func sum(f *dto.MetricFamily) (float64, bool) {
-	if f == nil || len(f.GetMetric()) == 0 {
+// pick returns the sum (or, with highest, the largest) of the series that
+// sel selects; ok is false when sel is empty, selects nothing, or a value is
+// not a finite, non-negative number.
+func pick(fams map[string]*dto.MetricFamily, sel string, highest bool) (float64, bool) {
+	if sel == "" {
+		return 0, false
+	}
+	ps, err := parseSelector(sel)
+	if err != nil {
+		return 0, false
+	}
+	f := fams[ps.name]
+	if f == nil {
 		return 0, false
 	}
 	var total float64
+	found := false
 	for _, m := range f.GetMetric() {
+		if !matches(m, ps.labels) {
+			continue
+		}
 		var v float64
 		switch {
 		case m.Gauge != nil:
@@ -167,15 +239,40 @@ func sum(f *dto.MetricFamily) (float64, bool) {
 		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
 			return 0, false
 		}
-		total += v
+		if highest {
+			total = max(total, v)
+		} else {
+			total += v
+		}
+		found = true
 	}
-	return total, true
+	return total, found
+}
+
+func matches(m *dto.Metric, want map[string]string) bool {
+	for k, v := range want {
+		ok := false
+		for _, l := range m.GetLabel() {
+			if l.GetName() == k && l.GetValue() == v {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // label returns the first value of name on the families s reads.
 func label(fams map[string]*dto.MetricFamily, s Spec, name string) string {
-	for _, fn := range []string{s.Running, s.Waiting, s.Tokens} {
-		for _, m := range fams[fn].GetMetric() {
+	for _, sel := range []string{s.Running, s.Waiting, s.Progress} {
+		ps, err := parseSelector(sel)
+		if err != nil {
+			continue
+		}
+		for _, m := range fams[ps.name].GetMetric() {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == name && l.GetValue() != "" {
 					return l.GetValue()
@@ -186,18 +283,19 @@ func label(fams map[string]*dto.MetricFamily, s Spec, name string) string {
 	return ""
 }
 
-// readInfo reads the model and version members of the JSON object at url.
-func readInfo(ctx context.Context, c *http.Client, url string, s Spec) (model, version string, err error) {
-	code, body, err := get(ctx, c, url)
+// readInfo reads the model and version members of the JSON object at url;
+// alias is true when the model came from the first of s.InfoModelKeys.
+func readInfo(ctx context.Context, c *http.Client, url string, s Spec, key string) (in Info, alias bool, err error) {
+	code, body, err := get(ctx, c, url, key)
 	if err != nil {
-		return "", "", fmt.Errorf("%w: info: %w", ErrProbe, err)
+		return Info{}, false, fmt.Errorf("%w: info: %w", ErrProbe, err)
 	}
 	if code < 200 || code > 299 {
-		return "", "", fmt.Errorf("%w: info: HTTP %d%s", ErrProbe, code, snippet(body))
+		return Info{}, false, fmt.Errorf("%w: info: HTTP %d%s", ErrProbe, code, snippet(body))
 	}
 	var obj map[string]any
 	if err := json.Unmarshal(body, &obj); err != nil {
-		return "", "", fmt.Errorf("%w: info: %w", ErrProbe, err)
+		return Info{}, false, fmt.Errorf("%w: info: %w", ErrProbe, err)
 	}
 	str := func(k string) string {
 		if k == "" {
@@ -206,5 +304,12 @@ func readInfo(ctx context.Context, c *http.Client, url string, s Spec) (model, v
 		v, _ := obj[k].(string)
 		return v
 	}
-	return str(s.InfoModelKey), str(s.InfoVersionKey), nil
+	for i, k := range s.InfoModelKeys {
+		if in.Model = str(k); in.Model != "" {
+			alias = i == 0
+			break
+		}
+	}
+	in.Version = str(s.InfoVersionKey)
+	return in, alias, nil
 }

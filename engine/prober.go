@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -28,16 +29,29 @@ type Config struct {
 	// OnState is called after every probe with the new state, from the
 	// prober's goroutine, one call at a time; it must return promptly.
 	OnState func(State)
+	// APIKey, when set, goes with every request as "Authorization: Bearer
+	// <key>" (llama-server and vLLM started with --api-key answer 401
+	// without it). It is never logged.
+	APIKey string
+	// InfoRetry is how long the prober waits before asking the info
+	// endpoint again after it failed; the model and version are all it
+	// feeds, so a failure costs nothing else.
+	InfoRetry time.Duration
 	// Client makes the requests; nil uses a client of its own.
 	Client *http.Client
 	// Logger receives probe failures (on change only); nil discards.
 	Logger *slog.Logger
 }
 
+// DefaultInfoRetry is the default Config.InfoRetry: an info endpoint that
+// failed (a proxy that forwards only /health and /metrics) is asked again
+// every ten minutes, not every probe.
+const DefaultInfoRetry = 10 * time.Minute
+
 // DefaultConfig returns a Config for spec at url: a probe every 30 s (the
 // heartbeat's default interval), each given 5 s.
 func DefaultConfig(spec Spec, url string) Config {
-	return Config{Spec: spec, URL: url, Interval: 30 * time.Second, Timeout: 5 * time.Second}
+	return Config{Spec: spec, URL: url, Interval: 30 * time.Second, Timeout: 5 * time.Second, InfoRetry: DefaultInfoRetry}
 }
 
 // Validate returns an error wrapping ErrInvalidConfig if c cannot work.
@@ -54,6 +68,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: probe interval must be positive, got %s", ErrInvalidConfig, c.Interval)
 	case c.Timeout <= 0 || c.Timeout > c.Interval:
 		return fmt.Errorf("%w: probe timeout %s: want more than 0s and at most the probe interval %s", ErrInvalidConfig, c.Timeout, c.Interval)
+	case c.InfoRetry < 0:
+		return fmt.Errorf("%w: info retry %s is negative", ErrInvalidConfig, c.InfoRetry)
+	case strings.ContainsAny(c.APIKey, "\r\n"):
+		return fmt.Errorf("%w: the engine API key holds a line break", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -61,20 +79,29 @@ func (c Config) Validate() error {
 // State is the engine as the latest probes saw it.
 type State struct {
 	// Status is starting (loading, or not answering yet within StartGrace),
-	// ready, busy (requests running), or stopped (probes failing past the grace).
+	// ready, busy (requests running), draining (the engine sleeps: it
+	// answers but serves nothing until woken), or stopped (probes failing
+	// past the grace). A failed probe never turns a busy engine ready: the
+	// last reading stands, marked stale.
 	Status wire.Status
 	// Health is healthy when the engine answers, degraded when it answers
-	// but its metrics cannot be read, unhealthy when it does not answer;
-	// Reason says why it is not healthy.
+	// but its metrics cannot be read, unhealthy when its health endpoint
+	// fails; Reason says why it is not healthy. The info endpoint's failure
+	// changes neither.
 	Health wire.Health
 	Reason string
-	// Metrics are from the last good probe, taken at MetricsAt (zero: none yet).
+	// Metrics are from the last good /metrics read, taken at MetricsAt
+	// (zero: none yet).
 	Metrics   Metrics
 	MetricsAt time.Time
+	// Model is the name the engine serves (its alias or served name where
+	// it reports one, else its model path); Version is the engine's own.
+	// Both are empty until read.
+	Model, Version string
 	// Stale is true when Metrics are not from the latest probe: it failed,
 	// or one has run past its timeout, or none came for an interval.
 	Stale bool
-	// Restarted is true when this probe's token counter was below the
+	// Restarted is true when this probe's progress counter was below the
 	// previous one: the engine restarted, and its counters began again.
 	Restarted bool
 	// Probes counts finished probes.
@@ -96,7 +123,10 @@ type Prober struct {
 	everUp     bool
 	lastUp     time.Time // last answer (good or loading)
 	needInfo   bool
-	lastLogged string // status and health last logged, to log changes only
+	infoNext   time.Time // no info request before this, after a failure
+	infoFailed bool      // the info failure is logged; cleared by a good read
+	perReqSaid bool      // the per-request progress warning is logged
+	lastLogged string    // status and health last logged, to log changes only
 	inFlight   bool
 	since      time.Time // the running probe's start
 
@@ -199,11 +229,11 @@ func (p *Prober) run(ctx context.Context) {
 func (p *Prober) probeOnce(ctx context.Context) {
 	p.mu.Lock()
 	p.inFlight, p.since = true, p.now()
-	info := p.needInfo
+	info := p.needInfo && !p.since.Before(p.infoNext)
 	p.mu.Unlock()
 
 	pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
-	a := probe(pctx, p.client, p.base, p.cfg.Spec, info)
+	a := probe(pctx, p.client, p.base, p.cfg.Spec, p.cfg.APIKey, info)
 	cancel()
 	if ctx.Err() != nil {
 		p.mu.Lock()
@@ -217,7 +247,9 @@ func (p *Prober) probeOnce(ctx context.Context) {
 	}
 }
 
-// record folds one answer into the state and returns it.
+// record folds one answer into the state and returns it. Each endpoint
+// feeds its own part: health the health and status, /metrics the load
+// figures, info the model and version.
 func (p *Prober) record(a Answer, info bool) State {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -226,9 +258,44 @@ func (p *Prober) record(a Answer, info bool) State {
 	s := p.state
 	s.Probes++
 	s.Restarted = false
+	if a.MetricsRead {
+		m := a.Metrics
+		if m.Progress != nil && s.Metrics.Progress != nil && *m.Progress < *s.Metrics.Progress {
+			s.Restarted = true
+			p.needInfo, p.infoNext = true, time.Time{}
+		}
+		if m.PerRequest && !p.perReqSaid {
+			p.perReqSaid = true
+			p.log.Warn("engine progress grows only when a request finishes; a long generation looks stalled unless the queen's --stall-after exceeds the longest request",
+				"counter", p.cfg.Spec.ProgressPerRequest, "per_step_counter_absent", p.cfg.Spec.Progress)
+		}
+		s.Metrics, s.MetricsAt, s.Stale = m, now, false
+		if m.Model != "" && p.cfg.Spec.InfoModelKeys == nil {
+			s.Model = m.Model
+		}
+	}
+	switch {
+	case a.InfoRead:
+		p.needInfo, p.infoFailed = false, false
+		s.Model = cmp.Or(a.Info.Model, s.Model, s.Metrics.Model)
+		s.Version = cmp.Or(a.Info.Version, s.Version)
+	case a.InfoErr != nil && !timedOut(a.InfoErr):
+		p.infoNext = now.Add(p.cfg.InfoRetry)
+		if !p.infoFailed {
+			p.infoFailed = true
+			p.log.Warn("engine info unavailable; model and version not read from the engine, asking again later",
+				"err", a.InfoErr, "retry_in", p.cfg.InfoRetry)
+		}
+	}
+	if s.Model == "" {
+		s.Model = s.Metrics.Model
+	}
 	switch {
 	case a.Err != nil:
-		s.Health, s.Reason, s.Stale = wire.Unhealthy, a.Err.Error(), true
+		s.Health, s.Reason = wire.Unhealthy, a.Err.Error()
+		if !a.MetricsRead {
+			s.Stale = true
+		}
 		p.needInfo = true
 		switch {
 		case p.everUp && now.Sub(p.lastUp) > p.cfg.Spec.Grace:
@@ -239,6 +306,8 @@ func (p *Prober) record(a Answer, info bool) State {
 			s.Reason = fmt.Sprintf("%s (never answered within the %s start grace)", a.Err, p.cfg.Spec.StartGrace)
 		case !p.everUp:
 			s.Status = wire.StatusStarting
+		case a.MetricsRead && s.Status == wire.StatusReady && running(s.Metrics):
+			s.Status = wire.StatusBusy // never the other way while health fails
 		}
 	case a.Loading:
 		p.lastUp = now
@@ -248,30 +317,23 @@ func (p *Prober) record(a Answer, info bool) State {
 		s.Health, s.Reason = wire.Healthy, ""
 		if a.MetricsErr != nil {
 			s.Health, s.Reason, s.Stale = wire.Degraded, a.MetricsErr.Error(), true
-		} else {
-			m := a.Metrics
-			if !info {
-				m.Model, m.Version = s.Metrics.Model, s.Metrics.Version
-			} else {
-				p.needInfo = false
-			}
-			if m.Model == "" && p.cfg.Spec.InfoModelKey == "" {
-				m.Model = s.Metrics.Model
-			}
-			if m.Tokens != nil && s.Metrics.Tokens != nil && *m.Tokens < *s.Metrics.Tokens {
-				s.Restarted = true
-			}
-			s.Metrics, s.MetricsAt, s.Stale = m, now, false
 		}
-		s.Status = wire.StatusReady
-		if s.Metrics.Running != nil && *s.Metrics.Running > 0 {
+		switch {
+		case s.Metrics.Sleeping:
+			s.Status = wire.StatusDraining
+		case running(s.Metrics):
 			s.Status = wire.StatusBusy
+		default:
+			s.Status = wire.StatusReady
 		}
 	}
 	if key := string(s.Status) + "/" + string(s.Health); key != p.lastLogged {
-		if s.Health != wire.Healthy {
+		switch {
+		case s.Health != wire.Healthy:
 			p.log.Warn("engine probe failing", "status", s.Status, "health", s.Health, "reason", s.Reason)
-		} else {
+		case s.Metrics.Sleeping:
+			p.log.Info("engine sleeping", "status", s.Status)
+		default:
 			p.log.Info("engine probe answering", "status", s.Status)
 		}
 		p.lastLogged = key
@@ -279,3 +341,5 @@ func (p *Prober) record(a Answer, info bool) State {
 	p.state = s
 	return s
 }
+
+func running(m Metrics) bool { return m.Running != nil && *m.Running > 0 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -48,16 +51,25 @@ func spec(t *testing.T, k Kind) Spec {
 		t.Fatal(err)
 	}
 	if k == Generic {
-		s.Running, s.Waiting, s.Tokens = "app_running", "app_waiting", "app_tokens_total"
+		s.Running, s.Waiting, s.Progress = "app_running", "app_waiting", "app_tokens_total"
 	}
 	return s
 }
 
 func startProber(t *testing.T, s Spec, url string, timeout time.Duration) (*Prober, *recorder) {
 	t.Helper()
+	return startProberWith(t, s, url, timeout, nil)
+}
+
+// startProberWith starts a Prober whose Config edit may change.
+func startProberWith(t *testing.T, s Spec, url string, timeout time.Duration, edit func(*Config)) (*Prober, *recorder) {
+	t.Helper()
 	rec := &recorder{}
 	cfg := DefaultConfig(s, url)
 	cfg.Interval, cfg.Timeout, cfg.OnState = timeout, timeout, rec.add
+	if edit != nil {
+		edit(&cfg)
+	}
 	p, err := NewProber(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -76,12 +88,15 @@ func describe(s State) string {
 		}
 		return fmt.Sprint(*p)
 	}
-	tok := "nil"
-	if s.Metrics.Tokens != nil {
-		tok = fmt.Sprint(*s.Metrics.Tokens)
+	prog, kv := "nil", "nil"
+	if s.Metrics.Progress != nil {
+		prog = fmt.Sprint(*s.Metrics.Progress)
 	}
-	return fmt.Sprintf("status=%s health=%s reason=%q running=%s waiting=%s tokens=%s model=%q version=%q stale=%v probes=%d",
-		s.Status, s.Health, s.Reason, f(s.Metrics.Running), f(s.Metrics.Waiting), tok, s.Metrics.Model, s.Metrics.Version, s.Stale, s.Probes)
+	if s.Metrics.KVCachePercent != nil {
+		kv = fmt.Sprint(*s.Metrics.KVCachePercent)
+	}
+	return fmt.Sprintf("status=%s health=%s reason=%q running=%s waiting=%s progress=%s kv=%s sleeping=%v model=%q version=%q stale=%v probes=%d",
+		s.Status, s.Health, s.Reason, f(s.Metrics.Running), f(s.Metrics.Waiting), prog, kv, s.Metrics.Sleeping, s.Model, s.Version, s.Stale, s.Probes)
 }
 
 // want returns an error naming the state unless ok holds for it.
@@ -95,6 +110,14 @@ func want(p *Prober, what string, ok func(State) bool) func() error {
 }
 
 func is(p *int, n int) bool { return p != nil && *p == n }
+
+func progressIs(s State, n uint64) bool { return s.Metrics.Progress != nil && *s.Metrics.Progress == n }
+
+// logBuffer returns a logger writing text into a buffer, and the buffer.
+func logBuffer() (*slog.Logger, *testutil.Buffer) {
+	b := &testutil.Buffer{}
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug})), b
+}
 
 func TestPresetsReadEachEngine(t *testing.T) {
 	for _, k := range Kinds {
@@ -111,24 +134,20 @@ func TestPresetsReadEachEngine(t *testing.T) {
 				e.SetLoading(false)
 			}
 			e.Set(0, 0, 100)
-			checkFor(t, 5*time.Second, want(p, "ready, healthy, 100 tokens", func(s State) bool {
+			checkFor(t, 5*time.Second, want(p, "ready, healthy, progress 100", func(s State) bool {
 				return s.Status == wire.StatusReady && s.Health == wire.Healthy && !s.Stale &&
-					s.Metrics.Tokens != nil && *s.Metrics.Tokens == 100 && is(s.Metrics.Running, 0) && is(s.Metrics.Waiting, 0)
+					progressIs(s, 100) && is(s.Metrics.Running, 0) && is(s.Metrics.Waiting, 0)
 			}))
-			if s := p.Latest(); k != Generic && (s.Metrics.Version != enginetest.Version || s.Metrics.Model == "" && k != VLLM) {
-				t.Errorf("model and version not read: %s", describe(s))
-			}
-			if s := p.Latest(); k == VLLM && s.Metrics.Model != enginetest.Model {
-				t.Errorf("vLLM model from the model_name label: %s", describe(s))
+			if s := p.Latest(); k != Generic && (s.Version != e.Version || s.Model != e.Model || s.Model == "") {
+				t.Errorf("model and version: want %q %q, have %s", e.Model, e.Version, describe(s))
 			}
 			e.Set(2, 3, 250)
-			checkFor(t, 5*time.Second, want(p, "busy with 2 running, 3 waiting, 250 tokens", func(s State) bool {
-				return s.Status == wire.StatusBusy && is(s.Metrics.Running, 2) && is(s.Metrics.Waiting, 3) &&
-					s.Metrics.Tokens != nil && *s.Metrics.Tokens == 250
+			checkFor(t, 5*time.Second, want(p, "busy with 2 running, 3 waiting, progress 250", func(s State) bool {
+				return s.Status == wire.StatusBusy && is(s.Metrics.Running, 2) && is(s.Metrics.Waiting, 3) && progressIs(s, 250)
 			}))
 			e.Set(2, 3, 7) // the counter went back: the engine restarted
 			checkFor(t, 5*time.Second, func() error {
-				if !rec.any(func(s State) bool { return s.Restarted && s.Metrics.Tokens != nil && *s.Metrics.Tokens == 7 }) {
+				if !rec.any(func(s State) bool { return s.Restarted && progressIs(s, 7) }) {
 					return fmt.Errorf("no state marked restarted; latest %s", describe(p.Latest()))
 				}
 				return nil
@@ -140,16 +159,175 @@ func TestPresetsReadEachEngine(t *testing.T) {
 	}
 }
 
-func TestProbeHangingPastTimeoutKeepsLastGoodStale(t *testing.T) {
-	e := enginetest.Start(t, "vllm")
-	e.Set(1, 0, 40)
-	p, _ := startProber(t, spec(t, VLLM), e.URL, 50*time.Millisecond)
-	checkFor(t, 5*time.Second, want(p, "busy", func(s State) bool { return s.Status == wire.StatusBusy && !s.Stale }))
-	e.SetHang(true)
-	checkFor(t, 5*time.Second, want(p, "unhealthy, stale, last good metrics kept", func(s State) bool {
-		return s.Health == wire.Unhealthy && s.Stale && strings.Contains(s.Reason, "no answer in time") &&
-			s.Status == wire.StatusBusy && s.Metrics.Tokens != nil && *s.Metrics.Tokens == 40
+// TestLongGenerationProgressMoves is a request generating for many probes:
+// the counter that grows only when a request finishes stays put, and
+// progress must still move with every decode step.
+func TestLongGenerationProgressMoves(t *testing.T) {
+	for _, k := range []Kind{VLLM, LlamaCPP, TGI, SGLang} {
+		t.Run(string(k), func(t *testing.T) {
+			e := enginetest.Start(t, string(k))
+			e.SetFinished(500)
+			e.Set(1, 0, 1000)
+			p, _ := startProber(t, spec(t, k), e.URL, 100*time.Millisecond)
+			checkFor(t, 5*time.Second, want(p, "busy at 1000 steps", func(s State) bool {
+				return s.Status == wire.StatusBusy && progressIs(s, 1000)
+			}))
+			for step := uint64(1100); step <= 1300; step += 100 {
+				e.Set(1, 0, step) // decoding; nothing finished
+				checkFor(t, 5*time.Second, want(p, fmt.Sprintf("progress %d while the request runs", step), func(s State) bool {
+					return progressIs(s, step) && !s.Metrics.PerRequest
+				}))
+			}
+		})
+	}
+}
+
+// TestPerRequestCounterOnlyIsSaidOnce: an engine build without the per-step
+// counter is read through its per-request one, and the prober says once
+// that stall detection then needs a long window.
+func TestPerRequestCounterOnlyIsSaidOnce(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			fmt.Fprint(w, "# TYPE llamacpp:tokens_predicted_total counter\nllamacpp:tokens_predicted_total 42\n# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 1\n")
+		}
 	}))
+	t.Cleanup(srv.Close)
+	log, buf := logBuffer()
+	p, _ := startProberWith(t, spec(t, LlamaCPP), srv.URL, 50*time.Millisecond, func(c *Config) { c.Logger = log })
+	checkFor(t, 5*time.Second, want(p, "progress 42 from the per-request counter, three probes", func(s State) bool {
+		return progressIs(s, 42) && s.Metrics.PerRequest && s.Probes >= 3
+	}))
+	if n := strings.Count(buf.String(), "grows only when a request finishes"); n != 1 {
+		t.Fatalf("per-request warning logged %d times, want once; log:\n%s", n, buf.String())
+	}
+}
+
+// TestEndpointFailureIsolation: each endpoint's failure changes only what
+// it feeds.
+func TestEndpointFailureIsolation(t *testing.T) {
+	t.Run("health", func(t *testing.T) {
+		e := enginetest.Start(t, "vllm")
+		e.Set(1, 2, 300)
+		p, _ := startProber(t, spec(t, VLLM), e.URL, 100*time.Millisecond)
+		checkFor(t, 5*time.Second, want(p, "busy", func(s State) bool { return s.Status == wire.StatusBusy && s.Version != "" }))
+		e.SetFail(503)
+		e.Set(1, 2, 400)
+		checkFor(t, 5*time.Second, want(p, "unhealthy, still busy, load figures still read", func(s State) bool {
+			return s.Health == wire.Unhealthy && strings.Contains(s.Reason, "health: HTTP 503") &&
+				s.Status == wire.StatusBusy && progressIs(s, 400) && !s.Stale && s.Version == e.Version && s.Model == e.Model
+		}))
+	})
+	t.Run("metrics", func(t *testing.T) {
+		e := enginetest.Start(t, "llamacpp")
+		e.Set(2, 0, 300)
+		p, _ := startProber(t, spec(t, LlamaCPP), e.URL, 100*time.Millisecond)
+		checkFor(t, 5*time.Second, want(p, "busy", func(s State) bool { return s.Status == wire.StatusBusy && s.Version != "" }))
+		e.SetMetricsFail(true)
+		checkFor(t, 5*time.Second, want(p, "degraded, stale, last load kept, model and version kept", func(s State) bool {
+			return s.Health == wire.Degraded && strings.Contains(s.Reason, "metrics: HTTP 500") && s.Stale &&
+				s.Status == wire.StatusBusy && is(s.Metrics.Running, 2) && progressIs(s, 300) &&
+				s.Version == e.Version && s.Model == e.Model
+		}))
+	})
+	for _, k := range []Kind{VLLM, LlamaCPP, TGI, SGLang} {
+		t.Run("info "+string(k), func(t *testing.T) {
+			e := enginetest.Start(t, string(k))
+			e.SetPathFail(e.InfoPath(), http.StatusNotFound) // a proxy forwarding only /health and /metrics
+			e.Set(3, 1, 900)
+			log, buf := logBuffer()
+			p, _ := startProberWith(t, spec(t, k), e.URL, 50*time.Millisecond, func(c *Config) { c.Logger = log })
+			checkFor(t, 5*time.Second, want(p, "busy, healthy, fresh load, five probes", func(s State) bool {
+				return s.Status == wire.StatusBusy && s.Health == wire.Healthy && !s.Stale && is(s.Metrics.Running, 3) &&
+					is(s.Metrics.Waiting, 1) && progressIs(s, 900) && s.Version == "" && s.Probes >= 5
+			}))
+			if n := e.Hits(e.InfoPath()); n != 1 {
+				t.Errorf("info asked %d times in %d probes; want once until the retry time", n, p.Latest().Probes)
+			}
+			if n := strings.Count(buf.String(), "engine info unavailable"); n != 1 {
+				t.Errorf("info failure logged %d times, want once; log:\n%s", n, buf.String())
+			}
+		})
+	}
+	t.Run("info retried", func(t *testing.T) {
+		e := enginetest.Start(t, "tgi")
+		e.SetPathFail("/info", http.StatusNotFound)
+		p, _ := startProberWith(t, spec(t, TGI), e.URL, 50*time.Millisecond, func(c *Config) { c.InfoRetry = 200 * time.Millisecond })
+		checkFor(t, 5*time.Second, want(p, "ready without a version", func(s State) bool { return s.Status == wire.StatusReady && s.Version == "" }))
+		e.SetPathFail("/info", 0)
+		checkFor(t, 5*time.Second, want(p, "version read once the info endpoint answers", func(s State) bool {
+			return s.Version == e.Version && s.Model == e.Model && s.Health == wire.Healthy
+		}))
+	})
+}
+
+// TestAPIKeySentAsBearer: llama-server started with --api-key answers 401
+// to /metrics and /props; the prober sends the key and never logs it.
+func TestAPIKeySentAsBearer(t *testing.T) {
+	const key = "sk-test-7f3a9c"
+	e := enginetest.Start(t, "llamacpp")
+	e.SetAPIKey(key)
+	e.Set(1, 0, 77)
+
+	log, buf := logBuffer()
+	p, _ := startProberWith(t, spec(t, LlamaCPP), e.URL, 50*time.Millisecond, func(c *Config) { c.Logger = log })
+	checkFor(t, 5*time.Second, want(p, "degraded without the key: /metrics answers 401", func(s State) bool {
+		return s.Health == wire.Degraded && strings.Contains(s.Reason, "HTTP 401")
+	}))
+	p.Stop()
+
+	p, _ = startProberWith(t, spec(t, LlamaCPP), e.URL, 50*time.Millisecond, func(c *Config) { c.Logger, c.APIKey = log, key })
+	checkFor(t, 5*time.Second, want(p, "healthy with the key, load and version read", func(s State) bool {
+		return s.Health == wire.Healthy && s.Status == wire.StatusBusy && progressIs(s, 77) && s.Version == e.Version
+	}))
+	for _, path := range []string{"/metrics", "/props"} {
+		if !e.Authorized(path) {
+			t.Errorf("%s: request carried no bearer token", path)
+		}
+	}
+	if strings.Contains(buf.String(), key) {
+		t.Fatalf("the API key is in the log:\n%s", buf.String())
+	}
+}
+
+func TestKVCacheAndSleep(t *testing.T) {
+	for _, k := range []Kind{VLLM, LlamaCPP, SGLang} {
+		t.Run(string(k), func(t *testing.T) {
+			e := enginetest.Start(t, string(k))
+			e.SetKV(0.625)
+			p, _ := startProber(t, spec(t, k), e.URL, 50*time.Millisecond)
+			checkFor(t, 5*time.Second, want(p, "kv cache 62.5%", func(s State) bool {
+				return s.Metrics.KVCachePercent != nil && *s.Metrics.KVCachePercent == 62.5
+			}))
+		})
+	}
+	e := enginetest.Start(t, "vllm")
+	p, _ := startProber(t, spec(t, VLLM), e.URL, 50*time.Millisecond)
+	checkFor(t, 5*time.Second, want(p, "ready", func(s State) bool { return s.Status == wire.StatusReady }))
+	e.SetSleeping(true)
+	checkFor(t, 5*time.Second, want(p, "a sleeping vLLM is draining, not ready, and healthy", func(s State) bool {
+		return s.Status == wire.StatusDraining && s.Metrics.Sleeping && s.Health == wire.Healthy
+	}))
+	e.SetSleeping(false)
+	checkFor(t, 5*time.Second, want(p, "ready once awake", func(s State) bool { return s.Status == wire.StatusReady && !s.Metrics.Sleeping }))
+}
+
+// TestTimeoutWhileFullKeepsBusy is an old llama-server whose HTTP threads
+// are all taken by requests: probes time out exactly when it is full. The
+// last reading (busy) stands, stale; no state in between says ready.
+func TestTimeoutWhileFullKeepsBusy(t *testing.T) {
+	e := enginetest.Start(t, "llamacpp")
+	e.Set(2, 2, 40)
+	p, rec := startProber(t, spec(t, LlamaCPP), e.URL, 50*time.Millisecond)
+	checkFor(t, 5*time.Second, want(p, "busy and full", func(s State) bool { return s.Status == wire.StatusBusy && !s.Stale }))
+	before := p.Latest().Probes
+	e.SetHang(true)
+	checkFor(t, 5*time.Second, want(p, "unhealthy, stale, still busy with the last reading, five timeouts", func(s State) bool {
+		return s.Health == wire.Unhealthy && s.Stale && strings.Contains(s.Reason, "no answer in time") &&
+			s.Status == wire.StatusBusy && is(s.Metrics.Running, 2) && progressIs(s, 40) && s.Probes >= before+5
+	}))
+	if rec.any(func(s State) bool { return s.Probes > before && s.Status == wire.StatusReady }) {
+		t.Fatal("a timed-out probe turned the worker ready")
+	}
 	e.SetHang(false)
 	checkFor(t, 5*time.Second, want(p, "healthy again", func(s State) bool { return s.Health == wire.Healthy && !s.Stale }))
 }
@@ -207,6 +385,9 @@ func TestConfigValidate(t *testing.T) {
 		{"relative path", func(c *Config) { c.Spec.HealthPath = "health" }, "must start with /"},
 		{"no health path", func(c *Config) { c.Spec.HealthPath = "" }, "health path"},
 		{"zero grace", func(c *Config) { c.Spec.Grace = 0 }, "graces"},
+		{"bad selector", func(c *Config) { c.Spec.Running = `x{a=b}` }, "metric selector"},
+		{"unclosed selector", func(c *Config) { c.Spec.Progress = `x{a="b"` }, "no closing }"},
+		{"key with a line break", func(c *Config) { c.APIKey = "a\nb" }, "line break"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -36,7 +36,6 @@ type Events struct {
 	supported bool
 	started   bool
 	stopped   bool
-	initDone  bool // Init succeeded; Shutdown is owed
 	set       nvml.EventSet
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -73,45 +72,55 @@ func (e *Events) Supported() bool {
 // waits for them until Stop or ctx ends. Without a library, a driver or a GPU
 // with event support it logs once at debug level that GPU faults are seen
 // by polling only, and returns nil. A second Start, or Start after Stop,
-// returns an error wrapping lifecycle.ErrStarted.
+// returns an error wrapping lifecycle.ErrStarted. The NVML calls are made
+// outside the lock that Stop and Supported take, so a driver that hangs in
+// them holds neither up.
 func (e *Events) Start(ctx context.Context) error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.started || e.stopped {
+		e.mu.Unlock()
 		return fmt.Errorf("gpu events: %w", lifecycle.ErrStarted)
 	}
 	e.started = true
-	if why := e.registerLocked(); why != "" {
+	e.mu.Unlock()
+
+	set, why := e.register()
+	if why != "" {
 		e.logger.Debug("gpu events unavailable, gpu faults seen by polling only", "reason", why)
 		return nil
 	}
-	e.supported = true
+	e.mu.Lock()
+	if e.stopped { // Stop came while registering: nothing to wait for
+		e.mu.Unlock()
+		e.release(set)
+		return nil
+	}
+	e.supported, e.set = true, set
 	ctx, e.cancel = context.WithCancel(ctx)
 	e.wg.Add(1)
-	go e.wait(ctx, e.set)
+	go e.wait(ctx, set)
+	e.mu.Unlock()
 	return nil
 }
 
-// registerLocked initialises NVML and registers the events; it returns why
-// events cannot be had, or "" on success.
-func (e *Events) registerLocked() string {
+// register initialises NVML and registers the events; it returns the event
+// set, or why events cannot be had (NVML then shut down again).
+func (e *Events) register() (nvml.EventSet, string) {
 	if e.lib == nil {
-		return fmt.Sprintf("no nvml library: %v", e.loadErr)
+		return nil, fmt.Sprintf("no nvml library: %v", e.loadErr)
 	}
 	if ret := guard0(e.lib.Init); ret != nvml.SUCCESS {
-		return nvmlError("init", ret).Error()
+		return nil, nvmlError("init", ret).Error()
 	}
-	e.initDone = true
 	set, ret := guard(e.lib.EventSetCreate)
 	if ret != nvml.SUCCESS || set == nil {
-		e.shutdownLocked()
-		return nvmlError("event set create", ret).Error()
+		e.shutdown()
+		return nil, nvmlError("event set create", ret).Error()
 	}
 	count, ret := guard(e.lib.DeviceGetCount)
 	if ret != nvml.SUCCESS {
-		_ = guard0(set.Free)
-		e.shutdownLocked()
-		return nvmlError("device count", ret).Error()
+		e.release(set)
+		return nil, nvmlError("device count", ret).Error()
 	}
 	registered, lastRet := 0, nvml.ERROR_NOT_SUPPORTED
 	for i := range count {
@@ -133,20 +142,21 @@ func (e *Events) registerLocked() string {
 		}
 	}
 	if registered == 0 {
-		_ = guard0(set.Free)
-		e.shutdownLocked()
-		return "no gpu supports xid events: " + nvmlError("register events", lastRet).Error()
+		e.release(set)
+		return nil, "no gpu supports xid events: " + nvmlError("register events", lastRet).Error()
 	}
-	e.set = set
-	return ""
+	return set, ""
 }
 
-func (e *Events) shutdownLocked() {
-	if e.initDone {
-		e.initDone = false
-		if ret := guard0(e.lib.Shutdown); ret != nvml.SUCCESS {
-			e.logger.Warn("nvml shutdown failed", "err", nvmlError("shutdown", ret))
-		}
+// release frees set and shuts NVML down; no lock is held.
+func (e *Events) release(set nvml.EventSet) {
+	_ = guard0(set.Free)
+	e.shutdown()
+}
+
+func (e *Events) shutdown() {
+	if ret := guard0(e.lib.Shutdown); ret != nvml.SUCCESS {
+		e.logger.Warn("nvml shutdown failed", "err", nvmlError("shutdown", ret))
 	}
 }
 
@@ -162,12 +172,12 @@ func (e *Events) Stop() {
 	}
 	e.wg.Wait()
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.set != nil {
-		_ = guard0(e.set.Free)
-		e.set = nil
+	set := e.set
+	e.set = nil
+	e.mu.Unlock()
+	if set != nil {
+		e.release(set)
 	}
-	e.shutdownLocked()
 }
 
 func (e *Events) wait(ctx context.Context, set nvml.EventSet) {

@@ -311,3 +311,38 @@ func usageString(m map[int]Usage) string {
 	}
 	return b.String()
 }
+
+// TestStopNotHeldByAStuckInit: Start is stuck in the driver's Init; Stop and
+// Supported still return, and the registration finishing afterwards is
+// undone (the set freed, NVML shut down), not left waiting.
+func TestStopNotHeldByAStuckInit(t *testing.T) {
+	srv := newServer(t)
+	d := withEvents(t, srv)
+	entered, release := make(chan struct{}), make(chan struct{})
+	srv.InitFunc = func() nvml.Return {
+		close(entered)
+		<-release
+		return nvml.SUCCESS
+	}
+	srv.ShutdownFunc = func() nvml.Return { return nvml.SUCCESS }
+	e := NewEventsWithLibrary(srv, nil, nil)
+	started := make(chan error, 1)
+	go func() { started <- e.Start(context.Background()) }()
+	receive(t, entered, "Start to reach the driver's Init")
+	stopped := make(chan bool, 1)
+	go func() { e.Stop(); stopped <- e.Supported() }()
+	if receive(t, stopped, "Stop and Supported while Init hangs") {
+		t.Error("Supported while Start had not registered")
+	}
+	close(release)
+	if err := receive(t, started, "Start to return"); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	d.mu.Lock()
+	freed := d.freed
+	d.mu.Unlock()
+	if freed != 1 || len(srv.ShutdownCalls()) != 1 || e.Supported() {
+		t.Errorf("after a Stop during Start: set freed %d times, Shutdown %d times, supported %v; want 1, 1, false",
+			freed, len(srv.ShutdownCalls()), e.Supported())
+	}
+}

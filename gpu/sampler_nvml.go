@@ -19,7 +19,8 @@ type libState int
 const (
 	libNew         libState = iota // Init not tried yet
 	libReady                       // Init succeeded; Shutdown is owed
-	libUnavailable                 // no GPU data: the library, the driver or Init is missing
+	libRetry                       // Init failed; it is tried again at the next Sample
+	libUnavailable                 // no library handle at all: no GPU data, for good
 	libShutdown                    // Shutdown done
 )
 
@@ -41,9 +42,12 @@ var slowdowns = []struct {
 }
 
 // Sampler reads every GPU's statistics through NVML. NVML is initialised on
-// the first Sample and shut down by Close. Its methods may be called
-// concurrently: samples are serialised, and Close does not wait for a sample
-// stuck in the driver (the sample shuts NVML down when it returns).
+// the first Sample, and again at every Sample until it succeeds (a driver
+// that loads after the hive started); it is shut down by Close. Every GPU is
+// counted afresh at each Sample, so a GPU that appears later is reported.
+// Its methods may be called concurrently: samples are serialised, no NVML
+// call is made under the lock Close takes, and Close does not wait for a
+// sample stuck in the driver (the sample shuts NVML down when it returns).
 type Sampler struct {
 	lib     nvml.Interface
 	loadErr error // set when the library could not even be constructed
@@ -54,6 +58,7 @@ type Sampler struct {
 	sampleMu     sync.Mutex
 	eventReasons bool                   // use GetCurrentClocksEventReasons; guarded by sampleMu
 	noDevices    bool                   // "no gpus" already logged; guarded by sampleMu
+	initErr      nvml.Return            // the last Init failure logged; guarded by sampleMu
 	failures     map[string]nvml.Return // last failure per device call, to log changes only; guarded by sampleMu
 
 	procMu sync.Mutex
@@ -120,7 +125,7 @@ func (s *Sampler) Sample(ctx context.Context) ([]wire.GPU, error) {
 	s.mu.Unlock()
 	defer s.release()
 
-	if state == libNew {
+	if state == libNew || state == libRetry {
 		state = s.initLibrary()
 		s.mu.Lock()
 		s.state = state
@@ -135,10 +140,11 @@ func (s *Sampler) Sample(ctx context.Context) ([]wire.GPU, error) {
 // release ends a Sample, shutting NVML down if Close came meanwhile.
 func (s *Sampler) release() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.busy = false
-	if s.closed {
-		if err := s.shutdownLocked(); err != nil {
+	shut := s.closed && s.takeShutdownLocked()
+	s.mu.Unlock()
+	if shut {
+		if err := s.shutdown(); err != nil {
 			s.logger.Warn("nvml shutdown failed", "err", err)
 		}
 	}
@@ -149,48 +155,67 @@ func (s *Sampler) release() {
 // call more than once; it returns an error wrapping ErrNVML if Shutdown fails.
 func (s *Sampler) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
-	if s.busy {
-		return nil
+	shut := !s.busy && s.takeShutdownLocked()
+	s.mu.Unlock()
+	if shut {
+		return s.shutdown()
 	}
-	return s.shutdownLocked()
+	return nil
 }
 
-func (s *Sampler) shutdownLocked() error {
+// takeShutdownLocked marks NVML shut down and reports whether Shutdown is
+// owed; the caller makes the call after releasing s.mu, since Shutdown may
+// block in the driver.
+func (s *Sampler) takeShutdownLocked() bool {
 	if s.state != libReady {
-		return nil
+		return false
 	}
 	s.state = libShutdown
+	return true
+}
+
+func (s *Sampler) shutdown() error {
 	if ret := guard0(s.lib.Shutdown); ret != nvml.SUCCESS {
 		return nvmlError("shutdown", ret)
 	}
 	return nil
 }
 
-// initLibrary calls NVML Init once and says what came of it, logging an
-// absent library or driver at debug level and any other failure as a warning.
-// Either way the Sampler reports no GPU data from then on: retrying every
-// sample would only repeat the same failure.
+// initLibrary calls NVML Init and says what came of it. A failure is
+// tried again at the next Sample (the driver may load after the hive
+// started) and logged when it differs from the last one: an absent library
+// (a machine without NVIDIA's driver) at info level, anything else, the
+// driver not loaded included, as a warning naming the error. Without even a
+// library handle there is no GPU data for good, logged at debug level.
 func (s *Sampler) initLibrary() libState {
 	if s.lib == nil {
 		s.logger.Debug("nvml unavailable, no gpu data", "err", s.loadErr)
 		return libUnavailable
 	}
-	switch ret := guard0(s.lib.Init); ret {
-	case nvml.SUCCESS:
-	case nvml.ERROR_LIBRARY_NOT_FOUND, nvml.ERROR_DRIVER_NOT_LOADED, nvml.ERROR_FUNCTION_NOT_FOUND:
-		s.logger.Debug("nvml unavailable, no gpu data", "err", nvmlError("init", ret))
-		return libUnavailable
-	default:
-		s.logger.Warn("nvml init failed, no gpu data", "err", nvmlError("init", ret))
-		return libUnavailable
+	ret := guard0(s.lib.Init)
+	if ret == nvml.SUCCESS {
+		if s.initErr != nvml.SUCCESS {
+			s.logger.Info("nvml initialised after failing, reading gpus", "failed_with", nvml.ErrorString(s.initErr))
+			s.initErr = nvml.SUCCESS
+		}
+		s.eventReasons = s.hasSymbol(eventReasonsSymbol)
+		return libReady
 	}
-	s.eventReasons = s.hasSymbol(eventReasonsSymbol)
-	return libReady
+	if ret != s.initErr {
+		s.initErr = ret
+		err := nvmlError("init", ret)
+		if ret == nvml.ERROR_LIBRARY_NOT_FOUND {
+			s.logger.Info("nvml library not found, no gpu data; trying again each sample", "err", err)
+		} else {
+			s.logger.Warn("nvml init failed, no gpu data; trying again each sample", "err", err)
+		}
+	}
+	return libRetry
 }
 
 // hasSymbol reports whether the loaded library exports name. Calling a
@@ -216,6 +241,9 @@ func (s *Sampler) readAll(ctx context.Context) ([]wire.GPU, error) {
 			s.logger.Debug("no gpus found")
 		}
 		return []wire.GPU{}, nil
+	}
+	if s.noDevices {
+		s.logger.Info("gpus found", "count", count)
 	}
 	s.noDevices = false
 	gpus := make([]wire.GPU, 0, count)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -404,34 +405,35 @@ func TestSampleNoGPUData(t *testing.T) {
 	tests := []struct {
 		name      string
 		setup     func(srv *server.Server)
-		wantDebug int
-		wantWarn  int
-		wantCount bool // DeviceGetCount is reached
+		wantLevel slog.Level // of the one line logged over three samples
+		wantErr   string     // the error the line names
+		wantInits int        // Init calls over three samples
+		wantCount bool       // DeviceGetCount is reached
 	}{
 		{
 			name:      "library not found",
 			setup:     func(srv *server.Server) { srv.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND } },
-			wantDebug: 1,
+			wantLevel: slog.LevelInfo, wantErr: "LIBRARY_NOT_FOUND", wantInits: 3,
 		},
 		{
 			name:      "driver not loaded",
 			setup:     func(srv *server.Server) { srv.InitFunc = func() nvml.Return { return nvml.ERROR_DRIVER_NOT_LOADED } },
-			wantDebug: 1,
+			wantLevel: slog.LevelWarn, wantErr: "DRIVER_NOT_LOADED", wantInits: 3,
 		},
 		{
-			name:     "init fails",
-			setup:    func(srv *server.Server) { srv.InitFunc = func() nvml.Return { return nvml.ERROR_NO_PERMISSION } },
-			wantWarn: 1,
+			name:      "init fails",
+			setup:     func(srv *server.Server) { srv.InitFunc = func() nvml.Return { return nvml.ERROR_NO_PERMISSION } },
+			wantLevel: slog.LevelWarn, wantErr: "NO_PERMISSION", wantInits: 3,
 		},
 		{
 			name:      "init panics",
 			setup:     func(srv *server.Server) { srv.InitFunc = nil },
-			wantDebug: 1,
+			wantLevel: slog.LevelWarn, wantErr: "FUNCTION_NOT_FOUND",
 		},
 		{
 			name:      "no devices",
 			setup:     func(srv *server.Server) { srv.Devices = nil },
-			wantDebug: 1,
+			wantLevel: slog.LevelDebug, wantInits: 1,
 			wantCount: true,
 		},
 	}
@@ -446,12 +448,12 @@ func TestSampleNoGPUData(t *testing.T) {
 					t.Fatalf("Sample = %d GPUs, want none", len(gpus))
 				}
 			}
-			if rec.count(slog.LevelDebug) != tt.wantDebug || rec.count(slog.LevelWarn) != tt.wantWarn {
-				t.Errorf("logged %q over three samples, want %d debug and %d warn lines",
-					rec.messages(), tt.wantDebug, tt.wantWarn)
+			if len(rec.messages()) != 1 || rec.count(tt.wantLevel) != 1 || !strings.Contains(rec.attrs(), tt.wantErr) {
+				t.Errorf("logged %q (%s) over three samples, want one %s line naming %q",
+					rec.messages(), rec.attrs(), tt.wantLevel, tt.wantErr)
 			}
-			if n := len(srv.InitCalls()); srv.InitFunc != nil && n != 1 {
-				t.Errorf("Init called %d times, want 1", n)
+			if n := len(srv.InitCalls()); srv.InitFunc != nil && n != tt.wantInits {
+				t.Errorf("Init called %d times, want %d", n, tt.wantInits)
 			}
 			if got := len(srv.DeviceGetCountCalls()) > 0; got != tt.wantCount {
 				t.Errorf("DeviceGetCount reached = %v, want %v", got, tt.wantCount)
@@ -467,6 +469,77 @@ func TestSampleNoGPUData(t *testing.T) {
 				t.Errorf("Shutdown called %d times, want %d", n, wantShutdown)
 			}
 		})
+	}
+}
+
+// TestInitRetriedUntilTheDriverLoads is a hive started before the NVIDIA
+// driver: Init fails, is tried again at each sample with one warning naming
+// the error, and once it works the GPUs are read; a GPU that appears later
+// is reported too.
+func TestInitRetriedUntilTheDriverLoads(t *testing.T) {
+	srv := newServer(t)
+	all := srv.Devices
+	srv.Devices = all[:1]
+	var mu sync.Mutex
+	driverUp := false
+	srv.InitFunc = func() nvml.Return {
+		mu.Lock()
+		defer mu.Unlock()
+		if !driverUp {
+			return nvml.ERROR_DRIVER_NOT_LOADED
+		}
+		return nvml.SUCCESS
+	}
+	srv.ShutdownFunc = func() nvml.Return { return nvml.SUCCESS }
+	s, rec := newSampler(t, srv)
+	for range 3 {
+		if gpus := sample(t, s); len(gpus) != 0 {
+			t.Fatalf("Sample = %d GPUs before the driver loaded", len(gpus))
+		}
+	}
+	if rec.count(slog.LevelWarn) != 1 || !strings.Contains(rec.attrs(), "DRIVER_NOT_LOADED") {
+		t.Fatalf("logged %q (%s), want one warning naming the driver not loaded", rec.messages(), rec.attrs())
+	}
+	mu.Lock()
+	driverUp = true
+	mu.Unlock()
+	if gpus := sample(t, s); len(gpus) != 1 {
+		t.Fatalf("Sample = %d GPUs once the driver loaded, want 1", len(gpus))
+	}
+	srv.Devices = all // a GPU appears (hot-plug, MIG reconfigured)
+	gpus := sample(t, s)
+	if len(gpus) != 8 {
+		t.Fatalf("Sample = %d GPUs after more appeared, want 8", len(gpus))
+	}
+	checkGPU(t, gpus[7], wantGPU(7, readingFor(7)))
+	if n := len(srv.InitCalls()); n != 4 {
+		t.Errorf("Init called %d times, want 4 (three failures, one success, then no more)", n)
+	}
+}
+
+// TestCloseNeverWaitsOnShutdownUnderTheLock: a Shutdown stuck in the driver
+// holds up only Close itself; a concurrent Sample returns ErrClosed at once.
+func TestCloseNeverWaitsOnShutdownUnderTheLock(t *testing.T) {
+	srv := newServer(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	srv.ShutdownFunc = func() nvml.Return {
+		close(entered)
+		<-release
+		return nvml.SUCCESS
+	}
+	s, _ := newSampler(t, srv)
+	sample(t, s)
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	receive(t, entered, "Close to reach the driver's Shutdown")
+	sampled := make(chan error, 1)
+	go func() { _, err := s.Sample(context.Background()); sampled <- err }()
+	if err := receive(t, sampled, "a Sample while Shutdown hangs"); !errors.Is(err, ErrClosed) {
+		t.Errorf("Sample during Close: err = %v, want ErrClosed", err)
+	}
+	close(release)
+	if err := receive(t, closed, "Close to return"); err != nil {
+		t.Errorf("Close: %v", err)
 	}
 }
 

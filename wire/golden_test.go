@@ -53,6 +53,8 @@ func goldenWorker() Worker {
 		Engine:          "vllm",
 		EngineStale:     true,
 		EngineAgeMs:     4100,
+		KVCachePercent:  gptr(93.5),
+		Sleeping:        true,
 	}
 }
 

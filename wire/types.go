@@ -106,6 +106,12 @@ type Worker struct {
 	// the previous good reading was reused; EngineAgeMs is that reading's age.
 	EngineStale bool  `msgpack:"engine_stale,omitempty" json:"engine_stale,omitempty"`
 	EngineAgeMs int64 `msgpack:"engine_age_ms,omitempty" json:"engine_age_ms,omitempty"`
+	// KVCachePercent is the engine's KV-cache use, 0 to 100, the figure
+	// routers score engines by; nil when the engine does not say.
+	KVCachePercent *float64 `msgpack:"kv_cache_percent,omitempty" json:"kv_cache_percent,omitempty"`
+	// Sleeping is true while the engine sleeps: it answers its health
+	// endpoint but serves nothing until woken (vLLM's sleep mode).
+	Sleeping bool `msgpack:"sleeping,omitempty" json:"sleeping,omitempty"`
 }
 
 // Hive is the heartbeat payload of a hive (schema hive/1).

@@ -2619,8 +2619,8 @@ func (z Status) Msgsize() (s int) {
 func (z *Worker) MarshalMsg(b []byte) (o []byte, err error) {
 	o = msgp.Require(b, z.Msgsize())
 	// check for omitted fields
-	zb0001Len := uint32(23)
-	var zb0001Mask uint32 /* 23 bits */
+	zb0001Len := uint32(25)
+	var zb0001Mask uint32 /* 25 bits */
 	_ = zb0001Mask
 	if z.Conn == "" {
 		zb0001Len--
@@ -2649,6 +2649,14 @@ func (z *Worker) MarshalMsg(b []byte) (o []byte, err error) {
 	if z.EngineAgeMs == 0 {
 		zb0001Len--
 		zb0001Mask |= 0x400000
+	}
+	if z.KVCachePercent == nil {
+		zb0001Len--
+		zb0001Mask |= 0x800000
+	}
+	if z.Sleeping == false {
+		zb0001Len--
+		zb0001Mask |= 0x1000000
 	}
 	// variable map header, size zb0001Len
 	o = msgp.AppendMapHeader(o, zb0001Len)
@@ -2745,6 +2753,24 @@ func (z *Worker) MarshalMsg(b []byte) (o []byte, err error) {
 			// string "engine_age_ms"
 			o = append(o, 0xad, 0x65, 0x6e, 0x67, 0x69, 0x6e, 0x65, 0x5f, 0x61, 0x67, 0x65, 0x5f, 0x6d, 0x73)
 			o = msgp.AppendInt64(o, z.EngineAgeMs)
+		}
+		if (zb0001Mask & 0x800000) == 0 { // if not omitted
+			// string "kv_cache_percent"
+			o = append(o, 0xb0, 0x6b, 0x76, 0x5f, 0x63, 0x61, 0x63, 0x68, 0x65, 0x5f, 0x70, 0x65, 0x72, 0x63, 0x65, 0x6e, 0x74)
+			if z.KVCachePercent == nil {
+				o = msgp.AppendNil(o)
+			} else {
+				o, err = (*mpFloat64)(z.KVCachePercent).MarshalMsg(o)
+				if err != nil {
+					err = msgp.WrapError(err, "KVCachePercent")
+					return
+				}
+			}
+		}
+		if (zb0001Mask & 0x1000000) == 0 { // if not omitted
+			// string "sleeping"
+			o = append(o, 0xa8, 0x73, 0x6c, 0x65, 0x65, 0x70, 0x69, 0x6e, 0x67)
+			o = msgp.AppendBool(o, z.Sleeping)
 		}
 	}
 	return
@@ -2936,6 +2962,29 @@ func (z *Worker) UnmarshalMsg(bts []byte) (o []byte, err error) {
 				err = msgp.WrapError(err, "EngineAgeMs")
 				return
 			}
+		case "kv_cache_percent":
+			if msgp.IsNil(bts) {
+				bts, err = msgp.ReadNilBytes(bts)
+				if err != nil {
+					return
+				}
+				z.KVCachePercent = nil
+			} else {
+				if z.KVCachePercent == nil {
+					z.KVCachePercent = new(float64)
+				}
+				bts, err = (*mpFloat64)(z.KVCachePercent).UnmarshalMsg(bts)
+				if err != nil {
+					err = msgp.WrapError(err, "KVCachePercent")
+					return
+				}
+			}
+		case "sleeping":
+			z.Sleeping, bts, err = msgp.ReadBoolBytes(bts)
+			if err != nil {
+				err = msgp.WrapError(err, "Sleeping")
+				return
+			}
 		default:
 			bts, err = msgp.Skip(bts)
 			if err != nil {
@@ -2962,7 +3011,13 @@ func (z *Worker) Msgsize() (s int) {
 	} else {
 		s += msgp.Uint64Size
 	}
-	s += 4 + msgp.IntSize + 7 + msgp.StringPrefixSize + len(z.Engine) + 13 + msgp.BoolSize + 14 + msgp.Int64Size
+	s += 4 + msgp.IntSize + 7 + msgp.StringPrefixSize + len(z.Engine) + 13 + msgp.BoolSize + 14 + msgp.Int64Size + 17
+	if z.KVCachePercent == nil {
+		s += msgp.NilSize
+	} else {
+		s += (*mpFloat64)(z.KVCachePercent).Msgsize()
+	}
+	s += 9 + msgp.BoolSize
 	return
 }
 
@@ -2970,8 +3025,8 @@ func (z *Worker) Msgsize() (s int) {
 func (z *WorkerEntry) MarshalMsg(b []byte) (o []byte, err error) {
 	o = msgp.Require(b, z.Msgsize())
 	// check for omitted fields
-	zb0001Len := uint32(30)
-	var zb0001Mask uint32 /* 30 bits */
+	zb0001Len := uint32(32)
+	var zb0001Mask uint32 /* 32 bits */
 	_ = zb0001Mask
 	if z.Conn == "" {
 		zb0001Len--
@@ -3001,21 +3056,29 @@ func (z *WorkerEntry) MarshalMsg(b []byte) (o []byte, err error) {
 		zb0001Len--
 		zb0001Mask |= 0x400000
 	}
+	if z.KVCachePercent == nil {
+		zb0001Len--
+		zb0001Mask |= 0x800000
+	}
+	if z.Sleeping == false {
+		zb0001Len--
+		zb0001Mask |= 0x1000000
+	}
 	if z.Liveness == "" {
-		zb0001Len--
-		zb0001Mask |= 0x4000000
-	}
-	if z.LivenessSinceMs == 0 {
-		zb0001Len--
-		zb0001Mask |= 0x8000000
-	}
-	if z.ProgressAtMs == 0 {
 		zb0001Len--
 		zb0001Mask |= 0x10000000
 	}
-	if z.Conflict == false {
+	if z.LivenessSinceMs == 0 {
 		zb0001Len--
 		zb0001Mask |= 0x20000000
+	}
+	if z.ProgressAtMs == 0 {
+		zb0001Len--
+		zb0001Mask |= 0x40000000
+	}
+	if z.Conflict == false {
+		zb0001Len--
+		zb0001Mask |= 0x80000000
 	}
 	// variable map header, size zb0001Len
 	o = msgp.AppendMapHeader(o, zb0001Len)
@@ -3113,6 +3176,24 @@ func (z *WorkerEntry) MarshalMsg(b []byte) (o []byte, err error) {
 			o = append(o, 0xad, 0x65, 0x6e, 0x67, 0x69, 0x6e, 0x65, 0x5f, 0x61, 0x67, 0x65, 0x5f, 0x6d, 0x73)
 			o = msgp.AppendInt64(o, z.EngineAgeMs)
 		}
+		if (zb0001Mask & 0x800000) == 0 { // if not omitted
+			// string "kv_cache_percent"
+			o = append(o, 0xb0, 0x6b, 0x76, 0x5f, 0x63, 0x61, 0x63, 0x68, 0x65, 0x5f, 0x70, 0x65, 0x72, 0x63, 0x65, 0x6e, 0x74)
+			if z.KVCachePercent == nil {
+				o = msgp.AppendNil(o)
+			} else {
+				o, err = (*mpFloat64)(z.KVCachePercent).MarshalMsg(o)
+				if err != nil {
+					err = msgp.WrapError(err, "KVCachePercent")
+					return
+				}
+			}
+		}
+		if (zb0001Mask & 0x1000000) == 0 { // if not omitted
+			// string "sleeping"
+			o = append(o, 0xa8, 0x73, 0x6c, 0x65, 0x65, 0x70, 0x69, 0x6e, 0x67)
+			o = msgp.AppendBool(o, z.Sleeping)
+		}
 		// string "received_at_ms"
 		o = append(o, 0xae, 0x72, 0x65, 0x63, 0x65, 0x69, 0x76, 0x65, 0x64, 0x5f, 0x61, 0x74, 0x5f, 0x6d, 0x73)
 		o = msgp.AppendInt64(o, z.ReceivedAtMs)
@@ -3122,22 +3203,22 @@ func (z *WorkerEntry) MarshalMsg(b []byte) (o []byte, err error) {
 		// string "skew_ms"
 		o = append(o, 0xa7, 0x73, 0x6b, 0x65, 0x77, 0x5f, 0x6d, 0x73)
 		o = msgp.AppendInt64(o, z.SkewMs)
-		if (zb0001Mask & 0x4000000) == 0 { // if not omitted
+		if (zb0001Mask & 0x10000000) == 0 { // if not omitted
 			// string "liveness"
 			o = append(o, 0xa8, 0x6c, 0x69, 0x76, 0x65, 0x6e, 0x65, 0x73, 0x73)
 			o = msgp.AppendString(o, string(z.Liveness))
 		}
-		if (zb0001Mask & 0x8000000) == 0 { // if not omitted
+		if (zb0001Mask & 0x20000000) == 0 { // if not omitted
 			// string "liveness_since_ms"
 			o = append(o, 0xb1, 0x6c, 0x69, 0x76, 0x65, 0x6e, 0x65, 0x73, 0x73, 0x5f, 0x73, 0x69, 0x6e, 0x63, 0x65, 0x5f, 0x6d, 0x73)
 			o = msgp.AppendInt64(o, z.LivenessSinceMs)
 		}
-		if (zb0001Mask & 0x10000000) == 0 { // if not omitted
+		if (zb0001Mask & 0x40000000) == 0 { // if not omitted
 			// string "progress_at_ms"
 			o = append(o, 0xae, 0x70, 0x72, 0x6f, 0x67, 0x72, 0x65, 0x73, 0x73, 0x5f, 0x61, 0x74, 0x5f, 0x6d, 0x73)
 			o = msgp.AppendInt64(o, z.ProgressAtMs)
 		}
-		if (zb0001Mask & 0x20000000) == 0 { // if not omitted
+		if (zb0001Mask & 0x80000000) == 0 { // if not omitted
 			// string "conflict"
 			o = append(o, 0xa8, 0x63, 0x6f, 0x6e, 0x66, 0x6c, 0x69, 0x63, 0x74)
 			o = msgp.AppendBool(o, z.Conflict)
@@ -3332,6 +3413,29 @@ func (z *WorkerEntry) UnmarshalMsg(bts []byte) (o []byte, err error) {
 				err = msgp.WrapError(err, "EngineAgeMs")
 				return
 			}
+		case "kv_cache_percent":
+			if msgp.IsNil(bts) {
+				bts, err = msgp.ReadNilBytes(bts)
+				if err != nil {
+					return
+				}
+				z.KVCachePercent = nil
+			} else {
+				if z.KVCachePercent == nil {
+					z.KVCachePercent = new(float64)
+				}
+				bts, err = (*mpFloat64)(z.KVCachePercent).UnmarshalMsg(bts)
+				if err != nil {
+					err = msgp.WrapError(err, "KVCachePercent")
+					return
+				}
+			}
+		case "sleeping":
+			z.Sleeping, bts, err = msgp.ReadBoolBytes(bts)
+			if err != nil {
+				err = msgp.WrapError(err, "Sleeping")
+				return
+			}
 		case "received_at_ms":
 			z.ReceivedAtMs, bts, err = msgp.ReadInt64Bytes(bts)
 			if err != nil {
@@ -3404,6 +3508,12 @@ func (z *WorkerEntry) Msgsize() (s int) {
 	} else {
 		s += msgp.Uint64Size
 	}
-	s += 4 + msgp.IntSize + 7 + msgp.StringPrefixSize + len(z.Engine) + 13 + msgp.BoolSize + 14 + msgp.Int64Size + 15 + msgp.Int64Size + 14 + msgp.Int64Size + 8 + msgp.Int64Size + 9 + msgp.StringPrefixSize + len(string(z.Liveness)) + 18 + msgp.Int64Size + 15 + msgp.Int64Size + 9 + msgp.BoolSize
+	s += 4 + msgp.IntSize + 7 + msgp.StringPrefixSize + len(z.Engine) + 13 + msgp.BoolSize + 14 + msgp.Int64Size + 17
+	if z.KVCachePercent == nil {
+		s += msgp.NilSize
+	} else {
+		s += (*mpFloat64)(z.KVCachePercent).Msgsize()
+	}
+	s += 9 + msgp.BoolSize + 15 + msgp.Int64Size + 14 + msgp.Int64Size + 8 + msgp.Int64Size + 9 + msgp.StringPrefixSize + len(string(z.Liveness)) + 18 + msgp.Int64Size + 15 + msgp.Int64Size + 9 + msgp.BoolSize
 	return
 }

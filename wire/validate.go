@@ -130,6 +130,9 @@ func (w *Worker) Validate() error {
 	if w.EngineAgeMs < 0 {
 		return invalid("engine_age_ms %d is negative", w.EngineAgeMs)
 	}
+	if k := w.KVCachePercent; k != nil && (!finite(*k) || *k < 0 || *k > 100) {
+		return invalid("kv_cache_percent %v outside 0 … 100", *k)
+	}
 	return nil
 }
 

@@ -18,14 +18,17 @@ import (
 
 // Config configures a Worker.
 type Config struct {
-	Prefix     string
-	HiveID     string
-	WorkerID   string
-	Interval   time.Duration
-	Jitter     float64
-	ModelID    string
-	Device     string
-	URL        string
+	Prefix   string
+	HiveID   string
+	WorkerID string
+	Interval time.Duration
+	Jitter   float64
+	ModelID  string
+	Device   string
+	URL      string
+	// Version is the software version the beat reports. With Engine, leave
+	// it empty: the engine's own version is beaten once read, and a
+	// version that is not the engine's is never shown as if it were.
 	Version    string
 	SlotsTotal int
 	// PID is the engine's process ID on this machine, so that the hive can
@@ -366,8 +369,10 @@ func (w *Worker) restart(progress *uint64) error {
 // Exited reports that the engine process ended on its own: it sets status
 // stopped, health unhealthy with reason, and waits, within ctx, until a
 // beat carrying that state has reached the server, and then ExitLinger.
-// Stop then sends the goodbye. It returns an error wrapping ErrNotRunning
-// when the Worker is not running, or ctx's error.
+// Stop then sends the goodbye, which carries the same state. When the
+// context Start was given has ended, the beat loop has too, and Exited
+// returns at once: the goodbye alone carries the exit. It returns an error
+// wrapping ErrNotRunning when the Worker is not running, or ctx's error.
 func (w *Worker) Exited(ctx context.Context, reason string) error {
 	w.life.Lock()
 	running := w.started && !w.stopped
@@ -389,6 +394,9 @@ func (w *Worker) Exited(ctx context.Context, reason string) error {
 	target = w.gen
 	w.mu.Unlock()
 	w.publisher().Trigger()
+	if w.ctx.Err() != nil {
+		return nil // the beat loop has ended: the goodbye carries the exit
+	}
 	if err := w.waitBeat(ctx, target); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/engine"
 	"github.com/rbee/heartbeat/internal/agenttest"
@@ -25,6 +26,9 @@ func newWorker(t *testing.T, url, id string, eng *engine.Config) *worker.Worker 
 	t.Helper()
 	c := worker.DefaultConfig("h1", id)
 	c.Interval, c.SlotsTotal, c.Device, c.Version = 200*time.Millisecond, 4, "cuda:0", "rbee-test"
+	if eng != nil {
+		c.Version = "" // the engine's own, once read
+	}
 	c.Engine, c.Logger = eng, testutil.Logger(t)
 	w, err := worker.New(testutil.Connect(t, url), c)
 	if err != nil {
@@ -58,7 +62,7 @@ func engineConfig(t *testing.T, kind engine.Kind, url string) *engine.Config {
 		t.Fatal(err)
 	}
 	if kind == engine.Generic {
-		spec.Running, spec.Waiting, spec.Tokens = "app_running", "app_waiting", "app_tokens_total"
+		spec.Running, spec.Waiting, spec.Progress = "app_running", "app_waiting", "app_tokens_total"
 	}
 	c := engine.DefaultConfig(spec, url)
 	c.Interval, c.Timeout = 100*time.Millisecond, 100*time.Millisecond
@@ -99,8 +103,8 @@ func TestEngineReadingsReachTheRegistry(t *testing.T) {
 					(progressIs(e, 10) && e.Engine == string(kind))
 			})
 			if kind != engine.Generic {
-				check("the engine's version (and model where the preset reads one)", func(e *wire.WorkerEntry) bool {
-					return e.Version == enginetest.Version && (kind == engine.LlamaCPP || e.ModelID != "")
+				check("the engine's version and served model", func(e *wire.WorkerEntry) bool {
+					return e.Version == fake.Version && e.ModelID == fake.Model && e.ModelID != ""
 				})
 			}
 
@@ -386,4 +390,132 @@ func TestFrozenEngineCounterUnderLoadIsStalled(t *testing.T) {
 	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "alive again once the counter grows", func(e *wire.WorkerEntry) bool {
 		return (e.Liveness == "" || e.Liveness == wire.LivenessAlive) && progressIs(e, 1100)
 	}))
+}
+
+// TestLongGenerationIsNeverStalled is one request generating for many stall
+// windows: the engine's per-request counter stays put while its per-step
+// counter moves, and the queen never marks the worker stalled.
+func TestLongGenerationIsNeverStalled(t *testing.T) {
+	sys := agenttest.Start(t)
+	fake := enginetest.Start(t, "llamacpp")
+	fake.SetFinished(0)
+	fake.Set(1, 0, 1)
+	w := newWorker(t, sys.URL, "w1", engineConfig(t, engine.LlamaCPP, fake.URL))
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // the engine decoding: one step every 20 ms
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for n := uint64(2); ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				fake.Set(1, 0, n)
+			}
+		}
+	}()
+	// 400 steps are 8 s of decoding: 40 worker intervals, 13 stall windows.
+	agenttest.CheckFor(t, 60*time.Second, func() error {
+		e, err := sys.Worker("h1.w1")
+		if err != nil {
+			return err
+		}
+		if e.Liveness == wire.LivenessStalled {
+			t.Fatalf("a generating worker was marked stalled: %s", agenttest.Describe(e))
+		}
+		if e.Status != wire.StatusBusy || e.Progress == nil || *e.Progress < 400 {
+			return fmt.Errorf("want busy with progress 400, registry has %s", agenttest.Describe(e))
+		}
+		return nil
+	})
+}
+
+// TestSleepAndKVCacheReachTheRegistry: a sleeping vLLM answers /health 200
+// and serves nothing; the registry must not call it ready.
+func TestSleepAndKVCacheReachTheRegistry(t *testing.T) {
+	sys := agenttest.Start(t)
+	fake := enginetest.Start(t, "vllm")
+	fake.SetKV(0.25)
+	w := newWorker(t, sys.URL, "w1", engineConfig(t, engine.VLLM, fake.URL))
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "ready, kv 25%", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusReady && !e.Sleeping && e.KVCachePercent != nil && *e.KVCachePercent == 25
+	}))
+	fake.SetSleeping(true)
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "sleeping and draining", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusDraining && e.Sleeping && e.Health == wire.Healthy
+	}))
+	fake.SetSleeping(false)
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "ready once awake", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusReady && !e.Sleeping
+	}))
+}
+
+// TestInfoFailureKeepsTheLoadFigures is a vLLM behind a proxy that forwards
+// only /health and /metrics: the load figures are read and beaten, health
+// stays healthy, and no version but the engine's is ever shown.
+func TestInfoFailureKeepsTheLoadFigures(t *testing.T) {
+	sys := agenttest.Start(t)
+	fake := enginetest.Start(t, "vllm")
+	fake.SetPathFail("/version", 404)
+	fake.Set(3, 2, 500)
+	w := newWorker(t, sys.URL, "w1", engineConfig(t, engine.VLLM, fake.URL))
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	agenttest.CheckFor(t, deadline, entry(sys, "h1.w1", "busy and healthy with the load, no version", func(e *wire.WorkerEntry) bool {
+		return e.Status == wire.StatusBusy && e.Health == wire.Healthy && e.SlotsBusy == 3 && !e.EngineStale &&
+			e.RequestsWaiting != nil && *e.RequestsWaiting == 2 && progressIs(e, 500) && e.Version == "" && e.ModelID == fake.Model
+	}))
+}
+
+// TestExitedAfterTheBeatLoopEndedGoodbyeCarriesIt: the signal that stops
+// the process has ended the beat loop; the engine then exits non-zero. The
+// goodbye itself must say unhealthy, with the exit as the reason.
+func TestExitedAfterTheBeatLoopEndedGoodbyeCarriesIt(t *testing.T) {
+	srv := testutil.Server(t)
+	nc := testutil.Connect(t, srv.ClientURL())
+	msgs := make(chan *nats.Msg, 64)
+	sub, err := nc.ChanSubscribe("rbee.hb.worker.h1.w1", msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	w := newWorker(t, srv.ClientURL(), "w1", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WaitSent(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // SIGTERM through the signal context
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer wcancel()
+	if err := w.Exited(wctx, "engine killed by signal aborted"); err != nil {
+		t.Fatalf("Exited after the beat loop ended: %v", err)
+	}
+	if err := w.Stop(wctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m := testutil.Recv(t, msgs, 10*time.Second, "the goodbye")
+		if m.Header.Get(wire.HeaderEvent) != wire.EventGoodbye {
+			continue
+		}
+		b, err := wire.DecodeWorker(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Status != wire.StatusStopped || b.Health != wire.Unhealthy || b.HealthReason != "engine killed by signal aborted" {
+			t.Fatalf("goodbye says %s/%s %q, want stopped/unhealthy with the exit", b.Status, b.Health, b.HealthReason)
+		}
+		return
+	}
 }

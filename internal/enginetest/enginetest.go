@@ -1,58 +1,184 @@
-// Package enginetest serves the documented HTTP answers of vLLM, llama.cpp's
-// llama-server, TGI and SGLang from a real loopback HTTP server, with a state
-// a test sets: loading, running and waiting requests, a token counter, and a
-// health endpoint that fails or hangs.
+// Package enginetest serves what vLLM, llama.cpp's llama-server, TGI and
+// SGLang answer, from a real loopback HTTP server. The bodies are replayed
+// from testdata: text captured from a real llama-server (b4747), and for the
+// others text built from their current source (testdata/README.md says
+// which). A test moves the engine's state (loading, running and waiting
+// requests, the per-step work counter, the per-request counter, KV-cache
+// use, sleep) and the fake rewrites only those series' values in the
+// replayed text, so a probe that reads a renamed family, or the counter
+// that moves only when a request finishes, fails the test.
 package enginetest
 
 import (
-	"encoding/json"
+	"embed"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 )
 
-// Model and Version are what every fake engine says it serves and is.
-const (
-	Model   = "meta-llama/Llama-3.1-8B-Instruct"
-	Version = "9.8.7"
-)
+//go:embed testdata
+var fixtures embed.FS
+
+// layout names, per engine, the series the fake moves and its info endpoint.
+// It is the fake's own knowledge of the engine, kept apart from the engine
+// package's presets on purpose.
+type layout struct {
+	running, waiting string // gauges
+	step             string // counter that grows on every forward step
+	finished         string // counter that grows only when a request finishes
+	kv               string // KV-cache use, a fraction
+	awake, asleep    string // sleep state gauges (vLLM)
+	info             []string
+	infoFile         string
+	health           string // body of a healthy /health
+	public           []string
+}
+
+var layouts = map[string]layout{
+	"vllm": {
+		running: `vllm:num_requests_running`, waiting: `vllm:num_requests_waiting`,
+		step: `vllm:generation_tokens_total`, finished: `vllm:request_generation_tokens_sum`,
+		kv: `vllm:kv_cache_usage_perc`, awake: `vllm:engine_sleep_state{sleep_state="awake"}`,
+		asleep: `vllm:engine_sleep_state{sleep_state="weights_offloaded"}`,
+		info:   []string{"/version"}, infoFile: "vllm/version.json",
+	},
+	"llamacpp": {
+		running: `llamacpp:requests_processing`, waiting: `llamacpp:requests_deferred`,
+		step: `llamacpp:n_decode_total`, finished: `llamacpp:tokens_predicted_total`,
+		kv:   `llamacpp:kv_cache_usage_ratio`,
+		info: []string{"/props"}, infoFile: "llamacpp/props.json",
+		health: "llamacpp/health.json",
+		// examples/server/server.cpp (b4747), middleware_validate_api_key.
+		public: []string{"/health", "/models", "/v1/models", "/"},
+	},
+	"tgi": {
+		running: `tgi_batch_current_size`, waiting: `tgi_queue_size`,
+		step: `tgi_batch_inference_count{method="decode"}`, finished: `tgi_request_generated_tokens_sum`,
+		info: []string{"/info"}, infoFile: "tgi/info.json",
+	},
+	"sglang": {
+		running: `sglang:num_running_reqs`, waiting: `sglang:num_queue_reqs`,
+		step: `sglang:realtime_tokens_total{mode="decode"}`, finished: `sglang:generation_tokens_total`,
+		kv:   `sglang:token_usage`,
+		info: []string{"/server_info", "/get_server_info"}, infoFile: "sglang/server_info.json",
+	},
+}
 
 // Engine is one fake engine. Its setters may be called concurrently with
 // requests.
 type Engine struct {
 	Kind string
 	URL  string
+	// Model and Version are what the replayed info endpoint says.
+	Model, Version string
 
-	mu      sync.Mutex
-	loading bool
-	running int
-	waiting int
-	tokens  uint64
-	fail    int  // health status to answer instead of 200; 0 = healthy
-	hang    bool // health requests hang until the client gives up
-	noStats bool // /metrics answers 500
-	probes  int
+	lay     layout
+	metrics string // replayed /metrics text
+	info    string // replayed info body
+
+	mu       sync.Mutex
+	loading  bool
+	running  int
+	waiting  int
+	steps    uint64
+	finished uint64
+	kv       float64
+	sleeping bool
+	fail     int             // health status to answer instead of 200; 0 = healthy
+	hang     bool            // every request hangs until the client gives up
+	failing  map[string]int  // path → status answered instead
+	key      string          // API key required, "" for none
+	hits     map[string]int  // requests per path
+	auth     map[string]bool // path → carried the right bearer token
 }
 
-// Start serves kind's endpoints on 127.0.0.1 until the test ends.
+// Start serves kind's endpoints on 127.0.0.1 until the test ends. "generic"
+// serves app_running, app_waiting and app_tokens_total.
 func Start(t testing.TB, kind string) *Engine {
 	t.Helper()
-	e := &Engine{Kind: kind}
+	e := &Engine{Kind: kind, failing: map[string]int{}, hits: map[string]int{}, auth: map[string]bool{}}
+	if lay, ok := layouts[kind]; ok {
+		e.lay = lay
+		e.metrics = e.fixture(t, kind+"/metrics.txt")
+		e.info = e.fixture(t, lay.infoFile)
+		e.Model, e.Version = infoFields(kind, e.info)
+		for _, sel := range []string{lay.running, lay.waiting, lay.step, lay.finished, lay.kv, lay.awake} {
+			if sel != "" && !strings.Contains(e.metrics, "\n"+name(sel)) && !strings.HasPrefix(e.metrics, name(sel)) {
+				t.Fatalf("enginetest: %s fixture has no series %s", kind, sel)
+			}
+		}
+	}
 	srv := httptest.NewServer(http.HandlerFunc(e.serve))
 	t.Cleanup(srv.Close)
 	e.URL = srv.URL
 	return e
 }
 
-// Set changes the load the engine reports.
-func (e *Engine) Set(running, waiting int, tokens uint64) {
+func (e *Engine) fixture(t testing.TB, path string) string {
+	t.Helper()
+	b, err := fixtures.ReadFile("testdata/" + path)
+	if err != nil {
+		t.Fatalf("enginetest: %v", err)
+	}
+	return string(b)
+}
+
+// infoFields pulls the served model name and version out of an info body,
+// the way each engine's own clients read them.
+func infoFields(kind, body string) (model, version string) {
+	str := func(k string) string {
+		_, rest, ok := strings.Cut(body, `"`+k+`":"`)
+		if !ok {
+			return ""
+		}
+		v, _, _ := strings.Cut(rest, `"`)
+		return v
+	}
+	switch kind {
+	case "vllm":
+		return "llama-8b", str("version") // vLLM names the model by the metrics' model_name
+	case "llamacpp":
+		// The served name: /props' model_alias where the build has it, else
+		// /v1/models' id (testdata/llamacpp/models.json, started with --alias).
+		return cmpOr(str("model_alias"), "tiny-rbee"), str("build_info")
+	case "tgi":
+		return str("model_id"), str("version")
+	case "sglang":
+		return str("served_model_name"), str("version")
+	}
+	return "", ""
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// Set changes the load the engine reports: running and waiting requests,
+// and the per-step work counter (decode steps or generated tokens).
+func (e *Engine) Set(running, waiting int, steps uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.running, e.waiting, e.tokens = running, waiting, tokens
+	e.running, e.waiting, e.steps = running, waiting, steps
 }
+
+// SetFinished sets the counter that grows only when a request finishes
+// (llama-server's tokens_predicted_total, SGLang's generation_tokens_total,
+// TGI's and vLLM's per-request generated-token histograms).
+func (e *Engine) SetFinished(n uint64) { e.mu.Lock(); e.finished = n; e.mu.Unlock() }
+
+// SetKV sets the KV-cache use, a fraction from 0 to 1.
+func (e *Engine) SetKV(frac float64) { e.mu.Lock(); e.kv = frac; e.mu.Unlock() }
+
+// SetSleeping puts vLLM to sleep (level 1) or wakes it; /health still
+// answers 200 while it sleeps, as vLLM's does.
+func (e *Engine) SetSleeping(v bool) { e.mu.Lock(); e.sleeping = v; e.mu.Unlock() }
 
 // SetLoading makes llama-server's /health answer 503 "Loading model" (other
 // kinds refuse nothing while loading: they are not listening yet).
@@ -61,94 +187,184 @@ func (e *Engine) SetLoading(v bool) { e.mu.Lock(); e.loading = v; e.mu.Unlock() 
 // SetFail makes /health answer code; 0 restores 200.
 func (e *Engine) SetFail(code int) { e.mu.Lock(); e.fail = code; e.mu.Unlock() }
 
-// SetHang makes /health wait until the client gives up.
+// SetHang makes every request wait until the client gives up, as a
+// llama-server whose HTTP threads are all taken does.
 func (e *Engine) SetHang(v bool) { e.mu.Lock(); e.hang = v; e.mu.Unlock() }
 
 // SetMetricsFail makes /metrics answer 500.
-func (e *Engine) SetMetricsFail(v bool) { e.mu.Lock(); e.noStats = v; e.mu.Unlock() }
+func (e *Engine) SetMetricsFail(v bool) {
+	code := 0
+	if v {
+		code = http.StatusInternalServerError
+	}
+	e.SetPathFail("/metrics", code)
+}
+
+// SetPathFail makes path answer code (a proxy that forwards only some
+// paths answers 404); 0 restores it.
+func (e *Engine) SetPathFail(path string, code int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if code == 0 {
+		delete(e.failing, path)
+		return
+	}
+	e.failing[path] = code
+}
+
+// InfoPath returns the engine's info endpoint.
+func (e *Engine) InfoPath() string {
+	if len(e.lay.info) == 0 {
+		return ""
+	}
+	return e.lay.info[0]
+}
+
+// SetAPIKey makes every path but llama-server's public ones (/health,
+// /models, /v1/models) answer 401 unless the request carries
+// "Authorization: Bearer key"; "" turns the check off.
+func (e *Engine) SetAPIKey(key string) { e.mu.Lock(); e.key = key; e.mu.Unlock() }
+
+// Hits returns how many requests path has had.
+func (e *Engine) Hits(path string) int { e.mu.Lock(); defer e.mu.Unlock(); return e.hits[path] }
+
+// Authorized reports whether the last request to path carried the right key.
+func (e *Engine) Authorized(path string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.auth[path]
+}
 
 // Probes returns how many health requests the engine has answered or held.
-func (e *Engine) Probes() int { e.mu.Lock(); defer e.mu.Unlock(); return e.probes }
+func (e *Engine) Probes() int { return e.Hits("/health") }
 
 func (e *Engine) serve(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Path
 	e.mu.Lock()
-	loading, running, waiting, tokens, fail, hang, noStats := e.loading, e.running, e.waiting, e.tokens, e.fail, e.hang, e.noStats
-	if r.URL.Path == "/health" {
-		e.probes++
+	e.hits[path]++
+	e.auth[path] = e.key != "" && r.Header.Get("Authorization") == "Bearer "+e.key
+	hang, fail, code, key, loading := e.hang, e.fail, e.failing[path], e.key, e.loading
+	body := ""
+	if path == "/metrics" {
+		body = e.render()
 	}
 	e.mu.Unlock()
-	switch r.URL.Path {
-	case "/health":
+	switch {
+	case hang:
+		<-r.Context().Done()
+		return
+	case key != "" && !e.public(path) && r.Header.Get("Authorization") != "Bearer "+key:
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, e.mustFixture("llamacpp/metrics_401.json"))
+		return
+	case code != 0:
+		w.WriteHeader(code)
+		return
+	}
+	switch {
+	case path == "/health":
 		switch {
-		case hang:
-			<-r.Context().Done()
 		case loading && e.Kind == "llamacpp":
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprint(w, `{"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}`)
+			fmt.Fprint(w, e.mustFixture("llamacpp/health_loading.json"))
 		case fail != 0:
 			w.WriteHeader(fail)
-		case e.Kind == "llamacpp":
-			fmt.Fprint(w, `{"status": "ok"}`)
+		case e.lay.health != "":
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			fmt.Fprint(w, strings.TrimSpace(e.mustFixture(e.lay.health)))
 		}
-	case "/metrics":
-		if noStats {
-			w.WriteHeader(http.StatusInternalServerError)
-			return
-		}
+	case path == "/metrics":
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		fmt.Fprint(w, e.metrics(running, waiting, tokens))
+		fmt.Fprint(w, body)
+	case e.isInfo(path):
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, e.info)
+	case path == "/v1/models" && e.Kind == "llamacpp":
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		fmt.Fprint(w, e.mustFixture("llamacpp/models.json"))
 	default:
-		info := e.info()
-		if info == nil || r.URL.Path != info["path"] {
-			http.NotFound(w, r)
-			return
+		http.NotFound(w, r)
+	}
+}
+
+func (e *Engine) mustFixture(path string) string {
+	b, err := fixtures.ReadFile("testdata/" + path)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+func (e *Engine) public(path string) bool {
+	if e.lay.public == nil {
+		return path == "/health"
+	}
+	for _, p := range e.lay.public {
+		if p == path {
+			return true
 		}
-		delete(info, "path")
-		_ = json.NewEncoder(w).Encode(info)
 	}
+	return false
 }
 
-// metrics renders the Prometheus text each engine documents.
-func (e *Engine) metrics(running, waiting int, tokens uint64) string {
-	var b strings.Builder
-	switch e.Kind {
-	case "vllm":
-		l := fmt.Sprintf(`{engine="0",model_name=%q}`, Model)
-		fmt.Fprintf(&b, "# HELP vllm:num_requests_running Number of requests in model execution batches.\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running%s %d.0\n", l, running)
-		fmt.Fprintf(&b, "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting%s %d.0\n", l, waiting)
-		fmt.Fprintf(&b, "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n# TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total%s %d.0\n", l, tokens)
-		fmt.Fprintf(&b, "# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.\n# TYPE vllm:e2e_request_latency_seconds histogram\nvllm:e2e_request_latency_seconds_bucket{engine=\"0\",le=\"0.3\",model_name=%q} 1.0\nvllm:e2e_request_latency_seconds_bucket{engine=\"0\",le=\"+Inf\",model_name=%q} 2.0\nvllm:e2e_request_latency_seconds_sum{engine=\"0\",model_name=%q} 1.5\nvllm:e2e_request_latency_seconds_count{engine=\"0\",model_name=%q} 2.0\n", Model, Model, Model, Model)
-	case "llamacpp":
-		fmt.Fprintf(&b, "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n# TYPE llamacpp:prompt_tokens_total counter\nllamacpp:prompt_tokens_total 42\n")
-		fmt.Fprintf(&b, "# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.\n# TYPE llamacpp:tokens_predicted_total counter\nllamacpp:tokens_predicted_total %d\n", tokens)
-		fmt.Fprintf(&b, "# HELP llamacpp:requests_processing Number of requests processing.\n# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing %d\n", running)
-		fmt.Fprintf(&b, "# HELP llamacpp:requests_deferred Number of requests deferred.\n# TYPE llamacpp:requests_deferred gauge\nllamacpp:requests_deferred %d\n", waiting)
-	case "tgi":
-		fmt.Fprintf(&b, "# TYPE tgi_batch_current_size gauge\ntgi_batch_current_size %d\n", running)
-		fmt.Fprintf(&b, "# TYPE tgi_queue_size gauge\ntgi_queue_size %d\n", waiting)
-		fmt.Fprintf(&b, "# TYPE tgi_request_generated_tokens histogram\ntgi_request_generated_tokens_bucket{le=\"1\"} 0\ntgi_request_generated_tokens_bucket{le=\"+Inf\"} 3\ntgi_request_generated_tokens_sum %d\ntgi_request_generated_tokens_count 3\n", tokens)
-	case "sglang":
-		l := fmt.Sprintf(`{model_name=%q}`, Model)
-		fmt.Fprintf(&b, "# HELP sglang:num_running_reqs The number of running requests.\n# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs%s %d.0\n", l, running)
-		fmt.Fprintf(&b, "# HELP sglang:num_queue_reqs The number of requests in the waiting queue.\n# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs%s %d.0\n", l, waiting)
-		fmt.Fprintf(&b, "# HELP sglang:generation_tokens_total Number of generation tokens processed.\n# TYPE sglang:generation_tokens_total counter\nsglang:generation_tokens_total%s %d.0\n", l, tokens)
-	default: // generic: names a test passes by flag
-		fmt.Fprintf(&b, "# TYPE app_running gauge\napp_running %d\n# TYPE app_waiting gauge\napp_waiting %d\n# TYPE app_tokens_total counter\napp_tokens_total %d\n", running, waiting, tokens)
+func (e *Engine) isInfo(path string) bool {
+	for _, p := range e.lay.info {
+		if p == path {
+			return true
+		}
 	}
-	return b.String()
+	return false
 }
 
-// info returns the info endpoint's path and JSON members per engine.
-func (e *Engine) info() map[string]any {
-	switch e.Kind {
-	case "vllm":
-		return map[string]any{"path": "/version", "version": Version}
-	case "llamacpp":
-		return map[string]any{"path": "/props", "model_path": "/models/llama-3.1-8b.gguf", "build_info": Version, "total_slots": 4}
-	case "tgi":
-		return map[string]any{"path": "/info", "model_id": Model, "version": Version, "max_concurrent_requests": 128}
-	case "sglang":
-		return map[string]any{"path": "/get_server_info", "model_path": Model, "version": Version}
+// render returns the replayed /metrics text with the moved series' values
+// set; e.mu is held.
+func (e *Engine) render() string {
+	if e.lay.running == "" {
+		return fmt.Sprintf("# TYPE app_running gauge\napp_running %d\n# TYPE app_waiting gauge\napp_waiting %d\n# TYPE app_tokens_total counter\napp_tokens_total %d\n", e.running, e.waiting, e.steps)
 	}
-	return nil
+	awake, asleep := 1.0, 0.0
+	if e.sleeping {
+		awake, asleep = 0, 1
+	}
+	set := []struct {
+		sel string
+		v   float64
+	}{
+		{e.lay.running, float64(e.running)}, {e.lay.waiting, float64(e.waiting)},
+		{e.lay.step, float64(e.steps)}, {e.lay.finished, float64(e.finished)},
+		{e.lay.kv, e.kv}, {e.lay.awake, awake}, {e.lay.asleep, asleep},
+	}
+	lines := strings.Split(e.metrics, "\n")
+	for i, l := range lines {
+		if l == "" || l[0] == '#' {
+			continue
+		}
+		for _, s := range set {
+			if s.sel != "" && selects(s.sel, l) {
+				sp := strings.LastIndexByte(l, ' ')
+				lines[i] = l[:sp+1] + strconv.FormatFloat(s.v, 'g', -1, 64)
+			}
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func name(sel string) string { n, _, _ := strings.Cut(sel, "{"); return n }
+
+// selects reports whether the sample line l is a series sel names:
+// the same metric name and every label matcher of sel among its labels.
+func selects(sel, l string) bool {
+	n, labels, _ := strings.Cut(sel, "{")
+	end := strings.IndexAny(l, "{ ")
+	if end < 0 || l[:end] != n {
+		return false
+	}
+	for _, m := range strings.Split(strings.TrimSuffix(labels, "}"), ",") {
+		if m != "" && !strings.Contains(l, m) {
+			return false
+		}
+	}
+	return true
 }

@@ -241,7 +241,9 @@
     c[4].title = w.model_id || "";
     setCell(c[5], w.device || "–");
     setCell(c[6], (w.slots_busy || 0) + " / " + (w.slots_total || 0) +
-      (w.requests_waiting ? " +" + w.requests_waiting + " waiting" : ""));
+      (w.requests_waiting ? " +" + w.requests_waiting + " waiting" : "") +
+      (w.kv_cache_percent !== undefined ? " · KV " + Math.round(w.kv_cache_percent) + "%" : "") +
+      (w.sleeping ? " · asleep" : ""));
     const vram = hiveVRAM(w.hive_id, w.worker_id);
     setCell(c[7], vram === undefined ? "–" : bytes(vram));
     c[8].dataset.ms = String(w.first_seen_ms || 0);
