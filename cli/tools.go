@@ -351,8 +351,24 @@ func runEvents(e *env, args []string) error {
 	sinceFlag := fs.String("since", "24h", "from this long ago (30m, 24h, 7d) or this time (RFC 3339); 0 for the whole history")
 	follow := fs.Bool("follow", false, "keep printing new events after the history")
 	asJSON := fs.Bool("json", false, "print one JSON object per event")
+	var include, exclude listFlag
+	fs.Var(&include, "event", "only these events, comma-separated or repeated: "+eventNames())
+	fs.Var(&exclude, "exclude", "leave these events out, comma-separated or repeated (default: updated, the status flips, unless --event or --all)")
+	all := fs.Bool("all", false, "every event, status flips (updated) included")
 	if err := c.parse(fs, args); err != nil {
 		return err
+	}
+	filter := events.LivenessChanges()
+	switch {
+	case *all && (len(include) > 0 || len(exclude) > 0):
+		return usagef("--all goes with neither --event nor --exclude")
+	case *all:
+		filter = events.Filter{}
+	case len(include) > 0 || len(exclude) > 0:
+		var err error
+		if filter, err = events.ParseFilter(include, exclude); err != nil {
+			return usageError{err.Error()}
+		}
 	}
 	if *hiveID != "" {
 		if err := subjects.ValidateID("--hive", *hiveID); err != nil {
@@ -372,7 +388,21 @@ func runEvents(e *env, args []string) error {
 		return err
 	}
 	defer t.Close()
-	return c.printHistory(e, t, events.Query{Since: since, HiveID: *hiveID, Follow: *follow}, *asJSON)
+	return c.printHistory(e, t, events.Query{Since: since, HiveID: *hiveID, Filter: filter, Follow: *follow}, *asJSON)
+}
+
+// listFlag is a flag that may be repeated; each value is kept.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func eventNames() string {
+	names := make([]string, len(registry.EventTypes))
+	for i, t := range registry.EventTypes {
+		names[i] = string(t)
+	}
+	return strings.Join(names, ", ")
 }
 
 // printHistory prints the events of q, one per line.
