@@ -93,7 +93,7 @@ func rosterKey(kind subjects.Kind, key string) string { return string(kind) + ":
 // stream's last-per-subject delivery (at most one message per event type
 // and key). Several queens reconciling at once store each event once (the
 // Nats-Msg-Id is derived from the last event). It returns the number of
-// events published, or an error wrapping ErrNoHistory when the stream does
+// events stored (duplicates not counted), or an error wrapping ErrNoHistory when the stream does
 // not exist.
 func Reconcile(ctx context.Context, js jetstream.JetStream, s subjects.Scheme, queenID string, present func(kind subjects.Kind, key string) bool) (int, error) {
 	last, err := lastEvents(ctx, js, s)
@@ -112,12 +112,15 @@ func Reconcile(ctx context.Context, js jetstream.JetStream, s subjects.Scheme, q
 		msgID := out.Kind + ":" + out.Key + ":" + strconv.FormatUint(out.Revision, 10) + ":" + Unseen
 		msg, err := wireMessage(s, &out, msgID)
 		if err != nil {
-			continue // not valid subject tokens: nothing a subscriber could have read either
+			continue // not valid subject tokens: no such event was stored
 		}
-		if _, err := js.PublishMsg(ctx, msg); err != nil {
+		ack, err := js.PublishMsg(ctx, msg)
+		if err != nil {
 			return n, fmt.Errorf("publish expired event of %s: %w", out.Key, err)
 		}
-		n++
+		if !ack.Duplicate {
+			n++
+		}
 	}
 	return n, nil
 }
