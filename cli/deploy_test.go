@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,19 +55,32 @@ func servedNames(t *testing.T, url string) map[string]bool {
 func startQueenCommand(t *testing.T) (natsURL, httpURL string) {
 	t.Helper()
 	ports := testutil.FreePorts(t, 2)
+	natsURL, httpURL, _ = startQueenOn(t, t.TempDir(), ports[0], ports[1])
+	return natsURL, httpURL
+}
+
+// startQueenOn runs `rbee queen` on data dir and the given ports until stop
+// is called or the test ends; stop waits for it to exit.
+func startQueenOn(t *testing.T, dir string, natsPort, httpPort int) (natsURL, httpURL string, stop func()) {
+	t.Helper()
+	ports := []int{natsPort, httpPort}
 	ctx, cancel := context.WithCancel(context.Background())
 	var out testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"queen", "--data", t.TempDir(), "--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		done <- Main(ctx, []string{"queen", "--data", dir, "--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]),
 			"--http", fmt.Sprintf("127.0.0.1:%d", ports[1])}, strings.NewReader(""), &out, &out)
 	}()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("rbee queen exit %d on stop: %s", code, out.String())
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if code := <-done; code != 0 {
+				t.Errorf("rbee queen exit %d on stop: %s", code, out.String())
+			}
+		})
+	}
+	t.Cleanup(stop)
 	checkFor(t, 30*time.Second, func() error {
 		select {
 		case code := <-done:
@@ -79,7 +93,7 @@ func startQueenCommand(t *testing.T) (natsURL, httpURL string) {
 		}
 		return nil
 	})
-	return fmt.Sprintf("nats://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	return fmt.Sprintf("nats://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1]), stop
 }
 
 // TestDeployMetricNames runs `rbee queen` with a hive whose GPU has taken an
