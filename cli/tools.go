@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/events"
+	"github.com/rbee/heartbeat/fleet"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
@@ -134,11 +135,13 @@ func (c *common) noRegistry(err error) error {
 type filters struct {
 	hive, model string
 	status      []wire.Status
+	notAlive    bool
 }
 
 func (f *filters) register(fs *flag.FlagSet) (status *string) {
 	fs.StringVar(&f.hive, "hive", "", "show only this hive and its workers")
 	fs.StringVar(&f.model, "model", "", "show only workers serving this model")
+	fs.BoolVar(&f.notAlive, "not-alive", false, "show only workers and hives that are not alive (disconnected or stalled)")
 	return fs.String("status", "", "show only workers in these states, comma-separated (starting, ready, busy, draining, stopping, stopped)")
 }
 
@@ -168,6 +171,9 @@ func (f *filters) worker(w *wire.WorkerEntry) bool {
 	if f.model != "" && w.ModelID != f.model {
 		return false
 	}
+	if f.notAlive && w.Liveness.OrAlive() == wire.LivenessAlive {
+		return false
+	}
 	if len(f.status) == 0 {
 		return true
 	}
@@ -188,7 +194,7 @@ func (f *filters) apply(workers []*wire.WorkerEntry, hives []*wire.HiveEntry) ([
 	}
 	var hs []*wire.HiveEntry
 	for _, h := range hives {
-		if f.hive == "" || h.HiveID == f.hive {
+		if (f.hive == "" || h.HiveID == f.hive) && (!f.notAlive || h.Liveness.OrAlive() != wire.LivenessAlive) {
 			hs = append(hs, h)
 		}
 	}
@@ -233,9 +239,10 @@ func runStatus(e *env, args []string) error {
 	}
 	workers, hives = f.apply(workers, hives)
 	if *asJSON {
+		sortProblemsFirst(workers, hives)
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"workers": workers, "hives": hives, "queens": queens})
+		return enc.Encode(map[string]any{"workers": workers, "hives": hives, "queens": queens, "models": fleet.Summarize(workers)})
 	}
 	if qerr == nil {
 		printQueens(e.stdout, queens, time.Now())

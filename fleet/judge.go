@@ -191,7 +191,7 @@ type ModelSummary struct {
 // counts under "".
 func Summarize(workers []*wire.WorkerEntry) []ModelSummary {
 	idx := map[string]int{}
-	var out []ModelSummary
+	out := []ModelSummary{}
 	for _, w := range workers {
 		i, ok := idx[w.ModelID]
 		if !ok {
