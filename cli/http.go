@@ -30,7 +30,7 @@ import (
 // The queen's HTTP API:
 //
 //	GET /                          the live web view (package web)
-//	GET /v1/events                 its server-sent event stream
+//	GET /v1/events                 its server-sent event stream; ?event= &exclude= select registry event types
 //	GET /v1/workers                worker entries; filters ?hive= &model= &status= &liveness=
 //	GET /v1/workers/<hive>.<worker> one worker entry, 404 if absent
 //	GET /v1/hives                  hive entries; filters ?hive= &health= &liveness=
