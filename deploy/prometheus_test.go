@@ -1,8 +1,11 @@
 package deploy_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -118,5 +121,48 @@ func TestAlertRunbooksAndTests(t *testing.T) {
 		if !quiet[name] {
 			t.Errorf("%s: no unit test in which it stays quiet", name)
 		}
+	}
+}
+
+// TestDashboardQueries checks that every query of the Grafana dashboard
+// parses as PromQL: each becomes a recording rule that promtool checks.
+func TestDashboardQueries(t *testing.T) {
+	data, err := os.ReadFile("grafana/rbee-fleet.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		UID    string
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("rbee-fleet.json: %v", err)
+	}
+	if dash.UID == "" || len(dash.Panels) == 0 {
+		t.Fatalf("rbee-fleet.json: uid %q, %d panels", dash.UID, len(dash.Panels))
+	}
+	var b strings.Builder
+	b.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	n := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			n++
+			q, _ := json.Marshal(tg.Expr) // a JSON string is a YAML string
+			fmt.Fprintf(&b, "      - record: rbee_dashboard_query_%d\n        expr: %s\n", n, q)
+		}
+	}
+	if n < 20 {
+		t.Fatalf("%d queries in the dashboard", n)
+	}
+	path := filepath.Join(t.TempDir(), "dashboard-rules.yml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(requireTool(t, "promtool"), "check", "rules", path)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the dashboard's queries: %v\n%s", err, out)
 	}
 }
