@@ -15,6 +15,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/gpu"
 	"github.com/rbee/heartbeat/hive"
 	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/publisher"
@@ -80,10 +81,13 @@ type page struct {
 		VRAM     string `json:"vram"`
 	} `json:"rows"`
 	Hives []struct {
-		ID     string   `json:"id"`
-		GPUs   []string `json:"gpus"`   // each GPU's VRAM label
-		Badges []string `json:"badges"` // health, XID, recovery
+		ID        string   `json:"id"`
+		Health    string   `json:"health"`     // the hive's health badge
+		GPUs      []string `json:"gpus"`       // each GPU's VRAM label
+		GPUBadges []string `json:"gpu_badges"` // each GPU's health, XID, recovery
+		Badges    []string `json:"badges"`     // health, XID, recovery
 	} `json:"hives"`
+	Models []string `json:"models"` // "<model> <ready>/<busy>/<problem>/<other>", in order`
 	Queens []string `json:"queens"`
 	Events []string `json:"events"` // "<event> <key>", newest first
 }
@@ -101,9 +105,13 @@ const readPage = `JSON.stringify({
     vram: r.querySelector("td.vram").textContent,
   })),
   hives: [...document.querySelectorAll("#hives .hive")].map((h) => ({
-    id: h.dataset.hive, gpus: [...h.querySelectorAll(".vram")].map((x) => x.textContent),
+    id: h.dataset.hive, health: h.querySelector(".hive-head .health").textContent,
+    gpus: [...h.querySelectorAll(".vram")].map((x) => x.textContent),
+    gpu_badges: [...h.querySelectorAll(".gpu .badge")].map((x) => x.textContent),
     badges: [...h.querySelectorAll(".badge")].map((x) => x.textContent),
   })),
+  models: [...document.querySelectorAll("#models tbody tr")].map((r) =>
+    r.dataset.model + " " + [...r.querySelectorAll("td.n")].map((x) => x.textContent).join("/")),
   queens: [...document.querySelectorAll("#queens .queen")].map((x) => x.textContent),
   events: [...document.querySelectorAll("#events li")].map((li) => li.dataset.event + " " + li.dataset.key),
 })`
@@ -115,6 +123,19 @@ func (p page) row(key string) (status, liveness string, visible, ok bool) {
 		}
 	}
 	return "", "", false, false
+}
+
+// consistent returns an error for a hive whose health badge says healthy
+// while one of its GPUs is not (the hive's verdict follows its GPUs).
+func (p page) consistent() error {
+	for _, h := range p.Hives {
+		for _, b := range h.GPUBadges {
+			if (b == "degraded" || b == "unhealthy" || strings.HasPrefix(b, "XID")) && h.Health == "healthy" {
+				return fmt.Errorf("hive %s shows healthy with a GPU badge %q", h.ID, b)
+			}
+		}
+	}
+	return nil
 }
 
 func (p page) visible() []string {
@@ -256,13 +277,13 @@ func fleetHive(t *testing.T, url, id string, gpus []wire.GPU) {
 
 // agentHive beats as a hive agent that reports the VRAM each of its workers'
 // processes hold (published directly: the hive package fills it from NVML).
-func agentHive(t *testing.T, url, id string, gpus []wire.GPU, workers []wire.HiveWorker) {
+func agentHive(t *testing.T, url, id string, health wire.Health, reason string, gpus []wire.GPU, workers []wire.HiveWorker) {
 	t.Helper()
 	nc := testutil.Connect(t, url)
 	pc := publisher.DefaultConfig(subjects.Default().Hive(id), wire.SchemaHive)
 	pc.Interval, pc.Jitter = 200*time.Millisecond, 0
 	p, err := publisher.New(nc, pc, func() *wire.Hive {
-		return &wire.Hive{Meta: wire.Meta{Health: wire.Healthy}, HiveID: id, Hostname: id + ".lab", Version: "dev",
+		return &wire.Hive{Meta: wire.Meta{Health: health, HealthReason: reason}, HiveID: id, Hostname: id + ".lab", Version: "dev",
 			CPUPercent: 41.2, RAMUsedBytes: 210 << 30, RAMTotalBytes: 1024 << 30, GPUs: gpus, Workers: workers}
 	})
 	if err != nil {
@@ -318,12 +339,17 @@ func TestBrowserLiveView(t *testing.T) {
 	s := startHTTPSystem(t) // 200 ms beats: a TTL of 1 s
 	url := s.srv.ClientURL()
 
+	// A GPU that fell off the bus, as the hive reports it: the GPU's health
+	// and recovery action from NVIDIA's Xid catalogue, and the hive degraded
+	// with the GPU named (gpu.Apply's verdict).
 	xid := 79
+	info := gpu.ClassifyXid(xid)
 	bad := testGPU(3, "NVIDIA H100 80GB HBM3", 0, 80, 0, 41, 70)
-	bad.Health, bad.HealthReason, bad.Xid, bad.RecoveryAction = wire.Degraded, "GPU fell off the bus", &xid, "node_reboot"
+	bad.Health, bad.Xid, bad.XidAtMs, bad.RecoveryAction = info.Health, &xid, time.Now().UnixMilli(), string(info.Action)
+	bad.HealthReason = fmt.Sprintf("Xid %d: %s, recovery %s", xid, info.Name, info.Action)
 	vram := func(gib uint64) *uint64 { b := gib << 30; return &b }
 	now := time.Now().UnixMilli()
-	agentHive(t, url, "gpu-node-1", []wire.GPU{
+	agentHive(t, url, "gpu-node-1", wire.Degraded, "gpu 3: "+bad.HealthReason, []wire.GPU{
 		testGPU(0, "NVIDIA H100 80GB HBM3", 71, 80, 97, 71, 612),
 		testGPU(1, "NVIDIA H100 80GB HBM3", 76, 80, 88, 68, 580),
 		testGPU(2, "NVIDIA H100 80GB HBM3", 40, 80, 35, 52, 240),
@@ -364,10 +390,18 @@ func TestBrowserLiveView(t *testing.T) {
 		if p.Hives[0].GPUs[0] != "71.0 GiB / 80.0 GiB · 9.0 GiB free" {
 			return fmt.Errorf("first GPU's VRAM label %q", p.Hives[0].GPUs[0])
 		}
-		for _, want := range []string{"degraded", "XID 79", "recovery: node_reboot"} {
+		for _, want := range []string{"degraded", "unhealthy", "XID 79", "recovery: node_reboot"} {
 			if !slices.Contains(p.Hives[0].Badges, want) {
 				return fmt.Errorf("gpu-node-1 badges %q lack %q", p.Hives[0].Badges, want)
 			}
+		}
+		if err := p.consistent(); err != nil {
+			return err
+		}
+		wantModels := []string{markup + " 1/0/0/0", "Qwen/Qwen2.5-32B-Instruct 0/1/0/0",
+			"meta-llama/Llama-3.1-70B-Instruct 0/1/0/0", "mistralai/Mistral-7B-Instruct-v0.3 1/2/0/0"}
+		if !slices.Equal(p.Models, wantModels) {
+			return fmt.Errorf("models %q, want %q", p.Models, wantModels)
 		}
 		if want := "queen " + s.q.ID() + ": ok"; !slices.Contains(p.Queens, want) {
 			return fmt.Errorf("queens %q lack %q", p.Queens, want)
@@ -438,8 +472,23 @@ func TestBrowserLiveView(t *testing.T) {
 			if !slices.Contains(p.Events, "disconnected "+victim) {
 				return fmt.Errorf("no disconnected event for %s in %v", victim, p.Events)
 			}
+			// Problems first: the disconnected worker tops the table.
+			if len(p.Rows) == 0 || p.Rows[0].Key != victim {
+				return fmt.Errorf("first row %v, want %s on top", p.Rows, victim)
+			}
+			if !slices.Contains(p.Models, "mistralai/Mistral-7B-Instruct-v0.3 1/1/1/0") {
+				return fmt.Errorf("models %q: want mistral with one problem", p.Models)
+			}
 			return nil
 		})
+		b.choose("f-liveness", "not_alive")
+		b.waitPage(10*time.Second, func(p page) error {
+			if got := p.visible(); !slices.Equal(got, []string{victim}) {
+				return fmt.Errorf("not alive shows %v, want %s", got, victim)
+			}
+			return nil
+		})
+		b.choose("f-liveness", "")
 		b.screenshot(filepath.Join(out, "web-view-disconnected.png"))
 	} else {
 		t.Log("this queen does not mark closed connections disconnected; checking expiry only")

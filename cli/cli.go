@@ -71,8 +71,9 @@ func init() {
 				"rbee worker --hive-id load --worker-id sim --simulate 1000 --interval 5s",
 			}},
 		{"status", "print the registry as tables, with filters (--json for scripts)", runStatus,
-			"[--hive ID] [--model M] [--status S[,S...]] [--json] [flags]", []string{
+			"[--hive ID] [--model M] [--status S[,S...]] [--not-alive] [--json] [flags]", []string{
 				"rbee status",
+				"rbee status --not-alive",
 				"rbee status --hive gpu-node-1",
 				"rbee status --status busy,draining --json",
 			}},
@@ -83,8 +84,10 @@ func init() {
 				"rbee watch --json | jq .",
 			}},
 		{"events", "print the event history: what happened to a machine", runEvents,
-			"[--hive ID] [--since 24h|RFC3339] [--follow] [--json] [flags]", []string{
+			"[--hive ID] [--since 24h|RFC3339] [--event T[,T...]] [--exclude T[,T...]] [--all] [--follow] [--json] [flags]", []string{
 				"rbee events --hive gpu-node-1 --since 24h",
+				"rbee events --event expired,disconnected --since 7d",
+				"rbee events --all --follow",
 				"rbee events --since 2026-01-31T22:00:00Z --json",
 			}},
 		{"check", "exit 0 if a worker or hive is present and alive, 1 if not, 2 on bad input", runCheck,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -11,6 +12,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/rbee/heartbeat/fleet"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/wire"
 )
@@ -137,10 +139,22 @@ func printQueens(w io.Writer, queens []*wire.QueenEntry, now time.Time) {
 	_ = tw.Flush()
 }
 
-// printStatus writes the registry as two tables. Each GPU takes a line of
-// its own under its hive, so that a hive with 8 GPUs stays readable.
+// printStatus writes the registry as three tables: the models' summary, the
+// hives and the workers, each with its problems first (not alive, unhealthy,
+// degraded) and names in natural order (sim-2 before sim-10). Each GPU takes
+// a line of its own under its hive, so that a hive with 8 GPUs stays readable.
 func printStatus(w io.Writer, workers []*wire.WorkerEntry, hives []*wire.HiveEntry, now time.Time) {
 	nowMs := now.UnixMilli()
+	sortProblemsFirst(workers, hives)
+	models := fleet.Summarize(workers)
+	mtw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(mtw, "MODELS (%d)\n", len(models))
+	fmt.Fprintln(mtw, "MODEL\tREADY\tBUSY\tPROBLEM\tOTHER")
+	for _, m := range models {
+		fmt.Fprintf(mtw, "%s\t%d\t%d\t%d\t%d\n", dash(m.Model), m.Ready, m.Busy, m.Problem, m.Other)
+	}
+	_ = mtw.Flush()
+	fmt.Fprintln(w)
 	var hb, gb bytes.Buffer
 	htw := tabwriter.NewWriter(&hb, 2, 4, 2, ' ', 0)
 	gtw := tabwriter.NewWriter(&gb, 2, 4, 2, ' ', 0)
@@ -173,12 +187,6 @@ func printStatus(w io.Writer, workers []*wire.WorkerEntry, hives []*wire.HiveEnt
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "WORKERS (%d)\n", len(workers))
 	fmt.Fprintln(tw, "ID\tHIVE\tSTATUS\tHEALTH\tLIVENESS\tMODEL\tDEVICE\tSLOTS\tKV\tAGE\tUP\tREASON")
-	sort.SliceStable(workers, func(i, j int) bool {
-		if workers[i].HiveID != workers[j].HiveID {
-			return workers[i].HiveID < workers[j].HiveID
-		}
-		return workers[i].WorkerID < workers[j].WorkerID
-	})
 	for _, x := range workers {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", termSafe(x.WorkerID), termSafe(x.HiveID), dash(string(x.Status)),
 			dash(string(x.Health)), liveness(x.Received), dash(x.ModelID), dash(x.Device), x.SlotsBusy, x.SlotsTotal,
@@ -198,6 +206,13 @@ func kvCache(w wire.Worker) string {
 		s += " asleep"
 	}
 	return s
+}
+
+// sortProblemsFirst orders workers and hives as the views show them:
+// problems first, then names in natural order.
+func sortProblemsFirst(workers []*wire.WorkerEntry, hives []*wire.HiveEntry) {
+	slices.SortStableFunc(workers, fleet.CompareWorkers)
+	slices.SortStableFunc(hives, fleet.CompareHives)
 }
 
 // formatEvent renders one live registry event as a line; a hive's line

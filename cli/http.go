@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rbee/heartbeat/fleet"
 	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
@@ -29,7 +30,7 @@ import (
 // The queen's HTTP API:
 //
 //	GET /                          the live web view (package web)
-//	GET /v1/events                 its server-sent event stream
+//	GET /v1/events                 its server-sent event stream; ?event= &exclude= select registry event types
 //	GET /v1/workers                worker entries; filters ?hive= &model= &status= &liveness=
 //	GET /v1/workers/<hive>.<worker> one worker entry, 404 if absent
 //	GET /v1/hives                  hive entries; filters ?hive= &health= &liveness=
@@ -80,6 +81,21 @@ func (a *httpAPI) source() registrySource {
 	return nil
 }
 
+// fleet returns the collector of the fleet's gauges, computed at scrape time
+// from the queen's registry mirror.
+func (a *httpAPI) fleet() prometheus.Collector {
+	c, err := fleet.New(func() fleet.Source {
+		if w := a.q.Registry(); w != nil {
+			return w
+		}
+		return nil
+	}, fleet.DefaultConfig(Version))
+	if err != nil {
+		panic(err) // DefaultConfig is valid
+	}
+	return c
+}
+
 // newHTTPHandler serves the API for q without a broker connection: no live
 // web view and no broker check in /healthz.
 func newHTTPHandler(q *queen.Queen) http.Handler {
@@ -89,6 +105,7 @@ func newHTTPHandler(q *queen.Queen) http.Handler {
 func (a *httpAPI) handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(a.q.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(a.fleet())
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", a.serveHealth)

@@ -19,6 +19,7 @@ import (
 	"github.com/rbee/heartbeat/events"
 	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/queen"
+	"github.com/rbee/heartbeat/subjects"
 )
 
 type queenFlags struct {
@@ -154,6 +155,8 @@ func runQueen(e *env, args []string) error {
 	// The event history and the web view share the queen's registry watch.
 	fan := &eventFanout{}
 	fan.add(evp.OnEvent)
+	live := &events.Live{} // keys that changed since the registry loaded: the live history has them
+	fan.add(live.OnEvent)
 	qc.OnEvent, qc.Refreshes = fan.call, true
 	qc.Collectors = append(qc.Collectors, evp.Collector())
 	q, err := queen.New(nc, qc)
@@ -177,6 +180,7 @@ func runQueen(e *env, args []string) error {
 				if warned {
 					log.Info("event history ready", "stream", f.scheme().EventsStream())
 				}
+				reconcileHistory(e.ctx, js, f.scheme(), q, live, log)
 				return
 			}
 			if e.ctx.Err() != nil {
@@ -224,6 +228,27 @@ func runQueen(e *env, args []string) error {
 	<-e.ctx.Done()
 	log.Info("stopping")
 	return nil
+}
+
+// reconcileHistory publishes, once the registry is loaded, an expired event
+// for every worker and hive the history shows present and the registry no
+// longer holds: they died while no queen kept the history.
+func reconcileHistory(ctx context.Context, js jetstream.JetStream, s subjects.Scheme, q *queen.Queen, live *events.Live, log *slog.Logger) {
+	defer live.Stop()
+	w := q.Registry()
+	if w == nil || w.WaitReady(ctx) != nil {
+		return
+	}
+	roster := events.TakeRoster(w)
+	n, err := events.Reconcile(ctx, js, s, q.ID(), func(k subjects.Kind, key string) bool {
+		return roster.Has(k, key) || live.Has(k, key)
+	})
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Warn("event history: deaths while no queen watched not recorded", "err", err, "recorded", n)
+	case n > 0:
+		log.Info("event history: recorded entries that expired while no queen watched", "expired", n)
+	}
 }
 
 func (f *queenFlags) embeddedConfig(log *slog.Logger) (embedded.Config, error) {

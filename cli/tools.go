@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/events"
+	"github.com/rbee/heartbeat/fleet"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
@@ -134,11 +135,13 @@ func (c *common) noRegistry(err error) error {
 type filters struct {
 	hive, model string
 	status      []wire.Status
+	notAlive    bool
 }
 
 func (f *filters) register(fs *flag.FlagSet) (status *string) {
 	fs.StringVar(&f.hive, "hive", "", "show only this hive and its workers")
 	fs.StringVar(&f.model, "model", "", "show only workers serving this model")
+	fs.BoolVar(&f.notAlive, "not-alive", false, "show only workers and hives that are not alive (disconnected or stalled)")
 	return fs.String("status", "", "show only workers in these states, comma-separated (starting, ready, busy, draining, stopping, stopped)")
 }
 
@@ -168,6 +171,9 @@ func (f *filters) worker(w *wire.WorkerEntry) bool {
 	if f.model != "" && w.ModelID != f.model {
 		return false
 	}
+	if f.notAlive && w.Liveness.OrAlive() == wire.LivenessAlive {
+		return false
+	}
 	if len(f.status) == 0 {
 		return true
 	}
@@ -188,7 +194,7 @@ func (f *filters) apply(workers []*wire.WorkerEntry, hives []*wire.HiveEntry) ([
 	}
 	var hs []*wire.HiveEntry
 	for _, h := range hives {
-		if f.hive == "" || h.HiveID == f.hive {
+		if (f.hive == "" || h.HiveID == f.hive) && (!f.notAlive || h.Liveness.OrAlive() != wire.LivenessAlive) {
 			hs = append(hs, h)
 		}
 	}
@@ -233,9 +239,10 @@ func runStatus(e *env, args []string) error {
 	}
 	workers, hives = f.apply(workers, hives)
 	if *asJSON {
+		sortProblemsFirst(workers, hives)
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"workers": workers, "hives": hives, "queens": queens})
+		return enc.Encode(map[string]any{"workers": workers, "hives": hives, "queens": queens, "models": fleet.Summarize(workers)})
 	}
 	if qerr == nil {
 		printQueens(e.stdout, queens, time.Now())
@@ -351,8 +358,24 @@ func runEvents(e *env, args []string) error {
 	sinceFlag := fs.String("since", "24h", "from this long ago (30m, 24h, 7d) or this time (RFC 3339); 0 for the whole history")
 	follow := fs.Bool("follow", false, "keep printing new events after the history")
 	asJSON := fs.Bool("json", false, "print one JSON object per event")
+	var include, exclude listFlag
+	fs.Var(&include, "event", "only these events, comma-separated or repeated: "+eventNames())
+	fs.Var(&exclude, "exclude", "leave these events out, comma-separated or repeated (default: updated, the status flips, unless --event or --all)")
+	all := fs.Bool("all", false, "every event, status flips (updated) included")
 	if err := c.parse(fs, args); err != nil {
 		return err
+	}
+	filter := events.LivenessChanges()
+	switch {
+	case *all && (len(include) > 0 || len(exclude) > 0):
+		return usagef("--all goes with neither --event nor --exclude")
+	case *all:
+		filter = events.Filter{}
+	case len(include) > 0 || len(exclude) > 0:
+		var err error
+		if filter, err = events.ParseFilter(include, exclude); err != nil {
+			return usageError{err.Error()}
+		}
 	}
 	if *hiveID != "" {
 		if err := subjects.ValidateID("--hive", *hiveID); err != nil {
@@ -372,7 +395,21 @@ func runEvents(e *env, args []string) error {
 		return err
 	}
 	defer t.Close()
-	return c.printHistory(e, t, events.Query{Since: since, HiveID: *hiveID, Follow: *follow}, *asJSON)
+	return c.printHistory(e, t, events.Query{Since: since, HiveID: *hiveID, Filter: filter, Follow: *follow}, *asJSON)
+}
+
+// listFlag is a flag that may be repeated; each value is kept.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func eventNames() string {
+	names := make([]string, len(registry.EventTypes))
+	for i, t := range registry.EventTypes {
+		names[i] = string(t)
+	}
+	return strings.Join(names, ", ")
 }
 
 // printHistory prints the events of q, one per line.

@@ -11,3 +11,7 @@ var ErrNoHistory = errors.New("no event history")
 
 // ErrUndecodable is set (wrapped) in a Record whose message is not a msgpack event map.
 var ErrUndecodable = errors.New("undecodable event")
+
+// ErrUnknownEvent is returned (wrapped) by ParseFilter for a name that is not
+// a registry event type.
+var ErrUnknownEvent = errors.New("unknown event type")

@@ -274,20 +274,8 @@ func FromRegistry(ev registry.Event, queenID string) wire.Event {
 // subject, the msgpack payload, and the Content-Type, Rbee-Schema and
 // Nats-Msg-Id headers. It fails only if ev's IDs are not valid subject tokens.
 func Message(s subjects.Scheme, queenID string, ev registry.Event) (*nats.Msg, error) {
-	if !subjects.ValidID(ev.HiveID) || (ev.WorkerID != "" && !subjects.ValidID(ev.WorkerID)) || !validEventType(string(ev.Type)) {
-		return nil, fmt.Errorf("event %q on %q: not valid subject tokens", ev.Type, ev.Key)
-	}
 	we := FromRegistry(ev, queenID)
-	data, err := wire.Marshal(&we)
-	if err != nil {
-		return nil, err
-	}
-	msg := nats.NewMsg(s.Event(string(ev.Type), ev.HiveID, ev.WorkerID))
-	msg.Data = data
-	msg.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
-	msg.Header.Set(wire.HeaderSchema, Schema)
-	msg.Header.Set(jetstream.MsgIDHeader, MsgID(ev))
-	return msg, nil
+	return wireMessage(s, &we, MsgID(ev))
 }
 
 func validEventType(t string) bool { return subjects.ValidID(t) }

@@ -18,6 +18,9 @@ type Query struct {
 	Since time.Time
 	// HiveID, if set, keeps only the events of that hive and its workers.
 	HiveID string
+	// Filter keeps only the events of its types (the zero Filter: every
+	// event); the stream filters them, so the others are not read.
+	Filter Filter
 	// Follow keeps delivering new events after the history, until ctx ends.
 	Follow bool
 	// CaughtUp, if set, is called once when the history is delivered (also
@@ -54,11 +57,8 @@ func Read(ctx context.Context, js jetstream.JetStream, s subjects.Scheme, q Quer
 		return causeOr(ctx, fmt.Errorf("event stream %s: %w", s.EventsStream(), err))
 	}
 	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.AllEvents()},
+		FilterSubjects: q.Filter.subjects(s, q.HiveID),
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	}
-	if q.HiveID != "" {
-		cfg.FilterSubjects = s.HiveEvents(q.HiveID)
 	}
 	if !q.Since.IsZero() {
 		since := q.Since

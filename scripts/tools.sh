@@ -4,6 +4,7 @@
 #   - staticcheck, pinned, into ./.bin
 #   - the Node.js example subscriber's packages, from its lockfile
 #   - libnats-dev and libmsgpack-dev for the C example (apt-get, as root)
+#   - promtool, from Debian's prometheus package, into ./.bin
 # Each step is skipped when what it installs is already there and current.
 # Prints one line per step; a failing step prints its log and exits non-zero.
 set -euo pipefail
@@ -56,6 +57,34 @@ else
 	mkdir -p .bin
 	run "staticcheck" env GOFLAGS= GOBIN="$root/.bin" go install "$staticcheck_module@v$staticcheck_version"
 	echo "staticcheck: installed v$staticcheck_version into .bin"
+fi
+
+# promtool, for the alert rules' checks and unit tests (deploy
+# TestPrometheusRules): taken from Debian's prometheus package with apt-get
+# download, so that no Prometheus service is installed or started; it needs
+# only libc. apt-get update (as root) only if the first download fails.
+if [ -x .bin/promtool ] && .bin/promtool --version </dev/null >/dev/null 2>&1; then
+	echo "promtool: $(.bin/promtool --version 2>&1 </dev/null | head -n1) already in .bin"
+else
+	if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+		echo "promtool: not in .bin, and no apt-get to fetch Debian's prometheus package: put promtool (Prometheus 2.x) in .bin" >&2
+		exit 1
+	fi
+	deb_dir=$(mktemp -d)
+	if ! (cd "$deb_dir" && apt-get download prometheus </dev/null >"$log" 2>&1); then
+		if [ "$(id -u)" -ne 0 ]; then
+			echo "promtool: apt-get download prometheus failed; run 'apt-get update' as root, or this script as root" >&2
+			cat "$log" >&2
+			exit 1
+		fi
+		run "promtool" env DEBIAN_FRONTEND=noninteractive apt-get update
+		run "promtool" sh -c "cd '$deb_dir' && apt-get download prometheus"
+	fi
+	mkdir -p .bin
+	run "promtool" sh -c "dpkg-deb --fsys-tarfile '$deb_dir'/prometheus_*.deb | tar -x -C '$deb_dir' ./usr/bin/promtool"
+	mv "$deb_dir/usr/bin/promtool" .bin/promtool
+	rm -rf "$deb_dir"
+	echo "promtool: installed $(.bin/promtool --version 2>&1 </dev/null | head -n1) into .bin"
 fi
 
 # The C example's libraries (integration TestCSubscriber): Debian's nats.c

@@ -2,10 +2,13 @@ package web
 
 import (
 	"embed"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"net/http"
 	"time"
+
+	"github.com/rbee/heartbeat/events"
 )
 
 //go:embed static
@@ -32,14 +35,23 @@ func Static() http.Handler {
 // Events returns the handler of the server-sent event stream the page reads
 // (text/event-stream). A page first receives a "snapshot" message (now_ms,
 // workers, hives, recent events), then "update" messages (changed workers and
-// hives, removed keys) and "event" messages (one registry event each). It
-// answers 503 while the view is not running.
+// hives, removed keys) and "event" messages (one registry event each).
+// Query parameters event and exclude (comma-separated or repeated) keep only
+// some registry events, in the snapshot and after it; a name that is not an
+// event type answers 400. It answers 503 while the view is not running.
 func (v *View) Events() http.Handler {
 	return http.HandlerFunc(v.serveEvents)
 }
 
 func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
-	c, snap, err := v.subscribe()
+	f, err := events.ParseFilter(r.URL.Query()["event"], r.URL.Query()["exclude"])
+	if err != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+		return
+	}
+	c, snap, err := v.subscribe(f)
 	if err != nil {
 		status := http.StatusInternalServerError
 		if errors.Is(err, ErrNotRunning) {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rbee/heartbeat/events"
 	"github.com/rbee/heartbeat/lifecycle"
 	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
@@ -36,8 +37,9 @@ type View struct {
 
 // client is one connected page.
 type client struct {
-	ch   chan []byte   // framed SSE messages
-	gone chan struct{} // closed when the page is dropped or the view stops
+	ch     chan []byte   // framed SSE messages
+	gone   chan struct{} // closed when the page is dropped or the view stops
+	filter events.Filter // the registry events it asked for
 }
 
 // New returns a View, or an error wrapping ErrInvalidConfig.
@@ -264,7 +266,7 @@ func (v *View) OnEvent(ev registry.Event) {
 		}
 		v.recent = append(v.recent, e)
 	}
-	v.broadcastLocked("event", e)
+	v.broadcastLocked("event", e, e.Event)
 }
 
 // eventOf turns a registry event into its published form, filled from the
@@ -291,7 +293,7 @@ func eventOf(ev registry.Event) wire.Event {
 
 // broadcastLocked frames one message and queues it for every page; a page
 // whose queue is full is dropped. v.mu must be held.
-func (v *View) broadcastLocked(name string, payload any) {
+func (v *View) broadcastLocked(name string, payload any, eventType ...string) {
 	if len(v.clients) == 0 {
 		return
 	}
@@ -301,6 +303,9 @@ func (v *View) broadcastLocked(name string, payload any) {
 		return
 	}
 	for c := range v.clients {
+		if len(eventType) > 0 && !c.filter.Match(eventType[0]) {
+			continue
+		}
 		select {
 		case c.ch <- msg:
 		default:
@@ -312,8 +317,9 @@ func (v *View) broadcastLocked(name string, payload any) {
 	}
 }
 
-// subscribe registers a page and returns it with its snapshot message.
-func (v *View) subscribe() (*client, []byte, error) {
+// subscribe registers a page that asked for the events f keeps and returns
+// it with its snapshot message.
+func (v *View) subscribe(f events.Filter) (*client, []byte, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.watcher == nil || v.stopped {
@@ -324,13 +330,18 @@ func (v *View) subscribe() (*client, []byte, error) {
 		Workers: v.watcher.Workers(),
 		Hives:   v.watcher.Hives(),
 		Queens:  v.watcher.Queens(),
-		Events:  append([]wire.Event{}, v.recent...),
+		Events:  []wire.Event{},
+	}
+	for _, e := range v.recent {
+		if f.Match(e.Event) {
+			s.Events = append(s.Events, e)
+		}
 	}
 	msg, err := frame("snapshot", s)
 	if err != nil {
 		return nil, nil, err
 	}
-	c := &client{ch: make(chan []byte, v.cfg.ClientBuffer), gone: make(chan struct{})}
+	c := &client{ch: make(chan []byte, v.cfg.ClientBuffer), gone: make(chan struct{}), filter: f}
 	v.clients[c] = struct{}{}
 	return c, msg, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/events"
 	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/lifecycle"
 	"github.com/rbee/heartbeat/queen"
@@ -248,7 +249,7 @@ func TestSlowPageDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Stop()
-	c, _, err := v.subscribe() // nobody reads c.ch
+	c, _, err := v.subscribe(events.Filter{}) // nobody reads c.ch
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +357,7 @@ func TestLifecycle(t *testing.T) {
 	if err := v.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c, _, err := v.subscribe()
+	c, _, err := v.subscribe(events.Filter{})
 	if err != nil {
 		t.Fatal(err)
 	}

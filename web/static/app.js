@@ -71,6 +71,48 @@
   function liveness(e) { return e.liveness || "alive"; }
   function workerKey(w) { return w.hive_id + "." + w.worker_id; }
 
+  // ---- order: problems first, names in natural order (package fleet) ----
+
+  // natural compares with runs of digits as numbers: sim-2 before sim-10.
+  function natural(a, b) {
+    const ra = String(a || "").match(/\d+|\D+/g) || [];
+    const rb = String(b || "").match(/\d+|\D+/g) || [];
+    for (let i = 0; i < Math.min(ra.length, rb.length); i++) {
+      const x = ra[i], y = rb[i];
+      const dx = /^\d/.test(x), dy = /^\d/.test(y);
+      if (dx && dy) {
+        const nx = x.replace(/^0+/, ""), ny = y.replace(/^0+/, "");
+        if (nx.length !== ny.length) return nx.length - ny.length;
+        if (nx !== ny) return nx < ny ? -1 : 1;
+        if (x.length !== y.length) return x.length - y.length;
+      } else if (x !== y) {
+        return x < y ? -1 : 1;
+      }
+    }
+    return ra.length - rb.length;
+  }
+
+  // Severity: 3 not alive, 2 unhealthy (or a GPU asking for recovery), 1 degraded, 0 fine.
+  function healthRank(h) { return h === "unhealthy" ? 2 : h === "degraded" ? 1 : 0; }
+  function gpuRank(g) {
+    return Math.max(healthRank(g.health), g.recovery_action && g.recovery_action !== "none" ? 2 : 0);
+  }
+  function workerRank(w) { return liveness(w) !== "alive" ? 3 : healthRank(w.health); }
+  function hiveRank(h) {
+    if (liveness(h) !== "alive") return 3;
+    return (h.gpus || []).reduce((r, g) => Math.max(r, gpuRank(g)), healthRank(h.health));
+  }
+  function compareWorkers(a, b) {
+    return workerRank(b) - workerRank(a) || natural(a.hive_id, b.hive_id) || natural(a.worker_id, b.worker_id);
+  }
+  function compareHives(a, b) { return hiveRank(b) - hiveRank(a) || natural(a.hive_id, b.hive_id); }
+
+  // modelState is a worker's share in its model's summary.
+  function modelState(w) {
+    if (workerRank(w) >= 2) return "problem";
+    return w.status === "ready" ? "ready" : w.status === "busy" ? "busy" : "other";
+  }
+
   // ---- filters ----
 
   function filters() {
@@ -80,14 +122,22 @@
       model: $("f-model").value,
       status: $("f-status").value,
       liveness: $("f-liveness").value,
+      events: $("f-events").value,
     };
+  }
+
+  // livenessMatches: "not_alive" keeps disconnected and stalled entries.
+  function livenessMatches(e, want) {
+    if (!want) return true;
+    if (want === "not_alive") return liveness(e) !== "alive";
+    return liveness(e) === want;
   }
 
   function workerMatches(w, f) {
     if (f.hive && w.hive_id !== f.hive) return false;
     if (f.model && w.model_id !== f.model) return false;
     if (f.status && w.status !== f.status) return false;
-    if (f.liveness && liveness(w) !== f.liveness) return false;
+    if (!livenessMatches(w, f.liveness)) return false;
     if (f.q) {
       const hay = [workerKey(w), w.model_id, w.device, w.status, liveness(w), w.health, w.health_reason, w.engine]
         .join(" ").toLowerCase();
@@ -98,7 +148,11 @@
 
   function hiveMatches(h, f) {
     if (f.hive && h.hive_id !== f.hive) return false;
-    if (f.liveness && liveness(h) !== f.liveness) return false;
+    if (f.liveness === "not_alive") {
+      // Not-alive hives, and the hives of not-alive workers.
+      if (liveness(h) === "alive" &&
+        ![...state.workers.values()].some((w) => w.hive_id === h.hive_id && workerMatches(w, f))) return false;
+    } else if (!livenessMatches(h, f.liveness)) return false;
     if (f.q) {
       const hay = [h.hive_id, h.hostname, h.health, h.health_reason]
         .concat((h.gpus || []).map((g) => g.name + " " + g.uuid))
@@ -193,7 +247,8 @@
       h.host_temperature_c !== undefined ? el("span", { text: "host " + num(h.host_temperature_c, " °C") }) : null,
       el("span", { text: (h.workers || []).length + " workers" }),
       el("span", { class: "beat", "data-ms": String(h.received_at_ms || 0), text: "beat " + ago(h.received_at_ms) + " ago" }));
-    const card = el("article", { class: "hive", "data-hive": h.hive_id, "data-liveness": live }, head, stats);
+    const card = el("article", { class: "hive" + (hiveRank(h) ? " problem" : ""), "data-hive": h.hive_id,
+      "data-liveness": live }, head, stats);
     const gpus = h.gpus || [];
     if (gpus.length === 0) card.append(el("div", { class: "reason", text: "no GPU data" }));
     for (const g of gpus) card.append(gpuView(g));
@@ -201,7 +256,7 @@
   }
 
   function renderHives(f) {
-    const list = [...state.hives.values()].sort((a, b) => (a.hive_id < b.hive_id ? -1 : 1));
+    const list = [...state.hives.values()].sort(compareHives);
     const shown = list.filter((h) => hiveMatches(h, f));
     $("hives").replaceChildren(...shown.map(hiveView));
     $("hives-count").textContent = shown.length === list.length ? String(list.length) : shown.length + " of " + list.length;
@@ -253,7 +308,7 @@
   }
 
   function renderWorkers(f) {
-    const keys = [...state.workers.keys()].sort();
+    const keys = [...state.workers.values()].sort(compareWorkers).map(workerKey);
     const body = $("workers").tBodies[0];
     let shown = 0;
     const want = [];
@@ -269,7 +324,7 @@
     for (const [k, tr] of state.rows) {
       if (!state.workers.has(k)) { tr.remove(); state.rows.delete(k); }
     }
-    // Put rows in key order, moving only those out of place.
+    // Put rows in order (problems first), moving only those out of place.
     let next = body.firstChild;
     for (const tr of want) {
       if (tr !== next) body.insertBefore(tr, next);
@@ -300,7 +355,10 @@
       el("span", { class: "reason", text: details.join(" · ") }));
   }
 
+  // The events select: "changes" leaves the status flips (updated) out.
   function eventMatches(e, f) {
+    if (f.events === "changes" && e.event === "updated") return false;
+    if (f.events && f.events !== "changes" && f.events !== "all" && e.event !== f.events) return false;
     if (f.hive && e.hive_id !== f.hive) return false;
     if (f.q && ![e.key, e.event, e.model_id, e.status].join(" ").toLowerCase().includes(f.q)) return false;
     return true;
@@ -310,6 +368,33 @@
     const shown = state.events.filter((e) => eventMatches(e, f));
     $("events").replaceChildren(...shown.map(eventView));
     $("events-count").textContent = String(shown.length);
+  }
+
+  // ---- models ----
+
+  // renderModels shows each model's ready / busy / problem / other workers,
+  // models with no worker serving first, then those with a problem.
+  function renderModels() {
+    const by = new Map();
+    for (const w of state.workers.values()) {
+      const m = w.model_id || "";
+      if (!by.has(m)) by.set(m, { model: m, ready: 0, busy: 0, problem: 0, other: 0 });
+      by.get(m)[modelState(w)]++;
+    }
+    const rank = (m) => (m.ready + m.busy === 0 ? 0 : m.problem > 0 ? 1 : 2);
+    const list = [...by.values()].sort((a, b) => rank(a) - rank(b) || natural(a.model, b.model));
+    $("models").tBodies[0].replaceChildren(...list.map((m) => {
+      const tr = el("tr", { "data-model": m.model, class: rank(m) < 2 ? "problem" : null },
+        el("td", { class: "model", "data-label": "Model", text: m.model || "–" }));
+      for (const k of ["ready", "busy", "problem", "other"]) {
+        tr.append(el("td", { class: "n " + k + (k === "problem" && m.problem ? " unhealthy" : ""),
+          "data-label": k, text: String(m[k]) }));
+      }
+      tr.addEventListener("click", () => { $("f-model").value = m.model; schedule(); });
+      return tr;
+    }));
+    $("models-count").textContent = String(list.length);
+    $("models-empty").hidden = list.length > 0;
   }
 
   // ---- render ----
@@ -324,10 +409,11 @@
   function render() {
     pending = false;
     const ws = [...state.workers.values()];
-    setOptions($("f-hive"), [...new Set([...state.hives.keys(), ...ws.map((w) => w.hive_id)])].sort());
-    setOptions($("f-model"), [...new Set(ws.map((w) => w.model_id).filter(Boolean))].sort());
+    setOptions($("f-hive"), [...new Set([...state.hives.keys(), ...ws.map((w) => w.hive_id)])].sort(natural));
+    setOptions($("f-model"), [...new Set(ws.map((w) => w.model_id).filter(Boolean))].sort(natural));
     setOptions($("f-status"), STATUSES.filter((s) => ws.some((w) => w.status === s)));
     const f = filters();
+    renderModels();
     renderHives(f);
     renderWorkers(f);
     renderEvents(f);
@@ -446,7 +532,7 @@
     };
   }
 
-  for (const id of ["q", "f-hive", "f-model", "f-status", "f-liveness"]) {
+  for (const id of ["q", "f-hive", "f-model", "f-status", "f-liveness", "f-events"]) {
     $(id).addEventListener("input", schedule);
     $(id).addEventListener("change", schedule);
   }
