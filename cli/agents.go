@@ -276,6 +276,12 @@ func runWorker(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if c.token != "" && f.simulate == 0 {
+		// A hive's token derives this worker's own: it publishes as itself only.
+		if c.token, err = workerToken(c.token, f.hiveID, f.workerID); err != nil {
+			return err
+		}
+	}
 	var child *engine.Process
 	var sigs chan os.Signal
 	if len(command) > 0 {

@@ -39,6 +39,8 @@ type queenFlags struct {
 	config      string
 	evMaxAge    time.Duration
 	evMaxBytes  string
+	authCallout bool
+	httpTLS     string
 }
 
 func runQueen(e *env, args []string) error {
@@ -61,9 +63,12 @@ func runQueen(e *env, args []string) error {
 	fs.StringVar(&f.config, "config", "", "nats-server configuration file for the embedded broker (authorization, TLS)")
 	fs.DurationVar(&f.evMaxAge, "events-max-age", 7*24*time.Hour, "how long the event history (stream rbee_events) keeps an event")
 	fs.StringVar(&f.evMaxBytes, "events-max-bytes", "1GiB", "the most the event history may store, e.g. 512MiB or 1GiB")
+	fs.BoolVar(&f.authCallout, "auth-callout", false, "serve the broker's auth callout (docs/security.md); on by itself for an embedded broker beyond loopback")
+	fs.StringVar(&f.httpTLS, "http-tls", "", "serve the HTTP API over TLS: CERT,KEY (PEM files)")
 	if err := f.parse(fs, args); err != nil {
 		return err
 	}
+	f.token = "" // a queen connects as the queens' user, never with an agent's token
 	log := f.logger(e)
 	queenGC()
 	sc := events.DefaultStreamConfig()
@@ -91,9 +96,13 @@ func runQueen(e *env, args []string) error {
 	}
 
 	var srv *embedded.Server
+	var qa *queenAuth
 	if f.natsURL == "" {
 		ec, err := f.embeddedConfig(log)
 		if err != nil {
+			return err
+		}
+		if qa, err = f.prepareAuth(e, &ec, log); err != nil {
 			return err
 		}
 		if srv, err = embedded.New(ec); err != nil {
@@ -105,16 +114,7 @@ func runQueen(e *env, args []string) error {
 		defer srv.Shutdown()
 		f.natsURL = srv.ClientURL()
 		log.Info("embedded broker ready", "url", f.natsURL, "data", ec.StoreDir)
-		if cr := srv.Credentials(); cr != nil {
-			// Beyond loopback the broker requires its generated password.
-			if cr.Generated {
-				fmt.Fprintf(e.stderr, "rbee queen: the embedded broker listens beyond loopback and requires a password now.\n"+
-					"  connect every role with: --nats-url %s\n  (kept in %s; shown only this once)\n", cr.URL(f.natsURL), cr.File)
-			} else {
-				log.Info("embedded broker requires its generated credentials", "file", cr.File)
-			}
-			f.natsURL = cr.URL(f.natsURL)
-		}
+		qc.Collectors = append(qc.Collectors, brokerRefusals(srv), brokerAuthFailures(srv))
 		qc.Repair = func(context.Context) error {
 			again, err := srv.RecoverJetStream()
 			if again {
@@ -124,6 +124,8 @@ func runQueen(e *env, args []string) error {
 		}
 	} else if f.cluster != "" || f.routes != "" || f.config != "" {
 		return usagef("--cluster, --routes and --config configure the embedded broker; they do not go with --nats-url")
+	} else if qa, err = f.prepareAuth(e, nil, log); err != nil {
+		return err
 	}
 
 	nc, err := f.connectWaiting(e.ctx, "rbee-queen", log)
@@ -131,6 +133,21 @@ func runQueen(e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
+	var guard httpSecurity
+	if qa != nil {
+		svc, err := qa.start(e.ctx, &f, nc, srv, log)
+		if err != nil {
+			return err
+		}
+		defer qa.stop(svc)
+		qc.Collectors = append(qc.Collectors, svc.Collector())
+		if qa.http {
+			guard.check = svc.Check
+		}
+	}
+	if guard.certFile, guard.keyFile, err = parseTLSPair(f.httpTLS); err != nil {
+		return err
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -215,7 +232,7 @@ func runQueen(e *env, args []string) error {
 		q.Stop(ctx)
 	}()
 	if f.http != "off" {
-		hs, err := startHTTP(e.ctx, f.http, q, nc, log, fan)
+		hs, err := startHTTP(e.ctx, f.http, q, nc, log, fan, guard)
 		if err != nil {
 			return err
 		}
