@@ -35,6 +35,10 @@ const (
 // Reasons lists every refusal reason.
 var Reasons = []string{ReasonNoToken, ReasonMalformed, ReasonForged, ReasonRevoked, ReasonBadReq}
 
+// TokenUser is the user name with which a client that cannot send an auth
+// token (some tools) sends its rbee token as the password instead.
+const TokenUser = "rbee"
+
 // KickFunc ends the live connections whose broker user name match accepts
 // and returns how many it ended. It may be called concurrently.
 type KickFunc func(ctx context.Context, match func(user string) bool) (int, error)
@@ -424,8 +428,8 @@ func (s *Service) handle(m *nats.Msg) {
 		return // the server times the connection out
 	}
 	tok := req.ConnectOptions.Token
-	if tok == "" {
-		tok = req.ConnectOptions.Password // clients that can only send a password
+	if tok == "" && req.ConnectOptions.Username == TokenUser {
+		tok = req.ConnectOptions.Password // clients that can only send a user and password
 	}
 	host, name := req.ClientInformation.Host, req.ConnectOptions.Name
 	var c token.Claims
