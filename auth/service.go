@@ -168,7 +168,9 @@ func New(nc *nats.Conn, c Config) (*Service, error) {
 }
 
 // Collector returns the Service's metrics.
-func (s *Service) Collector() prometheus.Collector { return collectors{s.authorized, s.refused, s.kicked} }
+func (s *Service) Collector() prometheus.Collector {
+	return collectors{s.authorized, s.refused, s.kicked}
+}
 
 type collectors []prometheus.Collector
 

@@ -292,7 +292,6 @@ func (s *Server) ClientURL() string { return s.srv.ClientURL() }
 // NATS returns the underlying nats-server, for tests and advanced callers.
 func (s *Server) NATS() *server.Server { return s.srv }
 
-
 // Shutdown stops the server, waits for it to finish and releases the store
 // directory. It is safe to call more than once and concurrently.
 func (s *Server) Shutdown() {
