@@ -58,12 +58,12 @@ func (b BrokerAuth) ServerConfig() string {
   users: [ { user: %q, password: %q } ]
   auth_callout {
     issuer: %s
-    auth_users: [ %q ]
+    auth_users: [ %q, %q ]
   }
 }
 accounts {
   SYS: { users: [ { user: %q, password: %q } ] }
 }
 system_account: SYS
-`, b.User, b.Password, b.Issuer, b.User, b.SysUser, b.SysPassword)
+`, b.User, b.Password, b.Issuer, b.User, b.SysUser, b.SysUser, b.SysPassword)
 }

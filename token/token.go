@@ -236,7 +236,8 @@ func parse(tok string) (Claims, []byte, error) {
 		return bad("issue time")
 	}
 	c.Issued = time.UnixMilli(n)
-	raw, err := base64.RawURLEncoding.DecodeString(m)
+	// Strict: one MAC has one spelling, so a token is a single string.
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(m)
 	if err != nil || len(raw) != macLen {
 		return bad("MAC")
 	}
