@@ -390,7 +390,7 @@ func (s *Service) Check(tok string) (token.Claims, error) {
 
 func (s *Service) check(tok string) (token.Claims, error) {
 	if strings.TrimSpace(tok) == "" {
-		return token.Claims{}, fmt.Errorf("%w: no token", token.ErrMalformed)
+		return token.Claims{}, errNoToken
 	}
 	c, err := s.cfg.Secret.Verify(tok)
 	if err != nil {
@@ -409,8 +409,13 @@ func (s *Service) check(tok string) (token.Claims, error) {
 	return c, nil
 }
 
+// errNoToken is a check of an empty token: malformed, counted apart.
+var errNoToken = fmt.Errorf("%w: no token", token.ErrMalformed)
+
 func reason(err error) string {
 	switch {
+	case errors.Is(err, errNoToken):
+		return ReasonNoToken
 	case errors.Is(err, ErrRevoked):
 		return ReasonRevoked
 	case errors.Is(err, token.ErrForged):
@@ -434,13 +439,7 @@ func (s *Service) handle(m *nats.Msg) {
 		tok = req.ConnectOptions.Password // clients that can only send a user and password
 	}
 	host, name := req.ClientInformation.Host, req.ConnectOptions.Name
-	var c token.Claims
-	if tok == "" {
-		err = fmt.Errorf("%w: no token", token.ErrMalformed)
-		s.refuse(ReasonNoToken)
-	} else if c, err = s.Check(tok); err != nil && errors.Is(err, ErrNotStarted) {
-		err = errors.New("not ready")
-	}
+	c, err := s.Check(tok)
 	if err != nil {
 		claimed, _ := token.Parse(tok) // for the log only: what it claims, never the token
 		s.log.Warn("connection refused", "reason", reason(err), "claims", claimed.Identity(), "host", host, "name", name)

@@ -98,11 +98,8 @@ func runQueen(e *env, args []string) error {
 	var srv *embedded.Server
 	var qa *queenAuth
 	if f.natsURL == "" {
-		ec, err := f.embeddedConfig(log)
-		if err != nil {
-			return err
-		}
-		if qa, err = f.prepareAuth(e, &ec, log); err != nil {
+		var ec embedded.Config
+		if ec, qa, err = f.secureEmbeddedConfig(e, log); err != nil {
 			return err
 		}
 		if srv, err = embedded.New(ec); err != nil {
@@ -243,7 +240,37 @@ func runQueen(e *env, args []string) error {
 	return nil
 }
 
+// secureEmbeddedConfig returns the embedded broker's Config and, when the
+// broker or the HTTP API needs it, the queen's security (see prepareAuth).
+func (f *queenFlags) secureEmbeddedConfig(e *env, log *slog.Logger) (embedded.Config, *queenAuth, error) {
+	c, err := f.brokerConfig(log)
+	if err != nil {
+		return c, nil, err
+	}
+	qa, err := f.prepareAuth(e, &c, log)
+	if err != nil {
+		return c, nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return c, nil, usageError{err.Error()}
+	}
+	return c, qa, nil
+}
+
+// embeddedConfig returns the embedded broker's Config without the queen's
+// security: beyond loopback it is refused (the demo's broker).
 func (f *queenFlags) embeddedConfig(log *slog.Logger) (embedded.Config, error) {
+	c, err := f.brokerConfig(log)
+	if err != nil {
+		return c, err
+	}
+	if err := c.Validate(); err != nil {
+		return c, usageError{err.Error()}
+	}
+	return c, nil
+}
+
+func (f *queenFlags) brokerConfig(log *slog.Logger) (embedded.Config, error) {
 	host, port, err := net.SplitHostPort(f.listen)
 	if err != nil {
 		return embedded.Config{}, usagef("--listen %q: want host:port", f.listen)
@@ -272,9 +299,6 @@ func (f *queenFlags) embeddedConfig(log *slog.Logger) (embedded.Config, error) {
 		}
 	} else if f.routes != "" {
 		return embedded.Config{}, usagef("--routes needs --cluster")
-	}
-	if err := c.Validate(); err != nil {
-		return embedded.Config{}, usageError{err.Error()}
 	}
 	return c, nil
 }
