@@ -454,3 +454,51 @@ func TestCalloutRevocationAcrossQueens(t *testing.T) {
 	t.Logf("revoked through queen a: kicked on b (%d), refused at both brokers (a %v, b %v)",
 		b.svc.Stats().Kicked, a.svc.Stats().Refused, b.svc.Stats().Refused)
 }
+
+// BenchmarkCalloutConnect measures a worker's connect and close through the
+// queen's callout on the embedded broker, against the same without
+// authorization (loopback).
+func BenchmarkCalloutConnect(b *testing.B) {
+	for _, callout := range []bool{false, true} {
+		b.Run(fmt.Sprintf("callout=%v", callout), func(b *testing.B) {
+			secret, _ := token.NewSecret()
+			sc := embedded.DefaultConfig(b.TempDir())
+			sc.Port = -1
+			var tok string
+			if callout {
+				br, _ := auth.Broker(secret)
+				sc.Auth, sc.Callout = true, &embedded.Callout{Issuer: br.Issuer, User: br.User, Password: br.Password}
+			}
+			srv, err := embedded.New(sc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer srv.Shutdown()
+			if callout {
+				br, _ := auth.Broker(secret)
+				qnc, err := natsconn.Connect(natsconn.Config{URL: srv.ClientURL(), User: br.User, Password: br.Password, ConnectTimeout: 5 * time.Second})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer qnc.Close()
+				svc, err := auth.New(qnc, auth.DefaultConfig(secret))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := svc.Start(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				defer svc.Stop()
+				h, _ := secret.Hive("gpu-node-1", time.Now())
+				tok, _ = token.Derive(h, "llama-0")
+			}
+			for b.Loop() {
+				nc, err := natsconn.Connect(natsconn.Config{URL: srv.ClientURL(), Token: tok, ConnectTimeout: 5 * time.Second})
+				if err != nil {
+					b.Fatal(err)
+				}
+				nc.Close()
+			}
+		})
+	}
+}

@@ -203,3 +203,14 @@ func respell(tok string) string {
 	i := strings.IndexByte(alphabet, tok[len(tok)-1])
 	return tok[:len(tok)-1] + string(alphabet[i|3])
 }
+
+func BenchmarkVerifyWorker(b *testing.B) {
+	var s Secret
+	h, _ := s.Hive("gpu-node-1", time.Now())
+	w, _ := Derive(h, "llama-0")
+	for b.Loop() {
+		if _, err := s.Verify(w); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
