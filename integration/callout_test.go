@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -500,5 +502,39 @@ func BenchmarkCalloutConnect(b *testing.B) {
 				nc.Close()
 			}
 		})
+	}
+}
+
+// TestCalloutEmbeddedConfigFile: an embedded broker given only a
+// configuration file with the `rbee token server-config` block (what a
+// cluster beyond loopback runs with --config and --auth-callout) sends its
+// clients to the queen's callout like the external server does.
+func TestCalloutEmbeddedConfigFile(t *testing.T) {
+	secret := newSecret(t)
+	b, _ := auth.Broker(secret)
+	conf := filepath.Join(t.TempDir(), "server.conf")
+	if err := os.WriteFile(conf, []byte(b.ServerConfig()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sc := embedded.DefaultConfig(t.TempDir())
+	sc.Port, sc.Logger, sc.ConfigFile = -1, testutil.Logger(t), conf
+	srv, err := embedded.New(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	s := startCalloutQueen(t, srv, secret, 1)
+	h := hiveToken(t, secret, "hive-1")
+	wnc, werrs := agentConn(t, s.url, "w1", deriveToken(t, h, "w1"))
+	publish(t, wnc, beatMsg("rbee.hb.worker.hive-1.w2", wire.SchemaWorker, mustMarshal(t, rawWorker("hive-1", "w2", "forged", 1))))
+	testutil.Eventually(t, 10*time.Second, func() bool { return werrs.violation("rbee.hb.worker.hive-1.w2") != nil }, "the forgery refused")
+	if err := refusedConnect(t, s.url, hiveToken(t, newSecret(t), "hive-1")); !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("another queen's token: %v", err)
+	}
+	if err := refusedConnect(t, s.url, ""); !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("no token: %v", err)
+	}
+	if st := s.svc.Stats(); st.Authorized["worker"] != 1 || st.Refused[auth.ReasonForged] != 1 || st.Refused[auth.ReasonNoToken] != 1 {
+		t.Fatalf("callout stats %+v", st)
 	}
 }
