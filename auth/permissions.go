@@ -33,10 +33,12 @@ func Permissions(s subjects.Scheme, c token.Claims) jwt.Permissions {
 				"$JS.API.STREAM.INFO."+st,
 				"$JS.API.CONSUMER.CREATE."+st+".>", "$JS.API.CONSUMER.DELETE."+st+".>",
 				"$JS.API.DIRECT.GET."+st+".>", "$JS.API.STREAM.MSG.GET."+st,
-				"$JS.FC."+st+".>")
+				"$JS.API.CONSUMER.INFO."+st+".>", "$JS.FC."+st+".>")
 		}
+		// the event history: an ordered pull consumer (rbee watch --since, rbee events)
 		ev := s.EventsStream()
-		p.Pub.Allow.Add("$JS.API.STREAM.INFO."+ev, "$JS.API.CONSUMER.CREATE."+ev+".>", "$JS.API.CONSUMER.DELETE."+ev+".>", "$JS.FC."+ev+".>")
+		p.Pub.Allow.Add("$JS.API.STREAM.INFO."+ev, "$JS.API.CONSUMER.CREATE."+ev+".>", "$JS.API.CONSUMER.DELETE."+ev+".>",
+			"$JS.API.CONSUMER.INFO."+ev+".>", "$JS.API.CONSUMER.MSG.NEXT."+ev+".>", "$JS.FC."+ev+".>")
 		p.Sub.Allow.Add(s.All(), s.AllEvents(), "_INBOX.>")
 	default:
 		p.Pub.Deny.Add(">")

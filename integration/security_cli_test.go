@@ -95,6 +95,14 @@ func TestSecureQueenCLI(t *testing.T) {
 	if _, err := status(nil); err == nil {
 		t.Fatal("rbee status without a token read the registry")
 	}
+	// The other readers take the same viewer token.
+	if out, err := run([]string{"RBEE_TOKEN=" + viewerTok}, "check", "worker", "gpu-node-1.llama-0", "--nats-url", url); err != nil {
+		t.Fatalf("rbee check with a viewer token: %v %s", err, out)
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		out, err := run([]string{"RBEE_TOKEN=" + viewerTok}, "events", "--since", "1h", "--json", "--nats-url", url)
+		return err == nil && strings.Contains(out, "gpu-node-1")
+	}, "rbee events with a viewer token replays the history")
 
 	// The HTTP API over TLS: /healthz open, the rest needs a viewer token.
 	pool := x509.NewCertPool()
