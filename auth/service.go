@@ -122,6 +122,8 @@ type Service struct {
 
 	mu      sync.RWMutex
 	revoked map[string]int64 // revocation subject -> Unix ms
+	lastLog map[string]time.Time
+	quiet   map[string]uint64
 	ready   bool
 	started bool
 	stats   Stats
@@ -152,6 +154,7 @@ func New(nc *nats.Conn, c Config) (*Service, error) {
 	}
 	s := &Service{
 		nc: nc, cfg: c, kp: kp, log: log.With("component", "auth"), revoked: map[string]int64{},
+		lastLog: map[string]time.Time{}, quiet: map[string]uint64{},
 		stats: Stats{Authorized: map[string]uint64{}, Refused: map[string]uint64{}},
 		authorized: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_auth_authorized_total",
 			Help: "Connections the auth callout admitted, by role."}, []string{"role"}),
@@ -218,11 +221,21 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.cfg.StartTimeout)
 	defer cancel()
-	kv, err := js.CreateOrUpdateKeyValue(sctx, jetstream.KeyValueConfig{
-		Bucket: RevocationBucket(s.cfg.Prefix), Description: "rbee revoked identities", History: 1, Replicas: s.cfg.Replicas,
-	})
-	if err != nil {
-		return fmt.Errorf("revocation bucket: %w", err)
+	// JetStream may not answer yet (a cluster electing its leader): retried
+	// until StartTimeout.
+	var kv jetstream.KeyValue
+	for {
+		kv, err = js.CreateOrUpdateKeyValue(sctx, jetstream.KeyValueConfig{
+			Bucket: RevocationBucket(s.cfg.Prefix), Description: "rbee revoked identities", History: 1, Replicas: s.cfg.Replicas,
+		})
+		if err == nil {
+			break
+		}
+		select {
+		case <-sctx.Done():
+			return fmt.Errorf("revocation bucket: %w", err)
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	w, err := kv.WatchAll(rctx)
@@ -238,7 +251,7 @@ func (s *Service) Start(ctx context.Context) error {
 				initial = false
 				break
 			}
-			s.apply(rctx, e)
+			s.apply(rctx, e, false)
 		case <-sctx.Done():
 			_ = w.Stop()
 			rcancel()
@@ -247,7 +260,16 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.ready, s.w, s.cancel = true, w, rcancel
+	n := len(s.revoked)
 	s.mu.Unlock()
+	if n > 0 {
+		// Connections a revocation covers that are still open (a revocation
+		// made while no queen ran): one pass for all of them.
+		s.kick(rctx, func(subject string, issued int64) bool {
+			at, ok := s.revokedAt(subject)
+			return ok && issued <= at
+		})
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -258,7 +280,7 @@ func (s *Service) Start(ctx context.Context) error {
 					return
 				}
 				if e != nil {
-					s.apply(rctx, e)
+					s.apply(rctx, e, true)
 				}
 			case <-rctx.Done():
 				return
@@ -300,8 +322,9 @@ func (s *Service) Stop() {
 	s.wg.Wait()
 }
 
-// apply records one revocation and ends the live connections it covers.
-func (s *Service) apply(ctx context.Context, e jetstream.KeyValueEntry) {
+// apply records one revocation and, with kick, ends the live connections
+// it covers.
+func (s *Service) apply(ctx context.Context, e jetstream.KeyValueEntry, kick bool) {
 	key := e.Key()
 	if e.Operation() != jetstream.KeyValuePut {
 		s.mu.Lock()
@@ -317,23 +340,39 @@ func (s *Service) apply(ctx context.Context, e jetstream.KeyValueEntry) {
 	s.mu.Lock()
 	s.revoked[key] = at
 	s.mu.Unlock()
+	if !kick {
+		return
+	}
 	s.log.Info("identity revoked", "identity", key, "at", time.UnixMilli(at).UTC())
+	s.kick(ctx, func(subject string, issued int64) bool { return subject == key && issued <= at })
+}
+
+// kick ends the live connections whose identity covered accepts.
+func (s *Service) kick(ctx context.Context, covered func(subject string, issued int64) bool) {
 	if s.cfg.Kick == nil {
 		return
 	}
 	n, err := s.cfg.Kick(ctx, func(user string) bool {
 		subject, issued, ok := parseUser(user)
-		return ok && subject == key && issued <= at
+		return ok && covered(subject, issued)
 	})
 	s.mu.Lock()
 	s.stats.Kicked += uint64(n)
 	s.mu.Unlock()
 	s.kicked.Add(float64(n))
 	if err != nil {
-		s.log.Warn("revoked connections not all ended", "identity", key, "ended", n, "err", err)
+		s.log.Warn("revoked connections not all ended", "ended", n, "err", err)
 	} else if n > 0 {
-		s.log.Info("revoked connections ended", "identity", key, "ended", n)
+		s.log.Info("revoked connections ended", "ended", n)
 	}
+}
+
+// revokedAt returns when subject was revoked, if it was.
+func (s *Service) revokedAt(subject string) (int64, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	at, ok := s.revoked[subject]
+	return at, ok
 }
 
 // userName is the broker user name of an admitted identity: its identity
@@ -409,6 +448,26 @@ func (s *Service) check(tok string) (token.Claims, error) {
 	return c, nil
 }
 
+// refusalLogEvery is the least time between two logged refusals of one
+// reason; the ones between are counted (rbee_auth_refused_total) and their
+// number logged with the next.
+const refusalLogEvery = time.Second
+
+// logRefusal reports whether a refusal for reason is logged now, and how
+// many were not since the last that was.
+func (s *Service) logRefusal(reason string) (suppressed uint64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	if now.Sub(s.lastLog[reason]) < refusalLogEvery {
+		s.quiet[reason]++
+		return 0, false
+	}
+	s.lastLog[reason], suppressed = now, s.quiet[reason]
+	s.quiet[reason] = 0
+	return suppressed, true
+}
+
 // errNoToken is a check of an empty token: malformed, counted apart.
 var errNoToken = fmt.Errorf("%w: no token", token.ErrMalformed)
 
@@ -441,8 +500,11 @@ func (s *Service) handle(m *nats.Msg) {
 	host, name := req.ClientInformation.Host, req.ConnectOptions.Name
 	c, err := s.Check(tok)
 	if err != nil {
-		claimed, _ := token.Parse(tok) // for the log only: what it claims, never the token
-		s.log.Warn("connection refused", "reason", reason(err), "claims", claimed.Identity(), "host", host, "name", name)
+		if suppressed, ok := s.logRefusal(reason(err)); ok {
+			claimed, _ := token.Parse(tok) // for the log only: what it claims, never the token
+			s.log.Warn("connection refused", "reason", reason(err), "claims", claimed.Identity(), "host", host, "name", name,
+				"suppressed", suppressed)
+		}
 		s.respond(m, req, "", "not authorized")
 		return
 	}

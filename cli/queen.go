@@ -134,6 +134,9 @@ func runQueen(e *env, args []string) error {
 	if qa != nil {
 		svc, err := qa.start(e.ctx, &f, nc, srv, log)
 		if err != nil {
+			if e.ctx.Err() != nil {
+				return errStoppedWaiting
+			}
 			return err
 		}
 		defer qa.stop(svc)

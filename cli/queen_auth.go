@@ -84,6 +84,7 @@ func (f *queenFlags) prepareAuth(e *env, ec *embedded.Config, log *slog.Logger) 
 func (a *queenAuth) start(ctx context.Context, f *queenFlags, nc *nats.Conn, srv *embedded.Server, log *slog.Logger) (*auth.Service, error) {
 	ac := auth.DefaultConfig(a.secret)
 	ac.Prefix, ac.Replicas, ac.Logger, ac.Callout = f.prefix, f.replicas, log, a.callout
+	ac.StartTimeout = 2 * time.Minute // as long as the queen waits for JetStream (a cluster electing its leader)
 	switch {
 	case srv != nil:
 		ac.Kick = func(_ context.Context, match func(string) bool) (int, error) { return srv.Kick(match), nil }
