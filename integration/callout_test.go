@@ -331,6 +331,13 @@ func TestCalloutAttacks(t *testing.T) {
 	if st := s.svc.Stats(); st.Authorized["worker"] < 3 || st.Authorized["hive"] < 2 || st.Authorized["viewer"] < 1 {
 		t.Fatalf("callout admitted %v", st.Authorized)
 	}
+	// Crash hints still reach the queen for callout users: a worker whose
+	// connection drops is marked disconnected at once, not at its TTL.
+	ow.Close()
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		e := getWorker(wkv, "hive-2.w1")
+		return e != nil && e.Liveness == wire.LivenessDisconnected
+	}, "hive-2.w1 marked disconnected after its connection dropped")
 	t.Logf("%d attempts refused and counted by the server; rbee_workers seq %d and rbee_hives seq %d unchanged, victim revision %d, event stream intact, queen saw no forgery",
 		len(attempts), seq0, hseq0, victim0.Revision())
 }
