@@ -214,3 +214,27 @@ func BenchmarkVerifyWorker(b *testing.B) {
 		}
 	}
 }
+
+// Verify may be called concurrently. Run with -race.
+func TestVerifyConcurrently(t *testing.T) {
+	s := secret(t)
+	h, _ := s.Hive("h", time.Now())
+	w, _ := Derive(h, "w")
+	done := make(chan error)
+	for range 4 {
+		go func() {
+			var err error
+			for range 200 {
+				if _, err = s.Verify(w); err != nil {
+					break
+				}
+			}
+			done <- err
+		}()
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
