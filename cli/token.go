@@ -58,7 +58,11 @@ func secretPath(dir string) string { return filepath.Join(dir, token.SecretFile)
 
 func runToken(e *env, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		newFlagSet(e, "token").Usage()
+		var c common
+		flags := newFlagSet(e, "token")
+		c.register(flags, DefaultURL)
+		flags.String("data", "rbee-data", "the queen's data directory, which holds its secret ("+token.SecretFile+")")
+		flags.Usage()
 		if len(args) == 0 {
 			return usagef("want hive ID, worker HIVE.WORKER, viewer NAME, revoke hive|viewer ID, or server-config")
 		}
@@ -170,6 +174,6 @@ func revoke(e *env, c *common, secret token.Secret, subject string) error {
 	if err := auth.Revoke(ctx, js, c.prefix, subject, at); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "revoked %s: its tokens issued up to %s are refused and its connections ended\n", subject, at.UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(e.stdout, "revoked %s at %s: every queen refuses its tokens issued until then and ends their connections\n", subject, at.UTC().Format(time.RFC3339Nano))
 	return nil
 }
