@@ -281,7 +281,7 @@ func (c *common) register(fs *flag.FlagSet, defaultURL string) {
 	fs.StringVar(&c.tlsCA, "tls-ca", os.Getenv("NATS_CA"), "CA certificate to trust for TLS (env NATS_CA)")
 	fs.StringVar(&c.tlsCert, "tls-cert", os.Getenv("NATS_CERT"), "client certificate for mutual TLS (env NATS_CERT)")
 	fs.StringVar(&c.tlsKey, "tls-key", os.Getenv("NATS_KEY"), "client key for mutual TLS (env NATS_KEY)")
-	fs.StringVar(&c.tokenFile, "token-file", os.Getenv("RBEE_TOKEN_FILE"), "file holding this agent's rbee token from `rbee token` (env RBEE_TOKEN_FILE, or the token itself in RBEE_TOKEN)")
+	fs.StringVar(&c.tokenFile, "token-file", os.Getenv("RBEE_TOKEN_FILE"), "`FILE` holding this agent's rbee token, made by rbee token (env RBEE_TOKEN_FILE, or the token itself in RBEE_TOKEN)")
 	fs.StringVar(&c.logLevel, "log-level", c.logLevelDefault(), "debug, info, warn or error")
 }
 
