@@ -287,7 +287,10 @@ func TestCalloutAttacks(t *testing.T) {
 			p, _ := s.srv.Refusals()
 			return a.errs.violation(a.subject) != nil && p >= perm0+uint64(i)+1
 		}, "%s %s: a violation for %s at its handler, and the server's count at %d", a.who, a.name, a.subject, i+1)
-		t.Logf("%s %s: refused by the server (%q)", a.who, a.name, a.errs.violation(a.subject))
+		if w, h := lastSeq(t, s.js, "rbee_workers"), lastSeq(t, s.js, "rbee_hives"); w != seq0 || h != hseq0 {
+			t.Fatalf("%s %s: registry changed (rbee_workers seq %d -> %d, rbee_hives %d -> %d)", a.who, a.name, seq0, w, hseq0, h)
+		}
+		t.Logf("%s %s: refused by the server (%q), registry unchanged", a.who, a.name, a.errs.violation(a.subject))
 	}
 
 	// Nothing changed: no write, no purge, no deletion; the victim's entry
