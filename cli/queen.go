@@ -95,6 +95,10 @@ func runQueen(e *env, args []string) error {
 		}
 	}
 
+	var guard httpSecurity
+	if guard.certFile, guard.keyFile, err = parseTLSPair(f.httpTLS); err != nil {
+		return err
+	}
 	var srv *embedded.Server
 	var qa *queenAuth
 	if f.natsURL == "" {
@@ -130,7 +134,6 @@ func runQueen(e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	var guard httpSecurity
 	if qa != nil {
 		svc, err := qa.start(e.ctx, &f, nc, srv, log)
 		if err != nil {
@@ -144,9 +147,6 @@ func runQueen(e *env, args []string) error {
 		if qa.http {
 			guard.check = svc.Check
 		}
-	}
-	if guard.certFile, guard.keyFile, err = parseTLSPair(f.httpTLS); err != nil {
-		return err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
