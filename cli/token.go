@@ -53,6 +53,25 @@ func workerToken(tok, hiveID, workerID string) (string, error) {
 	return token.Derive(tok, workerID)
 }
 
+// checkTokenFor returns a usage error if tok is a hive's or worker's token
+// of another identity than hiveID (and workerID, for a worker): the broker
+// would refuse every beat.
+func checkTokenFor(tok, hiveID, workerID string) error {
+	c, err := token.Parse(tok)
+	if err != nil || tok == "" {
+		return nil
+	}
+	switch {
+	case c.Role == token.RoleHive && c.Hive != hiveID:
+		return usagef("the rbee token is hive %s's, not --hive-id %s's", c.Hive, hiveID)
+	case c.Role == token.RoleWorker && (c.Hive != hiveID || (workerID != "" && c.Worker != workerID)):
+		return usagef("the rbee token is worker %s.%s's, not %s.%s's", c.Hive, c.Worker, hiveID, workerID)
+	case c.Role == token.RoleWorker && workerID == "":
+		return usagef("a worker's token cannot run a hive")
+	}
+	return nil
+}
+
 // secretPath returns where a queen with data directory dir keeps its secret.
 func secretPath(dir string) string { return filepath.Join(dir, token.SecretFile) }
 

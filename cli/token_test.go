@@ -102,6 +102,18 @@ func TestWorkerToken(t *testing.T) {
 	if _, err := workerToken(h, "h2", "w1"); err == nil {
 		t.Fatal("another hive's token derived a worker token")
 	}
+	for _, tt := range []struct {
+		tok, hive, worker string
+		ok                bool
+	}{
+		{h, "h1", "", true}, {h, "h2", "", false},
+		{w, "h1", "w1", true}, {w, "h1", "w2", false}, {w, "h2", "w1", false}, {w, "h1", "", false},
+		{"", "h1", "", true},
+	} {
+		if err := checkTokenFor(tt.tok, tt.hive, tt.worker); (err == nil) != tt.ok {
+			t.Fatalf("checkTokenFor(%s, %s.%s) = %v, want ok %v", tt.tok[:min(len(tt.tok), 12)], tt.hive, tt.worker, err, tt.ok)
+		}
+	}
 }
 
 // The HTTP guard: /healthz open, everything else needs a viewer's bearer
