@@ -39,6 +39,9 @@ func runHive(e *env, args []string) error {
 	if err := subjects.ValidateID("--hive-id", *hiveID); err != nil {
 		return usageError{err.Error()}
 	}
+	if err := checkTokenFor(c.token, *hiveID, ""); err != nil {
+		return err
+	}
 	log := c.logger(e)
 	hc := hive.DefaultConfig(*hiveID)
 	hc.Prefix, hc.Interval, hc.Version, hc.Logger = c.prefix, *interval, Version, log
@@ -285,6 +288,15 @@ func runWorker(e *env, args []string) error {
 	cfgs, err := f.configs(&c, command, log)
 	if err != nil {
 		return err
+	}
+	if c.token != "" && f.simulate == 0 {
+		// A hive's token derives this worker's own: it publishes as itself only.
+		if c.token, err = workerToken(c.token, f.hiveID, f.workerID); err != nil {
+			return err
+		}
+		if err := checkTokenFor(c.token, f.hiveID, f.workerID); err != nil {
+			return err
+		}
 	}
 	var child *engine.Process
 	var sigs chan os.Signal

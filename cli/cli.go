@@ -63,7 +63,7 @@ func init() {
 		{"hive", "publish a machine's stats and its workers", runHive,
 			"--hive-id ID [--nats-url URL] [--interval 30s] [flags]", []string{
 				"rbee hive --hive-id gpu-node-1",
-				"rbee hive --hive-id gpu-node-1 --nats-url nats://queen:4222 --creds /etc/rbee/hive.creds",
+				"rbee hive --hive-id gpu-node-1 --nats-url nats://queen:4222 --token-file /etc/rbee/hive.token",
 			}},
 		{"worker", "publish a worker's heartbeats (--simulate N for many)", runWorker,
 			"--hive-id ID --worker-id ID [--model M] [--device D] [--slots N] [--url URL] [flags]", []string{
@@ -105,6 +105,14 @@ func init() {
 				"rbee demo",
 				"rbee demo --listen 127.0.0.1:-1 --stay",
 				"rbee demo --nats-url nats://127.0.0.1:4222 --prefix demo",
+			}},
+		{"token", "mint, derive and revoke the agents' credentials (on the queen's machine)", runToken,
+			"hive ID | worker HIVE.WORKER | viewer NAME | revoke hive ID | revoke viewer NAME | server-config [--data DIR] [flags]", []string{
+				"rbee token hive gpu-node-1 --data /var/lib/rbee > gpu-node-1.token",
+				"RBEE_TOKEN_FILE=gpu-node-1.token rbee token worker gpu-node-1.llama-0",
+				"rbee token viewer grafana --data /var/lib/rbee",
+				"rbee token revoke hive gpu-node-1 --data /var/lib/rbee",
+				"rbee token server-config --data /var/lib/rbee >> nats-server.conf",
 			}},
 		{"version", "print the version", runVersion, "", nil},
 	}
@@ -227,6 +235,13 @@ type common struct {
 	tlsCert  string
 	tlsKey   string
 	logLevel string
+	// tokenFile names the file holding this agent's rbee token; the token
+	// itself comes from it or from RBEE_TOKEN, never from a flag's value.
+	tokenFile string
+	token     string
+	// user and password are the queens' own broker user, set by the queen
+	// for its embedded broker, never by a flag.
+	user, password string
 }
 
 // newFlagSet returns the flag set of command name. Its -h output is the
@@ -269,6 +284,7 @@ func (c *common) register(fs *flag.FlagSet, defaultURL string) {
 	fs.StringVar(&c.tlsCA, "tls-ca", os.Getenv("NATS_CA"), "CA certificate to trust for TLS (env NATS_CA)")
 	fs.StringVar(&c.tlsCert, "tls-cert", os.Getenv("NATS_CERT"), "client certificate for mutual TLS (env NATS_CERT)")
 	fs.StringVar(&c.tlsKey, "tls-key", os.Getenv("NATS_KEY"), "client key for mutual TLS (env NATS_KEY)")
+	fs.StringVar(&c.tokenFile, "token-file", os.Getenv("RBEE_TOKEN_FILE"), "`FILE` holding this agent's rbee token, made by rbee token (env RBEE_TOKEN_FILE, or the token itself in RBEE_TOKEN)")
 	fs.StringVar(&c.logLevel, "log-level", c.logLevelDefault(), "debug, info, warn or error")
 }
 
@@ -289,7 +305,7 @@ func (c *common) parse(fs *flag.FlagSet, args []string) error {
 	if _, err := c.level(); err != nil {
 		return err
 	}
-	return nil
+	return c.loadToken()
 }
 
 func (c *common) level() (slog.Level, error) {
@@ -313,6 +329,7 @@ func (c *common) scheme() subjects.Scheme {
 func (c *common) connConfig(name string, log *slog.Logger) natsconn.Config {
 	cfg := natsconn.DefaultConfig(c.natsURL, name)
 	cfg.CredsFile, cfg.NKeyFile = c.creds, c.nkey
+	cfg.Token, cfg.User, cfg.Password = c.token, c.user, c.password
 	cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile = c.tlsCA, c.tlsCert, c.tlsKey
 	cfg.Logger = log
 	return cfg

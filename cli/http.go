@@ -336,7 +336,13 @@ func (s *httpServer) Close() error {
 // it; with nil the page loads without live updates and /healthz checks only
 // the queen. With shared (the queen's OnEvent, refreshes included), the view
 // shares the queen's registry watch instead of watching on its own.
-func startHTTP(ctx context.Context, addr string, q *queen.Queen, nc *nats.Conn, log *slog.Logger, shared *eventFanout) (*httpServer, error) {
+//
+// sec, if given, guards the API with bearer tokens and TLS (http_auth.go).
+func startHTTP(ctx context.Context, addr string, q *queen.Queen, nc *nats.Conn, log *slog.Logger, shared *eventFanout, sec ...httpSecurity) (*httpServer, error) {
+	var guard httpSecurity
+	if len(sec) > 0 {
+		guard = sec[0]
+	}
 	a := &httpAPI{q: q, self: q, nc: nc}
 	if nc != nil {
 		js, err := jetstream.New(nc)
@@ -366,18 +372,28 @@ func startHTTP(ctx context.Context, addr string, q *queen.Queen, nc *nats.Conn, 
 		}
 		return nil, err
 	}
-	hs := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: guard.wrap(a.handler()), ReadHeaderTimeout: 5 * time.Second}
 	if a.view != nil {
 		// Shutdown waits for open streams; end them first.
 		hs.RegisterOnShutdown(a.view.Stop)
 	}
 	go func() {
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if guard.certFile != "" {
+			err = hs.ServeTLS(ln, guard.certFile, guard.keyFile)
+		} else {
+			err = hs.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "err", err)
 		}
 	}()
 	s := &httpServer{hs: hs, view: a.view, addr: ln.Addr().String()}
-	log.Info("http api ready", "addr", "http://"+s.addr)
+	scheme := "http://"
+	if guard.certFile != "" {
+		scheme = "https://"
+	}
+	log.Info("http api ready", "addr", scheme+s.addr, "bearer_tokens", guard.check != nil)
 	return s, nil
 }
 

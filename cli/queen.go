@@ -40,6 +40,8 @@ type queenFlags struct {
 	config      string
 	evMaxAge    time.Duration
 	evMaxBytes  string
+	authCallout bool
+	httpTLS     string
 }
 
 func runQueen(e *env, args []string) error {
@@ -62,9 +64,12 @@ func runQueen(e *env, args []string) error {
 	fs.StringVar(&f.config, "config", "", "nats-server configuration file for the embedded broker (authorization, TLS)")
 	fs.DurationVar(&f.evMaxAge, "events-max-age", 7*24*time.Hour, "how long the event history (stream rbee_events) keeps an event")
 	fs.StringVar(&f.evMaxBytes, "events-max-bytes", "1GiB", "the most the event history may store, e.g. 512MiB or 1GiB")
+	fs.BoolVar(&f.authCallout, "auth-callout", false, "serve the broker's auth callout (docs/security.md); on by itself for an embedded broker beyond loopback")
+	fs.StringVar(&f.httpTLS, "http-tls", "", "serve the HTTP API over TLS: CERT,KEY (PEM files)")
 	if err := f.parse(fs, args); err != nil {
 		return err
 	}
+	f.token = "" // a queen connects as the queens' user, never with an agent's token
 	log := f.logger(e)
 	queenGC()
 	sc := events.DefaultStreamConfig()
@@ -91,10 +96,15 @@ func runQueen(e *env, args []string) error {
 		}
 	}
 
+	var guard httpSecurity
+	if guard.certFile, guard.keyFile, err = parseTLSPair(f.httpTLS); err != nil {
+		return err
+	}
 	var srv *embedded.Server
+	var qa *queenAuth
 	if f.natsURL == "" {
-		ec, err := f.embeddedConfig(log)
-		if err != nil {
+		var ec embedded.Config
+		if ec, qa, err = f.secureEmbeddedConfig(e, log); err != nil {
 			return err
 		}
 		if srv, err = embedded.New(ec); err != nil {
@@ -106,16 +116,7 @@ func runQueen(e *env, args []string) error {
 		defer srv.Shutdown()
 		f.natsURL = srv.ClientURL()
 		log.Info("embedded broker ready", "url", f.natsURL, "data", ec.StoreDir)
-		if cr := srv.Credentials(); cr != nil {
-			// Beyond loopback the broker requires its generated password.
-			if cr.Generated {
-				fmt.Fprintf(e.stderr, "rbee queen: the embedded broker listens beyond loopback and requires a password now.\n"+
-					"  connect every role with: --nats-url %s\n  (kept in %s; shown only this once)\n", cr.URL(f.natsURL), cr.File)
-			} else {
-				log.Info("embedded broker requires its generated credentials", "file", cr.File)
-			}
-			f.natsURL = cr.URL(f.natsURL)
-		}
+		qc.Collectors = append(qc.Collectors, brokerRefusals(srv), brokerAuthFailures(srv))
 		qc.Repair = func(context.Context) error {
 			again, err := srv.RecoverJetStream()
 			if again {
@@ -125,6 +126,8 @@ func runQueen(e *env, args []string) error {
 		}
 	} else if f.cluster != "" || f.routes != "" || f.config != "" {
 		return usagef("--cluster, --routes and --config configure the embedded broker; they do not go with --nats-url")
+	} else if qa, err = f.prepareAuth(e, nil, log); err != nil {
+		return err
 	}
 
 	nc, err := f.connectWaiting(e.ctx, "rbee-queen", log)
@@ -132,6 +135,20 @@ func runQueen(e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
+	if qa != nil {
+		svc, err := qa.start(e.ctx, &f, nc, srv, log)
+		if err != nil {
+			if e.ctx.Err() != nil {
+				return errStoppedWaiting
+			}
+			return err
+		}
+		defer qa.stop(svc)
+		qc.Collectors = append(qc.Collectors, svc.Collector())
+		if qa.http {
+			guard.check = svc.Check
+		}
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -219,7 +236,7 @@ func runQueen(e *env, args []string) error {
 		q.Stop(ctx)
 	}()
 	if f.http != "off" {
-		hs, err := startHTTP(e.ctx, f.http, q, nc, log, fan)
+		hs, err := startHTTP(e.ctx, f.http, q, nc, log, fan, guard)
 		if err != nil {
 			return err
 		}
@@ -251,7 +268,37 @@ func reconcileHistory(ctx context.Context, js jetstream.JetStream, s subjects.Sc
 	}
 }
 
+// secureEmbeddedConfig returns the embedded broker's Config and, when the
+// broker or the HTTP API needs it, the queen's security (see prepareAuth).
+func (f *queenFlags) secureEmbeddedConfig(e *env, log *slog.Logger) (embedded.Config, *queenAuth, error) {
+	c, err := f.brokerConfig(log)
+	if err != nil {
+		return c, nil, err
+	}
+	qa, err := f.prepareAuth(e, &c, log)
+	if err != nil {
+		return c, nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return c, nil, usageError{err.Error()}
+	}
+	return c, qa, nil
+}
+
+// embeddedConfig returns the embedded broker's Config without the queen's
+// security: beyond loopback it is refused (the demo's broker).
 func (f *queenFlags) embeddedConfig(log *slog.Logger) (embedded.Config, error) {
+	c, err := f.brokerConfig(log)
+	if err != nil {
+		return c, err
+	}
+	if err := c.Validate(); err != nil {
+		return c, usageError{err.Error()}
+	}
+	return c, nil
+}
+
+func (f *queenFlags) brokerConfig(log *slog.Logger) (embedded.Config, error) {
 	host, port, err := net.SplitHostPort(f.listen)
 	if err != nil {
 		return embedded.Config{}, usagef("--listen %q: want host:port", f.listen)
@@ -280,9 +327,6 @@ func (f *queenFlags) embeddedConfig(log *slog.Logger) (embedded.Config, error) {
 		}
 	} else if f.routes != "" {
 		return embedded.Config{}, usagef("--routes needs --cluster")
-	}
-	if err := c.Validate(); err != nil {
-		return embedded.Config{}, usageError{err.Error()}
 	}
 	return c, nil
 }

@@ -2,12 +2,15 @@ package embedded
 
 import (
 	"errors"
-	"os"
+	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 func TestNeedsAuth(t *testing.T) {
@@ -38,72 +41,81 @@ func TestNeedsAuth(t *testing.T) {
 	}
 }
 
-// With authorization on (as beyond loopback), anonymous clients are refused;
-// the generated credentials, kept 0600 in the store directory and the same
-// after a restart, let a client in, and that client still sees advisories.
-func TestGeneratedCredentials(t *testing.T) {
+// With authorization on (as beyond loopback), the queens' user gets in and
+// still sees advisories; a client without it waits for the callout, which
+// nobody serves here, and is refused; the server counts the refusal.
+func TestCalloutAuthorization(t *testing.T) {
 	c := testConfig(t)
 	c.Auth = true // what a non-loopback Host turns on by itself; tests stay on loopback
+	akp, _ := nkeys.CreateAccount()
+	issuer, _ := akp.PublicKey()
+	c.Callout = &Callout{Issuer: issuer, User: "rbee-queen", Password: "queen-secret-password"}
 	s := startServer(t, c)
-	creds := s.Credentials()
-	if creds == nil || !creds.Generated || creds.User == "" || len(creds.Password) < 24 {
-		t.Fatalf("credentials %+v", creds)
-	}
-	fi, err := os.Stat(creds.File)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("credentials file %s: %v, %v", creds.File, fi, err)
-	}
-	if nc, err := nats.Connect(s.ClientURL()); err == nil {
+	nc, err := nats.Connect(s.ClientURL(), nats.Timeout(10*time.Second))
+	if err == nil {
 		nc.Close()
 		t.Fatal("an anonymous client got in")
-	} else if !errors.Is(err, nats.ErrAuthorization) {
-		t.Fatalf("anonymous client: %v, want an authorization violation", err)
 	}
-	url := creds.URL(s.ClientURL())
-	if !strings.Contains(url, creds.Password) {
-		t.Fatalf("URL %q lacks the password", url)
+	if nc, err := nats.Connect(s.ClientURL(), nats.UserInfo("rbee-queen", "wrong"), nats.Timeout(10*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("the queens' user with a wrong password got in")
 	}
+	checkFor(t, 5*time.Second, func() error {
+		if _, a := s.Refusals(); a < 1 {
+			return fmt.Errorf("authentication refusals %d", a)
+		}
+		return nil
+	})
+	url := strings.Replace(s.ClientURL(), "nats://", "nats://rbee-queen:queen-secret-password@", 1)
 	adv := watchAdvisories(t, connect(t, url), Account)
-	nc := connect(t, url)
-	id := ConnID(nc)
-	nc.Close()
-	checkFor(t, 5*time.Second, func() error { _, err := adv.find(DisconnectAdvisoryType, id); return err })
-	s.Shutdown()
-
-	again := startServer(t, c)
-	got := again.Credentials()
-	if got == nil || got.Generated || got.Password != creds.Password {
-		t.Fatalf("after a restart: %+v, want the stored credentials, not generated", got)
+	q := connect(t, url)
+	id := ConnID(q)
+	checkFor(t, 5*time.Second, func() error { _, err := adv.find(ConnectAdvisoryType, id); return err })
+	if n := s.Kick(func(string) bool { return false }); n != 0 {
+		t.Fatalf("Kick matching nothing closed %d", n)
 	}
-	connect(t, got.URL(again.ClientURL()))
+	// Kick may be called concurrently: together the calls close both
+	// connections (a connection still closing may be counted twice).
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			total.Add(int64(s.Kick(func(user string) bool { return user == "rbee-queen" })))
+		}()
+	}
+	wg.Wait()
+	if n := total.Load(); n < 2 {
+		t.Fatalf("Kick closed %d connections, want the 2 of rbee-queen", n)
+	}
+	// Both were ended by the server; nats.go reconnects them.
+	checkFor(t, 10*time.Second, func() error {
+		if q.Stats().Reconnects < 1 || ConnID(q) == id {
+			return fmt.Errorf("q reconnects %d, conn %s", q.Stats().Reconnects, ConnID(q))
+		}
+		return nil
+	})
 }
 
-// On loopback without Auth, and with a configuration file, the broker
-// generates nothing.
-func TestNoGeneratedCredentials(t *testing.T) {
-	s := startServer(t, testConfig(t))
-	if s.Credentials() != nil {
-		t.Fatalf("loopback: %+v", s.Credentials())
-	}
+// Beyond loopback, or with Auth, a Config without Callout or a
+// configuration file is refused.
+func TestAuthNeedsCallout(t *testing.T) {
 	c := testConfig(t)
-	c.Auth = true
+	c.Host = "0.0.0.0"
+	if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "callout") {
+		t.Fatalf("Validate = %v", err)
+	}
+	c.Host, c.Auth = "127.0.0.1", true
+	if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("Validate with Auth = %v", err)
+	}
 	c.ConfigFile = writeConf(t, "max_payload: 1MB")
-	s = startServer(t, c)
-	if s.Credentials() != nil {
-		t.Fatalf("with a configuration file: %+v", s.Credentials())
+	if err := c.Validate(); err != nil {
+		t.Fatalf("with a configuration file: %v", err)
 	}
-	connect(t, s.ClientURL())
-}
-
-func TestDamagedCredentials(t *testing.T) {
-	c := testConfig(t)
-	if err := os.WriteFile(c.StoreDir+"/"+CredentialsFile, []byte("{"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.Auth = true
-	if _, err := New(c); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "damaged") {
-		t.Fatalf("damaged credentials: %v", err)
-	}
+	c.ConfigFile, c.Auth = "", false
+	connect(t, startServer(t, c).ClientURL()) // loopback: no credentials
 }
 
 // A cluster listening beyond loopback without a configuration file is refused:

@@ -9,7 +9,8 @@
 // connection advisories (AdvisorySubjects(Account)), and a frozen client is
 // dropped within seconds (Config.PingInterval, Config.WriteDeadline), so that
 // a subscriber learns of a crashed or frozen sender long before its beats
-// expire. Beyond loopback it requires generated credentials (Credentials).
+// expire. Beyond loopback it admits only the queens' own user and asks the
+// queens' auth callout about every other client (Callout, package auth).
 // After a storage failure, EnsureJetStream and RestartJetStream bring
 // JetStream back without a restart.
 //

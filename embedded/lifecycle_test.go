@@ -20,7 +20,7 @@ func TestServerShutdownRacesAccessors(t *testing.T) {
 			for range 20 {
 				_ = s.ClientURL()
 				_ = s.NATS()
-				_ = s.Credentials()
+				_, _ = s.Refusals()
 				_ = s.JetStreamEnabled()
 				_, _ = s.EnsureJetStream()
 			}

@@ -18,9 +18,31 @@ type slogLogger struct {
 	// storeFailed, if set, is raised when nats-server reports a failed
 	// store write (see Server.StoreFailed).
 	storeFailed *atomic.Bool
+	// refusals, if set, counts the server's reports of refused clients
+	// (see Server.Refusals).
+	refusals *refusals
+}
+
+// refusals counts what the server refused: publishes and subscriptions
+// beyond a client's permissions, and failed authentications.
+type refusals struct {
+	permission, authentication atomic.Uint64
+}
+
+func (r *refusals) count(format string, v []any) {
+	msg := fmt.Sprintf(format, v...)
+	switch {
+	case strings.Contains(msg, "Publish Violation"), strings.Contains(msg, "Subscription Violation"):
+		r.permission.Add(1)
+	case strings.Contains(msg, "authentication error"):
+		r.authentication.Add(1)
+	}
 }
 
 func (s slogLogger) log(level slog.Level, format string, v []any) {
+	if s.refusals != nil && level >= slog.LevelError {
+		s.refusals.count(format, v)
+	}
 	if s.storeFailed != nil && level >= slog.LevelWarn && storeFailure(format, v) {
 		s.storeFailed.Store(true)
 	}

@@ -58,9 +58,11 @@ type Config struct {
 	// file sets cluster.write_deadline. Zero keeps the file's write_deadline
 	// or nats-server's default (10 s).
 	WriteDeadline time.Duration
-	// Auth turns on authorization with generated credentials (see
-	// Credentials) even on loopback. Without ConfigFile it is on by itself
-	// whenever Host is beyond loopback (NeedsAuth).
+	// Callout authorizes the clients (see Callout). Without ConfigFile it is
+	// required whenever Host is beyond loopback (NeedsAuth) and used on
+	// loopback only with Auth; a ConfigFile decides authorization itself.
+	Callout *Callout
+	// Auth applies Callout on loopback too.
 	Auth bool
 }
 
@@ -103,6 +105,10 @@ func (c Config) Validate() error {
 	case len(c.Routes) > 0 && c.Cluster == "":
 		return fmt.Errorf("%w: routes need a Cluster listen address", ErrInvalidConfig)
 	}
+	if c.ConfigFile == "" && c.Callout == nil && (c.Auth || NeedsAuth(c.Host)) {
+		return fmt.Errorf("%w: listening on %q beyond loopback needs the auth callout (Callout) or a configuration file",
+			ErrInvalidConfig, c.Host)
+	}
 	if c.Cluster != "" && c.ConfigFile == "" {
 		host, _, err := net.SplitHostPort(c.Cluster)
 		if err != nil {
@@ -122,7 +128,6 @@ func (c Config) Validate() error {
 type Server struct {
 	srv    *server.Server
 	js     *server.JetStreamConfig // what JetStream started with; nil without JetStream
-	creds  *Credentials
 	lock   *dirLock
 	logger *slog.Logger
 
@@ -130,6 +135,14 @@ type Server struct {
 	down        bool
 	shutOnce    sync.Once
 	storeFailed atomic.Bool // nats-server reported a failed store write
+	refused     refusals
+}
+
+// Refusals returns how many times since start the server refused a client's
+// publish or subscription for its permissions, and a connection for its
+// credentials (the auth callout's refusals included), as the server logged them.
+func (s *Server) Refusals() (permission, authentication uint64) {
+	return s.refused.permission.Load(), s.refused.authentication.Load()
 }
 
 // Options returns the nats-server options this Config stands for, or an error
@@ -168,6 +181,11 @@ func (c Config) Options() (*server.Options, error) {
 			opts.Cluster.WriteDeadline = server.DEFAULT_FLUSH_DEADLINE
 		}
 	}
+	if c.ConfigFile == "" && (c.Auth || NeedsAuth(c.Host)) {
+		if err := configureCallout(opts, c.Callout); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := configureAdvisories(opts); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
@@ -196,8 +214,7 @@ func (c Config) Options() (*server.Options, error) {
 // within ReadyTimeout.
 //
 // Without ConfigFile, a server whose Host is beyond loopback (or with Auth
-// set) requires the credentials kept in StoreDir (see Credentials),
-// generating them on first use.
+// set) admits Callout's user and sends every other client to the callout.
 func New(c Config) (*Server, error) {
 	opts, err := c.Options()
 	if err != nil {
@@ -214,13 +231,6 @@ func New(c Config) (*Server, error) {
 		lock.release()
 		return nil, err
 	}
-	var creds *Credentials
-	if c.ConfigFile == "" && (c.Auth || NeedsAuth(c.Host)) {
-		if creds, err = loadOrCreateCredentials(c.StoreDir); err != nil {
-			return fail(err)
-		}
-		opts.CustomClientAuthentication = passwordAuth{user: creds.User, password: creds.Password}
-	}
 	// A taken port would otherwise only show as a ready timeout.
 	if c.Port > 0 {
 		ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
@@ -233,7 +243,7 @@ func New(c Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
-	s.lock, s.creds = lock, creds
+	s.lock = lock
 	return s, nil
 }
 
@@ -250,7 +260,7 @@ func Start(opts *server.Options, logger *slog.Logger, ready time.Duration) (*Ser
 	}
 	logger = logger.With("component", "nats-server")
 	s := &Server{srv: srv, logger: logger}
-	srv.SetLoggerV2(slogLogger{l: logger, storeFailed: &s.storeFailed}, false, false, false)
+	srv.SetLoggerV2(slogLogger{l: logger, storeFailed: &s.storeFailed, refusals: &s.refused}, false, false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(ready) {
 		srv.Shutdown()
@@ -276,16 +286,11 @@ func Start(opts *server.Options, logger *slog.Logger, ready time.Duration) (*Ser
 }
 
 // ClientURL returns the URL clients connect to, e.g. nats://127.0.0.1:4222.
-// It carries no credentials; see Credentials.
+// It carries no credentials.
 func (s *Server) ClientURL() string { return s.srv.ClientURL() }
 
 // NATS returns the underlying nats-server, for tests and advanced callers.
 func (s *Server) NATS() *server.Server { return s.srv }
-
-// Credentials returns the generated user and password clients must present,
-// or nil when the server requires none of its own making (loopback without
-// Auth, or a configuration file that decides).
-func (s *Server) Credentials() *Credentials { return s.creds }
 
 // Shutdown stops the server, waits for it to finish and releases the store
 // directory. It is safe to call more than once and concurrently.

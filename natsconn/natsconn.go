@@ -29,6 +29,12 @@ type Config struct {
 	CredsFile string
 	// NKeyFile is a file holding an nkey seed (nkey authentication without JWT).
 	NKeyFile string
+	// Token is an rbee token (package token) sent as the connection's auth
+	// token, for a broker that asks the queens' auth callout.
+	Token string
+	// User and Password authenticate with a user and password (the queens'
+	// own user on a broker with the callout).
+	User, Password string
 	// TLSCAFile, TLSCertFile and TLSKeyFile enable TLS: the CA to trust, and a
 	// client certificate for mutual TLS.
 	TLSCAFile, TLSCertFile, TLSKeyFile string
@@ -56,8 +62,14 @@ func (c Config) Options() ([]nats.Option, error) {
 	if strings.TrimSpace(c.URL) == "" {
 		return nil, fmt.Errorf("%w: no server URL", ErrInvalidConfig)
 	}
-	if c.CredsFile != "" && c.NKeyFile != "" {
-		return nil, fmt.Errorf("%w: use a creds file or an nkey file, not both", ErrInvalidConfig)
+	n := 0
+	for _, set := range []bool{c.CredsFile != "", c.NKeyFile != "", c.Token != "", c.User != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return nil, fmt.Errorf("%w: use one of a creds file, an nkey file, a token or a user, not several", ErrInvalidConfig)
 	}
 	log := c.Logger
 	if log == nil {
@@ -93,6 +105,12 @@ func (c Config) Options() ([]nats.Option, error) {
 	}
 	if c.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	}
+	if c.Token != "" {
+		opts = append(opts, nats.Token(strings.TrimSpace(c.Token)))
+	}
+	if c.User != "" {
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
 	}
 	if c.NKeyFile != "" {
 		o, err := nats.NkeyOptionFromSeed(c.NKeyFile)
