@@ -382,7 +382,7 @@ func hiveChange(prev, v *wire.HiveEntry) (EventType, string) {
 	if t := livenessChange(prev.Liveness, v.Liveness); t != "" {
 		return t, string(prev.Liveness.OrAlive())
 	}
-	if prev.Health != v.Health || len(prev.Workers) != len(v.Workers) || len(prev.GPUs) != len(v.GPUs) {
+	if prev.Health != v.Health || len(prev.Workers) != len(v.Workers) || prev.WorkersOmitted != v.WorkersOmitted || len(prev.GPUs) != len(v.GPUs) {
 		return Updated, string(prev.Health)
 	}
 	return Refreshed, ""
