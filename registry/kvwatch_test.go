@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,4 +177,67 @@ func blackhole(t *testing.T, p *toxiproxy.Proxy) (restore func()) {
 			}
 		}
 	}
+}
+
+// TestKVWatchConcurrentUse: a KVWatch's methods may be called from several
+// goroutines while it delivers, and Stop twice is safe. Values present at the
+// start arrive as Initial, before Ready; later ones after it.
+func TestKVWatchConcurrentUse(t *testing.T) {
+	js, wkv, _ := buckets(t)
+	ctx := t.Context()
+	if _, err := wkv.Put(ctx, "h.a", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		changes []registry.Change
+	)
+	w, err := registry.WatchKV(ctx, js, "rbee_workers", registry.KVWatchConfig{OnChange: func(c registry.Change) {
+		mu.Lock()
+		changes = append(changes, c)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-w.Ready()
+	mu.Lock()
+	if len(changes) != 1 || !changes[0].Initial || changes[0].Key != "h.a" {
+		t.Fatalf("initial changes %+v, want h.a as Initial", changes)
+	}
+	mu.Unlock()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				_, _ = w.Relists(), w.Relisted()
+				<-w.Ready()
+			}
+		}()
+	}
+	for i := range 50 {
+		if _, err := wkv.Put(ctx, fmt.Sprintf("h.b%d", i), []byte("2")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, 10*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(changes) != 51 {
+			return fmt.Errorf("%d changes, want 51", len(changes))
+		}
+		for _, c := range changes[1:] {
+			if c.Initial || c.Op != jetstream.KeyValuePut {
+				return fmt.Errorf("change %+v after Ready", c)
+			}
+		}
+		return nil
+	})
+	wg.Add(2)
+	go func() { defer wg.Done(); w.Stop() }()
+	go func() { defer wg.Done(); w.Stop() }()
+	wg.Wait()
+	w.Stop()
 }
