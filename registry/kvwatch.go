@@ -62,7 +62,9 @@ type KVWatchConfig struct {
 //     bucket's age limit removed the entry): an expiry, Relisted, Revision 0.
 //
 // A consumer that mirrors the bucket from the changes thus never keeps an
-// entry the bucket no longer has. A re-list restores the state, not the
+// entry the bucket no longer has. A bucket whose stream was created again
+// meanwhile (deleted and re-created, or a server that lost its store) is
+// read whole instead of resumed, then re-listed the same way. A re-list restores the state, not the
 // history of the gap: an entry that expired and came back while no marker
 // survived shows as a new value only.
 //
@@ -74,6 +76,7 @@ type KVWatch struct {
 	log      *slog.Logger
 	present  map[string]uint64 // key → revision of its last put delivered (run's goroutine only)
 	last     uint64            // revision of the last change delivered (run's goroutine only)
+	created  time.Time         // when the bucket's stream was created (run's goroutine only)
 	relists  atomic.Uint64
 	relisted atomic.Uint64
 	ready    chan struct{}
@@ -107,6 +110,7 @@ func WatchKV(ctx context.Context, js jetstream.JetStream, bucket string, cfg KVW
 		cfg: cfg, kv: kv, nc: js.Conn(), log: log.With("bucket", bucket),
 		present: map[string]uint64{}, ready: make(chan struct{}), cancel: cancel,
 	}
+	w.created, _ = w.streamCreated(ctx)
 	w.wg.Add(1)
 	go w.run(ctx, kw)
 	return w, nil
@@ -171,11 +175,16 @@ func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher) {
 			retry = time.After(0)
 		case <-retry:
 			retry = nil
+			rctx, cancel := context.WithTimeout(ctx, rewatchTimeout)
 			var opts []jetstream.WatchOpt
 			if !loading {
-				opts = append(opts, jetstream.ResumeFromRevision(w.last+1))
+				if w.recreated(rctx) {
+					w.last = 0 // read the new stream whole; the re-list drops what it lacks
+				}
+				if w.last > 0 {
+					opts = append(opts, jetstream.ResumeFromRevision(w.last+1))
+				}
 			}
-			rctx, cancel := context.WithTimeout(ctx, rewatchTimeout)
 			nkw, err := w.kv.WatchAll(rctx, opts...)
 			cancel()
 			if err != nil {
@@ -216,6 +225,35 @@ func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher) {
 				Value: e.Value(), Initial: loading})
 		}
 	}
+}
+
+// streamCreated returns when the bucket's stream was created.
+func (w *KVWatch) streamCreated(ctx context.Context) (time.Time, error) {
+	st, err := w.kv.Status(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		return bs.StreamInfo().Created, nil
+	}
+	return time.Time{}, nil
+}
+
+// recreated reports whether the bucket's stream is not the one the watch
+// followed (deleted and created again, or a server that lost its store):
+// its revisions started again from 1, so resuming after the last one seen
+// would skip them.
+func (w *KVWatch) recreated(ctx context.Context) bool {
+	created, err := w.streamCreated(ctx)
+	if err != nil || created.IsZero() || created.Equal(w.created) {
+		return false
+	}
+	reset := !w.created.IsZero()
+	w.created = created
+	if reset {
+		w.log.Warn("bucket's stream was created again: reading it whole", "last_revision_seen", w.last)
+	}
+	return reset
 }
 
 func (w *KVWatch) deliver(c Change) {

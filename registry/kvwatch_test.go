@@ -139,6 +139,86 @@ func TestWatchGapLongerThanMarkers(t *testing.T) {
 	}
 }
 
+// TestWatchBucketRecreated: while the watcher is cut off, the bucket is
+// deleted and created again (as a server that lost its store would have
+// it), so revisions start again from 1. The watch reads the new bucket whole
+// instead of resuming after a revision the new stream has not reached.
+func TestWatchBucketRecreated(t *testing.T) {
+	srv := testutil.Server(t)
+	ajs, err := jetstream.New(testutil.Connect(t, srv.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	cfg := func(name string) jetstream.KeyValueConfig {
+		return jetstream.KeyValueConfig{Bucket: name, History: 1, LimitMarkerTTL: markerTTL}
+	}
+	wkv, err := ajs.CreateKeyValue(ctx, cfg("rbee_workers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ajs.CreateKeyValue(ctx, cfg("rbee_hives")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := wkv.Put(ctx, fmt.Sprintf("h.old%d", i), workerValue(t, fmt.Sprintf("i-old%d", i), 1, "ready", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proxy, url := newProxy(t, srv.ClientURL())
+	nc := testutil.Connect(t, url, nats.PingInterval(100*time.Millisecond), nats.MaxPingsOutstanding(2),
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	w, err := registry.Watch(ctx, js, registry.Config{Scheme: subjects.Default(), OnEvent: rec.add, Logger: testutil.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	if err := w.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restore := blackhole(t, proxy)
+	checkFor(t, 10*time.Second, func() error {
+		if s := nc.Status(); s == nats.CONNECTED {
+			return fmt.Errorf("watcher's connection still %s", s)
+		}
+		return nil
+	})
+	if err := ajs.DeleteKeyValue(ctx, "rbee_workers"); err != nil {
+		t.Fatal(err)
+	}
+	if wkv, err = ajs.CreateKeyValue(ctx, cfg("rbee_workers")); err != nil {
+		t.Fatal(err)
+	}
+	// h.old0 comes back at revision 1 under a new instance; h.new at 2.
+	if _, err := wkv.Put(ctx, "h.old0", workerValue(t, "i-back", 1, "ready", "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wkv.Put(ctx, "h.new", workerValue(t, "i-new", 1, "ready", "")); err != nil {
+		t.Fatal(err)
+	}
+	restore()
+	checkFor(t, 30*time.Second, func() error {
+		var got []string
+		for _, e := range w.Workers() {
+			got = append(got, e.InstanceID)
+		}
+		if s := strings.Join(got, " "); s != "i-new i-back" {
+			return fmt.Errorf("mirror holds %q, want \"i-new i-back\" (h.new, h.old0)", s)
+		}
+		return nil
+	})
+	for key, want := range map[string]string{"h.old0": "restarted", "h.new": "joined", "h.old1": "expired", "h.old4": "expired"} {
+		if got := strings.Join(rec.types(key), ","); got != want {
+			t.Errorf("%s: events %q, want %q", key, got, want)
+		}
+	}
+}
+
 // TestWatchKVNeedsOnChange: a watch without a callback is refused.
 func TestWatchKVNeedsOnChange(t *testing.T) {
 	js, _, _ := buckets(t)
