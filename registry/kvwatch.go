@@ -14,6 +14,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// putSeen identifies the last value delivered for a key.
+type putSeen struct {
+	rev uint64
+	at  time.Time
+}
+
 // Change is one operation on a key of a bucket, as a KVWatch delivers it.
 type Change struct {
 	Key string
@@ -63,8 +69,10 @@ type KVWatchConfig struct {
 //
 // A consumer that mirrors the bucket from the changes thus never keeps an
 // entry the bucket no longer has. A bucket whose stream was created again
-// meanwhile (deleted and re-created, or a server that lost its store) is
-// read whole instead of resumed, then re-listed the same way. A re-list restores the state, not the
+// meanwhile (deleted and re-created, or a server that lost its store), or
+// cut back below the last revision seen (a server killed before it wrote
+// its last messages to disk), is read whole instead of resumed, then
+// re-listed the same way. A re-list restores the state, not the
 // history of the gap: an entry that expired and came back while no marker
 // survived shows as a new value only.
 //
@@ -74,7 +82,7 @@ type KVWatch struct {
 	kv       jetstream.KeyValue
 	nc       *nats.Conn
 	log      *slog.Logger
-	present  map[string]uint64 // key → revision of its last put delivered (run's goroutine only)
+	present  map[string]putSeen // key → its last put delivered (run's goroutine only)
 	last     uint64            // revision of the last change delivered (run's goroutine only)
 	created  time.Time         // when the bucket's stream was created (run's goroutine only)
 	relists  atomic.Uint64
@@ -108,9 +116,9 @@ func WatchKV(ctx context.Context, js jetstream.JetStream, bucket string, cfg KVW
 	ctx, cancel := context.WithCancel(ctx)
 	w := &KVWatch{
 		cfg: cfg, kv: kv, nc: js.Conn(), log: log.With("bucket", bucket),
-		present: map[string]uint64{}, ready: make(chan struct{}), cancel: cancel,
+		present: map[string]putSeen{}, ready: make(chan struct{}), cancel: cancel,
 	}
-	w.created, _ = w.streamCreated(ctx)
+	w.created, _, _ = w.stream(ctx)
 	w.wg.Add(1)
 	go w.run(ctx, kw)
 	return w, nil
@@ -178,7 +186,7 @@ func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher) {
 			rctx, cancel := context.WithTimeout(ctx, rewatchTimeout)
 			var opts []jetstream.WatchOpt
 			if !loading {
-				if w.recreated(rctx) {
+				if w.renumbered(rctx) {
 					w.last = 0 // read the new stream whole; the re-list drops what it lacks
 				}
 				if w.last > 0 {
@@ -221,39 +229,50 @@ func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher) {
 			if e.Revision() <= w.last {
 				continue // delivered again by a replacement watch
 			}
+			if p, ok := w.present[e.Key()]; ok && e.Operation() == jetstream.KeyValuePut &&
+				p.rev == e.Revision() && p.at.Equal(e.Created()) {
+				w.last = e.Revision()
+				continue // the same value, read again from a renumbered stream
+			}
 			w.deliver(Change{Key: e.Key(), Op: e.Operation(), Revision: e.Revision(), Created: e.Created(),
 				Value: e.Value(), Initial: loading})
 		}
 	}
 }
 
-// streamCreated returns when the bucket's stream was created.
-func (w *KVWatch) streamCreated(ctx context.Context) (time.Time, error) {
+// stream returns when the bucket's stream was created and its last
+// sequence.
+func (w *KVWatch) stream(ctx context.Context) (created time.Time, lastSeq uint64, err error) {
 	st, err := w.kv.Status(ctx)
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, 0, err
 	}
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-		return bs.StreamInfo().Created, nil
+		info := bs.StreamInfo()
+		return info.Created, info.State.LastSeq, nil
 	}
-	return time.Time{}, nil
+	return time.Time{}, 0, nil
 }
 
-// recreated reports whether the bucket's stream is not the one the watch
-// followed (deleted and created again, or a server that lost its store):
-// its revisions started again from 1, so resuming after the last one seen
-// would skip them.
-func (w *KVWatch) recreated(ctx context.Context) bool {
-	created, err := w.streamCreated(ctx)
-	if err != nil || created.IsZero() || created.Equal(w.created) {
+// renumbered reports whether the bucket's stream no longer holds the
+// revisions the watch followed: created again (deleted and re-created, or a
+// server that lost its store), or cut back below the last revision seen (a
+// server killed before it wrote its last messages to disk). Its revisions
+// then run again through numbers the watch has seen, and resuming after the
+// last one would skip the new entries.
+func (w *KVWatch) renumbered(ctx context.Context) bool {
+	created, lastSeq, err := w.stream(ctx)
+	if err != nil || created.IsZero() {
 		return false
 	}
-	reset := !w.created.IsZero()
+	again := !w.created.IsZero() && !created.Equal(w.created)
 	w.created = created
-	if reset {
-		w.log.Warn("bucket's stream was created again: reading it whole", "last_revision_seen", w.last)
+	if again || lastSeq < w.last {
+		w.log.Warn("bucket's stream no longer holds the revisions seen: reading it whole",
+			"created_again", again, "last_revision_seen", w.last, "stream_last_seq", lastSeq)
+		return true
 	}
-	return reset
+	return false
 }
 
 func (w *KVWatch) deliver(c Change) {
@@ -261,7 +280,7 @@ func (w *KVWatch) deliver(c Change) {
 		w.last = c.Revision
 	}
 	if c.Op == jetstream.KeyValuePut {
-		w.present[c.Key] = c.Revision
+		w.present[c.Key] = putSeen{c.Revision, c.Created}
 	} else {
 		delete(w.present, c.Key)
 	}
