@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"sort"
 	"strings"
@@ -59,16 +60,17 @@ func watchWorkers(t *testing.T, url string) *kvWatch {
 		expiries: map[string][]time.Time{}, leaves: map[string][]time.Time{}, conflict: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); w.run(ctx, js) }()
+	log := testutil.Logger(t)
+	go func() { defer close(done); w.run(ctx, js, log) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return w
 }
 
 // run follows the bucket with registry.KVWatch (resuming after a reconnect,
 // re-listing after a gap) once the bucket exists.
-func (w *kvWatch) run(ctx context.Context, js jetstream.JetStream) {
+func (w *kvWatch) run(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {
 	for {
-		kw, err := registry.WatchKV(ctx, js, "rbee_workers", registry.KVWatchConfig{OnChange: w.apply})
+		kw, err := registry.WatchKV(ctx, js, "rbee_workers", registry.KVWatchConfig{OnChange: w.apply, Logger: log})
 		if err == nil {
 			<-ctx.Done()
 			kw.Stop()

@@ -83,8 +83,8 @@ type KVWatch struct {
 	nc       *nats.Conn
 	log      *slog.Logger
 	present  map[string]putSeen // key → its last put delivered (run's goroutine only)
-	last     uint64            // revision of the last change delivered (run's goroutine only)
-	created  time.Time         // when the bucket's stream was created (run's goroutine only)
+	last     uint64             // revision of the last change delivered (run's goroutine only)
+	created  time.Time          // when the bucket's stream was created (run's goroutine only)
 	relists  atomic.Uint64
 	relisted atomic.Uint64
 	ready    chan struct{}
@@ -185,15 +185,20 @@ func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher) {
 			retry = nil
 			rctx, cancel := context.WithTimeout(ctx, rewatchTimeout)
 			var opts []jetstream.WatchOpt
+			var err error
 			if !loading {
-				if w.renumbered(rctx) {
-					w.last = 0 // read the new stream whole; the re-list drops what it lacks
+				var renumbered bool
+				if renumbered, err = w.renumbered(rctx); renumbered {
+					w.last = 0 // read the stream whole; the re-list drops what it lacks
 				}
 				if w.last > 0 {
 					opts = append(opts, jetstream.ResumeFromRevision(w.last+1))
 				}
 			}
-			nkw, err := w.kv.WatchAll(rctx, opts...)
+			var nkw jetstream.KeyWatcher
+			if err == nil {
+				nkw, err = w.kv.WatchAll(rctx, opts...)
+			}
 			cancel()
 			if err != nil {
 				if ctx.Err() == nil {
@@ -260,19 +265,22 @@ func (w *KVWatch) stream(ctx context.Context) (created time.Time, lastSeq uint64
 // server killed before it wrote its last messages to disk). Its revisions
 // then run again through numbers the watch has seen, and resuming after the
 // last one would skip the new entries.
-func (w *KVWatch) renumbered(ctx context.Context) bool {
+func (w *KVWatch) renumbered(ctx context.Context) (bool, error) {
 	created, lastSeq, err := w.stream(ctx)
-	if err != nil || created.IsZero() {
-		return false
+	if err != nil {
+		return false, fmt.Errorf("bucket status: %w", err)
+	}
+	if created.IsZero() {
+		return false, nil
 	}
 	again := !w.created.IsZero() && !created.Equal(w.created)
 	w.created = created
 	if again || lastSeq < w.last {
 		w.log.Warn("bucket's stream no longer holds the revisions seen: reading it whole",
 			"created_again", again, "last_revision_seen", w.last, "stream_last_seq", lastSeq)
-		return true
+		return true, nil
 	}
-	return false
+	return false, nil
 }
 
 func (w *KVWatch) deliver(c Change) {
