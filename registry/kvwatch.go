@@ -105,10 +105,6 @@ func WatchKV(ctx context.Context, js jetstream.JetStream, bucket string, cfg KVW
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", bucket, err)
 	}
-	kw, err := kv.WatchAll(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("watch %s: %w", bucket, err)
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -118,10 +114,33 @@ func WatchKV(ctx context.Context, js jetstream.JetStream, bucket string, cfg KVW
 		cfg: cfg, kv: kv, nc: js.Conn(), log: log.With("bucket", bucket),
 		present: map[string]putSeen{}, ready: make(chan struct{}), cancel: cancel,
 	}
+	kw, stop, err := w.watch(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
 	w.created, _, _ = w.stream(ctx)
 	w.wg.Add(1)
-	go w.run(ctx, kw)
+	go w.run(ctx, kw, stop)
 	return w, nil
+}
+
+// watch starts a watch of the whole bucket. A KV watch ends when the
+// context it was created with ends, so it gets one that lasts until ctx
+// ends or stop is called; its creation alone is bounded by rewatchTimeout.
+func (w *KVWatch) watch(ctx context.Context, opts ...jetstream.WatchOpt) (kw jetstream.KeyWatcher, stop func(), err error) {
+	wctx, cancel := context.WithCancel(ctx)
+	timer := time.AfterFunc(rewatchTimeout, cancel)
+	kw, err = w.kv.WatchAll(wctx, opts...)
+	if !timer.Stop() && err == nil {
+		_ = kw.Stop()
+		err = fmt.Errorf("not set up within %s", rewatchTimeout)
+	}
+	if err != nil {
+		cancel()
+		return nil, nil, fmt.Errorf("watch %s: %w", w.kv.Bucket(), err)
+	}
+	return kw, func() { _ = kw.Stop(); cancel() }, nil
 }
 
 // Ready is closed once the initial state is delivered.
@@ -156,9 +175,9 @@ const (
 // watch notices a consumer lost with a restarted server only after two
 // missed idle heartbeats (10-20 s), and the watch would be blind until then.
 // A watch that ends on its own is replaced the same way.
-func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher) {
+func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher, stop func()) {
 	defer w.wg.Done()
-	defer func() { _ = kw.Stop() }()
+	defer func() { stop() }() // the current watch, replaced below
 	var reconnected chan nats.Status
 	if w.nc != nil {
 		reconnected = w.nc.StatusChanged(nats.CONNECTED)
@@ -195,11 +214,14 @@ func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher) {
 					opts = append(opts, jetstream.ResumeFromRevision(w.last+1))
 				}
 			}
-			var nkw jetstream.KeyWatcher
-			if err == nil {
-				nkw, err = w.kv.WatchAll(rctx, opts...)
-			}
 			cancel()
+			var (
+				nkw   jetstream.KeyWatcher
+				nstop func()
+			)
+			if err == nil {
+				nkw, nstop, err = w.watch(ctx, opts...)
+			}
 			if err != nil {
 				if ctx.Err() == nil {
 					w.log.Debug("watch not replaced", "err", err)
@@ -207,8 +229,8 @@ func (w *KVWatch) run(ctx context.Context, kw jetstream.KeyWatcher) {
 				}
 				continue
 			}
-			_ = kw.Stop()
-			kw, updates, gap = nkw, nkw.Updates(), true
+			stop()
+			stop, updates, gap = nstop, nkw.Updates(), true
 		case e, ok := <-updates:
 			if !ok {
 				updates, retry = nil, time.After(rewatchRetry)
@@ -274,6 +296,7 @@ func (w *KVWatch) renumbered(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	again := !w.created.IsZero() && !created.Equal(w.created)
+	w.log.Debug("resuming", "stream_created", created, "stream_last_seq", lastSeq, "last_revision_seen", w.last)
 	w.created = created
 	if again || lastSeq < w.last {
 		w.log.Warn("bucket's stream no longer holds the revisions seen: reading it whole",
