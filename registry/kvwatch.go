@@ -26,8 +26,9 @@ type Change struct {
 	// Op is jetstream.KeyValuePut, KeyValueDelete (a goodbye: left) or
 	// KeyValuePurge (an expiry).
 	Op jetstream.KeyValueOp
-	// Revision is the operation's stream sequence; 0 for a removal found by
-	// a re-list with no marker left in the stream.
+	// Revision is the operation's stream sequence; for a removal found by a
+	// re-list with no marker left in the stream, the revision of the last
+	// value delivered for the key.
 	Revision uint64
 	// Created is the server time of the operation; for a removal found by a
 	// re-list with no marker left, the time the re-list found it.
@@ -65,7 +66,8 @@ type KVWatchConfig struct {
 //   - a marker it did not deliver: that removal (delete marker: left, purge
 //     marker: expired), Relisted;
 //   - nothing left in the stream (the marker aged out during the gap, or the
-//     bucket's age limit removed the entry): an expiry, Relisted, Revision 0.
+//     bucket's age limit removed the entry): an expiry, Relisted, with the
+//     revision of the last value delivered for the key.
 //
 // A consumer that mirrors the bucket from the changes thus never keeps an
 // entry the bucket no longer has. A bucket whose stream was created again
@@ -358,11 +360,11 @@ func (w *KVWatch) relist(ctx context.Context) error {
 	w.relists.Add(1)
 	now := time.Now()
 	var gone []Change
-	for key := range w.present {
+	for key, p := range w.present {
 		l, ok := listed[key]
 		switch {
 		case !ok:
-			gone = append(gone, Change{Key: key, Op: jetstream.KeyValuePurge, Created: now, Relisted: true})
+			gone = append(gone, Change{Key: key, Op: jetstream.KeyValuePurge, Revision: p.rev, Created: now, Relisted: true})
 		case l.op != jetstream.KeyValuePut && l.rev <= w.last:
 			gone = append(gone, Change{Key: key, Op: l.op, Revision: l.rev, Created: l.at, Relisted: true})
 		}

@@ -45,8 +45,9 @@ func TestWatchGapLongerThanMarkers(t *testing.T) {
 		kvs[name] = kv
 	}
 	wkv := kvs["rbee_workers"]
+	revs := map[string]uint64{}
 	for _, k := range []string{"h.stays", "h.expires", "h.leaves"} {
-		if _, err := wkv.Put(ctx, k, workerValue(t, "i-"+k, 1, "ready", "")); err != nil {
+		if revs[k], err = wkv.Put(ctx, k, workerValue(t, "i-"+k, 1, "ready", "")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -133,8 +134,8 @@ func TestWatchGapLongerThanMarkers(t *testing.T) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	for _, ev := range rec.evs {
-		if ev.Key == "h.expires" && (!ev.Relisted || ev.Worker == nil || ev.Worker.InstanceID != "i-h.expires") {
-			t.Errorf("h.expires event %+v: want Relisted with the last known entry", ev)
+		if ev.Key == "h.expires" && (!ev.Relisted || ev.Worker == nil || ev.Worker.InstanceID != "i-h.expires" || ev.Revision != revs["h.expires"]) {
+			t.Errorf("h.expires event %+v: want Relisted with the last entry seen and its revision %d", ev, revs["h.expires"])
 		}
 	}
 }

@@ -67,7 +67,7 @@ type Event struct {
 	Initial bool `json:"initial,omitempty"`
 	// Relisted is true for a Left or Expired found by re-listing the bucket
 	// after a gap, its marker not seen (KVWatch): At is when it was found
-	// and Revision 0 where no marker was left.
+	// and, where no marker was left, Revision that of the last value seen.
 	Relisted bool `json:"relisted,omitempty"`
 }
 
