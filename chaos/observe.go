@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -56,7 +57,6 @@ type observer struct {
 	lagAcc   []float64 // received_at_ms - sent_at_ms, ms (decoded keys)
 	lagSeen  []float64 // seen by the observer - sent_at_ms, ms
 	queens   map[string]queenBeat
-	lastRev  uint64
 	puts     uint64 // puts seen, all keys
 	expiries uint64 // purges after a put seen, all keys
 
@@ -127,87 +127,39 @@ func (o *observer) countSubject(subject string) (*atomic.Uint64, error) {
 	return n, o.nc.Flush()
 }
 
-// run keeps a watch on the workers bucket: it waits for the bucket, and
-// after a reconnect or a watch that ends it resumes at the next revision.
+// run keeps a watch on the workers bucket (registry.KVWatch, which resumes
+// after a reconnect and re-lists the bucket), once the bucket exists.
 func (o *observer) run(ctx context.Context) {
 	defer o.wg.Done()
-	reconnected := o.nc.StatusChanged(nats.CONNECTED)
-	defer o.nc.RemoveStatusListener(reconnected)
-	var (
-		kw      jetstream.KeyWatcher
-		updates <-chan jetstream.KeyValueEntry
-		retry   = time.After(0)
-	)
-	defer func() {
-		if kw != nil {
-			_ = kw.Stop()
-		}
-	}()
 	for {
+		kw, err := registry.WatchKV(ctx, o.js, "rbee_workers", registry.KVWatchConfig{OnChange: o.apply})
+		if err == nil {
+			<-ctx.Done()
+			kw.Stop()
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-reconnected:
-			retry = time.After(0)
-		case <-retry:
-			retry = nil
-			nkw, err := o.watch(ctx)
-			if err != nil {
-				retry = time.After(100 * time.Millisecond)
-				continue
-			}
-			if kw != nil {
-				_ = kw.Stop()
-			}
-			kw, updates = nkw, nkw.Updates()
-		case e, ok := <-updates:
-			if !ok {
-				updates, retry = nil, time.After(100*time.Millisecond)
-				continue
-			}
-			if e != nil {
-				o.apply(e)
-			}
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
-func (o *observer) watch(ctx context.Context) (jetstream.KeyWatcher, error) {
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	kv, err := o.js.KeyValue(wctx, "rbee_workers")
-	if err != nil {
-		return nil, err
-	}
-	o.mu.Lock()
-	last := o.lastRev
-	o.mu.Unlock()
-	var opts []jetstream.WatchOpt
-	if last > 0 {
-		opts = append(opts, jetstream.ResumeFromRevision(last+1))
-	}
-	// The watch outlives wctx: it is stopped by run.
-	return kv.WatchAll(context.WithoutCancel(ctx), opts...)
-}
-
-func (o *observer) apply(e jetstream.KeyValueEntry) {
+func (o *observer) apply(e registry.Change) {
 	now := time.Now()
 	var dec *wire.WorkerEntry
-	if e.Operation() == jetstream.KeyValuePut && o.decode != nil && o.decode(e.Key()) {
-		dec, _ = wire.DecodeWorkerEntry(e.Value())
+	if e.Op == jetstream.KeyValuePut && o.decode != nil && o.decode(e.Key) {
+		dec, _ = wire.DecodeWorkerEntry(e.Value)
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if e.Revision() <= o.lastRev {
-		return // delivered again by a replacement watch
-	}
-	o.lastRev = e.Revision()
-	s := o.keys[e.Key()]
+	s := o.keys[e.Key]
 	if s == nil {
 		s = &keyState{}
-		o.keys[e.Key()] = s
+		o.keys[e.Key] = s
 	}
-	switch e.Operation() {
+	switch e.Op {
 	case jetstream.KeyValuePut:
 		if !s.lastPut.IsZero() {
 			s.maxGap = max(s.maxGap, now.Sub(s.lastPut))
@@ -225,17 +177,17 @@ func (o *observer) apply(e jetstream.KeyValueEntry) {
 		}
 	case jetstream.KeyValuePurge, jetstream.KeyValueDelete:
 		if s.op == jetstream.KeyValuePut {
-			purge := e.Operation() == jetstream.KeyValuePurge
+			purge := e.Op == jetstream.KeyValuePurge
 			if purge {
 				s.purges++
 				o.expiries++
 			} else {
 				s.dels++
 			}
-			o.removals = append(o.removals, removal{key: e.Key(), at: now, purge: purge})
+			o.removals = append(o.removals, removal{key: e.Key, at: now, purge: purge})
 		}
 	}
-	s.op = e.Operation()
+	s.op = e.Op
 }
 
 // counts returns the puts and expiries seen so far, over all keys.

@@ -165,7 +165,7 @@ func printStatus(w io.Writer, workers []*wire.WorkerEntry, hives []*wire.HiveEnt
 			reason = strings.TrimPrefix(reason+"; stats stale", "; ")
 		}
 		fmt.Fprintf(htw, "%s\t%s\t%s\t%s\t%.1f\t%s/%s\t%d\t%d\t%s\n", termSafe(h.HiveID), age(nowMs, h.ReceivedAtMs), dash(string(h.Health)),
-			liveness(h.Received), h.CPUPercent, gib(h.RAMUsedBytes), gib(h.RAMTotalBytes), len(h.GPUs), len(h.Workers), dash(reason))
+			liveness(h.Received), h.CPUPercent, gib(h.RAMUsedBytes), gib(h.RAMTotalBytes), len(h.GPUs), len(h.Workers)+h.WorkersOmitted, dash(reason))
 		for _, g := range h.GPUs {
 			fmt.Fprintln(gtw, gpuLine(g))
 		}
@@ -241,7 +241,7 @@ func formatEvent(ev registry.Event) string {
 	case ev.Hive != nil:
 		h := ev.Hive
 		s += fmt.Sprintf("  health=%s liveness=%s gpus=%d workers=%d cpu=%.1f%% ram=%s/%sGiB",
-			h.Health, liveness(h.Received), len(h.GPUs), len(h.Workers), h.CPUPercent, gib(h.RAMUsedBytes), gib(h.RAMTotalBytes))
+			h.Health, liveness(h.Received), len(h.GPUs), len(h.Workers)+h.WorkersOmitted, h.CPUPercent, gib(h.RAMUsedBytes), gib(h.RAMTotalBytes))
 		if h.StatsStale {
 			s += " stats=stale"
 		}

@@ -4,7 +4,9 @@
 // two-level chain. A worker's goodbye removes it from the view at once; a
 // worker silent for Missed of its own intervals is dropped. With a
 // ProcessesFunc, each worker in the view carries the GPU memory its engine
-// process holds (by the pid the worker reports).
+// process holds (by the pid the worker reports). A view larger than a beat
+// may carry is sent as its first workers by ID and the count of the rest
+// (workers_omitted, wire.TrimWorkers), so the beat is never refused for it.
 package hive
 
 import (
@@ -24,6 +26,7 @@ import (
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/subscriber"
 	"github.com/rbee/heartbeat/wire"
+	"golang.org/x/time/rate"
 )
 
 // ErrInvalidConfig is returned (wrapped) by Config.Validate and New.
@@ -114,6 +117,7 @@ type Hive struct {
 	mu      sync.Mutex
 	workers map[string]*seen
 	now     func() time.Time
+	omitLog rate.Sometimes // the warning that the view is trimmed, at most every 30 s
 }
 
 // New returns a Hive. It returns an error wrapping ErrInvalidConfig for a bad Config.
@@ -130,7 +134,7 @@ func New(nc *nats.Conn, cfg Config) (*Hive, error) {
 	}
 	s, _ := subjects.New(cfg.Prefix)
 	h := &Hive{nc: nc, cfg: cfg, scheme: s, log: log.With("component", "hive", "hive", cfg.HiveID),
-		workers: map[string]*seen{}, now: time.Now}
+		workers: map[string]*seen{}, now: time.Now, omitLog: rate.Sometimes{Interval: 30 * time.Second}}
 	pc := publisher.DefaultConfig(s.Hive(cfg.HiveID), wire.SchemaHive)
 	pc.Interval, pc.Jitter, pc.InstanceID, pc.Logger = cfg.Interval, cfg.Jitter, cfg.InstanceID, cfg.Logger
 	var err error
@@ -249,6 +253,13 @@ func (h *Hive) snapshot() *wire.Hive {
 		b.GPUs = []wire.GPU{}
 	}
 	b.Workers = h.Workers()
+	total := len(b.Workers)
+	if omitted := wire.TrimWorkers(b); omitted > 0 {
+		h.omitLog.Do(func() {
+			h.log.Warn("view larger than a beat carries: sending the first workers by id and the count of the rest",
+				"workers", total, "sent", total-omitted, "workers_omitted", omitted)
+		})
+	}
 	return b
 }
 

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"sort"
 	"strings"
@@ -13,14 +14,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/internal/testutil"
+	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/wire"
 )
 
 // kvWatch records what any consumer of the workers bucket sees: per key the
 // last operation and value, and every expiry (a purge marker after a put)
 // and departure (a delete marker after a put) with the time it was seen. It
-// resumes at the next revision after a reconnect, so it sees through a
-// broker restart. Its methods may be called concurrently.
+// follows the bucket with registry.KVWatch, so it sees through a broker
+// restart and a cut longer than the markers live. Its methods may be called
+// concurrently.
 type kvWatch struct {
 	mu       sync.Mutex
 	op       map[string]jetstream.KeyValueOp
@@ -57,85 +60,46 @@ func watchWorkers(t *testing.T, url string) *kvWatch {
 		expiries: map[string][]time.Time{}, leaves: map[string][]time.Time{}, conflict: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); w.run(ctx, nc, js) }()
+	log := testutil.Logger(t)
+	go func() { defer close(done); w.run(ctx, js, log) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return w
 }
 
-func (w *kvWatch) run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) {
-	reconnected := nc.StatusChanged(nats.CONNECTED)
-	defer nc.RemoveStatusListener(reconnected)
-	var (
-		kw      jetstream.KeyWatcher
-		updates <-chan jetstream.KeyValueEntry
-		retry   = time.After(0)
-	)
-	defer func() {
-		if kw != nil {
-			_ = kw.Stop()
-		}
-	}()
+// run follows the bucket with registry.KVWatch (resuming after a reconnect,
+// re-listing after a gap) once the bucket exists.
+func (w *kvWatch) run(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {
 	for {
+		kw, err := registry.WatchKV(ctx, js, "rbee_workers", registry.KVWatchConfig{OnChange: w.apply, Logger: log})
+		if err == nil {
+			<-ctx.Done()
+			kw.Stop()
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-reconnected:
-			retry = time.After(0)
-		case <-retry:
-			retry = nil
-			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			kv, err := js.KeyValue(wctx, "rbee_workers")
-			cancel()
-			if err != nil {
-				retry = time.After(50 * time.Millisecond)
-				continue
-			}
-			var opts []jetstream.WatchOpt
-			w.mu.Lock()
-			if w.last > 0 {
-				opts = append(opts, jetstream.ResumeFromRevision(w.last+1))
-			}
-			w.mu.Unlock()
-			nkw, err := kv.WatchAll(ctx, opts...)
-			if err != nil {
-				retry = time.After(50 * time.Millisecond)
-				continue
-			}
-			if kw != nil {
-				_ = kw.Stop()
-			}
-			kw, updates = nkw, nkw.Updates()
-		case e, ok := <-updates:
-			if !ok {
-				updates, retry = nil, time.After(50*time.Millisecond)
-				continue
-			}
-			if e != nil {
-				w.apply(e)
-			}
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
 
-func (w *kvWatch) apply(e jetstream.KeyValueEntry) {
+func (w *kvWatch) apply(e registry.Change) {
 	now := time.Now()
 	var v *wire.WorkerEntry
-	if e.Operation() == jetstream.KeyValuePut {
-		v, _ = wire.DecodeWorkerEntry(e.Value())
+	if e.Op == jetstream.KeyValuePut {
+		v, _ = wire.DecodeWorkerEntry(e.Value)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if e.Revision() <= w.last {
-		return // delivered again by a replacement watch
-	}
-	w.last = e.Revision()
-	k := e.Key()
-	rec := seen{key: k, op: e.Operation(), at: now}
+	w.last = max(w.last, e.Revision)
+	k := e.Key
+	rec := seen{key: k, op: e.Op, at: now}
 	if v != nil {
 		rec.sentAt, rec.instance, rec.seq = time.UnixMilli(v.SentAtMs), v.InstanceID, v.Seq
 	}
 	w.log = append(w.log, rec)
-	switch e.Operation() {
+	switch e.Op {
 	case jetstream.KeyValuePut:
 		w.entry[k], w.putAt[k] = v, now
 		if v != nil && v.Conflict {
@@ -152,7 +116,7 @@ func (w *kvWatch) apply(e jetstream.KeyValueEntry) {
 		}
 		delete(w.entry, k)
 	}
-	w.op[k] = e.Operation()
+	w.op[k] = e.Op
 }
 
 // expiredSince returns the keys matching match that expired at or after since.

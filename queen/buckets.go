@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,21 +32,33 @@ func BucketConfig(name string, maxTTL time.Duration, replicas int) jetstream.Key
 
 func (q *Queen) ensureBuckets(ctx context.Context) error {
 	for _, name := range []string{q.scheme.WorkersBucket(), q.scheme.HivesBucket(), q.scheme.QueensBucket()} {
+		var from time.Duration
 		if err := q.retryUntilReady(ctx, "bucket "+name, func(ctx context.Context) error {
-			return q.ensureBucket(ctx, name)
+			// An attempt that raised the age limit but failed after it
+			// leaves the next attempt nothing to see: keep what it saw.
+			f, err := q.ensureBucket(ctx, name)
+			from = max(from, f)
+			return err
 		}); err != nil {
 			return err
+		}
+		if from > 0 {
+			mctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+			err := q.migrate(mctx, name, from)
+			cancel()
+			if err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
 // ensureBucket creates or updates one bucket. A bucket of the older scheme
-// (one TTL for every entry, as its age limit) is migrated in place: the age
-// limit is raised to the ceiling first, so nothing expires early, and then
-// every entry is rewritten with the TTL it had left, unless a newer beat
-// replaced it meanwhile.
-func (q *Queen) ensureBucket(ctx context.Context, name string) error {
+// (one TTL for every entry, as its age limit) has its age limit raised to
+// the ceiling, so nothing expires early; ensureBucket then returns the old
+// age limit, and the caller migrates the entries (migrate).
+func (q *Queen) ensureBucket(ctx context.Context, name string) (migrateFrom time.Duration, err error) {
 	var oldTTL time.Duration
 	if kv, err := q.js.KeyValue(ctx, name); err == nil {
 		if st, err := kv.Status(ctx); err == nil {
@@ -62,55 +73,23 @@ func (q *Queen) ensureBucket(ctx context.Context, name string) error {
 			}
 		}
 	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return fmt.Errorf("bucket %s: %w", name, err)
+		return 0, fmt.Errorf("bucket %s: %w", name, err)
 	}
 	kv, err := q.js.CreateOrUpdateKeyValue(ctx, BucketConfig(name, q.cfg.MaxTTL, q.cfg.Replicas))
 	if err != nil {
-		return fmt.Errorf("bucket %s: %w", name, explainBucketError(err, q.cfg.Replicas))
+		return 0, fmt.Errorf("bucket %s: %w", name, explainBucketError(err, q.cfg.Replicas))
 	}
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("bucket %s status: %w", name, err)
+		return 0, fmt.Errorf("bucket %s status: %w", name, err)
 	}
 	if st.TTL() != q.cfg.MaxTTL || st.LimitMarkerTTL() != MarkerTTL {
-		return fmt.Errorf("bucket %s has age limit %s and marker TTL %s, want %s and %s", name, st.TTL(), st.LimitMarkerTTL(), q.cfg.MaxTTL, MarkerTTL)
+		return 0, fmt.Errorf("bucket %s has age limit %s and marker TTL %s, want %s and %s", name, st.TTL(), st.LimitMarkerTTL(), q.cfg.MaxTTL, MarkerTTL)
 	}
 	if oldTTL > 0 && oldTTL < q.cfg.MaxTTL {
-		return q.migrate(ctx, kv, oldTTL)
+		return oldTTL, nil
 	}
-	return nil
-}
-
-// migrate rewrites every entry of kv with the TTL it had left under the old
-// bucket-wide TTL; entries already past it are purged (as the old bucket
-// would have expired them).
-func (q *Queen) migrate(ctx context.Context, kv jetstream.KeyValue, oldTTL time.Duration) error {
-	keys, err := kv.ListKeys(ctx)
-	if err != nil {
-		return fmt.Errorf("migrate %s: %w", kv.Bucket(), err)
-	}
-	var n, purged int
-	for key := range keys.Keys() {
-		e, err := kv.Get(ctx, key)
-		if err != nil {
-			continue // gone meanwhile
-		}
-		left := time.Until(e.Created().Add(oldTTL))
-		if left <= 0 {
-			if err := kv.Purge(ctx, key, jetstream.LastRevision(e.Revision())); err == nil {
-				purged++
-			}
-			continue
-		}
-		msg := &nats.Msg{Subject: "$KV." + kv.Bucket() + "." + key, Data: e.Value(), Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgTTLHeader, strconv.FormatInt(int64((left+time.Second-1)/time.Second), 10)+"s")
-		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.Revision(), 10))
-		if _, err := q.js.PublishMsg(ctx, msg); err == nil {
-			n++
-		}
-	}
-	q.log.Info("bucket migrated to per-entry TTLs", "bucket", kv.Bucket(), "rewritten", n, "purged", purged)
-	return nil
+	return 0, nil
 }
 
 // explainBucketError turns the JetStream errors a user can cause with flags

@@ -30,6 +30,7 @@ type metrics struct {
 	writeLat    prometheus.Histogram
 	skewSeconds prometheus.Histogram
 	advisoryLag prometheus.Histogram
+	migrated    *prometheus.CounterVec
 	all         []prometheus.Collector
 }
 
@@ -75,6 +76,7 @@ func newMetrics() *metrics {
 		advisoryLag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rbee_queen_advisory_lag_seconds",
 			Help:    "Time from a server's DISCONNECT advisory to the queen queuing the disconnected marks (including a 250 ms grace for a goodbye).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		migrated: newMigrationCounter(),
 	}
 	for _, k := range kinds {
 		ks := string(k)
@@ -98,7 +100,7 @@ func newMetrics() *metrics {
 		}
 	}
 	m.all = []prometheus.Collector{m.accepted, m.rejected, m.goodbyes, m.dropped, m.rescued, m.supersededC, m.reserveDrop, m.coalescedC, m.shedC, m.writeOut,
-		m.conflicts, m.marks, m.events, m.writeLat, m.skewSeconds, m.advisoryLag}
+		m.conflicts, m.marks, m.events, m.writeLat, m.skewSeconds, m.advisoryLag, m.migrated}
 	return m
 }
 

@@ -13,6 +13,13 @@
 // joined (Config.Refreshes delivers them, and every other write, as
 // Refreshed events for readers that must see every value, as the queen does).
 //
+// Each bucket is followed by a KVWatch, which resumes after any gap
+// (connection loss, server restart) and then re-lists the bucket, so that a
+// removal whose marker aged out during the gap is still reported: as
+// expired, unless the key's last message in the stream is a delete marker
+// (left). Such events carry Relisted. Chaos runs and tests that follow a
+// bucket use the same KVWatch.
+//
 // A Watcher's methods may be called concurrently. Config.OnEvent is called
 // one event at a time across all buckets (TestEventsOneAtATime).
 package registry

@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
@@ -66,6 +65,10 @@ type Event struct {
 	// Initial is true for a value loaded when the watch started (Refreshed
 	// events with Config.Refreshes only).
 	Initial bool `json:"initial,omitempty"`
+	// Relisted is true for a Left or Expired found by re-listing the bucket
+	// after a gap, its marker not seen (KVWatch): At is when it was found
+	// and, where no marker was left, Revision that of the last value seen.
+	Relisted bool `json:"relisted,omitempty"`
 }
 
 // Config configures a Watcher.
@@ -94,7 +97,7 @@ type Watcher struct {
 	queens  map[string]*item[wire.QueenEntry]
 	ready   chan struct{}
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	watches []*KVWatch
 	once    sync.Once
 	emitMu  sync.Mutex // serialises OnEvent across the bucket goroutines
 	bad     atomic.Uint64
@@ -160,32 +163,31 @@ func Watch(ctx context.Context, js jetstream.JetStream, cfg Config) (*Watcher, e
 		badLog:  rate.Sometimes{Interval: 5 * time.Second},
 	}
 	type bucket struct {
-		kv   jetstream.KeyValue
+		name string
 		kind subjects.Kind
 	}
-	buckets := []bucket{{wkv, subjects.KindWorker}, {hkv, subjects.KindHive}}
+	buckets := []bucket{{wkv.Bucket(), subjects.KindWorker}, {hkv.Bucket(), subjects.KindHive}}
 	if qkv != nil {
-		buckets = append(buckets, bucket{qkv, subjects.KindQueen})
+		buckets = append(buckets, bucket{qkv.Bucket(), subjects.KindQueen})
 	}
-	watchers := make([]jetstream.KeyWatcher, 0, len(buckets))
 	for _, b := range buckets {
-		kw, err := b.kv.WatchAll(ctx)
+		kind := b.kind
+		kw, err := WatchKV(ctx, js, b.name, KVWatchConfig{
+			OnChange: func(c Change) { w.apply(kind, c) },
+			Logger:   w.log,
+		})
 		if err != nil {
-			for _, o := range watchers {
-				_ = o.Stop()
-			}
-			cancel()
-			return nil, fmt.Errorf("watch %s: %w", b.kv.Bucket(), err)
+			w.Stop()
+			return nil, err
 		}
-		watchers = append(watchers, kw)
+		w.watches = append(w.watches, kw)
 	}
-	var initial sync.WaitGroup
-	initial.Add(len(buckets))
-	go func() { initial.Wait(); close(w.ready) }()
-	w.wg.Add(len(buckets))
-	for i, b := range buckets {
-		go w.run(ctx, js.Conn(), b.kv, watchers[i], b.kind, &initial)
-	}
+	go func() {
+		for _, kw := range w.watches {
+			<-kw.Ready()
+		}
+		close(w.ready)
+	}()
 	return w, nil
 }
 
@@ -206,104 +208,43 @@ func (w *Watcher) WaitReady(ctx context.Context) error {
 func (w *Watcher) Stop() {
 	w.once.Do(func() {
 		w.cancel()
-		w.wg.Wait()
+		for _, kw := range w.watches {
+			kw.Stop()
+		}
 	})
+}
+
+// Relisted returns how many removals the watches found by re-listing a
+// bucket after a gap rather than by seeing their marker (KVWatch).
+func (w *Watcher) Relisted() uint64 {
+	var n uint64
+	for _, kw := range w.watches {
+		n += kw.Relisted()
+	}
+	return n
 }
 
 // Undecodable returns how many values could not be decoded (each is also
 // logged, rate-limited, and left out of the mirror).
 func (w *Watcher) Undecodable() uint64 { return w.bad.Load() }
 
-// rewatchTimeout bounds the creation of a replacement watch; rewatchRetry is
-// the pause before trying again.
-const (
-	rewatchTimeout = 5 * time.Second
-	rewatchRetry   = 250 * time.Millisecond
-)
-
-// run applies one bucket's updates. After a reconnect it replaces the watch
-// with one resuming at the next revision: the ordered consumer under a KV
-// watch notices a consumer lost with a restarted server only after two
-// missed idle heartbeats (10-20 s), and the registry would be blind until
-// then. A watch that ends on its own is replaced the same way.
-func (w *Watcher) run(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, kw jetstream.KeyWatcher, kind subjects.Kind, initial *sync.WaitGroup) {
-	defer w.wg.Done()
-	defer func() { _ = kw.Stop() }()
-	var reconnected chan nats.Status
-	if nc != nil {
-		reconnected = nc.StatusChanged(nats.CONNECTED)
-		defer nc.RemoveStatusListener(reconnected)
-	}
-	loading := true
-	done := func() {
-		if loading {
-			loading = false
-			initial.Done()
-		}
-	}
-	defer done()
-	var (
-		last    uint64 // revision of the last entry applied
-		updates = kw.Updates()
-		retry   <-chan time.Time
-	)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-reconnected:
-			retry = time.After(0)
-		case <-retry:
-			retry = nil
-			var opts []jetstream.WatchOpt
-			if !loading {
-				opts = append(opts, jetstream.ResumeFromRevision(last+1))
-			}
-			rctx, cancel := context.WithTimeout(ctx, rewatchTimeout)
-			nkw, err := kv.WatchAll(rctx, opts...)
-			cancel()
-			if err != nil {
-				if ctx.Err() == nil {
-					retry = time.After(rewatchRetry)
-				}
-				continue
-			}
-			_ = kw.Stop()
-			kw, updates = nkw, nkw.Updates()
-		case e, ok := <-updates:
-			if !ok {
-				updates, retry = nil, time.After(rewatchRetry)
-				continue
-			}
-			if e == nil {
-				done()
-				continue
-			}
-			if e.Revision() <= last {
-				continue // delivered again by a replacement watch
-			}
-			last = e.Revision()
-			w.apply(kind, e, loading)
-		}
-	}
-}
-
 // apply mirrors one KV operation and emits its event. The emit lock is held
 // across the mirror update and the callback so that, across buckets, events
 // reach OnEvent one at a time and in the order the mirror changed.
-func (w *Watcher) apply(kind subjects.Kind, e jetstream.KeyValueEntry, initial bool) {
+func (w *Watcher) apply(kind subjects.Kind, e Change) {
 	w.emitMu.Lock()
 	defer w.emitMu.Unlock()
-	ev := Event{Kind: kind, Key: e.Key(), At: e.Created(), Revision: e.Revision(), Initial: initial}
+	initial := e.Initial
+	ev := Event{Kind: kind, Key: e.Key, At: e.Created, Revision: e.Revision, Initial: initial, Relisted: e.Relisted}
 	switch kind {
 	case subjects.KindWorker:
-		ev.HiveID, ev.WorkerID, _ = subjects.ParseWorkerKey(e.Key())
+		ev.HiveID, ev.WorkerID, _ = subjects.ParseWorkerKey(e.Key)
 	case subjects.KindHive:
-		ev.HiveID = e.Key()
+		ev.HiveID = e.Key
 	case subjects.KindQueen:
-		ev.QueenID = e.Key()
+		ev.QueenID = e.Key
 	}
-	if op := e.Operation(); op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge {
+	if op := e.Op; op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge {
 		ev.Type = Left
 		if op == jetstream.KeyValuePurge {
 			ev.Type = Expired
@@ -313,22 +254,22 @@ func (w *Watcher) apply(kind subjects.Kind, e jetstream.KeyValueEntry, initial b
 		switch kind {
 		case subjects.KindWorker:
 			var it *item[wire.WorkerEntry]
-			if it, known = w.workers[e.Key()]; known {
+			if it, known = w.workers[e.Key]; known {
 				ev.Worker = it.v
 			}
-			delete(w.workers, e.Key())
+			delete(w.workers, e.Key)
 		case subjects.KindHive:
 			var it *item[wire.HiveEntry]
-			if it, known = w.hives[e.Key()]; known {
+			if it, known = w.hives[e.Key]; known {
 				ev.Hive = it.v
 			}
-			delete(w.hives, e.Key())
+			delete(w.hives, e.Key)
 		case subjects.KindQueen:
 			var it *item[wire.QueenEntry]
-			if it, known = w.queens[e.Key()]; known {
+			if it, known = w.queens[e.Key]; known {
 				ev.Queen = it.v
 			}
-			delete(w.queens, e.Key())
+			delete(w.queens, e.Key)
 		}
 		w.mu.Unlock()
 		if known && !initial {
@@ -340,10 +281,10 @@ func (w *Watcher) apply(kind subjects.Kind, e jetstream.KeyValueEntry, initial b
 	switch kind {
 	case subjects.KindWorker:
 		var v *wire.WorkerEntry
-		if v, err = wire.DecodeWorkerEntry(e.Value()); err == nil {
+		if v, err = wire.DecodeWorkerEntry(e.Value); err == nil {
 			w.mu.Lock()
-			prev := w.workers[e.Key()]
-			w.workers[e.Key()] = &item[wire.WorkerEntry]{v, e.Revision()}
+			prev := w.workers[e.Key]
+			w.workers[e.Key] = &item[wire.WorkerEntry]{v, e.Revision}
 			w.mu.Unlock()
 			ev.Worker = v
 			if prev != nil {
@@ -354,10 +295,10 @@ func (w *Watcher) apply(kind subjects.Kind, e jetstream.KeyValueEntry, initial b
 		}
 	case subjects.KindHive:
 		var v *wire.HiveEntry
-		if v, err = wire.DecodeHiveEntry(e.Value()); err == nil {
+		if v, err = wire.DecodeHiveEntry(e.Value); err == nil {
 			w.mu.Lock()
-			prev := w.hives[e.Key()]
-			w.hives[e.Key()] = &item[wire.HiveEntry]{v, e.Revision()}
+			prev := w.hives[e.Key]
+			w.hives[e.Key] = &item[wire.HiveEntry]{v, e.Revision}
 			w.mu.Unlock()
 			ev.Hive = v
 			if prev != nil {
@@ -368,10 +309,10 @@ func (w *Watcher) apply(kind subjects.Kind, e jetstream.KeyValueEntry, initial b
 		}
 	case subjects.KindQueen:
 		var v *wire.QueenEntry
-		if v, err = wire.DecodeQueenEntry(e.Value()); err == nil {
+		if v, err = wire.DecodeQueenEntry(e.Value); err == nil {
 			w.mu.Lock()
-			prev := w.queens[e.Key()]
-			w.queens[e.Key()] = &item[wire.QueenEntry]{v, e.Revision()}
+			prev := w.queens[e.Key]
+			w.queens[e.Key] = &item[wire.QueenEntry]{v, e.Revision}
 			w.mu.Unlock()
 			ev.Queen = v
 			switch {
@@ -389,7 +330,7 @@ func (w *Watcher) apply(kind subjects.Kind, e jetstream.KeyValueEntry, initial b
 	if err != nil {
 		n := w.bad.Add(1)
 		w.badLog.Do(func() {
-			w.log.Warn("undecodable registry value", "kind", kind, "key", e.Key(), "revision", e.Revision(),
+			w.log.Warn("undecodable registry value", "kind", kind, "key", e.Key, "revision", e.Revision,
 				"err", err, "undecodable_total", n)
 		})
 		return
@@ -441,7 +382,7 @@ func hiveChange(prev, v *wire.HiveEntry) (EventType, string) {
 	if t := livenessChange(prev.Liveness, v.Liveness); t != "" {
 		return t, string(prev.Liveness.OrAlive())
 	}
-	if prev.Health != v.Health || len(prev.Workers) != len(v.Workers) || len(prev.GPUs) != len(v.GPUs) {
+	if prev.Health != v.Health || len(prev.Workers) != len(v.Workers) || prev.WorkersOmitted != v.WorkersOmitted || len(prev.GPUs) != len(v.GPUs) {
 		return Updated, string(prev.Health)
 	}
 	return Refreshed, ""

@@ -11,7 +11,8 @@ import (
 )
 
 // MaxPayload is the largest heartbeat payload accepted, in bytes. A hive with
-// 1,024 workers and 64 GPUs stays well below it.
+// 1,024 workers of ordinary size and 64 GPUs stays well below it; a larger
+// view is trimmed to fit (TrimWorkers).
 const MaxPayload = 256 << 10
 
 // MaxDepth is the deepest nesting of maps and arrays that DecodeAny accepts,

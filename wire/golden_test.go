@@ -118,6 +118,7 @@ func goldenHive() Hive {
 			{WorkerID: "llama-70b-0", Status: StatusReady, Health: Healthy, ModelID: "meta-llama/Llama-3.1-70B-Instruct", Device: "cuda:1", LastSeenMs: 1767225589310},
 			{WorkerID: "embed-0", Status: StatusStarting, Health: Healthy, ModelID: "BAAI/bge-m3", Device: "cuda:2", LastSeenMs: 1767225598777},
 		},
+		WorkersOmitted: 2,
 	}
 }
 

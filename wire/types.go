@@ -132,6 +132,10 @@ type Hive struct {
 	StatsAgeMs int64        `msgpack:"stats_age_ms,omitempty" json:"stats_age_ms,omitempty"`
 	GPUs       []GPU        `msgpack:"gpus" msg:"gpus,limit=64" json:"gpus"`
 	Workers    []HiveWorker `msgpack:"workers" msg:"workers,limit=1024" json:"workers"`
+	// WorkersOmitted counts the workers of the hive's view left out of
+	// Workers to keep the beat within MaxHiveWorkers and MaxPayload (see
+	// TrimWorkers); absent means none.
+	WorkersOmitted int `msgpack:"workers_omitted,omitempty" json:"workers_omitted,omitempty"`
 }
 
 // GPU is one device in a hive heartbeat. Measurements the device could not

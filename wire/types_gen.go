@@ -658,8 +658,8 @@ func (z Health) Msgsize() (s int) {
 func (z *Hive) MarshalMsg(b []byte) (o []byte, err error) {
 	o = msgp.Require(b, z.Msgsize())
 	// check for omitted fields
-	zb0001Len := uint32(19)
-	var zb0001Mask uint32 /* 19 bits */
+	zb0001Len := uint32(20)
+	var zb0001Mask uint32 /* 20 bits */
 	_ = zb0001Mask
 	if z.Conn == "" {
 		zb0001Len--
@@ -676,6 +676,10 @@ func (z *Hive) MarshalMsg(b []byte) (o []byte, err error) {
 	if z.StatsAgeMs == 0 {
 		zb0001Len--
 		zb0001Mask |= 0x10000
+	}
+	if z.WorkersOmitted == 0 {
+		zb0001Len--
+		zb0001Mask |= 0x80000
 	}
 	// variable map header, size zb0001Len
 	o = msgp.AppendMapHeader(o, zb0001Len)
@@ -772,6 +776,11 @@ func (z *Hive) MarshalMsg(b []byte) (o []byte, err error) {
 				err = msgp.WrapError(err, "Workers", za0002)
 				return
 			}
+		}
+		if (zb0001Mask & 0x80000) == 0 { // if not omitted
+			// string "workers_omitted"
+			o = append(o, 0xaf, 0x77, 0x6f, 0x72, 0x6b, 0x65, 0x72, 0x73, 0x5f, 0x6f, 0x6d, 0x69, 0x74, 0x74, 0x65, 0x64)
+			o = msgp.AppendInt(o, z.WorkersOmitted)
 		}
 	}
 	return
@@ -958,6 +967,12 @@ func (z *Hive) UnmarshalMsg(bts []byte) (o []byte, err error) {
 					return
 				}
 			}
+		case "workers_omitted":
+			z.WorkersOmitted, bts, err = msgp.ReadIntBytes(bts)
+			if err != nil {
+				err = msgp.WrapError(err, "WorkersOmitted")
+				return
+			}
 		default:
 			bts, err = msgp.Skip(bts)
 			if err != nil {
@@ -986,6 +1001,7 @@ func (z *Hive) Msgsize() (s int) {
 	for za0002 := range z.Workers {
 		s += z.Workers[za0002].Msgsize()
 	}
+	s += 16 + msgp.IntSize
 	return
 }
 
@@ -993,8 +1009,8 @@ func (z *Hive) Msgsize() (s int) {
 func (z *HiveEntry) MarshalMsg(b []byte) (o []byte, err error) {
 	o = msgp.Require(b, z.Msgsize())
 	// check for omitted fields
-	zb0001Len := uint32(26)
-	var zb0001Mask uint32 /* 26 bits */
+	zb0001Len := uint32(27)
+	var zb0001Mask uint32 /* 27 bits */
 	_ = zb0001Mask
 	if z.Conn == "" {
 		zb0001Len--
@@ -1012,21 +1028,25 @@ func (z *HiveEntry) MarshalMsg(b []byte) (o []byte, err error) {
 		zb0001Len--
 		zb0001Mask |= 0x10000
 	}
-	if z.Liveness == "" {
+	if z.WorkersOmitted == 0 {
 		zb0001Len--
-		zb0001Mask |= 0x400000
+		zb0001Mask |= 0x80000
 	}
-	if z.LivenessSinceMs == 0 {
+	if z.Liveness == "" {
 		zb0001Len--
 		zb0001Mask |= 0x800000
 	}
-	if z.ProgressAtMs == 0 {
+	if z.LivenessSinceMs == 0 {
 		zb0001Len--
 		zb0001Mask |= 0x1000000
 	}
-	if z.Conflict == false {
+	if z.ProgressAtMs == 0 {
 		zb0001Len--
 		zb0001Mask |= 0x2000000
+	}
+	if z.Conflict == false {
+		zb0001Len--
+		zb0001Mask |= 0x4000000
 	}
 	// variable map header, size zb0001Len
 	o = msgp.AppendMapHeader(o, zb0001Len)
@@ -1124,6 +1144,11 @@ func (z *HiveEntry) MarshalMsg(b []byte) (o []byte, err error) {
 				return
 			}
 		}
+		if (zb0001Mask & 0x80000) == 0 { // if not omitted
+			// string "workers_omitted"
+			o = append(o, 0xaf, 0x77, 0x6f, 0x72, 0x6b, 0x65, 0x72, 0x73, 0x5f, 0x6f, 0x6d, 0x69, 0x74, 0x74, 0x65, 0x64)
+			o = msgp.AppendInt(o, z.WorkersOmitted)
+		}
 		// string "received_at_ms"
 		o = append(o, 0xae, 0x72, 0x65, 0x63, 0x65, 0x69, 0x76, 0x65, 0x64, 0x5f, 0x61, 0x74, 0x5f, 0x6d, 0x73)
 		o = msgp.AppendInt64(o, z.ReceivedAtMs)
@@ -1133,22 +1158,22 @@ func (z *HiveEntry) MarshalMsg(b []byte) (o []byte, err error) {
 		// string "skew_ms"
 		o = append(o, 0xa7, 0x73, 0x6b, 0x65, 0x77, 0x5f, 0x6d, 0x73)
 		o = msgp.AppendInt64(o, z.SkewMs)
-		if (zb0001Mask & 0x400000) == 0 { // if not omitted
+		if (zb0001Mask & 0x800000) == 0 { // if not omitted
 			// string "liveness"
 			o = append(o, 0xa8, 0x6c, 0x69, 0x76, 0x65, 0x6e, 0x65, 0x73, 0x73)
 			o = msgp.AppendString(o, string(z.Liveness))
 		}
-		if (zb0001Mask & 0x800000) == 0 { // if not omitted
+		if (zb0001Mask & 0x1000000) == 0 { // if not omitted
 			// string "liveness_since_ms"
 			o = append(o, 0xb1, 0x6c, 0x69, 0x76, 0x65, 0x6e, 0x65, 0x73, 0x73, 0x5f, 0x73, 0x69, 0x6e, 0x63, 0x65, 0x5f, 0x6d, 0x73)
 			o = msgp.AppendInt64(o, z.LivenessSinceMs)
 		}
-		if (zb0001Mask & 0x1000000) == 0 { // if not omitted
+		if (zb0001Mask & 0x2000000) == 0 { // if not omitted
 			// string "progress_at_ms"
 			o = append(o, 0xae, 0x70, 0x72, 0x6f, 0x67, 0x72, 0x65, 0x73, 0x73, 0x5f, 0x61, 0x74, 0x5f, 0x6d, 0x73)
 			o = msgp.AppendInt64(o, z.ProgressAtMs)
 		}
-		if (zb0001Mask & 0x2000000) == 0 { // if not omitted
+		if (zb0001Mask & 0x4000000) == 0 { // if not omitted
 			// string "conflict"
 			o = append(o, 0xa8, 0x63, 0x6f, 0x6e, 0x66, 0x6c, 0x69, 0x63, 0x74)
 			o = msgp.AppendBool(o, z.Conflict)
@@ -1338,6 +1363,12 @@ func (z *HiveEntry) UnmarshalMsg(bts []byte) (o []byte, err error) {
 					return
 				}
 			}
+		case "workers_omitted":
+			z.WorkersOmitted, bts, err = msgp.ReadIntBytes(bts)
+			if err != nil {
+				err = msgp.WrapError(err, "WorkersOmitted")
+				return
+			}
 		case "received_at_ms":
 			z.ReceivedAtMs, bts, err = msgp.ReadInt64Bytes(bts)
 			if err != nil {
@@ -1412,7 +1443,7 @@ func (z *HiveEntry) Msgsize() (s int) {
 	for za0002 := range z.Workers {
 		s += z.Workers[za0002].Msgsize()
 	}
-	s += 15 + msgp.Int64Size + 14 + msgp.Int64Size + 8 + msgp.Int64Size + 9 + msgp.StringPrefixSize + len(string(z.Liveness)) + 18 + msgp.Int64Size + 15 + msgp.Int64Size + 9 + msgp.BoolSize
+	s += 16 + msgp.IntSize + 15 + msgp.Int64Size + 14 + msgp.Int64Size + 8 + msgp.Int64Size + 9 + msgp.StringPrefixSize + len(string(z.Liveness)) + 18 + msgp.Int64Size + 15 + msgp.Int64Size + 9 + msgp.BoolSize
 	return
 }
 

@@ -173,6 +173,9 @@ func (h *Hive) Validate() error {
 	if len(h.Workers) > MaxHiveWorkers {
 		return invalid("%d workers, at most %d", len(h.Workers), MaxHiveWorkers)
 	}
+	if h.WorkersOmitted < 0 || h.WorkersOmitted > MaxSeq {
+		return invalid("workers_omitted %d outside [0, 2^53]", h.WorkersOmitted)
+	}
 	for i, w := range h.Workers {
 		if !subjects.ValidID(w.WorkerID) {
 			return invalid("workers[%d].worker_id %q is not a valid id", i, w.WorkerID)
