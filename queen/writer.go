@@ -77,7 +77,8 @@ func notable(prev, o *op) bool {
 		a, b := prev.worker, o.worker
 		return a.Status != b.Status || a.Health != b.Health || a.ModelID != b.ModelID || a.SlotsBusy != b.SlotsBusy
 	case o.hive != nil && prev.hive != nil:
-		return prev.hive.Health != o.hive.Health || len(prev.hive.Workers) != len(o.hive.Workers)
+		return prev.hive.Health != o.hive.Health || len(prev.hive.Workers) != len(o.hive.Workers) ||
+			prev.hive.WorkersOmitted != o.hive.WorkersOmitted
 	case o.queen != nil && prev.queen != nil:
 		return prev.queen.State != o.queen.State
 	}
