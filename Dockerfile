@@ -2,7 +2,7 @@
 # rbee with NVML support: one image for the queen, hives and workers.
 #   docker build -t rbee .
 #   docker run --rm --gpus all --network host rbee hive --hive-id gpu-node-1 --nats-url nats://queen:4222
-# The build step is the README's ("Install as a service"): cgo on, so that
+# The build step is docs/operations.md's ("Install as a service"): cgo on, so that
 # the hive reads GPUs through NVML. NVML itself (libnvidia-ml.so) is not in
 # the image: it is loaded at run time from the driver, which the NVIDIA
 # Container Toolkit mounts into the container (--gpus all).

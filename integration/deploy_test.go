@@ -115,14 +115,14 @@ func TestSystemdUnits(t *testing.T) {
 	}
 }
 
-// TestDockerfileBuildIsTheREADMEs: the image is built with the README's
-// build command.
-func TestDockerfileBuildIsTheREADMEs(t *testing.T) {
+// TestDockerfileBuildIsTheDocs: the image is built with the build command
+// docs/operations.md gives.
+func TestDockerfileBuildIsTheDocs(t *testing.T) {
 	df, err := os.ReadFile("../Dockerfile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile("../README.md")
+	readme, err := os.ReadFile("../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestDockerfileBuildIsTheREADMEs(t *testing.T) {
 	}
 	cmd := regexp.MustCompile(`-o \S+`).ReplaceAllString(string(build[1]), "-o rbee")
 	if !strings.Contains(string(readme), cmd) {
-		t.Fatalf("README lacks the Dockerfile's build command:\n%s", cmd)
+		t.Fatalf("docs/operations.md lacks the Dockerfile's build command:\n%s", cmd)
 	}
 	if !strings.Contains(cmd, "CGO_ENABLED=1") {
 		t.Fatalf("the image is built without cgo, so without NVML: %s", cmd)
