@@ -201,7 +201,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
 			return 1
 		case errors.As(err, &ue):
-			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(flagHint(err.Error(), c.name))))
 			return 2
 		default:
 			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
@@ -226,13 +226,21 @@ type common struct {
 	logLevel string
 }
 
-// newFlagSet returns the flag set of command name. Its -h output is the
-// command's one-line description, usage line and examples, then its flags.
+// newFlagSet returns the flag set of command name. Its -h output goes to
+// stdout: the command's one-line description, usage line and examples, then
+// its flags. A parse error prints nothing here: Main prints it in one line
+// with a hint.
 func newFlagSet(e *env, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("rbee "+name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	out := &flagErrors{}
+	fs.SetOutput(out)
 	fs.Usage = func() {
-		w := fs.Output()
+		if out.failed {
+			// Called after a parse error: the error is Main's to print.
+			out.failed = false
+			return
+		}
+		w := e.stdout
 		if c := findCommand(name); c != nil {
 			fmt.Fprintf(w, "rbee %s: %s\n\nusage: rbee %s %s\n", name, c.summary, name, c.synopsis)
 			if len(c.examples) > 0 {
@@ -248,10 +256,31 @@ func newFlagSet(e *env, name string) *flag.FlagSet {
 		fs.VisitAll(func(*flag.Flag) { n++ })
 		if n > 0 {
 			fmt.Fprintln(w, "\nflags:")
+			fs.SetOutput(w)
 			fs.PrintDefaults()
+			fs.SetOutput(out)
 		}
 	}
 	return fs
+}
+
+// flagErrors is a flag set's output outside -h: the flag package writes
+// there only the error it also returns, which it marks.
+type flagErrors struct{ failed bool }
+
+func (f *flagErrors) Write(p []byte) (int, error) {
+	f.failed = true
+	return len(p), nil
+}
+
+// flagHint is added to the flag package's own parse errors.
+func flagHint(msg, name string) string {
+	for _, p := range []string{"flag provided but not defined", "invalid value", "invalid boolean", "flag needs an argument", "bad flag syntax"} {
+		if strings.HasPrefix(msg, p) {
+			return msg + " (see 'rbee " + name + " -h')"
+		}
+	}
+	return msg
 }
 
 func (c *common) register(fs *flag.FlagSet, defaultURL string) {

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -100,7 +101,7 @@ func runQueen(e *env, args []string) error {
 			if errors.Is(err, embedded.ErrInvalidConfig) {
 				return usageError{err.Error()}
 			}
-			return err
+			return listenHint(err, "--listen", f.listen)
 		}
 		defer srv.Shutdown()
 		f.natsURL = srv.ClientURL()
@@ -217,13 +218,23 @@ func runQueen(e *env, args []string) error {
 	if f.http != "off" {
 		hs, err := startHTTP(e.ctx, f.http, q, nc, log, fan)
 		if err != nil {
-			return err
+			return listenHint(err, "--http", f.http)
 		}
 		defer hs.Close()
 	}
 	<-e.ctx.Done()
 	log.Info("stopping")
 	return nil
+}
+
+// listenHint adds what to do to an error of listening on addr, given by
+// flag: another process holds the port (an exit of 1, not 2: the flag is
+// well formed, and a restart may find the port free).
+func listenHint(err error, flag, addr string) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return err
+	}
+	return fmt.Errorf("%s %s: %w; another process holds the port (an rbee queen or nats-server already running?): stop it, or give %s another address", flag, addr, err, flag)
 }
 
 func (f *queenFlags) embeddedConfig(log *slog.Logger) (embedded.Config, error) {
