@@ -6,8 +6,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/rbee/heartbeat/engine"
 )
 
 // envFiles reads KEY=VALUE lines of the example environment files.
@@ -70,8 +74,22 @@ func execStart(t *testing.T, unit string, env map[string]string, instance string
 	return args
 }
 
-// TestSystemdUnits checks deploy/: systemd-analyze accepts each unit, and
-// rbee accepts each ExecStart's flags with the example environment files.
+// unitSetting returns the last value of key in a unit file's text.
+func unitSetting(text, key string) string {
+	var v string
+	for _, line := range strings.Split(text, "\n") {
+		if val, ok := strings.CutPrefix(line, key+"="); ok {
+			v = val
+		}
+	}
+	return v
+}
+
+// TestSystemdUnits checks deploy/: rbee accepts each ExecStart's flags with
+// the example environment files; each unit restarts on a runtime failure
+// (exit 1) but not on a bad flag (exit 2); the worker's stop timeout leaves
+// room beyond the engine's stop grace for the goodbye; systemd-analyze
+// accepts each unit and rates its sandbox "OK" (4.0 or below).
 func TestSystemdUnits(t *testing.T) {
 	bin := filepath.Join(rbeeBinary(t), "rbee")
 	env := envFiles(t, "../deploy/rbee.env", "../deploy/queen.env", "../deploy/worker-llama-0.env")
@@ -87,12 +105,35 @@ func TestSystemdUnits(t *testing.T) {
 			if err != nil {
 				t.Fatalf("rbee %v -h: %v\n%s", args[1:], err, out)
 			}
+			b, err := os.ReadFile(filepath.Join("../deploy", unit))
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := string(b)
+			if r := unitSetting(text, "Restart"); r != "on-failure" && r != "always" {
+				t.Errorf("Restart=%q: a runtime failure (exit 1) must be restarted", r)
+			}
+			if p := unitSetting(text, "RestartPreventExitStatus"); p != "2" {
+				t.Errorf("RestartPreventExitStatus=%q: want 2 (a bad flag), and only that", p)
+			}
+			if unitSetting(text, "StartLimitIntervalSec") != "0" {
+				t.Errorf("StartLimitIntervalSec is not 0: systemd gives up restarting after five quick failures")
+			}
+			stop, err := time.ParseDuration(unitSetting(text, "TimeoutStopSec"))
+			if err != nil {
+				t.Fatalf("TimeoutStopSec: %v", err)
+			}
+			if unit == "rbee-worker@.service" {
+				if stop < engine.DefaultStopGrace+10*time.Second {
+					t.Errorf("TimeoutStopSec=%s: want at least the engine's stop grace %s plus 10s for the goodbye", stop, engine.DefaultStopGrace)
+				}
+				if unitSetting(text, "KillMode") != "mixed" {
+					t.Errorf("KillMode=%q: want mixed, so that SIGTERM reaches the worker alone and the engine's stop is the worker's", unitSetting(text, "KillMode"))
+				}
+			}
 		})
 	}
-	sa, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze not installed: unit syntax not checked")
-	}
+	sa := requireTool(t, "systemd-analyze")
 	dir := t.TempDir()
 	var paths []string
 	for unit := range units {
@@ -112,6 +153,20 @@ func TestSystemdUnits(t *testing.T) {
 	out, err := exec.Command(sa, append([]string{"verify"}, paths...)...).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	level := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+) (\S+)`)
+	for _, p := range paths {
+		out, err := exec.Command(sa, "security", "--offline=true", "--no-pager", p).CombinedOutput()
+		m := level.FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("systemd-analyze security %s: %v\n%s", filepath.Base(p), err, out)
+		}
+		score, _ := strconv.ParseFloat(string(m[1]), 64)
+		if score > 4.0 || string(m[2]) != "OK" {
+			t.Errorf("%s: exposure %s %s, want 4.0 or below, OK:\n%s", filepath.Base(p), m[1], m[2], out)
+		} else {
+			t.Logf("%s: exposure %s %s", filepath.Base(p), m[1], m[2])
+		}
 	}
 }
 
