@@ -87,10 +87,11 @@ func init() {
 				"rbee events --hive gpu-node-1 --since 24h",
 				"rbee events --since 2026-01-31T22:00:00Z --json",
 			}},
-		{"check", "exit 0 if a worker or hive is present and alive, 1 if not, 2 on bad input", runCheck,
-			"worker HIVE.WORKER | hive HIVE [flags]", []string{
+		{"check", "exit 0 if a worker or hive is present and alive (a queen: ok), 1 if not, 2 on bad input", runCheck,
+			"worker HIVE.WORKER | hive HIVE | queen [HTTP-ADDR] [flags]", []string{
 				"rbee check worker gpu-node-1.llama-0",
 				"rbee check hive gpu-node-1 --nats-url nats://queen:4222",
+				"rbee check queen 127.0.0.1:8500",
 			}},
 		{"decode", "msgpack on stdin to JSON on stdout", runDecode,
 			"[--compact=false] < payload.msgpack", []string{
