@@ -51,7 +51,7 @@ func runQueen(e *env, args []string) error {
 	fs.IntVar(&f.missed, "missed", 3, "an entry expires after this many of its own intervals without a beat (2-100)")
 	fs.DurationVar(&f.maxTTL, "max-ttl", time.Hour, "the longest TTL any entry may have; a beat whose TTL would pass it is refused")
 	fs.IntVar(&f.stallAfter, "stall-after", 3, "a busy worker whose progress stands still this many of its intervals is stalled")
-	fs.StringVar(&f.queenID, "queen-id", "", "this queen's ID in its own heartbeat and in the queens bucket (default: host name and a short suffix)")
+	fs.StringVar(&f.queenID, "queen-id", "", "this queen's ID in its own heartbeat and in the queens bucket (default: the host name and a hash of --data, the same at every start)")
 	fs.Float64Var(&f.disruption, "disruption-share", 0.3, "share of entries expiring within one TTL that makes the registry disrupted")
 	fs.IntVar(&f.replicas, "replicas", 1, "bucket replicas (3 in a cluster of three)")
 	fs.StringVar(&f.http, "http", "127.0.0.1:8500", "HTTP API and /metrics address, or off")
@@ -81,6 +81,8 @@ func runQueen(e *env, args []string) error {
 	qc.DisruptionShare, qc.Version = f.disruption, Version
 	if f.queenID != "" {
 		qc.QueenID = f.queenID
+	} else if dir, err := filepath.Abs(f.data); err == nil {
+		qc.QueenID = queen.StableQueenID(dir)
 	}
 	if err := qc.Validate(); err != nil {
 		return usageError{err.Error()}
