@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -225,6 +226,8 @@ type common struct {
 	tlsCert  string
 	tlsKey   string
 	logLevel string
+	// urlFromEnv: --nats-url was not given and NATS_URL set it.
+	urlFromEnv bool
 }
 
 // newFlagSet returns the flag set of command name. Its -h output goes to
@@ -310,6 +313,9 @@ func (c *common) parse(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "nats-url" })
+	c.urlFromEnv = !given && c.natsURL != "" && c.natsURL == os.Getenv("NATS_URL")
 	if _, err := subjects.New(c.prefix); err != nil {
 		return usageError{err.Error()}
 	}
@@ -373,7 +379,15 @@ func (c *common) connectWaiting(ctx context.Context, name string, log *slog.Logg
 	if nc.IsConnected() {
 		return nc, nil
 	}
-	log.Warn("no NATS server answers yet; retrying", "url", c.natsURL)
+	if c.urlFromEnv {
+		msg := "no NATS server answers yet at NATS_URL from the environment; retrying"
+		if name == "rbee-queen" {
+			msg += " (unset NATS_URL, or give --nats-url \"\", for the embedded broker)"
+		}
+		log.Warn(msg, "NATS_URL", redactURL(c.natsURL))
+	} else {
+		log.Warn("no NATS server answers yet; retrying", "url", redactURL(c.natsURL))
+	}
 	if err := natsconn.WaitConnected(ctx, nc); err != nil {
 		nc.Close()
 		if ctx.Err() != nil {
@@ -383,6 +397,17 @@ func (c *common) connectWaiting(ctx context.Context, name string, log *slog.Logg
 	}
 	log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
 	return nc, nil
+}
+
+// redactURL returns a list of NATS URLs with any password replaced by xxxxx.
+func redactURL(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 type natsConnCloser struct{ nc *nats.Conn }

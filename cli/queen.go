@@ -66,6 +66,11 @@ func runQueen(e *env, args []string) error {
 		return err
 	}
 	log := f.logger(e)
+	if f.urlFromEnv {
+		// First, before anything waits on it: an exported NATS_URL is easy
+		// to forget, and with it the queen starts no broker of its own.
+		log.Info("using the NATS server named by NATS_URL from the environment, no embedded broker (unset it, or give --nats-url \"\", for the embedded broker)", "NATS_URL", redactURL(f.natsURL))
+	}
 	queenGC()
 	sc := events.DefaultStreamConfig()
 	sc.MaxAge, sc.Replicas = f.evMaxAge, f.replicas
