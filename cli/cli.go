@@ -206,7 +206,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(flagHint(err.Error(), c.name))))
 			return 2
 		default:
-			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(withAdvice(err))))
 			return 1
 		}
 	}
