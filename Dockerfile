@@ -15,7 +15,7 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=1 CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -trimpath -o /out/rbee ./cmd/rbee
+RUN CGO_ENABLED=1 CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" go build -tags nvml -trimpath -o /out/rbee ./cmd/rbee
 
 # The same Debian release as the build stage: the cgo binary links its glibc.
 FROM debian:bookworm-slim

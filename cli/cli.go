@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/gpu"
 	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/subjects"
 )
@@ -150,7 +151,13 @@ func versionString() string {
 			s += " (" + rev + dirty + ")"
 		}
 	}
-	return s + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+	s += " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+	if gpu.NVML {
+		s += " nvml"
+	} else {
+		s += " (no nvml: no GPU data; build with -tags nvml)"
+	}
+	return s
 }
 
 func runVersion(e *env, args []string) error {
