@@ -40,7 +40,6 @@ func (w *jsonErrorWriter) WriteHeader(code int) {
 		msg = strings.ToLower(http.StatusText(code))
 	}
 	h.Del("Content-Length")
-	h.Del("X-Content-Type-Options")
 	w.replaced = true
 	writeError(w.ResponseWriter, code, msg)
 }
