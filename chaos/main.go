@@ -84,7 +84,7 @@ func main() {
 	flag.Float64Var(&o.capacity, "capacity", 0, "the queen's write capacity in writes/s, instead of measuring it")
 	flag.IntVar(&o.rate, "rate", 0, "offered beats/s in the overload case (default 2 × capacity)")
 	flag.DurationVar(&o.outage, "outage", missed*interval-2200*time.Millisecond,
-		"blackhole length in the outage case: the README's margin, (missed − 2.2) × interval")
+		"blackhole length in the outage case: docs/operations.md's margin, (missed − 2.2) × interval")
 	rss := flag.Int("rss-limit-mib", 1024, "the overload case's bound on the queen's peak RSS, MiB")
 	flag.StringVar(&o.note, "note", "", "a line for the top of the report")
 	flag.StringVar(&o.baseline, "baseline", "", "an earlier report (e.g. of the queen before a change) whose summary is quoted for comparison")

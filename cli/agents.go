@@ -76,6 +76,7 @@ func runHive(e *env, args []string) error {
 		return err
 	}
 	log.Info("hive beating", "hive", *hiveID, "subject", c.scheme().Hive(*hiveID), "interval", *interval)
+	c.watchQueens(e.ctx, nc, *interval, log)
 	<-e.ctx.Done()
 	return stopGracefully(h.Stop)
 }
@@ -377,6 +378,7 @@ func runWorker(e *env, args []string) error {
 		return cmp.Or(stopChild(syscall.SIGTERM), err)
 	}
 	log.Info("workers beating", "hive", f.hiveID, "count", len(workers), "interval", f.interval)
+	c.watchQueens(e.ctx, nc, f.interval, log)
 	if f.simulate > 0 {
 		go simulateLoad(e.ctx, workers, f.interval, f.hang)
 	}

@@ -11,12 +11,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/gpu"
 	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/subjects"
 )
@@ -90,10 +92,11 @@ func init() {
 				"rbee events --all --follow",
 				"rbee events --since 2026-01-31T22:00:00Z --json",
 			}},
-		{"check", "exit 0 if a worker or hive is present and alive, 1 if not, 2 on bad input", runCheck,
-			"worker HIVE.WORKER | hive HIVE [flags]", []string{
+		{"check", "exit 0 if a worker or hive is present and alive (a queen: ok), 1 if not, 2 on bad input", runCheck,
+			"worker HIVE.WORKER | hive HIVE | queen [HTTP-ADDR] [flags]", []string{
 				"rbee check worker gpu-node-1.llama-0",
 				"rbee check hive gpu-node-1 --nats-url nats://queen:4222",
+				"rbee check queen 127.0.0.1:8500",
 			}},
 		{"decode", "msgpack on stdin to JSON on stdout", runDecode,
 			"[--compact=false] < payload.msgpack", []string{
@@ -159,7 +162,13 @@ func versionString() string {
 			s += " (" + rev + dirty + ")"
 		}
 	}
-	return s + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+	s += " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+	if gpu.NVML {
+		s += " nvml"
+	} else {
+		s += " (no nvml: no GPU data; build with -tags nvml)"
+	}
+	return s
 }
 
 func runVersion(e *env, args []string) error {
@@ -212,10 +221,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
 			return 1
 		case errors.As(err, &ue):
-			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(flagHint(err.Error(), c.name))))
 			return 2
 		default:
-			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(err.Error())))
+			fmt.Fprintf(stderr, "rbee %s: %s\n", c.name, termSafe(oneLine(withAdvice(err))))
 			return 1
 		}
 	}
@@ -242,15 +251,25 @@ type common struct {
 	// user and password are the queens' own broker user, set by the queen
 	// for its embedded broker, never by a flag.
 	user, password string
+	// urlFromEnv: --nats-url was not given and NATS_URL set it.
+	urlFromEnv bool
 }
 
-// newFlagSet returns the flag set of command name. Its -h output is the
-// command's one-line description, usage line and examples, then its flags.
+// newFlagSet returns the flag set of command name. Its -h output goes to
+// stdout: the command's one-line description, usage line and examples, then
+// its flags. A parse error prints nothing here: Main prints it in one line
+// with a hint.
 func newFlagSet(e *env, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("rbee "+name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	out := &flagErrors{}
+	fs.SetOutput(out)
 	fs.Usage = func() {
-		w := fs.Output()
+		if out.failed {
+			// Called after a parse error: the error is Main's to print.
+			out.failed = false
+			return
+		}
+		w := e.stdout
 		if c := findCommand(name); c != nil {
 			fmt.Fprintf(w, "rbee %s: %s\n\nusage: rbee %s %s\n", name, c.summary, name, c.synopsis)
 			if len(c.examples) > 0 {
@@ -266,10 +285,31 @@ func newFlagSet(e *env, name string) *flag.FlagSet {
 		fs.VisitAll(func(*flag.Flag) { n++ })
 		if n > 0 {
 			fmt.Fprintln(w, "\nflags:")
+			fs.SetOutput(w)
 			fs.PrintDefaults()
+			fs.SetOutput(out)
 		}
 	}
 	return fs
+}
+
+// flagErrors is a flag set's output outside -h: the flag package writes
+// there only the error it also returns, which it marks.
+type flagErrors struct{ failed bool }
+
+func (f *flagErrors) Write(p []byte) (int, error) {
+	f.failed = true
+	return len(p), nil
+}
+
+// flagHint is added to the flag package's own parse errors.
+func flagHint(msg, name string) string {
+	for _, p := range []string{"flag provided but not defined", "invalid value", "invalid boolean", "flag needs an argument", "bad flag syntax"} {
+		if strings.HasPrefix(msg, p) {
+			return msg + " (see 'rbee " + name + " -h')"
+		}
+	}
+	return msg
 }
 
 func (c *common) register(fs *flag.FlagSet, defaultURL string) {
@@ -299,6 +339,9 @@ func (c *common) parse(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "nats-url" })
+	c.urlFromEnv = !given && c.natsURL != "" && c.natsURL == os.Getenv("NATS_URL")
 	if _, err := subjects.New(c.prefix); err != nil {
 		return usageError{err.Error()}
 	}
@@ -363,7 +406,15 @@ func (c *common) connectWaiting(ctx context.Context, name string, log *slog.Logg
 	if nc.IsConnected() {
 		return nc, nil
 	}
-	log.Warn("no NATS server answers yet; retrying", "url", c.natsURL)
+	if c.urlFromEnv {
+		msg := "no NATS server answers yet at NATS_URL from the environment; retrying"
+		if name == "rbee-queen" {
+			msg += " (unset NATS_URL, or give --nats-url \"\", for the embedded broker)"
+		}
+		log.Warn(msg, "NATS_URL", redactURL(c.natsURL))
+	} else {
+		log.Warn("no NATS server answers yet; retrying", "url", redactURL(c.natsURL))
+	}
 	if err := natsconn.WaitConnected(ctx, nc); err != nil {
 		nc.Close()
 		if ctx.Err() != nil {
@@ -373,6 +424,17 @@ func (c *common) connectWaiting(ctx context.Context, name string, log *slog.Logg
 	}
 	log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
 	return nc, nil
+}
+
+// redactURL returns a list of NATS URLs with any password replaced by xxxxx.
+func redactURL(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 type natsConnCloser struct{ nc *nats.Conn }

@@ -3,11 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rbee/heartbeat/embedded"
@@ -23,6 +25,9 @@ import (
 // registry on that server.
 const demoPrefix = "demo"
 
+// demoHTTP is the demo's default web view address, the queen's default.
+const demoHTTP = "127.0.0.1:8500"
+
 func runDemo(e *env, args []string) error {
 	c := common{logLevel: "error"}
 	fs := newFlagSet(e, "demo")
@@ -31,7 +36,7 @@ func runDemo(e *env, args []string) error {
 	interval := fs.Duration("interval", time.Second, "heartbeat interval of the demo's hive and workers")
 	missed := fs.Int("missed", 3, "missed beats before an entry expires")
 	stay := fs.Bool("stay", false, "keep running after the demo until interrupted")
-	httpAddr := fs.String("http", "off", "queen HTTP API address, or off")
+	httpAddr := fs.String("http", demoHTTP, "the queen's web view and HTTP API address, or off (a free port when the default is taken)")
 	fs.Lookup("nats-url").Usage = "run against this existing NATS server instead of an embedded one (env NATS_URL); the prefix is then " + demoPrefix + " unless --prefix is given"
 	if err := c.parse(fs, args); err != nil {
 		return err
@@ -72,7 +77,7 @@ func runDemo(e *env, args []string) error {
 		}
 		srv, err := embedded.New(ec)
 		if err != nil {
-			return fmt.Errorf("embedded broker on %s: %w", *listen, err)
+			return fmt.Errorf("embedded broker on %s: %w", *listen, listenHint(err, "--listen", *listen))
 		}
 		defer srv.Shutdown()
 		url = srv.ClientURL()
@@ -85,7 +90,7 @@ func runDemo(e *env, args []string) error {
 		where = "existing server " + url
 	}
 	fmt.Fprintf(out, "rbee demo: %s, prefix %s, beats every %s, entries expire after %s without a beat\n", where, c.prefix, *interval, ttl)
-	fmt.Fprintf(out, "  watch it live from another terminal: nats sub '%s' --server %s\n\n", c.scheme().All(), url)
+	fmt.Fprintf(out, "  watch it live from another terminal: nats sub '%s' --server %s\n", c.scheme().All(), url)
 
 	connect := func(name string) (*natsConnCloser, error) {
 		cfg := c.connConfig(name, log)
@@ -115,11 +120,21 @@ func runDemo(e *env, args []string) error {
 	defer q.Stop(context.Background())
 	if *httpAddr != "off" {
 		hs, err := startHTTP(e.ctx, *httpAddr, q, qconn.nc, log, nil)
+		if err != nil && !set["http"] && errors.Is(err, syscall.EADDRINUSE) {
+			// The default port is taken (a queen already running): any free one will do.
+			hs, err = startHTTP(e.ctx, "127.0.0.1:0", q, qconn.nc, log, nil)
+		}
 		if err != nil {
-			return err
+			return listenHint(err, "--http", *httpAddr)
 		}
 		defer hs.Close()
+		until := "until the demo ends; --stay keeps it up"
+		if *stay {
+			until = "until Ctrl-C"
+		}
+		fmt.Fprintf(out, "  web view: http://%s/  (%s)\n", hs.Addr(), until)
 	}
+	fmt.Fprintln(out)
 
 	stats, err := startStats(e.ctx, *interval, log)
 	if err != nil {

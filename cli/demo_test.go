@@ -11,16 +11,17 @@ import (
 )
 
 // TestDemoAgainstServer runs the demo on an existing server with --nats-url
-// and --prefix: its buckets appear there, under that prefix.
+// and --prefix: its buckets appear there, under that prefix, and it says
+// where its web view is.
 func TestDemoAgainstServer(t *testing.T) {
 	srv := testutil.Server(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	code, out, stderr := run(t, ctx, "", "demo", "--nats-url", srv.ClientURL(), "--prefix", "dm", "--interval", "400ms")
+	code, out, stderr := run(t, ctx, "", "demo", "--nats-url", srv.ClientURL(), "--prefix", "dm", "--interval", "400ms", "--http", "127.0.0.1:0")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s\n%s", code, out, stderr)
 	}
-	if !strings.Contains(out, "existing server "+srv.ClientURL()) || !strings.Contains(out, "prefix dm") || !strings.Contains(out, "expired") || !strings.Contains(out, "left") {
+	if !strings.Contains(out, "existing server "+srv.ClientURL()) || !strings.Contains(out, "prefix dm") || !strings.Contains(out, "expired") || !strings.Contains(out, "left") || !strings.Contains(out, "web view: http://127.0.0.1:") {
 		t.Fatalf("demo output:\n%s", out)
 	}
 	js, err := jetstream.New(testutil.Connect(t, srv.ClientURL()))

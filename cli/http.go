@@ -124,7 +124,7 @@ func (a *httpAPI) handler() http.Handler {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 	})
 	mux.Handle("GET /", web.Static())
-	return mux
+	return jsonErrors(mux)
 }
 
 // health returns nil when the queen can serve, else the reason.
@@ -188,6 +188,10 @@ func parseFilter(q url.Values, allowed ...string) (filter, error) {
 
 func checkFilterValue(k, v string) error {
 	switch k {
+	case "hive":
+		if !subjects.ValidID(v) {
+			return fmt.Errorf("hive %q: not a hive id ([A-Za-z0-9_-]{1,64})", v)
+		}
 	case "status":
 		if !wire.Status(v).Valid() {
 			return fmt.Errorf("status %q: want starting, ready, busy, draining, stopping or stopped", v)

@@ -283,3 +283,50 @@ func TestHTTPWebView(t *testing.T) {
 		t.Fatalf("stream without connection: %d %s", rec.Code, rec.Body.String())
 	}
 }
+
+// TestHTTPErrorsAreJSON: every error the API answers is {"error": "…"} with
+// a JSON content type, the mux's own 404 and 405 and the static files' 404
+// included; a malformed hive filter is a 400, not an empty list.
+func TestHTTPErrorsAreJSON(t *testing.T) {
+	s := startHTTPSystem(t)
+	c := http.Client{Timeout: 10 * time.Second}
+	tests := []struct {
+		method, path string
+		code         int
+		want         string
+	}{
+		{"GET", "/nope", 404, "no such page: /nope"},
+		{"GET", "/v1/nope", 404, "no such endpoint"},
+		{"POST", "/v1/workers", 405, "method POST not allowed on /v1/workers (allowed: GET, HEAD)"},
+		{"DELETE", "/v1/hives/h1", 405, "not allowed"},
+		{"POST", "/healthz", 405, "not allowed"},
+		{"GET", "/v1/workers?hive=bad.id", 400, `hive \"bad.id\": not a hive id`},
+		{"GET", "/v1/hives?hive=bad.id", 400, `hive \"bad.id\": not a hive id`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+			req, err := http.NewRequest(tt.method, s.url()+tt.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			var e struct {
+				Error string `json:"error"`
+			}
+			if resp.StatusCode != tt.code || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") ||
+				json.Unmarshal(b, &e) != nil || e.Error == "" || !strings.Contains(string(b), tt.want) {
+				t.Fatalf("%s %s: %d %s %q, want %d {\"error\":…} with %q", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Content-Type"), b, tt.code, tt.want)
+			}
+		})
+	}
+	for _, path := range []string{"/", "/app.js", "/v1/workers?hive=ok-id"} {
+		if code, body := get(t, s.url()+path); code != 200 {
+			t.Fatalf("GET %s: %d %s", path, code, body)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -53,7 +54,7 @@ func runQueen(e *env, args []string) error {
 	fs.IntVar(&f.missed, "missed", 3, "an entry expires after this many of its own intervals without a beat (2-100)")
 	fs.DurationVar(&f.maxTTL, "max-ttl", time.Hour, "the longest TTL any entry may have; a beat whose TTL would pass it is refused")
 	fs.IntVar(&f.stallAfter, "stall-after", 3, "a busy worker whose progress stands still this many of its intervals is stalled")
-	fs.StringVar(&f.queenID, "queen-id", "", "this queen's ID in its own heartbeat and in the queens bucket (default: host name and a short suffix)")
+	fs.StringVar(&f.queenID, "queen-id", "", "this queen's ID in its own heartbeat and in the queens bucket (default: the host name and a hash of --data, the same at every start)")
 	fs.Float64Var(&f.disruption, "disruption-share", 0.3, "share of entries expiring within one TTL that makes the registry disrupted")
 	fs.IntVar(&f.replicas, "replicas", 1, "bucket replicas (3 in a cluster of three)")
 	fs.StringVar(&f.http, "http", "127.0.0.1:8500", "HTTP API and /metrics address, or off")
@@ -71,6 +72,11 @@ func runQueen(e *env, args []string) error {
 	}
 	f.token = "" // a queen connects as the queens' user, never with an agent's token
 	log := f.logger(e)
+	if f.urlFromEnv {
+		// First, before anything waits on it: an exported NATS_URL is easy
+		// to forget, and with it the queen starts no broker of its own.
+		log.Info("using the NATS server named by NATS_URL from the environment, no embedded broker (unset it, or give --nats-url \"\", for the embedded broker)", "NATS_URL", redactURL(f.natsURL))
+	}
 	queenGC()
 	sc := events.DefaultStreamConfig()
 	sc.MaxAge, sc.Replicas = f.evMaxAge, f.replicas
@@ -86,6 +92,8 @@ func runQueen(e *env, args []string) error {
 	qc.DisruptionShare, qc.Version = f.disruption, Version
 	if f.queenID != "" {
 		qc.QueenID = f.queenID
+	} else if dir, err := filepath.Abs(f.data); err == nil {
+		qc.QueenID = queen.StableQueenID(dir)
 	}
 	if err := qc.Validate(); err != nil {
 		return usageError{err.Error()}
@@ -111,7 +119,7 @@ func runQueen(e *env, args []string) error {
 			if errors.Is(err, embedded.ErrInvalidConfig) {
 				return usageError{err.Error()}
 			}
-			return err
+			return listenHint(err, "--listen", f.listen)
 		}
 		defer srv.Shutdown()
 		f.natsURL = srv.ClientURL()
@@ -238,7 +246,7 @@ func runQueen(e *env, args []string) error {
 	if f.http != "off" {
 		hs, err := startHTTP(e.ctx, f.http, q, nc, log, fan, guard)
 		if err != nil {
-			return err
+			return listenHint(err, "--http", f.http)
 		}
 		defer hs.Close()
 	}
@@ -283,6 +291,16 @@ func (f *queenFlags) secureEmbeddedConfig(e *env, log *slog.Logger) (embedded.Co
 		return c, nil, usageError{err.Error()}
 	}
 	return c, qa, nil
+}
+
+// listenHint adds what to do to an error of listening on addr, given by
+// flag: another process holds the port (an exit of 1, not 2: the flag is
+// well formed, and a restart may find the port free).
+func listenHint(err error, flag, addr string) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return err
+	}
+	return fmt.Errorf("%s %s: %w; another process holds the port (an rbee queen or nats-server already running?): stop it, or give %s another address", flag, addr, err, flag)
 }
 
 // embeddedConfig returns the embedded broker's Config without the queen's

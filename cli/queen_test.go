@@ -51,3 +51,38 @@ func TestTwoQueensOneDataDir(t *testing.T) {
 		t.Fatalf("first queen exit %d on stop: %s", code, first.String())
 	}
 }
+
+// TestQueenNamesInheritedNATSURL: with NATS_URL exported the queen starts no
+// broker of its own; its first log line and its wait message say so and
+// name the variable.
+func TestQueenNamesInheritedNATSURL(t *testing.T) {
+	port := testutil.FreePorts(t, 1)[0] // nothing listens there
+	t.Setenv("NATS_URL", fmt.Sprintf("nats://rbee:secret@127.0.0.1:%d", port))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out testutil.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"queen", "--data", t.TempDir(), "--http", "off"}, strings.NewReader(""), &out, &out)
+	}()
+	testutil.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(out.String(), "no NATS server answers yet") {
+			return fmt.Errorf("no wait message yet:\n%s", out.String())
+		}
+		return nil
+	})
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out.String())
+	}
+	lines := strings.Split(out.String(), "\n")
+	if !strings.Contains(lines[0], "NATS_URL from the environment") || !strings.Contains(lines[0], "no embedded broker") {
+		t.Fatalf("first log line does not name NATS_URL:\n%s", out.String())
+	}
+	if !strings.Contains(lines[1], "at NATS_URL from the environment") || !strings.Contains(lines[1], "unset NATS_URL") {
+		t.Fatalf("wait message does not name NATS_URL:\n%s", out.String())
+	}
+	if strings.Contains(out.String(), "secret") {
+		t.Fatalf("the password is logged:\n%s", out.String())
+	}
+}

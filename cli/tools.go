@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -478,8 +480,15 @@ func runCheck(e *env, args []string) error {
 	if err := c.parse(fs, nil); err != nil {
 		return err
 	}
+	if len(pos) >= 1 && pos[0] == "queen" && len(pos) <= 2 {
+		addr := "127.0.0.1:8500"
+		if len(pos) == 2 {
+			addr = pos[1]
+		}
+		return checkQueen(e, addr)
+	}
 	if len(pos) != 2 {
-		return usagef("want 'worker HIVE.WORKER' or 'hive HIVE', got %d arguments", len(pos))
+		return usagef("want 'worker HIVE.WORKER', 'hive HIVE' or 'queen [HTTP-ADDR]', got %d arguments", len(pos))
 	}
 	kind, key := pos[0], pos[1]
 	var bucket string
@@ -495,7 +504,7 @@ func runCheck(e *env, args []string) error {
 		}
 		bucket = c.scheme().HivesBucket()
 	default:
-		return usagef("%q: want worker or hive", kind)
+		return usagef("%q: want worker, hive or queen", kind)
 	}
 	c.logLevel = "error"
 	t, err := c.openTool(e, "rbee-check")
@@ -539,5 +548,32 @@ func runCheck(e *env, args []string) error {
 		return checkError{fmt.Sprintf("%s %s is %s (for %s; %s, last beat %s ago)", kind, key, l, age(now, rec.LivenessSinceMs), state, age(now, rec.ReceivedAtMs))}
 	}
 	fmt.Fprintf(e.stdout, "%s %s is alive (%s, last beat %s ago)\n", kind, key, termSafe(state), age(now, rec.ReceivedAtMs))
+	return nil
+}
+
+// checkQueen asks the queen's HTTP API at addr (host:port) for /healthz, as
+// a container's health check does: the queen's NATS connection, JetStream
+// and its own state are all well.
+func checkQueen(e *env, addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return usagef("queen %q: want the queen's --http address host:port", addr)
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return checkError{fmt.Sprintf("queen at %s does not answer: %v (is rbee queen running with --http %s?)", addr, err, addr)}
+	}
+	defer resp.Body.Close()
+	var body struct{ Status, Reason string }
+	_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body)
+	if resp.StatusCode != http.StatusOK {
+		return checkError{fmt.Sprintf("queen at %s is %s: %s (HTTP %d)", addr, body.Status, body.Reason, resp.StatusCode)}
+	}
+	fmt.Fprintf(e.stdout, "queen at %s is %s\n", addr, termSafe(body.Status))
 	return nil
 }

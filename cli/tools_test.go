@@ -518,7 +518,9 @@ func TestCheck(t *testing.T) {
 		{"no registry", []string{"worker", "h1.w1", "--nats-url", srv.ClientURL()}, 1, "is a queen running"},
 		{"no key dot", []string{"worker", "h1"}, 2, "invalid registry key"},
 		{"bad hive", []string{"hive", "h.1"}, 2, "invalid id"},
-		{"bad kind", []string{"queen", "q"}, 2, "want worker or hive"},
+		{"bad kind", []string{"drone", "q"}, 2, "want worker, hive or queen"},
+		{"bad queen address", []string{"queen", "q"}, 2, "want the queen's --http address host:port"},
+		{"no queen answers", []string{"queen", "127.0.0.1:1"}, 1, "queen at 127.0.0.1:1 does not answer"},
 		{"missing", []string{"worker"}, 2, "want 'worker"},
 		{"too many", []string{"hive", "h1", "h2"}, 2, "want 'worker"},
 		{"bad flag", []string{"hive", "h1", "--nope"}, 2, "not defined"},
@@ -547,15 +549,15 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// TestHelp: every command's -h has its description, usage and examples,
-// never Go's bare "Usage of".
+// TestHelp: every command's -h has its description, usage and examples on
+// stdout (stderr stays empty), never Go's bare "Usage of".
 func TestHelp(t *testing.T) {
 	for _, c := range commands {
 		t.Run(c.name, func(t *testing.T) {
 			code, out, stderr := run(t, context.Background(), "", c.name, "-h")
-			text := out + stderr
-			if code != 0 || strings.Contains(text, "Usage of") || !strings.Contains(text, c.summary) || !strings.Contains(text, "usage: rbee "+c.name) {
-				t.Fatalf("exit %d:\n%s", code, text)
+			text := out
+			if code != 0 || stderr != "" || strings.Contains(text, "Usage of") || !strings.Contains(text, c.summary) || !strings.Contains(text, "usage: rbee "+c.name) {
+				t.Fatalf("exit %d:\n%s\nstderr:\n%s", code, text, stderr)
 			}
 			if c.name != "version" && !strings.Contains(text, "examples:") {
 				t.Fatalf("no examples:\n%s", text)

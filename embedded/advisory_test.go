@@ -239,7 +239,7 @@ func TestAdvisoriesKeepOldBuckets(t *testing.T) {
 }
 
 // A configuration file with users but no accounts still gets the advisories;
-// one with accounts of its own is left alone, and the import the README gives
+// one with accounts of its own is left alone, and the import docs/security.md gives
 // works there.
 func TestAdvisoriesWithConfigFile(t *testing.T) {
 	t.Run("users in the global account", func(t *testing.T) {
@@ -285,11 +285,11 @@ func TestAdvisoriesWithConfigFile(t *testing.T) {
 	})
 }
 
-// readmeSnippet returns the external-server configuration the README gives
+// readmeSnippet returns the external-server configuration docs/security.md gives
 // (the first fenced block after "Connection advisories").
 func readmeSnippet(t testing.TB) string {
 	t.Helper()
-	b, err := os.ReadFile("../README.md")
+	b, err := os.ReadFile("../docs/security.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +299,7 @@ func readmeSnippet(t testing.TB) string {
 	}
 	snippet, _, found := strings.Cut(rest, "```")
 	if !ok || !found {
-		t.Fatal("README.md has no advisory configuration block")
+		t.Fatal("docs/security.md has no advisory configuration block")
 	}
 	return snippet
 }

@@ -5,6 +5,11 @@ import "errors"
 // ErrInvalidConfig is returned (wrapped) by Config.Validate and New for a Config that cannot work.
 var ErrInvalidConfig = errors.New("invalid embedded server config")
 
+// ErrListen is returned (wrapped, with the listener's error) by New when the
+// client address cannot be listened on, e.g. a port another process holds:
+// a runtime condition, not a bad Config.
+var ErrListen = errors.New("cannot listen")
+
 // ErrNotReady is returned (wrapped) by New when the server did not accept connections in time.
 var ErrNotReady = errors.New("embedded server not ready")
 

@@ -35,7 +35,7 @@ func TestDataDirLockReleasedOnFailedStart(t *testing.T) {
 	other := startServer(t, testConfig(t))
 	c := testConfig(t)
 	c.Port = other.NATS().Addr().(*net.TCPAddr).Port
-	if _, err := New(c); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := New(c); !errors.Is(err, ErrListen) {
 		t.Fatalf("taken port: %v", err)
 	}
 	c.Port = -1

@@ -209,7 +209,8 @@ func (c Config) Options() (*server.Options, error) {
 }
 
 // New starts a server and waits until it accepts connections. It returns an
-// error wrapping ErrInvalidConfig for a bad Config, ErrDataDirInUse if
+// error wrapping ErrInvalidConfig for a bad Config, ErrListen if the client
+// address cannot be listened on, ErrDataDirInUse if
 // another server holds StoreDir, or ErrNotReady if the server did not come up
 // within ReadyTimeout.
 //
@@ -235,7 +236,7 @@ func New(c Config) (*Server, error) {
 	if c.Port > 0 {
 		ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
 		if err != nil {
-			return fail(fmt.Errorf("%w: %v", ErrInvalidConfig, err))
+			return fail(fmt.Errorf("%w: %w", ErrListen, err))
 		}
 		_ = ln.Close()
 	}

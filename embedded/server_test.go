@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,7 +93,7 @@ func TestPortInUse(t *testing.T) {
 	defer s.Shutdown()
 	c2 := DefaultConfig(t.TempDir())
 	c2.Port = s.NATS().Addr().(*net.TCPAddr).Port
-	if _, err := New(c2); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := New(c2); !errors.Is(err, ErrListen) || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("second server on a taken port: %v", err)
 	}
 }

@@ -54,7 +54,10 @@ func (e Exit) String() string {
 	return s
 }
 
-// Process is a running child. Its methods may be called concurrently.
+// Process is a running child, the leader of a process group of its own:
+// signals go to the whole group, and whatever of the group outlives the
+// child is killed when it exits, so no grandchild survives as an orphan
+// holding GPU memory. Its methods may be called concurrently.
 type Process struct {
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -74,6 +77,10 @@ func StartProcess(cfg ProcessConfig) (*Process, error) {
 	cmd := exec.Command(cfg.Path, cfg.Args...)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr, cmd.Env = cfg.Stdout, cfg.Stderr, cfg.Env
+	// A grandchild holding the output pipes must not keep Wait from
+	// returning once the child has exited; it is killed right after.
+	cmd.WaitDelay = time.Second
+	ownGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", cfg.Path, err)
 	}
@@ -84,6 +91,8 @@ func StartProcess(cfg ProcessConfig) (*Process, error) {
 
 func (p *Process) wait() {
 	err := p.cmd.Wait()
+	// What the child left behind in its group dies with it.
+	_ = signalGroup(p.cmd.Process.Pid, syscall.SIGKILL)
 	e := Exit{Code: -1}
 	var ee *exec.ExitError
 	if err == nil || errors.As(err, &ee) {
@@ -114,21 +123,23 @@ func (p *Process) Exit() Exit {
 	return p.exit
 }
 
-// Signal sends sig to the child; it returns nil if the child has already exited.
+// Signal sends sig to the child's process group; it returns nil if the
+// child has already exited.
 func (p *Process) Signal(sig os.Signal) error {
 	select {
 	case <-p.done:
 		return nil
 	default:
 	}
-	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := signalGroup(p.cmd.Process.Pid, sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return err
 	}
 	return nil
 }
 
-// Stop sends sig to the child and waits for it to exit; a child still
-// running after grace is killed (SIGKILL). It returns how the child ended.
+// Stop sends sig to the child's process group and waits for the child to
+// exit; a child still running after grace is killed (SIGKILL) with its
+// group. It returns how the child ended.
 func (p *Process) Stop(sig os.Signal, grace time.Duration) Exit {
 	_ = p.Signal(sig)
 	t := time.NewTimer(grace)
@@ -139,7 +150,7 @@ func (p *Process) Stop(sig os.Signal, grace time.Duration) Exit {
 		p.mu.Lock()
 		p.killed = true
 		p.mu.Unlock()
-		_ = p.cmd.Process.Kill()
+		_ = signalGroup(p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	}
 	return p.Exit()

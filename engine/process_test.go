@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -113,4 +114,64 @@ func TestStartProcessErrors(t *testing.T) {
 	if _, err := StartProcess(ProcessConfig{Path: "/nonexistent/engine"}); err == nil {
 		t.Fatal("missing program started")
 	}
+}
+
+// TestProcessStopSignalsTheGroup: the stop signal reaches the engine's own
+// children too (vLLM's workers), not only the process that was started.
+func TestProcessStopSignalsTheGroup(t *testing.T) {
+	p, out := startSh(t, `sh -c 'trap "echo grandchild got TERM; exit 0" TERM; echo ready; while :; do sleep 0.05; done' &
+trap 'wait; exit 7' TERM
+wait`)
+	waitOutput(t, out, "ready")
+	got := p.Stop(syscall.SIGTERM, time.Minute)
+	if got.Code != 7 || got.Killed {
+		t.Fatalf("exit %+v, want code 7 after the grandchild ended; output %q", got, out.String())
+	}
+	waitOutput(t, out, "grandchild got TERM")
+}
+
+// TestProcessGrandchildDoesNotSurvive: whatever the engine started dies with
+// it, whether it ends on its own or ignores the stop signal.
+func TestProcessGrandchildDoesNotSurvive(t *testing.T) {
+	tests := []struct {
+		name   string
+		script string
+		stop   bool
+	}{
+		{"child exits on its own", `sleep 300 </dev/null >/dev/null 2>&1 & echo "gc=$!"; exit 3`, false},
+		{"grandchild ignores the stop signal", `sh -c 'trap "" TERM; echo "gc=$$"; while :; do sleep 0.05; done' & wait`, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, out := startSh(t, tt.script)
+			waitOutput(t, out, "gc=")
+			var gc int
+			if _, err := fmt.Sscanf(out.String()[strings.Index(out.String(), "gc="):], "gc=%d", &gc); err != nil {
+				t.Fatalf("output %q: %v", out.String(), err)
+			}
+			t.Cleanup(func() { _ = syscall.Kill(gc, syscall.SIGKILL) })
+			if tt.stop {
+				p.Stop(syscall.SIGTERM, time.Minute)
+			} else {
+				waitDone(t, p, out)
+			}
+			checkFor(t, 10*time.Second, func() error {
+				if alive(gc) {
+					return fmt.Errorf("grandchild %d still running after the child ended (%s)", gc, p.Exit())
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// alive reports whether pid is a running process (a zombie is not).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || (s[i+2] != 'Z' && s[i+2] != 'X')
 }

@@ -1,4 +1,4 @@
-//go:build linux && cgo
+//go:build linux && cgo && nvml
 
 package gpu
 
@@ -12,6 +12,9 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/rbee/heartbeat/wire"
 )
+
+// NVML reports whether this build reads GPUs through NVML: true here.
+const NVML = true
 
 // libState is where the Sampler stands with the NVML library.
 type libState int

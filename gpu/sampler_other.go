@@ -1,4 +1,4 @@
-//go:build !(linux && cgo)
+//go:build !(linux && cgo && nvml)
 
 package gpu
 
@@ -10,8 +10,11 @@ import (
 	"github.com/rbee/heartbeat/wire"
 )
 
+// NVML reports whether this build reads GPUs through NVML: false here.
+const NVML = false
+
 // Sampler reports no GPU data: NVML is reachable only from linux builds
-// with cgo. Its methods may be called concurrently.
+// with cgo and the nvml build tag. Its methods may be called concurrently.
 type Sampler struct {
 	logger *slog.Logger
 	logged sync.Once
@@ -29,7 +32,7 @@ func New(logger *slog.Logger) *Sampler {
 }
 
 // Sample returns an empty, non-nil slice and no error; it returns ErrClosed
-// after Close. The first call says at debug level why there is no GPU data.
+// after Close. The first call says once why there is no GPU data.
 func (s *Sampler) Sample(context.Context) ([]wire.GPU, error) {
 	s.mu.Lock()
 	closed := s.closed
@@ -37,7 +40,9 @@ func (s *Sampler) Sample(context.Context) ([]wire.GPU, error) {
 	if closed {
 		return []wire.GPU{}, ErrClosed
 	}
-	s.logged.Do(func() { s.logger.Debug("gpu stats need a linux build with cgo, no gpu data") })
+	s.logged.Do(func() {
+		s.logger.Warn("no gpu data: this rbee is built without NVML; build it on linux with cgo and -tags nvml (docs/operations.md)")
+	})
 	return []wire.GPU{}, nil
 }
 

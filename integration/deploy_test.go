@@ -2,12 +2,21 @@ package integration
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/rbee/heartbeat/engine"
+	"github.com/rbee/heartbeat/internal/testutil"
 )
 
 // envFiles reads KEY=VALUE lines of the example environment files.
@@ -70,8 +79,22 @@ func execStart(t *testing.T, unit string, env map[string]string, instance string
 	return args
 }
 
-// TestSystemdUnits checks deploy/: systemd-analyze accepts each unit, and
-// rbee accepts each ExecStart's flags with the example environment files.
+// unitSetting returns the last value of key in a unit file's text.
+func unitSetting(text, key string) string {
+	var v string
+	for _, line := range strings.Split(text, "\n") {
+		if val, ok := strings.CutPrefix(line, key+"="); ok {
+			v = val
+		}
+	}
+	return v
+}
+
+// TestSystemdUnits checks deploy/: rbee accepts each ExecStart's flags with
+// the example environment files; each unit restarts on a runtime failure
+// (exit 1) but not on a bad flag (exit 2); the worker's stop timeout leaves
+// room beyond the engine's stop grace for the goodbye; systemd-analyze
+// accepts each unit and rates its sandbox "OK" (4.0 or below).
 func TestSystemdUnits(t *testing.T) {
 	bin := filepath.Join(rbeeBinary(t), "rbee")
 	env := envFiles(t, "../deploy/rbee.env", "../deploy/queen.env", "../deploy/worker-llama-0.env")
@@ -87,12 +110,35 @@ func TestSystemdUnits(t *testing.T) {
 			if err != nil {
 				t.Fatalf("rbee %v -h: %v\n%s", args[1:], err, out)
 			}
+			b, err := os.ReadFile(filepath.Join("../deploy", unit))
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := string(b)
+			if r := unitSetting(text, "Restart"); r != "on-failure" && r != "always" {
+				t.Errorf("Restart=%q: a runtime failure (exit 1) must be restarted", r)
+			}
+			if p := unitSetting(text, "RestartPreventExitStatus"); p != "2" {
+				t.Errorf("RestartPreventExitStatus=%q: want 2 (a bad flag), and only that", p)
+			}
+			if unitSetting(text, "StartLimitIntervalSec") != "0" {
+				t.Errorf("StartLimitIntervalSec is not 0: systemd gives up restarting after five quick failures")
+			}
+			stop, err := time.ParseDuration(unitSetting(text, "TimeoutStopSec"))
+			if err != nil {
+				t.Fatalf("TimeoutStopSec: %v", err)
+			}
+			if unit == "rbee-worker@.service" {
+				if stop < engine.DefaultStopGrace+10*time.Second {
+					t.Errorf("TimeoutStopSec=%s: want at least the engine's stop grace %s plus 10s for the goodbye", stop, engine.DefaultStopGrace)
+				}
+				if unitSetting(text, "KillMode") != "mixed" {
+					t.Errorf("KillMode=%q: want mixed, so that SIGTERM reaches the worker alone and the engine's stop is the worker's", unitSetting(text, "KillMode"))
+				}
+			}
 		})
 	}
-	sa, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze not installed: unit syntax not checked")
-	}
+	sa := requireTool(t, "systemd-analyze")
 	dir := t.TempDir()
 	var paths []string
 	for unit := range units {
@@ -113,16 +159,30 @@ func TestSystemdUnits(t *testing.T) {
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
+	level := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+) (\S+)`)
+	for _, p := range paths {
+		out, err := exec.Command(sa, "security", "--offline=true", "--no-pager", p).CombinedOutput()
+		m := level.FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("systemd-analyze security %s: %v\n%s", filepath.Base(p), err, out)
+		}
+		score, _ := strconv.ParseFloat(string(m[1]), 64)
+		if score > 4.0 || string(m[2]) != "OK" {
+			t.Errorf("%s: exposure %s %s, want 4.0 or below, OK:\n%s", filepath.Base(p), m[1], m[2], out)
+		} else {
+			t.Logf("%s: exposure %s %s", filepath.Base(p), m[1], m[2])
+		}
+	}
 }
 
-// TestDockerfileBuildIsTheREADMEs: the image is built with the README's
-// build command.
-func TestDockerfileBuildIsTheREADMEs(t *testing.T) {
+// TestDockerfileBuildIsTheDocs: the image is built with the build command
+// docs/operations.md gives.
+func TestDockerfileBuildIsTheDocs(t *testing.T) {
 	df, err := os.ReadFile("../Dockerfile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile("../README.md")
+	readme, err := os.ReadFile("../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,9 +192,119 @@ func TestDockerfileBuildIsTheREADMEs(t *testing.T) {
 	}
 	cmd := regexp.MustCompile(`-o \S+`).ReplaceAllString(string(build[1]), "-o rbee")
 	if !strings.Contains(string(readme), cmd) {
-		t.Fatalf("README lacks the Dockerfile's build command:\n%s", cmd)
+		t.Fatalf("docs/operations.md lacks the Dockerfile's build command:\n%s", cmd)
 	}
-	if !strings.Contains(cmd, "CGO_ENABLED=1") {
-		t.Fatalf("the image is built without cgo, so without NVML: %s", cmd)
+	if !strings.Contains(cmd, "CGO_ENABLED=1") || !strings.Contains(cmd, "-tags nvml") {
+		t.Fatalf("the image is built without cgo or the nvml tag, so without NVML: %s", cmd)
 	}
 }
+
+// dockerJSON returns the JSON-array form of a Dockerfile instruction, as
+// arguments: `CMD ["queen", "--listen", …]`.
+func dockerJSON(t *testing.T, df, instr string) []string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + instr + ` (\[.*\])\s*$`).FindStringSubmatch(df)
+	if m == nil {
+		t.Fatalf("Dockerfile has no %s in JSON form", instr)
+	}
+	var args []string
+	if err := json.Unmarshal([]byte(m[1]), &args); err != nil {
+		t.Fatalf("%s %s: %v", instr, m[1], err)
+	}
+	return args
+}
+
+// nonLoopback returns an address of this machine beyond loopback, as
+// another container reaches the queen's.
+func nonLoopback(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+			return n.IP.String()
+		}
+	}
+	t.Skip("this machine has no IPv4 address beyond loopback")
+	return ""
+}
+
+// TestDockerDefaultCommand runs the image's entrypoint and default command
+// as the image would (the same build, outside docker, which needs a daemon):
+// the queen it starts is reachable on an address beyond loopback, a hive
+// beats into it from there with the credentials the queen names, the
+// image's HEALTHCHECK passes, and the runtime image has CA certificates.
+func TestDockerDefaultCommand(t *testing.T) {
+	b, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(b)
+	entry, cmd := dockerJSON(t, df, "ENTRYPOINT"), dockerJSON(t, df, "CMD")
+	health := regexp.MustCompile(`(?m)^HEALTHCHECK .*CMD (\[.*\])\s*$`).FindStringSubmatch(df)
+	if health == nil {
+		t.Fatal("Dockerfile has no HEALTHCHECK … CMD [...]")
+	}
+	var hc []string
+	if err := json.Unmarshal([]byte(health[1]), &hc); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^RUN .*apt-get install .*ca-certificates`).MatchString(strings.ReplaceAll(df, "\\\n", " ")) {
+		t.Error("the runtime image installs no ca-certificates")
+	}
+	if len(entry) != 1 || entry[0] != "/usr/local/bin/rbee" || len(hc) < 1 || hc[0] != "/usr/local/bin/rbee" {
+		t.Fatalf("ENTRYPOINT %q, HEALTHCHECK %q: want /usr/local/bin/rbee", entry, hc)
+	}
+
+	// The image's own addresses, on free ports, with the data volume in a
+	// temporary directory.
+	bin := filepath.Join(rbeeBinary(t), "rbee")
+	ports := testutil.FreePorts(t, 2)
+	port := strings.NewReplacer(":4222", fmt.Sprintf(":%d", ports[0]), ":8500", fmt.Sprintf(":%d", ports[1]), "/var/lib/rbee", t.TempDir())
+	var args []string
+	for _, a := range cmd {
+		args = append(args, port.Replace(a))
+	}
+	if args[0] != "queen" || !slices.Contains(args, fmt.Sprintf("0.0.0.0:%d", ports[0])) || !slices.Contains(args, fmt.Sprintf("0.0.0.0:%d", ports[1])) {
+		t.Fatalf("default command %q: want a queen on 0.0.0.0, broker and HTTP", cmd)
+	}
+	qout := start(t, []string{"NATS_URL="}, bin, args...)
+
+	// The queen names the URL every other container connects with.
+	urlRe := regexp.MustCompile(`--nats-url (nats://\S+)`)
+	var url string
+	testutil.Eventually(t, time.Minute, func() bool {
+		m := urlRe.FindStringSubmatch(qout.text())
+		if m != nil {
+			url = m[1]
+		}
+		return url != ""
+	}, "the queen naming its connection URL:\n%s", qout)
+	ip := nonLoopback(t)
+	url = strings.Replace(url, "0.0.0.0", ip, 1)
+	if !strings.Contains(url, ip) {
+		t.Fatalf("URL %q does not name the address the queen listens on", url)
+	}
+	hout := start(t, []string{"NATS_URL="}, bin, "hive", "--hive-id", "gpu-node-1", "--interval", "1s", "--nats-url", url)
+	var checkOut []byte
+	testutil.Eventually(t, 90*time.Second, func() bool {
+		checkOut, err = exec.Command(bin, "check", "hive", "gpu-node-1", "--nats-url", url).CombinedOutput()
+		return err == nil
+	}, "the hive in the registry, read from %s: %s\nqueen:\n%s\nhive:\n%s", ip, outOf{&checkOut}, qout, hout)
+
+	var hargs []string
+	for _, a := range hc[1:] {
+		hargs = append(hargs, port.Replace(a))
+	}
+	testutil.Eventually(t, 90*time.Second, func() bool {
+		checkOut, err = exec.Command(bin, hargs...).CombinedOutput()
+		return err == nil
+	}, "the HEALTHCHECK %q to pass: %s\nqueen:\n%s", hargs, outOf{&checkOut}, qout)
+}
+
+// outOf shows a command's latest output when a failure message is formatted.
+type outOf struct{ b *[]byte }
+
+func (o outOf) String() string { return string(*o.b) }

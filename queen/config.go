@@ -3,6 +3,7 @@ package queen
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -99,8 +100,24 @@ func DefaultConfig() Config {
 }
 
 // DefaultQueenID returns the host name (cut to a valid ID) and a random
-// four-hex-digit suffix.
+// four-hex-digit suffix. A queen with a data directory takes StableQueenID
+// instead.
 func DefaultQueenID() string {
+	var r [2]byte
+	_, _ = rand.Read(r[:])
+	return hostID() + "-" + hex.EncodeToString(r[:])
+}
+
+// StableQueenID returns the host name (cut to a valid ID) and four hex
+// digits of a hash of dir: the same on every start of a queen with that
+// data directory on that host, and distinct for two queens on one host.
+func StableQueenID(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	return hostID() + "-" + hex.EncodeToString(sum[:2])
+}
+
+// hostID returns the host name cut to a valid ID, or "queen".
+func hostID() string {
 	h, _ := os.Hostname()
 	b := make([]byte, 0, len(h))
 	for i := 0; i < len(h) && len(b) < subjects.MaxIDLen-5; i++ {
@@ -112,9 +129,7 @@ func DefaultQueenID() string {
 	if len(b) == 0 {
 		b = append(b, "queen"...)
 	}
-	var r [2]byte
-	_, _ = rand.Read(r[:])
-	return string(b) + "-" + hex.EncodeToString(r[:])
+	return string(b)
 }
 
 // Validate returns an error wrapping ErrInvalidConfig if c cannot work.

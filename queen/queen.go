@@ -270,6 +270,7 @@ func (q *Queen) Stop(ctx context.Context) {
 		st := q.w.stats()
 		q.log.Warn("stopping with registry writes queued", "backlog", st.Backlog, "in_flight", st.InFlight)
 	}
+	q.leave(ctx)
 	q.shutdown()
 }
 

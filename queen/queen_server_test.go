@@ -335,3 +335,49 @@ func TestReplicasOnOneServer(t *testing.T) {
 		t.Fatalf("Start with 2 replicas on one server: %v", err)
 	}
 }
+
+// TestQueenLeaves: a queen that stops cleanly deletes its own entry in the
+// queens bucket, so the registry shows it left (a delete marker), not
+// expired, even as the only queen, with no one to write its goodbye beat.
+func TestQueenLeaves(t *testing.T) {
+	srv := testutil.Server(t)
+	cfg := testConfig(t)
+	cfg.QueenID = "q-leaves"
+	q, err := New(testutil.Connect(t, srv.ClientURL()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(testutil.Connect(t, srv.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		_, err := lastMsg(js, "rbee_queens", "q-leaves")
+		return err
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q.Stop(ctx)
+	m, err := lastMsg(js, "rbee_queens", "q-leaves")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op := m.Header.Get("KV-Operation"); op != "DEL" {
+		t.Fatalf("the stopped queen's last entry: KV-Operation %q, want DEL (left); headers %v", op, m.Header)
+	}
+}
+
+// TestStableQueenID: the default ID of a queen with a data directory is the
+// same at every start and differs between directories.
+func TestStableQueenID(t *testing.T) {
+	a, b := StableQueenID("/var/lib/rbee"), StableQueenID("/srv/rbee")
+	if a != StableQueenID("/var/lib/rbee") || a == b {
+		t.Fatalf("ids %q, %q", a, b)
+	}
+	if err := subjects.ValidateID("queen id", a); err != nil {
+		t.Fatal(err)
+	}
+}

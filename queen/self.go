@@ -1,7 +1,11 @@
 package queen
 
 import (
+	"context"
+	"errors"
 	"os"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rbee/heartbeat/publisher"
 	"github.com/rbee/heartbeat/wire"
@@ -24,4 +28,26 @@ func (q *Queen) newSelfPublisher() (*publisher.Publisher[*wire.Queen], error) {
 		s := q.Status()
 		return &s
 	})
+}
+
+// leave deletes this queen's own entry in the queens bucket once it has
+// stopped: the goodbye of a queen, so that consumers see it left, not
+// expired, even when no queen is left to write its goodbye beat. An entry
+// already gone (the goodbye beat was written) is left alone.
+func (q *Queen) leave(ctx context.Context) {
+	q.mu.Lock()
+	js := q.js
+	q.mu.Unlock()
+	if js == nil || !q.nc.IsConnected() {
+		return
+	}
+	kv, err := js.KeyValue(ctx, q.scheme.QueensBucket())
+	if err == nil {
+		if _, err = kv.Get(ctx, q.cfg.QueenID); err == nil {
+			err = kv.Delete(ctx, q.cfg.QueenID)
+		}
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		q.log.Warn("queen entry not deleted: it expires instead", "bucket", q.scheme.QueensBucket(), "err", err)
+	}
 }

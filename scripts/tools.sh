@@ -5,6 +5,7 @@
 #   - the Node.js example subscriber's packages, from its lockfile
 #   - libnats-dev and libmsgpack-dev for the C example (apt-get, as root)
 #   - promtool, from Debian's prometheus package, into ./.bin
+#   - systemd's systemd-analyze for the units' checks (apt-get, as root)
 # Each step is skipped when what it installs is already there and current.
 # Prints one line per step; a failing step prints its log and exits non-zero.
 set -euo pipefail
@@ -107,6 +108,28 @@ else
 		run "c-subscriber" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $c_pkgs
 	fi
 	echo "c-subscriber: installed libnats $(pkg-config --modversion libnats) and msgpack $(pkg-config --modversion msgpack)"
+fi
+
+# systemd-analyze, for the units' checks (integration TestSystemdUnits:
+# verify, and security --offline, which needs systemd 250 or later): Debian's
+# systemd package, installed with apt-get as root when missing. It starts no
+# service manager.
+if command -v systemd-analyze >/dev/null; then
+	echo "systemd-analyze: $(systemd-analyze --version 2>/dev/null </dev/null | head -n1) already installed"
+else
+	if ! command -v apt-get >/dev/null; then
+		echo "systemd-analyze: not found, and no apt-get to install it: install systemd 250 or later" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "systemd-analyze: not found; installing it needs root: run 'apt-get install -y systemd' as root, or this script as root" >&2
+		exit 1
+	fi
+	if ! env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd </dev/null >"$log" 2>&1; then
+		run "systemd-analyze" env DEBIAN_FRONTEND=noninteractive apt-get update
+		run "systemd-analyze" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd
+	fi
+	echo "systemd-analyze: installed $(systemd-analyze --version 2>/dev/null </dev/null | head -n1)"
 fi
 
 # The Node.js subscriber's packages. npm ci removes node_modules first, so the
