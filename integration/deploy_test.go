@@ -271,28 +271,35 @@ func TestDockerDefaultCommand(t *testing.T) {
 		t.Fatalf("default command %q: want a queen on 0.0.0.0, broker and HTTP", cmd)
 	}
 	qout := start(t, []string{"NATS_URL="}, bin, args...)
+	dataDir := port.Replace("/var/lib/rbee")
+	testutil.Eventually(t, time.Minute, func() bool { return strings.Contains(qout.text(), "accepting heartbeats") },
+		"the queen accepting heartbeats:\n%s", qout)
 
-	// The queen names the URL every other container connects with.
-	urlRe := regexp.MustCompile(`--nats-url (nats://\S+)`)
-	var url string
-	testutil.Eventually(t, time.Minute, func() bool {
-		m := urlRe.FindStringSubmatch(qout.text())
-		if m != nil {
-			url = m[1]
+	// Beyond loopback the queen admits the identities it issued: a hive's
+	// token and a viewer's, minted on the queen's machine (its data volume).
+	token := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, append([]string{"token"}, append(args, "--data", dataDir)...)...).Output()
+		if err != nil {
+			t.Fatalf("rbee token %v: %v", args, err)
 		}
-		return url != ""
-	}, "the queen naming its connection URL:\n%s", qout)
-	ip := nonLoopback(t)
-	url = strings.Replace(url, "0.0.0.0", ip, 1)
-	if !strings.Contains(url, ip) {
-		t.Fatalf("URL %q does not name the address the queen listens on", url)
+		return strings.TrimSpace(string(out))
 	}
-	hout := start(t, []string{"NATS_URL="}, bin, "hive", "--hive-id", "gpu-node-1", "--interval", "1s", "--nats-url", url)
+	hiveToken := filepath.Join(t.TempDir(), "hive.token")
+	if err := os.WriteFile(hiveToken, []byte(token("hive", "gpu-node-1")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	viewer := token("viewer", "ops")
+	url := fmt.Sprintf("nats://%s:%d", nonLoopback(t), ports[0])
+	hout := start(t, []string{"NATS_URL="}, bin, "hive", "--hive-id", "gpu-node-1", "--interval", "1s", "--nats-url", url,
+		"--token-file", hiveToken)
 	var checkOut []byte
 	testutil.Eventually(t, 90*time.Second, func() bool {
-		checkOut, err = exec.Command(bin, "check", "hive", "gpu-node-1", "--nats-url", url).CombinedOutput()
+		c := exec.Command(bin, "check", "hive", "gpu-node-1", "--nats-url", url)
+		c.Env = append(os.Environ(), "RBEE_TOKEN="+viewer, "NATS_URL=")
+		checkOut, err = c.CombinedOutput()
 		return err == nil
-	}, "the hive in the registry, read from %s: %s\nqueen:\n%s\nhive:\n%s", ip, outOf{&checkOut}, qout, hout)
+	}, "the hive in the registry, read from %s: %s\nqueen:\n%s\nhive:\n%s", url, outOf{&checkOut}, qout, hout)
 
 	var hargs []string
 	for _, a := range hc[1:] {
