@@ -16,11 +16,11 @@ import (
 const noQueenIntervals = 3
 
 // watchQueens starts watchQueens for an agent unless it connects with an
-// identity of its own (--creds, --nkey): the permission template lets a
-// worker or hive identity publish its beats and nothing more, and a read of
-// the bucket would only log a permissions violation.
+// identity of its own (an rbee token, --creds, --nkey): a worker or hive
+// identity may publish its beats and nothing more, and a read of the bucket
+// would only count as a permissions violation at the broker.
 func (c *common) watchQueens(ctx context.Context, nc *nats.Conn, interval time.Duration, log *slog.Logger) {
-	if c.creds != "" || c.nkey != "" {
+	if c.creds != "" || c.nkey != "" || c.token != "" {
 		log.Debug("not watching for queens: an agent's own identity may not read the queens bucket")
 		return
 	}
