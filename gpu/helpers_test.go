@@ -2,9 +2,7 @@ package gpu
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 )
@@ -49,20 +47,6 @@ func (r *logRecorder) messages() []string {
 		out[i] = rec.Message
 	}
 	return out
-}
-
-// attrs returns every logged attribute as key=value text.
-func (r *logRecorder) attrs() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var b strings.Builder
-	for _, rec := range r.recs {
-		rec.Attrs(func(a slog.Attr) bool {
-			fmt.Fprintf(&b, "%s=%v ", a.Key, a.Value)
-			return true
-		})
-	}
-	return b.String()
 }
 
 func newRecorder(t *testing.T) (*logRecorder, *slog.Logger) {

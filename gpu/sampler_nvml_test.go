@@ -653,3 +653,17 @@ func receive[T any](t *testing.T, ch <-chan T, what string) T {
 		panic("unreachable")
 	}
 }
+
+// attrs returns every logged attribute as key=value text.
+func (r *logRecorder) attrs() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for _, rec := range r.recs {
+		rec.Attrs(func(a slog.Attr) bool {
+			fmt.Fprintf(&b, "%s=%v ", a.Key, a.Value)
+			return true
+		})
+	}
+	return b.String()
+}
