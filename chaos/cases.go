@@ -596,6 +596,16 @@ func runKill9(w *world, r *result) error {
 		r.fig("every healthy worker written again", "%s after the restart", rec.Round(time.Millisecond))
 	}
 	r.fig("longest gap between two writes of a healthy worker", "%s", maxGapOf(o, hiveHealthy).Round(time.Millisecond))
+	if m, err := scrape(q.httpAddr); err == nil {
+		r.fig("restarted queen's registry writes", "%.0f acknowledged; failed: %.0f re-read, %.0f refused after a re-read; %.0f shed stale",
+			m.sum(exact("rbee_queen_kv_write_seconds_count")), m.sum(counter("kv_write_failures"), `outcome="reread"`),
+			m.sum(counter("kv_write_failures"), `outcome="refused"`), m.sum(counter("beats_shed"), `reason="stale"`))
+	}
+	for _, line := range strings.Split(q.output(), "\n") {
+		if strings.Contains(line, "registry loaded") || strings.Contains(line, "registry not loaded") || strings.Contains(line, "accepting heartbeats") {
+			r.fig("restarted queen's log", "`%s`", cell(line))
+		}
+	}
 	if lr {
 		r.note("the load generator ended before the window closed")
 	}

@@ -190,6 +190,7 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 		return err
 	}
 
+	q.w.holdUntilLoaded()
 	q.wg.Add(2)
 	go func() { defer q.wg.Done(); q.w.run() }()
 	go func() { defer q.wg.Done(); q.w.runRereads(runCtx) }()
@@ -221,12 +222,27 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 	}
 	q.watcher.Store(watcher)
 	q.w.setMirror(q.mirrored)
-	q.wg.Add(1)
+	q.wg.Add(2)
 	go func() {
 		defer q.wg.Done()
 		if watcher.WaitReady(runCtx) == nil {
 			nw, nh := watcher.Sizes()
 			q.log.Info("registry loaded", "workers", nw, "hives", nh)
+		}
+	}()
+	go func() {
+		// Writes wait for the mirror, at most loadWait: a key's first
+		// write then expects the revision the mirror shows instead of
+		// failing and being read again, one key at a time.
+		defer q.wg.Done()
+		defer q.w.loaded()
+		t := time.NewTimer(loadWait)
+		defer t.Stop()
+		select {
+		case <-watcher.Ready():
+		case <-t.C:
+			q.log.Warn("registry not loaded yet: writing before it is, each key read once as it is written", "waited", loadWait)
+		case <-runCtx.Done():
 		}
 	}()
 

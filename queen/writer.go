@@ -249,6 +249,9 @@ type writer struct {
 	// if nothing); nil before the mirror exists. Called with mu held.
 	mirror func(kind subjects.Kind, key string) stored
 	// rereads are the keys waiting to be read again (conditional.go).
+	// loading holds every write until the registry mirror has loaded
+	// (holdUntilLoaded, loaded).
+	loading    bool
 	rereads    map[*slot]struct{}
 	rereadQ    [2][]*slot // goodbyes and marks first, then beats
 	rereadWake chan struct{}
@@ -274,6 +277,26 @@ func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subject
 	}
 	w.cond = sync.NewCond(&w.mu)
 	return w
+}
+
+// loadWait is the longest writes wait at start for the registry mirror to
+// load. A restarted queen's entries live a TTL (3 intervals by default) from
+// their last write; the mirror of 100k entries loads in well under a second.
+const loadWait = time.Second
+
+// holdUntilLoaded makes run wait for loaded before its first write.
+func (w *writer) holdUntilLoaded() {
+	w.mu.Lock()
+	w.loading = true
+	w.mu.Unlock()
+}
+
+// loaded lets run write.
+func (w *writer) loaded() {
+	w.mu.Lock()
+	w.loading = false
+	w.cond.Broadcast()
+	w.mu.Unlock()
 }
 
 // setMirror sets the lookup of the registry mirror.
@@ -479,7 +502,7 @@ func (w *writer) schedule(s *slot) {
 func (w *writer) run() {
 	for {
 		w.mu.Lock()
-		for !w.stopping && (w.waiting == 0 || len(w.inflight) >= w.limit()) {
+		for !w.stopping && (w.waiting == 0 || len(w.inflight) >= w.limit() || w.loading) {
 			w.cond.Wait()
 		}
 		if w.stopping {
