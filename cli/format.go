@@ -64,7 +64,14 @@ func age(nowMs, ms int64) string {
 	if ms == 0 {
 		return "-"
 	}
-	return (time.Duration(nowMs-ms) * time.Millisecond).Round(100 * time.Millisecond).String()
+	d := time.Duration(nowMs-ms) * time.Millisecond
+	switch {
+	case d < time.Minute: // "0.1s" … "59.9s"
+		return fmt.Sprintf("%.1fs", d.Round(100*time.Millisecond).Seconds())
+	case d < time.Hour: // "12m31s"
+		return d.Round(time.Second).String()
+	}
+	return strings.TrimSuffix(d.Round(time.Minute).String(), "0s") // "3h12m"
 }
 
 func gib(b uint64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<30)) }
