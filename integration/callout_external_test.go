@@ -105,7 +105,11 @@ func TestCalloutExternalServer(t *testing.T) {
 	if err := q.Start(t.Context()); err != nil {
 		t.Fatalf("queen on the external server: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { q.Stop(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
 	js, err := jetstream.New(qnc)
 	if err != nil {
 		t.Fatal(err)

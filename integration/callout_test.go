@@ -102,7 +102,11 @@ func startCalloutQueen(t *testing.T, srv *embedded.Server, secret token.Secret, 
 	if err := s.q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.q.Stop(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		s.q.Stop(ctx)
+	})
 	if s.js, err = jetstream.New(s.qnc); err != nil {
 		t.Fatal(err)
 	}

@@ -80,7 +80,11 @@ func startQueenConfig(t *testing.T, url string, cfg queen.Config) (*queen.Queen,
 	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { q.Stop(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
 	return q, ev
 }
 

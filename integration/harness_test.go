@@ -84,7 +84,11 @@ func startQueen(t *testing.T, url string, ttl time.Duration) (*queen.Queen, *eve
 	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { q.Stop(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
 	return q, ev
 }
 

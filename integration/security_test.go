@@ -253,7 +253,11 @@ include ./permissions.conf
 	if err := q.Start(t.Context()); err != nil {
 		t.Fatalf("queen under its permissions: %v", err)
 	}
-	t.Cleanup(func() { q.Stop(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -500,7 +504,11 @@ resolver_preload: {
 	if err := q.Start(t.Context()); err != nil {
 		t.Fatalf("queen with a creds file: %v", err)
 	}
-	t.Cleanup(func() { q.Stop(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	inspect, _ := secureConn(t, url, "inspect", natsconn.Config{CredsFile: queenCreds})

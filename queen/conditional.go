@@ -115,6 +115,18 @@ func (w *writer) reread(ctx context.Context, s *slot) {
 	defer w.mu.Unlock()
 	if err != nil {
 		w.errLog.Do(func() { w.log.Warn("registry key cannot be read again", "key", s.key, "err", err) })
+		if o := s.pend; o != nil && !o.del && stale(o, time.Now().UnixMilli()) {
+			// Its TTL ran out while the store did not answer: writing it
+			// would make a dead sender look alive (counted and logged, as
+			// in failed).
+			s.pend = nil
+			delete(w.rereads, s)
+			s.rereading = false
+			w.m.writeFailed(o.kind, "lost")
+			w.log.Error("registry write given up: its TTL ran out while the key could not be read", "key", o.key, "seq", o.seq, "err", err)
+			w.finish(s)
+			return
+		}
 		time.AfterFunc(failPause, func() {
 			w.mu.Lock()
 			defer w.mu.Unlock()
@@ -133,6 +145,15 @@ func (w *writer) reread(ctx context.Context, s *slot) {
 		}
 	}
 	w.finish(s) // the waiting write is judged when it is built
+}
+
+// stale reports whether o can no longer be written at nowMs: a beat whose
+// TTL ran out since it was accepted, or a mark past the expiry it keeps.
+func stale(o *op, nowMs int64) bool {
+	if o.mark {
+		return o.expiresMs <= nowMs
+	}
+	return o.ttlMs-(nowMs-o.acceptedMs) <= 0
 }
 
 // readLast returns the last message of s's subject in its bucket's stream,

@@ -690,7 +690,7 @@ func (w *writer) failed(msg *nats.Msg, err error) {
 		w.rereadLocked(s)
 	case s.pend != nil:
 		outcome = "superseded"
-	case o.del || o.mark && o.expiresMs > nowMs || !o.mark && o.ttlMs-(nowMs-o.acceptedMs) > 0:
+	case o.del || !stale(o, nowMs):
 		s.pend = o // goodbyes are retried until written
 	default:
 		outcome = "lost"

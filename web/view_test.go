@@ -40,7 +40,11 @@ func system(t *testing.T) (string, jetstream.JetStream) {
 	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { q.Stop(context.Background()) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		q.Stop(ctx)
+	})
 	js, err := jetstream.New(testutil.Connect(t, srv.ClientURL()))
 	if err != nil {
 		t.Fatal(err)
