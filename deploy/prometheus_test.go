@@ -9,27 +9,13 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-)
 
-// requireTool returns the path of an external program ./scripts/tools.sh
-// installs. Under ./scripts/test.sh (RBEE_REQUIRE_TOOLS=1) a missing tool
-// fails the test; a plain `go test ./...` skips it with the reason.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("RBEE_REQUIRE_TOOLS") != "" {
-		t.Fatalf("%s not found on PATH: run ./scripts/tools.sh, which installs it", name)
-	}
-	t.Skipf("%s not on PATH (./scripts/tools.sh installs it)", name)
-	return ""
-}
+	"github.com/rbee/heartbeat/internal/testutil"
+)
 
 func promtool(t *testing.T, args ...string) {
 	t.Helper()
-	cmd := exec.Command(requireTool(t, "promtool"), args...)
+	cmd := exec.Command(testutil.RequireTool(t, "promtool"), args...)
 	cmd.Dir = "prometheus"
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -161,7 +147,7 @@ func TestDashboardQueries(t *testing.T) {
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(requireTool(t, "promtool"), "check", "rules", path)
+	cmd := exec.Command(testutil.RequireTool(t, "promtool"), "check", "rules", path)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("the dashboard's queries: %v\n%s", err, out)
 	}

@@ -15,8 +15,8 @@ import (
 // and libmsgpack-dev (scripts/tools.sh installs them).
 func buildCSubscriber(t *testing.T) string {
 	t.Helper()
-	cc := requireTool(t, "cc")
-	pc := requireTool(t, "pkg-config")
+	cc := testutil.RequireTool(t, "cc")
+	pc := testutil.RequireTool(t, "pkg-config")
 	flags, err := exec.Command(pc, "--cflags", "--libs", "libnats", "msgpack").Output()
 	if err != nil {
 		if os.Getenv("RBEE_REQUIRE_TOOLS") != "" {

@@ -138,7 +138,7 @@ func TestSystemdUnits(t *testing.T) {
 			}
 		})
 	}
-	sa := requireTool(t, "systemd-analyze")
+	sa := testutil.RequireTool(t, "systemd-analyze")
 	dir := t.TempDir()
 	var paths []string
 	for unit := range units {

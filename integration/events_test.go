@@ -148,7 +148,7 @@ func TestEventHistoryTools(t *testing.T) {
 		t.Fatalf("h1 history: %v", lines)
 	}
 
-	natsBin := requireTool(t, "nats")
+	natsBin := testutil.RequireTool(t, "nats")
 	env := []string{"HOME=" + t.TempDir(), "PATH=" + rbeeBinary(t) + string(os.PathListSeparator) + os.Getenv("PATH"), "NATS_CONTEXT="}
 	sub := start(t, env, natsBin, "--server", url, "sub", "rbee.evt.>", "--translate", "rbee decode", "--count", "1")
 	testutil.Eventually(t, 10*time.Second, func() bool { return strings.Contains(sub.text(), "Subscribing") }, "nats sub ready:\n%s", sub)

@@ -16,7 +16,7 @@ import (
 // decode'` turns each payload into JSON, and `nats kv watch` shows a PURGE
 // when a worker expires and a DELETE when one leaves.
 func TestNatsCLI(t *testing.T) {
-	natsBin := requireTool(t, "nats")
+	natsBin := testutil.RequireTool(t, "nats")
 	bin := rbeeBinary(t)
 	srv := testutil.Server(t)
 	url := srv.ClientURL()

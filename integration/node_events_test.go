@@ -18,7 +18,7 @@ import (
 // (absent = alive), the registry events, and takes the queen's own beats
 // without refusing them.
 func TestNodeSubscriberEventsAndLiveness(t *testing.T) {
-	node := requireTool(t, "node")
+	node := testutil.RequireTool(t, "node")
 	dir, _ := filepath.Abs("../examples/node-subscriber")
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@nats-io", "kv")); err != nil {
 		if os.Getenv("RBEE_REQUIRE_TOOLS") != "" {

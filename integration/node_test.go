@@ -54,7 +54,7 @@ func findNode(ls []nodeLine, match func(nodeLine) bool) (nodeLine, bool) {
 // system and checks, from its output, that it decoded worker and hive beats
 // and saw a purge on expiry and a delete on goodbye.
 func TestNodeSubscriber(t *testing.T) {
-	node := requireTool(t, "node")
+	node := testutil.RequireTool(t, "node")
 	dir, _ := filepath.Abs("../examples/node-subscriber")
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@nats-io", "kv")); err != nil {
 		if os.Getenv("RBEE_REQUIRE_TOOLS") != "" {

@@ -13,22 +13,6 @@ import (
 	"time"
 )
 
-// requireTool returns the path of an external program the README's test
-// command installs. Under that command (RBEE_REQUIRE_TOOLS=1) a missing tool
-// fails the test; a plain `go test ./...` skips it with the reason.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("RBEE_REQUIRE_TOOLS") != "" {
-		t.Fatalf("%s not found on PATH: run ./scripts/test.sh, which installs it", name)
-	}
-	t.Skipf("%s not on PATH (./scripts/test.sh installs it)", name)
-	return ""
-}
-
 var (
 	rbeeOnce sync.Once
 	rbeeDir  string

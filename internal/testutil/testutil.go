@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -141,4 +142,21 @@ func FreePorts(t testing.TB, n int) []int {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports
+}
+
+// RequireTool returns the path of an external program the README's test
+// command (./scripts/test.sh, through ./scripts/tools.sh) installs. Under that
+// command (RBEE_REQUIRE_TOOLS=1) a missing tool fails the test; a plain
+// `go test ./...` skips it with the reason.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("RBEE_REQUIRE_TOOLS") != "" {
+		t.Fatalf("%s not found on PATH: run ./scripts/test.sh, which installs it", name)
+	}
+	t.Skipf("%s not on PATH (./scripts/test.sh installs it)", name)
+	return ""
 }
