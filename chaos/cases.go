@@ -95,7 +95,7 @@ func runCapacity(w *world, r *result) error {
 	for _, x := range rates {
 		ramp = append(ramp, strconv.Itoa(x))
 	}
-	r.offer("a ramp of %s beats/s, %s per step, each step over as many workers beating once per %s (load generator in its own process)",
+	r.offer("a ramp of %s beats/s, %s per step, each step over as many workers beating once per %s (load generator in its own process), every beat changing `slots_busy` so that every one must be written",
 		strings.Join(ramp, ", "), step, interval)
 	r.offer("writes/s = growth of the `KV_rbee_workers` stream's last sequence over the second half of a step (a coalescing " +
 		"queen writes fewer than it accepts); a step is kept up when the queen accepts 0.9 × offered, writes at least 0.5 × offered " +
@@ -133,7 +133,7 @@ func runCapacity(w *world, r *result) error {
 		d := b.at.Sub(a.at).Seconds()
 		return float64(b.seq-a.seq) / d, (b.acc - a.acc) / d, b.expiry - a.expiry
 	}
-	l, err := w.load(q.url(), "-ramp", strings.Join(ramp, ","), "-step", step.String(), "-interval", interval.String())
+	l, err := w.load(q.url(), "-ramp", strings.Join(ramp, ","), "-step", step.String(), "-interval", interval.String(), "-changing")
 	if err != nil {
 		return err
 	}
@@ -205,7 +205,7 @@ func runOverload(w *world, r *result) error {
 		}
 		rate = int(math.Round(2 * w.capacity))
 	}
-	return overload(w, r, rate, w.opt.healthy, false)
+	return overload(w, r, rate, w.opt.healthy, false, true)
 }
 
 // busyKeys and busyProbes size the busy cases: keys ÷ TTL is about 17k
@@ -224,14 +224,16 @@ func runBusy(burn bool) func(w *world, r *result) error {
 		if w.opt.rate != 0 {
 			rate = w.opt.rate
 		}
-		return overload(w, r, rate, busyProbes, burn)
+		return overload(w, r, rate, busyProbes, burn, false)
 	}
 }
 
 // overload offers rate load workers beating every interval, beside healthy
 // probe workers in their own process (and a process burning a core, with
-// burn), and checks that no live key expires and no goodbye is lost.
-func overload(w *world, r *result, rate, healthy int, burn bool) error {
+// burn), and checks that no live key expires and no goodbye is lost. With
+// changing, every load beat changes what a reader sees and must be written;
+// without, the load workers are idle and their beats change nothing.
+func overload(w *world, r *result, rate, healthy int, burn, changing bool) error {
 	dur, drainMax, byes := 20*time.Second, 60*time.Second, 1000
 	if w.opt.quick {
 		dur, drainMax, byes = 10*time.Second, 15*time.Second, 500
@@ -269,6 +271,11 @@ func overload(w *world, r *result, rate, healthy int, burn bool) error {
 	}
 	r.offer("%d load workers beating once per %s = %d beats/s for %s (2 × %.0f writes/s: the capacity case's measurement, or -capacity, or -rate)",
 		rate, interval, rate, dur, w.capacity)
+	if changing {
+		r.offer("every load beat changes `slots_busy`, so every one must be written")
+	} else {
+		r.offer("the load workers are idle: their beats change nothing but `seq` and `sent_at_ms`")
+	}
 	r.offer("%d of them send a goodbye %s into the load and stop", byes, byeAt)
 	r.offer("%d healthy workers (`rbee worker --simulate %d --interval %s`) in a separate process, stopped with SIGTERM (goodbyes) after the load",
 		healthy, healthy, interval)
@@ -276,7 +283,7 @@ func overload(w *world, r *result, rate, healthy int, burn bool) error {
 	o.resetGaps()
 	t0 := time.Now()
 	l, err := w.load(q.url(), "-keys", strconv.Itoa(rate), "-duration", dur.String(), "-interval", interval.String(),
-		"-goodbye-at", byeAt.String(), "-goodbyes", strconv.Itoa(byes))
+		"-goodbye-at", byeAt.String(), "-goodbyes", strconv.Itoa(byes), "-changing="+strconv.FormatBool(changing))
 	if err != nil {
 		return err
 	}

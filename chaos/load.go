@@ -43,16 +43,22 @@ type loadFleet struct {
 	seqOff  []int
 	sentOff []int
 	seq     []uint64
-	hdr     nats.Header
-	bye     nats.Header
+	busyOff []int // offset of slots_busy's value (a positive fixint)
+	// changing flips slots_busy between 0 and 1 at every beat, so that every
+	// beat changes what a reader sees and must be written (a lone queen
+	// writes an unchanged beat only when its entry is due to expire).
+	changing bool
+	hdr      nats.Header
+	bye      nats.Header
 }
 
-func newLoadFleet(hive string, n int, interval time.Duration) (*loadFleet, error) {
+func newLoadFleet(hive string, n int, interval time.Duration, changing bool) (*loadFleet, error) {
 	var id [16]byte
 	_, _ = rand.Read(id[:])
 	inst := hex.EncodeToString(id[:])
 	f := &loadFleet{
-		hdr: nats.Header{wire.HeaderContentType: {wire.ContentTypeMsgpack}, wire.HeaderSchema: {wire.SchemaWorker}},
+		changing: changing,
+		hdr:      nats.Header{wire.HeaderContentType: {wire.ContentTypeMsgpack}, wire.HeaderSchema: {wire.SchemaWorker}},
 		bye: nats.Header{wire.HeaderContentType: {wire.ContentTypeMsgpack}, wire.HeaderSchema: {wire.SchemaWorker},
 			wire.HeaderEvent: {wire.EventGoodbye}},
 	}
@@ -70,13 +76,15 @@ func newLoadFleet(hive string, n int, interval time.Duration) (*loadFleet, error
 		}
 		so := bytes.Index(b, []byte("\xa3seq\xce"))
 		to := bytes.Index(b, []byte("\xaasent_at_ms"))
-		if so < 0 || to < 0 || (b[to+11] != 0xcf && b[to+11] != 0xd3) {
+		bo := bytes.Index(b, []byte("\xaaslots_busy\x00"))
+		if so < 0 || to < 0 || bo < 0 || (b[to+11] != 0xcf && b[to+11] != 0xd3) {
 			return nil, errors.New("load: cannot find seq and sent_at_ms in the encoded beat")
 		}
 		f.subj = append(f.subj, "rbee.hb.worker."+hive+".w"+strconv.Itoa(i))
 		f.data = append(f.data, b)
 		f.seqOff = append(f.seqOff, so+5)
 		f.sentOff = append(f.sentOff, to+12)
+		f.busyOff = append(f.busyOff, bo+11)
 		f.seq = append(f.seq, 1<<31)
 	}
 	// Check the patching once.
@@ -94,6 +102,9 @@ func (f *loadFleet) patch(i int, sentAt int64) {
 	f.seq[i]++
 	binary.BigEndian.PutUint32(f.data[i][f.seqOff[i]:], uint32(f.seq[i]))
 	binary.BigEndian.PutUint64(f.data[i][f.sentOff[i]:], uint64(sentAt))
+	if f.changing {
+		f.data[i][f.busyOff[i]] = byte(f.seq[i] & 1)
+	}
 }
 
 func (f *loadFleet) send(nc *nats.Conn, i int, bye bool) error {
@@ -117,6 +128,7 @@ func loadMain(args []string) error {
 	byes := fs.Int("goodbyes", 0, "workers that say goodbye at -goodbye-at")
 	ramp := fs.String("ramp", "", "comma-separated rates; each step beats that many workers per interval for -step")
 	step := fs.Duration("step", 2*time.Second, "length of a ramp step")
+	changing := fs.Bool("changing", false, "flip slots_busy at every beat, so every beat must be written")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -136,7 +148,7 @@ func loadMain(args []string) error {
 			}
 			rates = append(rates, r)
 		}
-		f, err := newLoadFleet(*hive, rates[len(rates)-1], *interval)
+		f, err := newLoadFleet(*hive, rates[len(rates)-1], *interval, *changing)
 		if err != nil {
 			return err
 		}
@@ -148,7 +160,7 @@ func loadMain(args []string) error {
 		_ = nc.Flush()
 		return nil
 	}
-	f, err := newLoadFleet(*hive, *keys, *interval)
+	f, err := newLoadFleet(*hive, *keys, *interval, *changing)
 	if err != nil {
 		return err
 	}

@@ -32,6 +32,10 @@ func rawWorker(hiveID, workerID, instance string, seq uint64) *wire.Worker {
 		Version: "test", SlotsTotal: 2,
 	}
 	w.Stamp(instance, seq, time.Now().UnixMilli(), 20_000) // TTL 60 s: nothing expires during a test
+	// Each beat changes what a reader sees, so a lone queen writes every one
+	// at once rather than as a lazy refresh (docs/wire.md, Per-entry TTL).
+	waiting := int(seq % 1000)
+	w.RequestsWaiting = &waiting
 	return w
 }
 

@@ -154,6 +154,9 @@ func TestConditionalWrites(t *testing.T) {
 					cfg.QueenID = fmt.Sprintf("q%d", i)
 					qs = append(qs, startTestQueen(t, srv.ClientURL(), cfg))
 				}
+				for _, q := range qs {
+					waitEager(t, q) // other queens share the group: every beat is written
+				}
 				q := queens{qs[0], qs[1], qs[n-1]}
 				sc.run(t, q, func(what string) {
 					t.Helper()
@@ -168,6 +171,25 @@ func TestConditionalWrites(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// waitEager waits until q has seen another queen in the registry and writes
+// every beat at once.
+func waitEager(t *testing.T, q *Queen) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		q.w.mu.Lock()
+		eager := q.w.eager
+		q.w.mu.Unlock()
+		if eager {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queen %s sees no other queen: %d peers", q.ID(), q.peers())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

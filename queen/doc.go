@@ -19,7 +19,12 @@
 // order their stored entries would expire. An entry's TTL runs from its
 // write, less any wait beyond one interval; a beat whose TTL ran out while
 // it waited is shed rather than written, so a dead sender is not kept alive
-// by a backlog. Writes are nats.go jetstream asynchronous publishes with a
+// by a backlog. A queen alone in its group writes a worker's unchanged beat
+// lazily: it waits, replaced by newer beats, until the stored entry is due
+// to expire within half an interval (at least 5 s), and is then written
+// with the TTL left from its acceptance (rounded down), so a live worker
+// costs a write every Missed − 1 intervals and a dead one still expires one
+// TTL after its last beat. Writes are nats.go jetstream asynchronous publishes with a
 // bounded window; beats the subscription drops are counted. Every shed,
 // coalesced, superseded, failed or lost write is in /metrics.
 //

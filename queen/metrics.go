@@ -148,8 +148,9 @@ type Stats struct {
 	Workers, Hives int
 	// InFlight is the number of registry writes awaiting acknowledgement.
 	InFlight int
-	// Backlog is the number of keys waiting to be written.
-	Backlog int
+	// Backlog is the number of keys waiting to be written, lazy refreshes
+	// aside; Refreshes the lazy refreshes waiting for their entry to fall due.
+	Backlog, Refreshes int
 	// Superseded counts, by kind, beats replaced by a newer beat of their key
 	// before they were decoded (neither accepted nor rejected).
 	Superseded map[subjects.Kind]uint64
@@ -180,7 +181,8 @@ type collector struct{ q *Queen }
 var (
 	descSize     = prometheus.NewDesc("rbee_registry_entries", "Entries in the registry.", []string{"kind"}, nil)
 	descLiveness = prometheus.NewDesc("rbee_registry_entries_by_liveness", "Worker and hive entries by liveness.", []string{"kind", "liveness"}, nil)
-	descBacklog  = prometheus.NewDesc("rbee_queen_backlog", "Registry keys waiting to be written.", nil, nil)
+	descBacklog  = prometheus.NewDesc("rbee_queen_backlog", "Registry keys waiting to be written (lazy refreshes aside).", nil, nil)
+	descLazy     = prometheus.NewDesc("rbee_queen_refreshes_waiting", "Worker entries whose newest beat changes nothing and waits to be written until the entry is due to expire (a lone queen).", nil, nil)
 	descInFlight = prometheus.NewDesc("rbee_queen_kv_writes_in_flight", "Registry writes sent and not yet acknowledged.", nil, nil)
 	descLag      = prometheus.NewDesc("rbee_queen_write_lag_seconds", "How long the oldest waiting registry write has waited.", nil, nil)
 	descLastOK   = prometheus.NewDesc("rbee_queen_last_write_timestamp_seconds", "Time of the last acknowledged registry write.", nil, nil)
@@ -189,7 +191,7 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSize, descLiveness, descBacklog, descInFlight, descLag, descLastOK, descState, descBad} {
+	for _, d := range []*prometheus.Desc{descSize, descLiveness, descBacklog, descLazy, descInFlight, descLag, descLastOK, descState, descBad} {
 		ch <- d
 	}
 	for _, x := range c.q.metrics.all {
@@ -204,6 +206,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	q := c.q
 	st := q.w.stats()
 	ch <- prometheus.MustNewConstMetric(descBacklog, prometheus.GaugeValue, float64(st.Backlog))
+	ch <- prometheus.MustNewConstMetric(descLazy, prometheus.GaugeValue, float64(st.Refreshes))
 	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight))
 	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(st.LagMs)/1000)
 	ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, float64(st.LastWriteMs)/1000)

@@ -371,7 +371,9 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 				})
 				dropped = d
 			}
-			q.reserve.follow(q, q.peers())
+			peers := q.peers()
+			q.reserve.follow(q, peers)
+			q.w.setEager(peers > 0)
 			if d := q.reserve.dropped(); d > reserveDropped {
 				q.metrics.reserveDrop.Add(float64(d - reserveDropped))
 				n := d
@@ -608,7 +610,7 @@ func (q *Queen) Stats() Stats {
 		s.Workers, s.Hives = w.Sizes()
 	}
 	st := q.w.stats()
-	s.InFlight, s.Backlog = st.InFlight, st.Backlog
+	s.InFlight, s.Backlog, s.Refreshes = st.InFlight, st.Backlog, st.Refreshes
 	s.State, s.Reason = q.state(st)
 	return s
 }

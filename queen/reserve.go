@@ -228,23 +228,23 @@ func (q *Queen) peers() int {
 }
 
 // mirrored returns what this queen's registry mirror holds for key: its
-// entry's revision and ident, or sNone.
-func (q *Queen) mirrored(kind subjects.Kind, key string) stored {
+// entry's revision and ident (sNone: nothing) and, for a worker, the entry.
+func (q *Queen) mirrored(kind subjects.Kind, key string) (stored, *wire.WorkerEntry) {
 	w := q.Registry()
 	if w == nil {
-		return stored{}
+		return stored{}, nil
 	}
 	switch kind {
 	case subjects.KindWorker:
 		if e, rev, ok := w.Worker(key); ok {
-			return stored{rev: rev, what: sValue, instance: e.InstanceID, seq: e.Seq, atMs: e.ReceivedAtMs}
+			return stored{rev: rev, what: sValue, instance: e.InstanceID, seq: e.Seq, atMs: e.ReceivedAtMs}, e
 		}
 	case subjects.KindHive:
 		if e, rev, ok := w.Hive(key); ok {
-			return stored{rev: rev, what: sValue, instance: e.InstanceID, seq: e.Seq, atMs: e.ReceivedAtMs}
+			return stored{rev: rev, what: sValue, instance: e.InstanceID, seq: e.Seq, atMs: e.ReceivedAtMs}, nil
 		}
-	default:
-		return stored{} // a queen's own key: its acknowledgements say
 	}
-	return stored{} // not in the mirror: unknown (it may not be loaded yet)
+	// A queen's own key (its acknowledgements say), or not in the mirror:
+	// unknown (it may not be loaded yet).
+	return stored{}, nil
 }

@@ -74,8 +74,7 @@ func notable(prev, o *op) bool {
 	}
 	switch {
 	case o.worker != nil && prev.worker != nil:
-		a, b := prev.worker, o.worker
-		return a.Status != b.Status || a.Health != b.Health || a.ModelID != b.ModelID || a.SlotsBusy != b.SlotsBusy
+		return !sameWorker(&prev.worker.Worker, &o.worker.Worker)
 	case o.hive != nil && prev.hive != nil:
 		return prev.hive.Health != o.hive.Health || len(prev.hive.Workers) != len(o.hive.Workers) ||
 			prev.hive.WorkersOmitted != o.hive.WorkersOmitted
@@ -83,6 +82,25 @@ func notable(prev, o *op) bool {
 		return prev.queen.State != o.queen.State
 	}
 	return true
+}
+
+// sameWorker reports whether two beats of a worker show a reader the same
+// thing: they differ at most in seq, sent_at_ms, progress and the engine
+// reading's age, which a refresh carries.
+func sameWorker(a, b *wire.Worker) bool {
+	x, y := *a, *b
+	x.Seq, y.Seq, x.SentAtMs, y.SentAtMs = 0, 0, 0, 0
+	x.EngineAgeMs, y.EngineAgeMs = 0, 0
+	x.Progress, y.Progress = nil, nil
+	if !eqPtr(x.RequestsWaiting, y.RequestsWaiting) || !eqPtr(x.KVCachePercent, y.KVCachePercent) {
+		return false
+	}
+	x.RequestsWaiting, y.RequestsWaiting, x.KVCachePercent, y.KVCachePercent = nil, nil, nil, nil
+	return x == y
+}
+
+func eqPtr[T comparable](a, b *T) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
 }
 
 // slot is one registry key with something to write. At most one write of a
@@ -119,6 +137,10 @@ type slot struct {
 	idx        [nQueues]int // index in each queue, -1 when not in it
 	queued     bool
 	urgent     bool
+	// lazy: the waiting write is a refresh that changes nothing a reader
+	// sees; a lone queen writes it only when the stored entry is due to
+	// expire within urgentMs.
+	lazy bool
 	// since is the accept time of the oldest op waiting since the key's last
 	// write: a newer beat replacing a waiting one keeps the key's place.
 	since int64
@@ -180,12 +202,55 @@ func (w *writer) next(nowMs int64) *slot {
 	switch {
 	case first.Len() > 0:
 		return first.s[0]
-	case live.Len() > 0 && (fresh.Len() == 0 || live.s[0].deadlineMs-nowMs <= urgentMs(live.s[0].pend)):
+	case live.Len() > 0 && live.s[0].deadlineMs-nowMs <= urgentMs(live.s[0].pend):
 		return live.s[0]
 	case fresh.Len() > 0:
 		return fresh.s[0]
+	case live.Len() > 0 && (w.eager || nowMs >= dueMs(live.s[0])):
+		return live.s[0]
 	}
 	return nil
+}
+
+// minLeadMs is the least time a lazy refresh is written before its entry
+// expires: a queen restarted or replaced within it loses no entry.
+const minLeadMs = 5000
+
+// leadMs is how long before its entry expires a lazy refresh is due: half
+// the sender's interval, at least minLeadMs. Less than one interval, so the
+// newest beat is two intervals newer than the stored one by then and a live
+// worker costs a write every Missed − 1 intervals (a lead of one interval
+// would meet each next beat and write every one).
+func leadMs(o *op) int64 { return max(o.intervalMs/2, minLeadMs) }
+
+// lazyKind reports whether o's key is refreshed lazily by a lone queen: a
+// worker whose TTL leaves room for a refresh leadMs before it expires (a
+// shorter one is written at every beat).
+func lazyKind(o *op) bool { return o.kind == subjects.KindWorker && leadMs(o)+1000 < o.ttlMs }
+
+// dueMs is when s's waiting lazy refresh is written.
+func dueMs(s *slot) int64 { return s.deadlineMs - leadMs(s.pend) }
+
+// nothingDue reports whether no write is due now: nothing waits but
+// refreshes a lone queen writes later. mu held.
+func (w *writer) nothingDue(nowMs int64) bool {
+	if w.waiting == 0 {
+		return true
+	}
+	live := &w.qs[qLive]
+	return !w.eager && w.waiting == w.lazies && (live.Len() == 0 || nowMs < dueMs(live.s[0]))
+}
+
+// setEager makes every waiting write go as soon as the store takes it
+// (other queens share the group: their reserves judge by what is written),
+// or lets a lone queen write a refresh only when its entry is due to expire.
+func (w *writer) setEager(eager bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.eager != eager {
+		w.eager = eager
+		w.cond.Broadcast()
+	}
 }
 
 // writeMetrics is what the writer reports to; *metrics implements it.
@@ -199,7 +264,8 @@ type writeMetrics interface {
 
 // writerStats is a snapshot of the writer's state.
 type writerStats struct {
-	Backlog     int   // keys waiting to be written
+	Backlog     int   // keys waiting to be written, lazy refreshes aside
+	Refreshes   int   // lazy refreshes waiting for their entry to fall due
 	InFlight    int   // writes awaiting acknowledgement
 	LagMs       int64 // how long writes wait (see stats)
 	LastWriteMs int64 // queen clock of the last acknowledged write
@@ -233,7 +299,10 @@ type writer struct {
 	cond      *sync.Cond
 	slots     map[string]*slot // by subject
 	qs        [nQueues]queue
-	waiting   int // keys in the queues
+	waiting   int  // keys in the queues
+	lazies    int  // of which lazy refreshes
+	eager     bool // other queens share the group: no lazy refreshes
+	due       *time.Timer
 	inflight  map[*nats.Msg]*slot
 	stopping  bool
 	lastOKMs  int64
@@ -246,8 +315,9 @@ type writer struct {
 	// refused or superseded. Called without mu.
 	decode func(msg *nats.Msg, atMs int64) *op
 	// mirror returns what the registry mirror holds for key (what: sNone
-	// if nothing); nil before the mirror exists. Called with mu held.
-	mirror func(kind subjects.Kind, key string) stored
+	// if nothing) and, for a worker, its entry; nil before the mirror
+	// exists. Called with mu held.
+	mirror func(kind subjects.Kind, key string) (stored, *wire.WorkerEntry)
 	// rereads are the keys waiting to be read again (conditional.go).
 	// loading holds every write until the registry mirror has loaded
 	// (holdUntilLoaded, loaded).
@@ -276,6 +346,13 @@ func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subject
 		w.qs[i].which = i
 	}
 	w.cond = sync.NewCond(&w.mu)
+	// Wakes run when the earliest lazy refresh falls due.
+	w.due = time.AfterFunc(time.Hour, func() {
+		w.mu.Lock()
+		w.cond.Broadcast()
+		w.mu.Unlock()
+	})
+	w.due.Stop()
 	return w
 }
 
@@ -300,7 +377,7 @@ func (w *writer) loaded() {
 }
 
 // setMirror sets the lookup of the registry mirror.
-func (w *writer) setMirror(f func(kind subjects.Kind, key string) stored) {
+func (w *writer) setMirror(f func(kind subjects.Kind, key string) (stored, *wire.WorkerEntry)) {
 	w.mu.Lock()
 	w.mirror = f
 	w.mu.Unlock()
@@ -321,11 +398,17 @@ func (w *writer) put(o *op) {
 		w.slots[subject] = s
 	}
 	s.goneMs = 0
+	var mirrored *wire.WorkerEntry
 	if s.inflight == nil && w.mirror != nil {
 		// Another queen's write, or one before a restart: the stored entry
-		// expires a TTL after it was accepted, at the earliest.
-		if s.stored.learn(w.mirror(o.kind, o.key)); s.stored.what == sValue {
-			s.deadlineMs = max(s.deadlineMs, s.stored.atMs+o.ttlMs)
+		// expires a TTL after it was accepted, less the second a lazy
+		// refresh rounds off, at the earliest.
+		st, e := w.mirror(o.kind, o.key)
+		if s.stored.learn(st); s.stored.what == sValue {
+			s.deadlineMs = max(s.deadlineMs, s.stored.atMs+o.ttlMs-1000)
+		}
+		if e != nil && s.stored.rev == st.rev {
+			mirrored = e
 		}
 	}
 	w.dropRaw(s) // o arrived after it
@@ -339,7 +422,14 @@ func (w *writer) put(o *op) {
 	if prev == nil {
 		prev = s.last
 	}
-	s.urgent = s.urgent && s.pend != nil || notable(prev, o)
+	if prev == nil && mirrored != nil {
+		// What the registry shows (a restarted queen): a beat that changes
+		// nothing of it needs no write before the entry is due.
+		prev = &op{instance: mirrored.InstanceID, worker: mirrored}
+	}
+	// A lone queen writes a worker's unchanged beat lazily: the stored
+	// entry is refreshed leadMs before it expires, with the newest beat.
+	s.urgent = s.urgent && s.pend != nil || notable(prev, o) || !w.eager && !lazyKind(o)
 	if s.pend == nil {
 		s.since = o.acceptedMs
 	}
@@ -356,8 +446,8 @@ func (w *writer) park(subject string, msg *nats.Msg, nowMs int64) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.slots[subject]
-	if w.decode == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark {
-		return false
+	if w.decode == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark || s.lazy && !w.eager {
+		return false // a lazy refresh waits: the new beat is decoded now, so a change is written at once
 	}
 	if s.raw != nil {
 		w.m.superseded(s.kind)
@@ -472,6 +562,15 @@ func (w *writer) schedule(s *slot) {
 			in[qNew] = s.urgent || s.deadlineMs == 0
 		}
 	}
+	lazy := in[qLive] && !in[qNew]
+	if lazy != s.lazy {
+		s.lazy = lazy
+		if lazy {
+			w.lazies++
+		} else {
+			w.lazies--
+		}
+	}
 	queued := false
 	for i := range w.qs {
 		q := &w.qs[i]
@@ -502,17 +601,26 @@ func (w *writer) schedule(s *slot) {
 func (w *writer) run() {
 	for {
 		w.mu.Lock()
-		for !w.stopping && (w.waiting == 0 || len(w.inflight) >= w.limit() || w.loading) {
+		var s *slot
+		for {
+			if w.stopping {
+				w.mu.Unlock()
+				return
+			}
+			if w.waiting > 0 && len(w.inflight) < w.limit() && !w.loading {
+				nowMs := time.Now().UnixMilli()
+				if s = w.next(nowMs); s != nil {
+					break
+				}
+				// Only lazy refreshes wait: sleep until the first falls due.
+				w.due.Reset(time.Duration(dueMs(w.qs[qLive].s[0])-nowMs) * time.Millisecond)
+			}
 			w.cond.Wait()
 		}
-		if w.stopping {
-			w.mu.Unlock()
-			return
-		}
 		failing := w.failingLocked()
-		s := w.next(time.Now().UnixMilli())
 		if w.mirror != nil {
-			s.stored.learn(w.mirror(s.kind, s.key))
+			st, _ := w.mirror(s.kind, s.key)
+			s.stored.learn(st)
 		}
 		if s.stored.what == sUnknown && (s.pend.del || s.pend.mark) {
 			// A goodbye or mark acts only on an entry it matches: with
@@ -522,7 +630,11 @@ func (w *writer) run() {
 			continue
 		}
 		o, raw, rawAt := s.pend, s.raw, s.rawAtMs
-		w.sentLagMs = time.Now().UnixMilli() - s.since
+		nowMs := time.Now().UnixMilli()
+		lazy := s.lazy && !w.eager
+		if w.sentLagMs = nowMs - s.since; lazy {
+			w.sentLagMs = max(0, nowMs-dueMs(s)) // how late it is, not how long it waited on purpose
+		}
 		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
 		w.schedule(s) // out of the queues while in flight
 		if raw != nil {
@@ -537,7 +649,7 @@ func (w *writer) run() {
 			}
 			s.inflight = o
 		}
-		msg, ok := w.build(s, o)
+		msg, ok := w.build(s, o, lazy)
 		if ok {
 			w.inflight[msg] = s
 		} else {
@@ -572,8 +684,10 @@ func (w *writer) failingLocked() bool { return w.lastErrMs > w.lastOKMs }
 // longer than one of its sender's intervals loses the excess, so an entry
 // never outlives its sender's last beat by more than TTL + one interval
 // (the time a queen may hold a live sender's newest beat under overload).
-// A mark keeps the expiry of the entry it marks. mu held.
-func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
+// A lazy refresh waited on purpose: its TTL runs from the beat, rounded down
+// to whole seconds, so the entry expires no later than one TTL after the
+// sender's last beat. A mark keeps the expiry of the entry it marks. mu held.
+func (w *writer) build(s *slot, o *op, lazy bool) (*nats.Msg, bool) {
 	now := time.Now()
 	h := nats.Header{}
 	msg := &nats.Msg{Subject: s.subject, Header: h}
@@ -582,9 +696,12 @@ func (w *writer) build(s *slot, o *op) (*nats.Msg, bool) {
 	} else {
 		nowMs := now.UnixMilli()
 		var remaining int64
-		if o.mark {
+		switch {
+		case o.mark:
 			remaining = o.expiresMs - nowMs
-		} else {
+		case lazy:
+			remaining = (o.ttlMs - (nowMs - o.acceptedMs)) / 1000 * 1000
+		default:
 			remaining = o.ttlMs - max(0, nowMs-o.acceptedMs-o.intervalMs)
 		}
 		if remaining <= 0 {
@@ -719,7 +836,7 @@ func (w *writer) finish(s *slot) {
 // wakeIdle wakes wait once nothing is waiting, in flight or being read
 // again. mu held.
 func (w *writer) wakeIdle() {
-	if len(w.inflight) == 0 && w.waiting == 0 && len(w.rereads) == 0 && w.idle != nil {
+	if len(w.inflight) == 0 && w.nothingDue(time.Now().UnixMilli()) && len(w.rereads) == 0 && w.idle != nil {
 		close(w.idle)
 		w.idle = nil
 	}
@@ -779,8 +896,14 @@ func (w *writer) stats() writerStats {
 	defer w.mu.Unlock()
 	st := writerStats{Backlog: w.waiting, InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
 		Failing: w.failingLocked()}
+	if !w.eager {
+		st.Backlog, st.Refreshes = w.waiting-w.lazies, w.lazies
+	}
 	if w.waiting > 0 {
 		st.LagMs = w.sentLagMs
+	}
+	if live := &w.qs[qLive]; live.Len() > 0 && !w.eager {
+		st.LagMs = max(st.LagMs, now-dueMs(live.s[0])) // a refresh overdue
 	}
 	for _, q := range []*queue{&w.qs[qFirst], &w.qs[qNew]} {
 		if q.Len() > 0 {
@@ -798,10 +921,11 @@ func (w *writer) stats() writerStats {
 	return st
 }
 
-// wait returns true once nothing is waiting or in flight, false if ctx ends first.
+// wait returns true once nothing is due or in flight (lazy refreshes not
+// yet due aside), false if ctx ends first.
 func (w *writer) wait(ctx context.Context) bool {
 	w.mu.Lock()
-	if len(w.inflight) == 0 && w.waiting == 0 && len(w.rereads) == 0 {
+	if len(w.inflight) == 0 && w.nothingDue(time.Now().UnixMilli()) && len(w.rereads) == 0 {
 		w.mu.Unlock()
 		return true
 	}
@@ -822,6 +946,7 @@ func (w *writer) wait(ctx context.Context) bool {
 func (w *writer) stop() {
 	w.mu.Lock()
 	w.stopping = true
+	w.due.Stop()
 	w.cond.Broadcast()
 	w.mu.Unlock()
 }

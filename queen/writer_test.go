@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
@@ -61,6 +62,7 @@ func order(slots []*slot) (keys []string) {
 func TestQueueOrder(t *testing.T) {
 	m := &nopMetrics{}
 	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w.eager = true // other queens share the group
 	w.put(beatOp("a", "i", 1, 100, wire.StatusReady))
 	w.put(beatOp("b", "i", 1, 200, wire.StatusReady))
 	w.put(beatOp("a", "i", 2, 300, wire.StatusBusy)) // replaces a's waiting beat
@@ -98,6 +100,7 @@ func TestQueueOrder(t *testing.T) {
 // its place among the new ones and is still protected by its expiry.
 func TestQueueLiveFirst(t *testing.T) {
 	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w.eager = true // other queens share the group
 	const now = 10_000
 	for i := range 100 {
 		w.put(beatOp(fmt.Sprintf("new%03d", i), "i", 1, int64(i), wire.StatusReady))
@@ -125,6 +128,7 @@ func TestBuildTTL(t *testing.T) {
 		want    string
 		shed    bool
 		mark    bool
+		lazy    bool
 		expires int64
 	}{
 		{waited: 0, want: "3s"},
@@ -134,17 +138,132 @@ func TestBuildTTL(t *testing.T) {
 		{waited: 4000, shed: true},
 		{mark: true, expires: now + 1200, want: "2s"},
 		{mark: true, expires: now - 1, shed: true},
+		// A lazy refresh: the TTL runs from the beat, rounded down.
+		{lazy: true, waited: 500, want: "2s"},
+		{lazy: true, waited: 1900, want: "1s"},
+		{lazy: true, waited: 2100, shed: true}, // 900 ms left: under a whole second
 	} {
 		o := beatOp("k", "i", 1, now-c.waited, wire.StatusReady)
 		o.intervalMs, o.mark, o.expiresMs = 1000, c.mark, c.expires
 		s := newSlot(subjects.KindWorker, "k", "$KV.w.k")
-		msg, ok := w.build(s, o)
+		msg, ok := w.build(s, o, c.lazy)
 		switch {
 		case ok == c.shed:
 			t.Fatalf("%+v: written %v", c, ok)
 		case ok && msg.Header.Get(jetstream.MsgTTLHeader) != c.want:
 			t.Fatalf("%+v: TTL %q, want %q", c, msg.Header.Get(jetstream.MsgTTLHeader), c.want)
 		}
+	}
+}
+
+// TestLazyRefresh: a lone queen writes a worker's changed beat at once and
+// an unchanged one only when its stored entry is due to expire (leadMs
+// before), with the newest beat; a hive is written at once; wait does not
+// wait for refreshes that are not due, and Backlog leaves them out.
+func TestLazyRefresh(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{
+		subjects.KindWorker: "$KV.w.", subjects.KindHive: "$KV.h."})
+	const now = 10_000
+	liveSlot(w, "same", now+50_000)
+	w.put(lazyOp("same", "i", 2, now, wire.StatusReady))
+	w.put(lazyOp("same", "i", 3, now+1, wire.StatusReady)) // newer, still unchanged
+	liveSlot(w, "changed", now+50_000)
+	w.put(lazyOp("changed", "i", 2, now, wire.StatusBusy))
+	liveSlot(w, "new-figure", now+50_000)
+	o := lazyOp("new-figure", "i", 2, now+1, wire.StatusReady)
+	pct := 93.0
+	o.worker.KVCachePercent = &pct
+	w.put(o)
+	hive := beatOp("hive", "i", 2, now+2, "")
+	hive.kind, hive.worker, hive.hive = subjects.KindHive, nil, &wire.HiveEntry{}
+	w.put(hive)
+	if st := w.stats(); st.Backlog != 3 || st.Refreshes != 1 {
+		t.Fatalf("backlog %d, refreshes %d: want 3 and 1", st.Backlog, st.Refreshes)
+	}
+	if got := fmt.Sprint(order(popAll(w, now))); got != "[changed new-figure hive]" {
+		t.Fatalf("written now: %s, want the changed worker entries and the hive", got)
+	}
+	if !w.nothingDue(now) || !w.nothingDue(now+50_000-minLeadMs-1) {
+		t.Fatal("a refresh not yet due counts as due")
+	}
+	got := popAll(w, now+50_000-minLeadMs)
+	if len(got) != 1 || got[0].key != "same" || got[0].pend.seq != 3 {
+		t.Fatalf("due at %d: %v, want same with seq 3", now+50_000-minLeadMs, order(got))
+	}
+	// Once the queen has peers, every waiting refresh goes.
+	liveSlot(w, "later", now+500_000)
+	w.put(lazyOp("later", "i", 2, now, wire.StatusReady))
+	if w.next(now) != nil {
+		t.Fatal("a lone queen writes a refresh not yet due")
+	}
+	w.setEager(true)
+	if s := w.next(now); s == nil || s.key != "later" {
+		t.Fatalf("with peers: %v, want later", s)
+	}
+}
+
+// lazyOp is a worker beat with the default TTL (90 s), refreshed lazily.
+func lazyOp(key, inst string, seq uint64, acceptedMs int64, status wire.Status) *op {
+	o := beatOp(key, inst, seq, acceptedMs, status)
+	o.ttlMs = 90_000
+	return o
+}
+
+// TestLazyRefreshAfterRestart: a restarted queen compares a beat with what
+// its registry mirror shows, so beats that change nothing cost no write
+// until their entries are due, and a changed one is written at once.
+func TestLazyRefreshAfterRestart(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	const now = 100_000
+	shown := beatOp("k", "i", 1, now-1000, wire.StatusReady).worker
+	shown.InstanceID, shown.Seq, shown.ReceivedAtMs = "i", 1, now-1000
+	w.setMirror(func(subjects.Kind, string) (stored, *wire.WorkerEntry) {
+		return stored{rev: 7, what: sValue, instance: "i", seq: 1, atMs: now - 1000}, shown
+	})
+	o := beatOp("k", "i", 2, now, wire.StatusReady)
+	o.ttlMs, o.worker.InstanceID, o.worker.Seq = 90_000, "i", 2
+	w.put(o)
+	if s := w.next(now); s != nil {
+		t.Fatalf("an unchanged beat after a restart is written at once (%+v)", w.stats())
+	}
+	o = beatOp("k", "i", 3, now, wire.StatusBusy)
+	o.ttlMs, o.worker.InstanceID, o.worker.Seq = 90_000, "i", 3
+	w.put(o)
+	if s := w.next(now); s == nil || s.pend.seq != 3 {
+		t.Fatal("a changed beat after a restart waits")
+	}
+}
+
+// TestLazyRefreshWakes: the writer's goroutine sleeps until the first lazy
+// refresh falls due and then writes it; a change is written at once.
+func TestLazyRefreshWakes(t *testing.T) {
+	srv := testutil.Server(t)
+	cfg := testConfig(t)
+	q := startTestQueen(t, srv.ClientURL(), cfg)
+	o := condBeat("i1", 1, "")
+	o.ttlMs, o.intervalMs = 8000, 2000
+	written(t, q, o)
+	first, rev := storedAs(t, q)
+	o = condBeat("i1", 2, "")
+	o.ttlMs, o.intervalMs = 8000, 2000
+	q.w.put(o) // unchanged: waits until 5 s before the entry expires
+	settle(t, q)
+	if now, _ := storedAs(t, q); now != first {
+		t.Fatalf("an unchanged beat was written at once: %s", now)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, r := storedAs(t, q)
+		if got == "i1 seq 2" {
+			if r == rev {
+				t.Fatal("no new revision")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the refresh never came: stored %q, writer %+v", got, q.w.stats())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
