@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -78,6 +79,7 @@ func main() {
 	flag.IntVar(&o.scale.kills, "scale-kills", 100, "workers killed once all have joined (the expiry sample)")
 	flag.IntVar(&o.scale.cluster, "scale-cluster", 0, "workers in a run against a 3-server cluster with three queens after the sizes (0: none)")
 	flag.StringVar(&o.scale.plot, "scale-plot", "bench/scale.png", "PNG the scale phase draws its CPU and RSS into (empty: none)")
+	flag.StringVar(&o.scale.perf, "scale-perf", "", "record each queen and broker with Linux perf over the window into this folder, and split the samples by activity (perf adds its own load)")
 	flag.IntVar(&o.trials, "trials", 3, "timed trials per system and size (the median is reported)")
 	flag.IntVar(&o.beats, "beats", 300000, "beats per timed trial")
 	flag.Uint64Var(&o.window, "window", 16384, "most beats the generator has sent and the system has not yet handled")
@@ -104,6 +106,14 @@ func main() {
 		log.Fatal(err)
 	}
 	o.scale.logf = logScale
+	if o.scale.perf != "" {
+		if _, err := exec.LookPath("perf"); err != nil {
+			log.Fatalf("-scale-perf: %v", err)
+		}
+		if err := os.MkdirAll(o.scale.perf, 0o755); err != nil {
+			log.Fatal(err)
+		}
+	}
 	res := &results{Date: time.Now().UTC().Format("2006-01-02 15:04 MST"), Command: strings.Join(os.Args[1:], " "),
 		Machine: describeMachine(), Settings: o.settings(), LoadStart: loadAvg()}
 	prev := readResults(o.json)

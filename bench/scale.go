@@ -39,6 +39,7 @@ type scaleOptions struct {
 	kills    int // workers killed once all have joined (expiry sample)
 	cluster  int // workers in the 3-server cluster run; 0: none
 	plot     string
+	perf     string // folder for perf recordings of the queens and brokers over the window; empty: none
 	self     string // this program, re-executed as the load generator
 	logf     func(format string, args ...any)
 }
@@ -82,33 +83,34 @@ type scaleRow struct {
 
 	// CPU in cores over the window; memory in bytes, RSS at its end, peak
 	// (VmHWM) over the process's life; each summed over the processes.
-	QueenCores  float64      `json:"queen_cores"`
-	BrokerCores float64      `json:"broker_cores"`
-	TotalCores  float64      `json:"total_cores"`
-	QueenRSS    int64        `json:"queen_rss_bytes"`
-	QueenPeak   int64        `json:"queen_peak_rss_bytes"`
-	BrokerRSS   int64        `json:"broker_rss_bytes"`
-	BrokerPeak  int64        `json:"broker_peak_rss_bytes"`
-	Procs       []procFigs   `json:"processes"`
-	Load1       [2]float64   `json:"load_average_1m_window"`
-	Generator   genFigures   `json:"generator"`
-	Beats       float64      `json:"worker_beats_per_s"`
-	HiveBeats   float64      `json:"hive_beats_per_s"`
-	Writes      float64      `json:"worker_kv_writes_per_s"`
-	HiveWrites  float64      `json:"hive_kv_writes_per_s"`
-	ChangeLag   percentile   `json:"change_beat_to_kv"`
-	Changes     [2]int       `json:"changes_sent_seen"`
-	ViaLater    int          `json:"changes_written_with_a_later_beat"`
-	RefreshAge  percentile   `json:"refresh_stored_beat_age"`
-	Refreshes   int          `json:"sample_refresh_writes"`
-	Lateness    percentile   `json:"expiry_beyond_ttl"`
-	Killed      [2]int       `json:"killed_expired"`
-	False       int          `json:"false_expiries"`
-	HiveExpired int          `json:"hive_expiries"`
-	SampleFalse int          `json:"sample_false_expiries"`
-	Live        [2]int       `json:"live_workers_want_got"`
-	Counters    []counterFig `json:"queen_counters"`
-	Problems    []string     `json:"problems,omitempty"`
+	QueenCores  float64       `json:"queen_cores"`
+	BrokerCores float64       `json:"broker_cores"`
+	TotalCores  float64       `json:"total_cores"`
+	QueenRSS    int64         `json:"queen_rss_bytes"`
+	QueenPeak   int64         `json:"queen_peak_rss_bytes"`
+	BrokerRSS   int64         `json:"broker_rss_bytes"`
+	BrokerPeak  int64         `json:"broker_peak_rss_bytes"`
+	Procs       []procFigs    `json:"processes"`
+	Load1       [2]float64    `json:"load_average_1m_window"`
+	Generator   genFigures    `json:"generator"`
+	Beats       float64       `json:"worker_beats_per_s"`
+	HiveBeats   float64       `json:"hive_beats_per_s"`
+	Writes      float64       `json:"worker_kv_writes_per_s"`
+	HiveWrites  float64       `json:"hive_kv_writes_per_s"`
+	ChangeLag   percentile    `json:"change_beat_to_kv"`
+	Changes     [2]int        `json:"changes_sent_seen"`
+	ViaLater    int           `json:"changes_written_with_a_later_beat"`
+	RefreshAge  percentile    `json:"refresh_stored_beat_age"`
+	Refreshes   int           `json:"sample_refresh_writes"`
+	Lateness    percentile    `json:"expiry_beyond_ttl"`
+	Killed      [2]int        `json:"killed_expired"`
+	False       int           `json:"false_expiries"`
+	HiveExpired int           `json:"hive_expiries"`
+	SampleFalse int           `json:"sample_false_expiries"`
+	Live        [2]int        `json:"live_workers_want_got"`
+	Counters    []counterFig  `json:"queen_counters"`
+	Profiles    []perfProfile `json:"perf_profiles,omitempty"`
+	Problems    []string      `json:"problems,omitempty"`
 }
 
 // procFigs is one process over the window.
@@ -491,6 +493,17 @@ func (e *scaleEnv) measure(n, servers int) (scaleRow, error) {
 		return r, err
 	}
 	o.logf("scale %d workers: all joined; holding %s", n, hold)
+	var perfs []*perfRun
+	if o.perf != "" {
+		for _, p := range append(append([]*harness.Proc{}, sys.brokers...), sys.queens...) {
+			pr, err := startPerf(p.Name, p.Pid(), filepath.Join(o.perf, fmt.Sprintf("%s-%s-%s.perf.data", sizeName(n), time.Now().Format("150405"), p.Name)))
+			if err != nil {
+				return r, err
+			}
+			defer pr.p.Kill()
+			perfs = append(perfs, pr)
+		}
+	}
 	// The window is a measurement, not a wait for a condition: the fleet is
 	// held for it whatever happens, and any process ending cuts it short.
 	if err := harness.WaitFor(hold+time.Minute, "the window", func() error {
@@ -507,6 +520,13 @@ func (e *scaleEnv) measure(n, servers int) (scaleRow, error) {
 	b, err := sys.read(js)
 	if err != nil {
 		return r, err
+	}
+	for _, pr := range perfs {
+		prof, err := pr.stop()
+		if err != nil {
+			return r, err
+		}
+		r.Profiles = append(r.Profiles, prof)
 	}
 	for i, p := range append(append([]*harness.Proc{}, sys.brokers...), sys.queens...) {
 		pf := procFigs{Name: p.Name, Cores: (b.cpu[i] - a.cpu[i]).Seconds() / b.at.Sub(a.at).Seconds(),

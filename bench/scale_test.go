@@ -224,3 +224,27 @@ func TestScaleRun(t *testing.T) {
 		}
 	}
 }
+
+func TestSplitPerf(t *testing.T) {
+	out := []byte(`
+	  936246 github.com/nats-io/nats.go/jetstream.(*jetStream).newAsyncReply
+	  98bb5d github.com/rbee/heartbeat/queen.(*writer).run
+	  943c1 runtime.goexit.abi0
+
+	ffffffff82242f09 pvm_irq_enable
+	ffffffff813aecd2 finish_task_switch.isra.0
+	  375972 runtime.notewakeup
+	  375972 github.com/nats-io/nats%2ego.(*Conn).processMsg
+
+	ffffffff82242f09 pvm_irq_enable
+	  965ffa github.com/rbee/heartbeat/registry.(*Watcher).apply
+
+	ffffffff82242f09 [unknown]
+`)
+	n, split := splitPerf(out)
+	want := "[{Go scheduler: waking, parking and idle threads (futex, sysmon, netpoll) 25} {other (kernel, runtime) 25} " +
+		"{queen: registry watch of its own buckets 25} {queen: writer (KV publishes) 25}]"
+	if n != 4 || fmt.Sprint(split) != want {
+		t.Errorf("splitPerf = %d, %v; want 4, %s", n, split, want)
+	}
+}

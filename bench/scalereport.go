@@ -6,6 +6,7 @@ import (
 	"image/color"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -163,6 +164,36 @@ func scaleDetail(p func(string, ...any), r scaleRow, title string) {
 		p("%s %s %.0f%s", sep, c.Name, c.Value, mark)
 	}
 	p(".\n\n")
+	if len(r.Profiles) > 0 {
+		p("CPU by activity over the window (`-scale-perf`: `perf record -F 499 -g`, user and kernel stacks; a sample counts\n")
+		p("for the first activity with a frame on its stack, the scheduler's and the collector's own first; perf's own load\n")
+		p("is in the figures above):\n\n| activity |")
+		for _, pf := range r.Profiles {
+			p(" %s (%d samples) |", pf.Name, pf.Samples)
+		}
+		p("\n|---|%s\n", strings.Repeat("---|", len(r.Profiles)))
+		var names []string
+		for _, pf := range r.Profiles {
+			for _, sh := range pf.Split {
+				if !slices.Contains(names, sh.Name) {
+					names = append(names, sh.Name)
+				}
+			}
+		}
+		for _, name := range names {
+			p("| %s |", name)
+			for _, pf := range r.Profiles {
+				i := slices.IndexFunc(pf.Split, func(sh share) bool { return sh.Name == name })
+				if i < 0 {
+					p(" |")
+					continue
+				}
+				p(" %.1f %% |", pf.Split[i].Percent)
+			}
+			p("\n")
+		}
+		p("\n")
+	}
 	for _, pr := range r.Problems {
 		p("**Problem:** %s\n\n", strings.ReplaceAll(pr, "\n", " "))
 	}
