@@ -31,12 +31,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -89,7 +91,7 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of one extra queen trial at the largest size")
 	flag.StringVar(&o.md, "md", "BENCHMARKS.md", "markdown report to write (empty: none)")
 	flag.StringVar(&o.json, "json", "bench/results.json", "JSON results to write (empty: none)")
-	flag.StringVar(&o.only, "only", "", "run one phase: ingest, liveness or scale (default ingest and liveness)")
+	flag.StringVar(&o.only, "only", "", "run one phase: ingest, liveness or scale (default ingest and liveness); report: run nothing, write the report and the plot from the results file")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	var err error
@@ -99,7 +101,7 @@ func main() {
 	if o.scale.sizes, err = parseSizes(*scaleSizes, true); err != nil {
 		log.Fatalf("bad -scale-sizes: %v", err)
 	}
-	if o.only != "" && o.only != "ingest" && o.only != "liveness" && o.only != "scale" {
+	if o.only != "" && o.only != "ingest" && o.only != "liveness" && o.only != "scale" && o.only != "report" {
 		log.Fatalf("unknown phase %q", o.only)
 	}
 	if o.scale.self, err = os.Executable(); err != nil {
@@ -119,8 +121,21 @@ func main() {
 	prev := readResults(o.json)
 	start := time.Now()
 	log.Printf("machine: %s; load average %s", res.Machine, res.LoadStart)
-	if o.only == "scale" {
-		sc, err := measureScale(o.scale)
+	if o.only == "report" {
+		if prev == nil {
+			log.Fatalf("-only report: no results in %q", o.json)
+		}
+		res = prev
+		if res.Scale != nil && o.scale.plot != "" {
+			if err := writeScalePlot(res.Scale, o.scale.plot); err != nil {
+				log.Fatalf("scale plot: %v", err)
+			}
+		}
+	} else if o.only == "scale" {
+		// Interrupted, the phase stops its processes and removes its files.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		sc, err := measureScale(ctx, o.scale)
+		stop()
 		if err != nil {
 			log.Fatalf("scale: %v", err)
 		}
@@ -134,7 +149,7 @@ func main() {
 	} else if prev != nil {
 		res.Scale = prev.Scale
 	}
-	if o.only != "liveness" && o.only != "scale" {
+	if o.only == "" || o.only == "ingest" {
 		for _, n := range o.sizes {
 			r, err := measureIngest(o, n, n == o.sizes[len(o.sizes)-1])
 			if err != nil {
@@ -150,10 +165,10 @@ func main() {
 		}
 		res.Liveness = &l
 	}
-	if o.only != "scale" {
+	if o.only == "" || o.only == "ingest" || o.only == "liveness" {
 		res.WallTime, res.LoadEnd = time.Since(start).Round(time.Second).String(), loadAvg()
 	}
-	if o.json != "" {
+	if o.json != "" && o.only != "report" {
 		b, err := json.MarshalIndent(res, "", "  ")
 		if err == nil {
 			err = os.WriteFile(o.json, append(b, '\n'), 0o644)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,6 +122,10 @@ type procFigs struct {
 	RSS    int64   `json:"rss_bytes"`
 	Peak   int64   `json:"peak_rss_bytes"`
 	Writes float64 `json:"kv_writes_per_s,omitempty"` // a queen's acknowledged writes
+	// A queen's Go heap at the window's end (its /metrics): the spans in
+	// use, and the size at which the next collection starts.
+	HeapInuse int64 `json:"heap_inuse_bytes,omitempty"`
+	NextGC    int64 `json:"next_gc_bytes,omitempty"`
 }
 
 // genFigures is what the load generator says of itself.
@@ -178,8 +184,9 @@ func newScaleEnv(o scaleOptions) (*scaleEnv, error) {
 
 func (e *scaleEnv) close() { _ = os.RemoveAll(e.tmp) }
 
-// measureScale runs every size of o, then the cluster run if asked.
-func measureScale(o scaleOptions) (scaleResult, error) {
+// measureScale runs every size of o, then the cluster run if asked; when
+// ctx ends it stops what runs and returns ctx's error.
+func measureScale(ctx context.Context, o scaleOptions) (scaleResult, error) {
 	r := scaleResult{Date: time.Now().UTC().Format("2006-01-02 15:04 MST"), Command: strings.Join(os.Args[1:], " "),
 		Machine: describeMachine(), LoadStart: loadAvg(), Settings: o.settings()}
 	start := time.Now()
@@ -189,14 +196,15 @@ func measureScale(o scaleOptions) (scaleResult, error) {
 	}
 	defer e.close()
 	for _, n := range o.sizes {
-		row, err := e.measure(n, 1)
+		row, err := e.measure(ctx, n, 1)
 		if err != nil {
 			return r, fmt.Errorf("%d workers: %w", n, err)
 		}
 		r.Rows = append(r.Rows, row)
 	}
+	slices.SortFunc(r.Rows, func(a, b scaleRow) int { return cmp.Compare(a.Workers, b.Workers) })
 	if o.cluster > 0 {
-		row, err := e.measure(o.cluster, 3)
+		row, err := e.measure(ctx, o.cluster, 3)
 		if err != nil {
 			return r, fmt.Errorf("cluster, %d workers: %w", o.cluster, err)
 		}
@@ -402,7 +410,7 @@ func (g *genLines) get(name string) (loadEvent, bool) {
 }
 
 // measure runs n workers against servers brokers and as many queens.
-func (e *scaleEnv) measure(n, servers int) (scaleRow, error) {
+func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error) {
 	o := e.o
 	shape, err := newScaleShape(n, o.perHive, o.interval, o.interval/2, o.joinRate)
 	if err != nil {
@@ -461,6 +469,9 @@ func (e *scaleEnv) measure(n, servers int) (scaleRow, error) {
 	}
 	defer gen.Stop(10 * time.Second)
 	alive := func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if gen.Exited() {
 			return fmt.Errorf("load generator exited (code %d):\n%s", gen.ExitCode(), gen.Output())
 		}
@@ -532,6 +543,8 @@ func (e *scaleEnv) measure(n, servers int) (scaleRow, error) {
 		pf := procFigs{Name: p.Name, Cores: (b.cpu[i] - a.cpu[i]).Seconds() / b.at.Sub(a.at).Seconds(),
 			RSS: harness.Status(p.Pid(), "VmRSS:"), Peak: harness.Status(p.Pid(), "VmHWM:")}
 		if q := i - len(sys.brokers); q >= 0 {
+			pf.HeapInuse = int64(b.metrics[q].Sum(harness.Named("go_memstats_heap_inuse_bytes")))
+			pf.NextGC = int64(b.metrics[q].Sum(harness.Named("go_memstats_next_gc_bytes")))
 			pf.Writes = (b.metrics[q].Sum(harness.Named("rbee_queen_kv_write_seconds_count")) -
 				a.metrics[q].Sum(harness.Named("rbee_queen_kv_write_seconds_count"))) / b.at.Sub(a.at).Seconds()
 			r.QueenCores, r.QueenRSS, r.QueenPeak = r.QueenCores+pf.Cores, r.QueenRSS+pf.RSS, r.QueenPeak+pf.Peak

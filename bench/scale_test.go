@@ -179,7 +179,7 @@ func TestScaleRun(t *testing.T) {
 	}
 	o := scaleOptions{sizes: []int{2000}, interval: 2 * time.Second, hold: 3, joinRate: 10000, perHive: 100,
 		changes: 100, kills: 50, self: self, logf: t.Logf}
-	res, err := measureScale(o)
+	res, err := measureScale(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,7 +59,9 @@ func scaleSection(p func(string, ...any), s *scaleResult, plotPath string) {
 	p("beats (`wire.Marshal`; seq and sent_at_ms written in place) every %v, each worker at its own phase so that the beats\n", s.Settings["worker_interval"])
 	p("are spread evenly over the interval, and one beat per hive (%v workers each) every %v carrying the hive's view of\n", s.Settings["workers_per_hive"], s.Settings["hive_interval"])
 	p("its workers (8 GPUs, each worker's status and last beat; encoded per beat). At most %v workers join per\n", s.Settings["join_rate"])
-	p("second; once all have joined the fleet is held %v intervals, the window every figure below is read over.\n\n", s.Settings["hold_intervals"])
+	p("second; once all have joined the fleet is held %v intervals, the window every figure below is read over.\n", s.Settings["hold_intervals"])
+	p("The server has no system account, as a plain `nats-server -js`: the queen says once that crash detection falls\n")
+	p("back to the TTL, which is all this phase relies on.\n\n")
 	p("- **CPU**: utime + stime of each process (`/proc/PID/stat`) over the window ÷ its wall time, in cores.\n")
 	p("- **RSS**: `VmRSS` at the window's end; peak is `VmHWM` over the process's life (joining included).\n")
 	p("- **KV writes/s**: the last sequence of each bucket's stream over the window (values and markers).\n")
@@ -88,6 +90,19 @@ func scaleSection(p func(string, ...any), s *scaleResult, plotPath string) {
 		for _, r := range s.Rows {
 			p("| %s | %.3f | %.3f | %.3f | %.0f | %.0f | %.0f |\n", sizeName(r.Workers), r.per100k(r.QueenCores), r.per100k(r.BrokerCores),
 				r.per100k(r.TotalCores), r.per100k(mibOf(r.QueenRSS)), r.per100k(mibOf(r.BrokerRSS)), r.per100k(mibOf(r.QueenRSS+r.BrokerRSS)))
+		}
+		if len(s.Rows) > 1 {
+			p("\n**Marginal cost per 100k workers** between consecutive sizes (the difference ÷ the difference in workers ×\n")
+			p("100k), which leaves out what a queen and a broker cost with no fleet:\n\n")
+			p("| from → to | queen cores | broker cores | together | queen MiB | broker MiB | together MiB |\n|---|---|---|---|---|---|---|\n")
+			for i := 1; i < len(s.Rows); i++ {
+				a, b := s.Rows[i-1], s.Rows[i]
+				d := func(f func(scaleRow) float64) float64 { return (f(b) - f(a)) / float64(b.Workers-a.Workers) * 1e5 }
+				p("| %s → %s | %.3f | %.3f | %.3f | %.0f | %.0f | %.0f |\n", sizeName(a.Workers), sizeName(b.Workers),
+					d(func(r scaleRow) float64 { return r.QueenCores }), d(func(r scaleRow) float64 { return r.BrokerCores }),
+					d(func(r scaleRow) float64 { return r.TotalCores }), d(func(r scaleRow) float64 { return mibOf(r.QueenRSS) }),
+					d(func(r scaleRow) float64 { return mibOf(r.BrokerRSS) }), d(func(r scaleRow) float64 { return mibOf(r.QueenRSS + r.BrokerRSS) }))
+			}
 		}
 		if plotPath != "" {
 			p("\n![CPU in cores and RSS in MiB of the queen and the broker against the number of workers](%s)\n", plotPath)
@@ -134,13 +149,16 @@ func scaleDetail(p func(string, ...any), r scaleRow, title string) {
 		r.Workers, r.Hives, r.JoinS, r.JoinRate, r.WindowS, r.Load1[0], r.Load1[1], r.WorkerBytes)
 	p("hive beat %d B. Sent over the window: %.0f worker beats/s, %.1f hive beats/s; the generator was at most %.0f ms behind\n",
 		r.HiveBytes, r.Beats, r.HiveBeats, r.Generator.BehindMs)
-	p("its timetable.\n\n| process | CPU (cores) | RSS | peak RSS | KV writes/s |\n|---|---|---|---|---|\n")
+	p("its timetable.\n\n| process | CPU (cores) | RSS | peak RSS | Go heap in use (next GC at) | KV writes/s |\n|---|---|---|---|---|---|\n")
 	for _, pr := range r.Procs {
-		w := ""
+		w, heap := "", ""
 		if strings.HasPrefix(pr.Name, "queen") {
 			w = fmt.Sprintf("%.0f", pr.Writes)
 		}
-		p("| %s | %.3f | %.0f MiB | %.0f MiB | %s |\n", pr.Name, pr.Cores, mibOf(pr.RSS), mibOf(pr.Peak), w)
+		if pr.HeapInuse > 0 {
+			heap = fmt.Sprintf("%.0f MiB (%.0f MiB)", mibOf(pr.HeapInuse), mibOf(pr.NextGC))
+		}
+		p("| %s | %.3f | %.0f MiB | %.0f MiB | %s | %s |\n", pr.Name, pr.Cores, mibOf(pr.RSS), mibOf(pr.Peak), heap, w)
 	}
 	p("\n| | n | min | p50 | p99 | max |\n|---|---|---|---|---|---|\n")
 	row := func(name string, v percentile) {
