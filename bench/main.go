@@ -81,6 +81,7 @@ func main() {
 	flag.IntVar(&o.scale.kills, "scale-kills", 100, "workers killed once all have joined (the expiry sample)")
 	flag.IntVar(&o.scale.cluster, "scale-cluster", 0, "workers in a run against a 3-server cluster with three queens after the sizes (0: none)")
 	flag.StringVar(&o.scale.plot, "scale-plot", "bench/scale.png", "PNG the scale phase draws its CPU and RSS into (empty: none)")
+	rssLimit := flag.Int64("scale-rss-limit-mib", totalRAM()>>21, "a queen or broker whose RSS passes this many MiB is killed and the scale run fails (default: half the machine's memory; 0: no limit)")
 	flag.StringVar(&o.scale.perf, "scale-perf", "", "record each queen and broker with Linux perf over the window into this folder, and split the samples by activity (perf adds its own load)")
 	flag.IntVar(&o.trials, "trials", 3, "timed trials per system and size (the median is reported)")
 	flag.IntVar(&o.beats, "beats", 300000, "beats per timed trial")
@@ -108,6 +109,7 @@ func main() {
 		log.Fatal(err)
 	}
 	o.scale.logf = logScale
+	o.scale.rssLimit = *rssLimit << 20
 	if o.scale.perf != "" {
 		if _, err := exec.LookPath("perf"); err != nil {
 			log.Fatalf("-scale-perf: %v", err)
@@ -291,6 +293,15 @@ func describeMachine() string {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	return fmt.Sprintf("%d CPUs, %s, %s, %s %s/%s, Linux %s", runtime.NumCPU(), model, ram,
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.TrimSpace(string(kernel)))
+}
+
+// totalRAM returns the machine's memory in bytes, or 0.
+func totalRAM() int64 {
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) != nil {
+		return 0
+	}
+	return int64(si.Totalram) * int64(si.Unit)
 }
 
 // loadAvg returns the 1, 5 and 15 minute load averages, as /proc/loadavg has them.

@@ -41,6 +41,7 @@ type scaleOptions struct {
 	kills    int // workers killed once all have joined (expiry sample)
 	cluster  int // workers in the 3-server cluster run; 0: none
 	plot     string
+	rssLimit int64  // a queen or broker whose RSS passes this is killed and the run fails; 0: no limit
 	perf     string // folder for perf recordings of the queens and brokers over the window; empty: none
 	self     string // this program, re-executed as the load generator
 	logf     func(format string, args ...any)
@@ -132,6 +133,9 @@ type procFigs struct {
 type genFigures struct {
 	BehindMs float64 `json:"most_behind_timetable_ms"`
 	Errors   uint64  `json:"publish_errors"`
+	// Cores is the generator's own CPU over the window: the machine's
+	// cores it took from the queen and the broker.
+	Cores float64 `json:"cores"`
 }
 
 // counterFig is one of the queen's counters over the whole run.
@@ -222,6 +226,7 @@ func (o scaleOptions) settings() map[string]any {
 
 // scaleSystem is one run's brokers and queens.
 type scaleSystem struct {
+	rss     []*harness.RSSWatch
 	brokers []*harness.Proc
 	urls    []string
 	queens  []*harness.Proc
@@ -239,12 +244,18 @@ func (s *scaleSystem) stop() {
 		wg.Go(func() { b.Stop(10 * time.Second) })
 	}
 	wg.Wait()
+	for _, w := range s.rss {
+		w.Result()
+	}
 }
 
 // exited returns an error naming a process of the system that has ended.
 func (s *scaleSystem) exited() error {
-	for _, p := range append(append([]*harness.Proc{}, s.brokers...), s.queens...) {
+	for i, p := range append(append([]*harness.Proc{}, s.brokers...), s.queens...) {
 		if p.Exited() {
+			if s.rss[i].Killed() {
+				return fmt.Errorf("%s killed: its RSS passed -scale-rss-limit-mib", p.Name)
+			}
 			return fmt.Errorf("%s exited (code %d):\n%s", p.Name, p.ExitCode(), p.Output())
 		}
 	}
@@ -280,6 +291,7 @@ func (e *scaleEnv) start(dir string, servers int) (*scaleSystem, error) {
 			return nil, err
 		}
 		s.brokers, s.urls = append(s.brokers, p), append(s.urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+		s.rss = append(s.rss, harness.WatchRSS(p, e.o.rssLimit))
 	}
 	if err := harness.WaitFor(60*time.Second, "JetStream ready", func() error { return jetStreamReady(s) }); err != nil {
 		s.stop()
@@ -296,6 +308,7 @@ func (e *scaleEnv) start(dir string, servers int) (*scaleSystem, error) {
 			return nil, err
 		}
 		s.queens, s.https = append(s.queens, p), append(s.https, addr)
+		s.rss = append(s.rss, harness.WatchRSS(p, e.o.rssLimit))
 		err = harness.WaitFor(60*time.Second, name+" /healthz", func() error {
 			if p.Exited() {
 				return fmt.Errorf("exited:\n%s", p.Output())
@@ -503,6 +516,7 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	if err != nil {
 		return r, err
 	}
+	genCPU, _ := harness.CPUTime(gen.Pid())
 	o.logf("scale %d workers: all joined; holding %s", n, hold)
 	var perfs []*perfRun
 	if o.perf != "" {
@@ -531,6 +545,9 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	b, err := sys.read(js)
 	if err != nil {
 		return r, err
+	}
+	if c, err := harness.CPUTime(gen.Pid()); err == nil {
+		r.Generator.Cores = (c - genCPU).Seconds() / b.at.Sub(a.at).Seconds()
 	}
 	for _, pr := range perfs {
 		prof, err := pr.stop()
@@ -616,7 +633,7 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	r.Live = [2]int{want, int(end.metrics[0].Sum(harness.Named("rbee_registry_entries"), `kind="worker"`))}
 	gen.Stop(10 * time.Second)
 	if final, ok := lines.get("final"); ok {
-		r.Generator = genFigures{BehindMs: final.BehindMs, Errors: final.Errors}
+		r.Generator.BehindMs, r.Generator.Errors = final.BehindMs, final.Errors
 	} else {
 		r.Problems = append(r.Problems, "the load generator printed no final line")
 	}

@@ -147,9 +147,13 @@ func scaleDetail(p func(string, ...any), r scaleRow, title string) {
 	}
 	p("%d workers in %d hives; join %.0f s at %.0f workers/s; window %.1f s (load average %.1f → %.1f). Worker beat %d B,\n",
 		r.Workers, r.Hives, r.JoinS, r.JoinRate, r.WindowS, r.Load1[0], r.Load1[1], r.WorkerBytes)
-	p("hive beat %d B. Sent over the window: %.0f worker beats/s, %.1f hive beats/s; the generator was at most %.0f ms behind\n",
-		r.HiveBytes, r.Beats, r.HiveBeats, r.Generator.BehindMs)
-	p("its timetable.\n\n| process | CPU (cores) | RSS | peak RSS | Go heap in use (next GC at) | KV writes/s |\n|---|---|---|---|---|---|\n")
+	took := ""
+	if r.Generator.Cores > 0 {
+		took = fmt.Sprintf(" took %.3f cores and", r.Generator.Cores)
+	}
+	p("hive beat %d B. Sent over the window: %.0f worker beats/s, %.1f hive beats/s; the generator%s was at\n",
+		r.HiveBytes, r.Beats, r.HiveBeats, took)
+	p("most %.0f ms behind its timetable.\n\n| process | CPU (cores) | RSS | peak RSS | Go heap in use (next GC at) | KV writes/s |\n|---|---|---|---|---|---|\n", r.Generator.BehindMs)
 	for _, pr := range r.Procs {
 		w, heap := "", ""
 		if strings.HasPrefix(pr.Name, "queen") {

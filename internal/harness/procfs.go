@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -69,7 +70,7 @@ func Status(pid int, key string) int64 {
 // the machine.
 type RSSWatch struct {
 	peak   int64
-	killed bool
+	killed atomic.Bool
 	stop   context.CancelFunc
 	done   chan struct{}
 }
@@ -87,7 +88,7 @@ func WatchRSS(p *Proc, limit int64) *RSSWatch {
 				w.peak = hwm
 			}
 			if limit > 0 && Status(p.Pid(), "VmRSS:") > limit && !p.Exited() {
-				w.killed = true
+				w.killed.Store(true)
 				p.Kill()
 				return
 			}
@@ -108,5 +109,9 @@ func WatchRSS(p *Proc, limit int64) *RSSWatch {
 func (w *RSSWatch) Result() (peak int64, killed bool) {
 	w.stop()
 	<-w.done
-	return w.peak, w.killed
+	return w.peak, w.killed.Load()
 }
+
+// Killed reports whether the watch killed the process; it may be called
+// while the watch runs.
+func (w *RSSWatch) Killed() bool { return w.killed.Load() }
