@@ -16,7 +16,8 @@
 // A third phase, scale (-only scale), runs each part in its own process as an
 // operator does (nats-server, rbee queen, a load generator) and holds fleets
 // of 10k to 1M workers at the default intervals; see scale.go. It is not part
-// of the default run: it takes about half an hour and wants a quiet machine.
+// of the default run: by its timetable it takes a quarter of an hour (each
+// size joins, then is held three intervals) and wants a quiet machine.
 //
 // Encode/decode cost and payload sizes are go test benchmarks
 // (go test -bench . ./bench/ ./wire/).

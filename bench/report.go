@@ -86,7 +86,7 @@ func markdown(res *results, notes, plot string) string {
 	}
 	p("## Reproduce\n\n```\n")
 	p("go run ./bench -cpuprofile bench/cpu.prof   # both phases; rewrites BENCHMARKS.md and bench/results.json\n")
-	p("go run ./bench -only scale   # §3: 10k to 1M workers at 30 s, about half an hour; keeps §1 and §2 as they are\n")
+	p("go run ./bench -only scale   # §3: 10k to 1M workers at 30 s; keeps §1 and §2 as they are\n")
 	p("go run ./bench -only scale -scale-sizes '' -scale-cluster 100000   # §3's cluster run alone\n")
 	p("go run ./bench -only scale -scale-sizes 10000 -scale-interval 5s -md '' -json '' -scale-plot ''   # a quick look\n")
 	p("go run ./bench -only ingest -sizes 10000 -trials 1 -md '' -json ''   # a quick look\n")
