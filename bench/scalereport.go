@@ -70,19 +70,19 @@ func scaleSection(p func(string, ...any), s *scaleResult, plotPath string) {
 	p("  sent_at_ms of the beat that changed. **refresh age**: the same for the sample's unchanged writes (how old the\n")
 	p("  stored beat is when it is written).\n")
 	p("- **expiry beyond the TTL**: %v workers stop beating, without a goodbye, the moment all have joined; the purge\n", s.Settings["kill_sample"])
-	p("  marker's server timestamp minus (their last beat + the TTL).\n")
+	p("  marker's server timestamp minus (their last beat + the TTL); a negative figure is an expiry before the TTL ran out.\n")
 	p("- **false expiries**: the queen's `rbee_registry_events_total{kind=\"worker\",event=\"expired\"}` over the run minus\n")
 	p("  the killed workers whose expiry was seen, plus expiries of the sampled changing workers and of hives; must be 0.\n")
 	p("  At the end `rbee_registry_entries{kind=\"worker\"}` must be the fleet less the killed.\n\n")
 	p("| | |\n|---|---|\n| machine | %s |\n| flags | `%s` |\n| date | %s |\n| wall time | %s |\n", s.Machine, s.Command, s.Date, s.WallTime)
 	p("| load average (1, 5, 15 min) | %s at the start, %s at the end |\n\n", s.LoadStart, s.LoadEnd)
 	if len(s.Rows) > 0 {
-		p("| workers | hives | queen CPU | broker CPU | together | queen RSS (peak) | broker RSS (peak) | worker KV writes/s | change → KV p99 | expiry beyond TTL p99 / max | false expiries |\n")
+		p("| workers | hives | queen CPU | broker CPU | together | queen RSS (peak) | broker RSS (peak) | worker KV writes/s | change → KV p99 | expiry beyond TTL min / p99 / max | false expiries |\n")
 		p("|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range s.Rows {
-			p("| %s | %d | %.3f | %.3f | **%.3f** | %.0f MiB (%.0f) | %.0f MiB (%.0f) | %.0f | %.0f ms | %.0f / %.0f ms | %d |\n",
+			p("| %s | %d | %.3f | %.3f | **%.3f** | %.0f MiB (%.0f) | %.0f MiB (%.0f) | %.0f | %.0f ms | %.0f / %.0f / %.0f ms | %d |\n",
 				sizeName(r.Workers), r.Hives, r.QueenCores, r.BrokerCores, r.TotalCores, mibOf(r.QueenRSS), mibOf(r.QueenPeak),
-				mibOf(r.BrokerRSS), mibOf(r.BrokerPeak), r.Writes, r.ChangeLag.P99ms, r.Lateness.P99ms, r.Lateness.MaxMs,
+				mibOf(r.BrokerRSS), mibOf(r.BrokerPeak), r.Writes, r.ChangeLag.P99ms, r.Lateness.MinMs, r.Lateness.P99ms, r.Lateness.MaxMs,
 				r.False+r.SampleFalse+r.HiveExpired)
 		}
 		p("\n**Cost per 100k workers** (the figure ÷ workers × 100k):\n\n")
