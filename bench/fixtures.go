@@ -56,6 +56,28 @@ func sampleWorker(i int) wire.Worker {
 	return w
 }
 
+// sampleHive returns a realistic hive beat: 8 GPUs with every reading, and
+// a view of 8 workers.
+func sampleHive() wire.Hive {
+	f := func(v float64) *float64 { return &v }
+	u := func(v uint64) *uint64 { return &v }
+	h := wire.Hive{
+		Meta: wire.Meta{V: wire.SchemaVersion, InstanceID: "5f0c2a9be4d1437a8c6e0b2d4f6a8c0e", Seq: seqBase,
+			SentAtMs: sentAtBase, IntervalMs: 30000, Health: wire.Healthy},
+		HiveID: "gpu-node-00042", Hostname: "gpu-node-00042.dc1.example.net", Version: "0.4.2",
+		CPUPercent: 23.5, RAMUsedBytes: 412316860416, RAMTotalBytes: 2164663517184, HostTemperatureC: f(48), StatsAgeMs: 120,
+	}
+	for g := range 8 {
+		h.GPUs = append(h.GPUs, wire.GPU{Index: g, UUID: fmt.Sprintf("GPU-5c1b7f3a-9d2e-4c6b-8a1f-%012d", g),
+			Name: "NVIDIA H100 80GB HBM3", VRAMUsedBytes: u(71940702208 - uint64(g)<<30), VRAMTotalBytes: u(85520809984),
+			UtilPercent: f(float64(40 + 7*g)), TemperatureC: f(float64(52 + g)), PowerW: f(312.5 + float64(g)*12.25)})
+		w := sampleWorker(42*8 + g)
+		h.Workers = append(h.Workers, wire.HiveWorker{WorkerID: w.WorkerID, Status: w.Status, Health: w.Health,
+			ModelID: w.ModelID, Device: w.Device, LastSeenMs: sentAtBase - int64(g)*1000})
+	}
+	return h
+}
+
 // fleet is n fixture workers with their subjects and payloads in both
 // encodings, patched in place per round (seq and sent_at_ms), so that every
 // beat is fresh without being encoded again.

@@ -13,20 +13,34 @@
 //     no goodbye) or leave; crash → disconnected, crash → expired beyond each
 //     worker's own TTL, goodbye → left.
 //
+// A third phase, scale (-only scale), runs each part in its own process as an
+// operator does (nats-server, rbee queen, a load generator) and holds fleets
+// of 10k to 1M workers at the default intervals; see scale.go. It is not part
+// of the default run: by its timetable it takes a quarter of an hour (each
+// size joins, then is held three intervals) and wants a quiet machine.
+//
 // Encode/decode cost and payload sizes are go test benchmarks
 // (go test -bench . ./bench/ ./wire/).
 //
 // Usage:
 //
-//	go run ./bench [-cpuprofile bench/cpu.prof] [-only ingest|liveness]
+//	go run ./bench [-cpuprofile bench/cpu.prof] [-only ingest|liveness|scale]
+//
+// A run keeps the sections it did not run from the results file it
+// rewrites (-json), so -only scale leaves the ingest and liveness results as
+// they were, and a run without scale keeps the last scale results.
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
 	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -46,11 +60,30 @@ type options struct {
 	cpuProfile  string
 	md, json    string
 	only        string
+	scale       scaleOptions
 }
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "-role" && os.Args[2] == "scale-load" {
+		if err := scaleLoadMain(os.Args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench scale-load:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var o options
 	sizes := flag.String("sizes", "10000,100000", "fleet sizes (distinct workers) for the ingest phase")
+	scaleSizes := flag.String("scale-sizes", "10000,100000,300000,1000000", "fleet sizes (workers) for the scale phase; empty: none")
+	flag.DurationVar(&o.scale.interval, "scale-interval", 30*time.Second, "the scale phase's worker interval (hives beat at half of it)")
+	flag.IntVar(&o.scale.hold, "scale-hold", 3, "the scale phase's measured window after all have joined, in worker intervals")
+	flag.Float64Var(&o.scale.joinRate, "scale-join-rate", 10000, "most workers joining per second in the scale phase")
+	flag.IntVar(&o.scale.perHive, "scale-per-hive", 100, "workers per hive in the scale phase")
+	flag.IntVar(&o.scale.changes, "scale-changes", 200, "workers whose status changes every second beat (the lag sample)")
+	flag.IntVar(&o.scale.kills, "scale-kills", 100, "workers killed once all have joined (the expiry sample)")
+	flag.IntVar(&o.scale.cluster, "scale-cluster", 0, "workers in a run against a 3-server cluster with three queens after the sizes (0: none)")
+	flag.StringVar(&o.scale.plot, "scale-plot", "bench/scale.png", "PNG the scale phase draws its CPU and RSS into (empty: none)")
+	rssLimit := flag.Int64("scale-rss-limit-mib", totalRAM()>>21, "a queen or broker whose RSS passes this many MiB is killed and the scale run fails (default: half the machine's memory; 0: no limit)")
+	flag.StringVar(&o.scale.perf, "scale-perf", "", "record each queen and broker with Linux perf over the window into this folder, and split the samples by activity (perf adds its own load)")
 	flag.IntVar(&o.trials, "trials", 3, "timed trials per system and size (the median is reported)")
 	flag.IntVar(&o.beats, "beats", 300000, "beats per timed trial")
 	flag.Uint64Var(&o.window, "window", 16384, "most beats the generator has sent and the system has not yet handled")
@@ -60,24 +93,66 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of one extra queen trial at the largest size")
 	flag.StringVar(&o.md, "md", "BENCHMARKS.md", "markdown report to write (empty: none)")
 	flag.StringVar(&o.json, "json", "bench/results.json", "JSON results to write (empty: none)")
-	flag.StringVar(&o.only, "only", "", "run one phase: ingest or liveness (default both)")
+	flag.StringVar(&o.only, "only", "", "run one phase: ingest, liveness or scale (default ingest and liveness); report: run nothing, write the report and the plot from the results file")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
-	for s := range strings.SplitSeq(*sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			log.Fatalf("bad -sizes %q", *sizes)
-		}
-		o.sizes = append(o.sizes, n)
+	var err error
+	if o.sizes, err = parseSizes(*sizes, false); err != nil {
+		log.Fatalf("bad -sizes: %v", err)
 	}
-	if o.only != "" && o.only != "ingest" && o.only != "liveness" {
+	if o.scale.sizes, err = parseSizes(*scaleSizes, true); err != nil {
+		log.Fatalf("bad -scale-sizes: %v", err)
+	}
+	if o.only != "" && o.only != "ingest" && o.only != "liveness" && o.only != "scale" && o.only != "report" {
 		log.Fatalf("unknown phase %q", o.only)
+	}
+	if o.scale.self, err = os.Executable(); err != nil {
+		log.Fatal(err)
+	}
+	o.scale.logf = logScale
+	o.scale.rssLimit = *rssLimit << 20
+	if o.scale.perf != "" {
+		if _, err := exec.LookPath("perf"); err != nil {
+			log.Fatalf("-scale-perf: %v", err)
+		}
+		if err := os.MkdirAll(o.scale.perf, 0o755); err != nil {
+			log.Fatal(err)
+		}
 	}
 	res := &results{Date: time.Now().UTC().Format("2006-01-02 15:04 MST"), Command: strings.Join(os.Args[1:], " "),
 		Machine: describeMachine(), Settings: o.settings(), LoadStart: loadAvg()}
+	prev := readResults(o.json)
 	start := time.Now()
 	log.Printf("machine: %s; load average %s", res.Machine, res.LoadStart)
-	if o.only != "liveness" {
+	if o.only == "report" {
+		if prev == nil {
+			log.Fatalf("-only report: no results in %q", o.json)
+		}
+		res = prev
+		if res.Scale != nil && o.scale.plot != "" {
+			if err := writeScalePlot(res.Scale, o.scale.plot); err != nil {
+				log.Fatalf("scale plot: %v", err)
+			}
+		}
+	} else if o.only == "scale" {
+		// Interrupted, the phase stops its processes and removes its files.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		sc, err := measureScale(ctx, o.scale)
+		stop()
+		if err != nil {
+			log.Fatalf("scale: %v", err)
+		}
+		res = keepAllBut(prev, res)
+		res.Scale = mergeScale(prev, &sc)
+		if o.scale.plot != "" {
+			if err := writeScalePlot(res.Scale, o.scale.plot); err != nil {
+				log.Fatalf("scale plot: %v", err)
+			}
+		}
+	} else if prev != nil {
+		res.Scale = prev.Scale
+	}
+	if o.only == "" || o.only == "ingest" {
 		for _, n := range o.sizes {
 			r, err := measureIngest(o, n, n == o.sizes[len(o.sizes)-1])
 			if err != nil {
@@ -86,15 +161,17 @@ func main() {
 			res.Ingest = append(res.Ingest, r)
 		}
 	}
-	if o.only != "ingest" {
+	if o.only == "" || o.only == "liveness" {
 		l, err := measureLiveness(o.liveWorkers)
 		if err != nil {
 			log.Fatalf("liveness: %v", err)
 		}
 		res.Liveness = &l
 	}
-	res.WallTime, res.LoadEnd = time.Since(start).Round(time.Second).String(), loadAvg()
-	if o.json != "" {
+	if o.only == "" || o.only == "ingest" || o.only == "liveness" {
+		res.WallTime, res.LoadEnd = time.Since(start).Round(time.Second).String(), loadAvg()
+	}
+	if o.json != "" && o.only != "report" {
 		b, err := json.MarshalIndent(res, "", "  ")
 		if err == nil {
 			err = os.WriteFile(o.json, append(b, '\n'), 0o644)
@@ -104,14 +181,20 @@ func main() {
 		}
 	}
 	if o.md != "" {
-		if err := os.WriteFile(o.md, []byte(markdown(res, keptNotes(o.md))), 0o644); err != nil {
+		plot := ""
+		if o.scale.plot != "" {
+			if rel, err := filepath.Rel(filepath.Dir(o.md), o.scale.plot); err == nil {
+				plot = filepath.ToSlash(rel)
+			}
+		}
+		if err := os.WriteFile(o.md, []byte(markdown(res, keptNotes(o.md), plot)), 0o644); err != nil {
 			log.Fatal(err)
 		}
 	}
 	for _, t := range targets(res) {
 		fmt.Printf("%-44s %-14s %-22s %s\n", t.Name, t.Goal, t.Got, mark(t.Met))
 	}
-	log.Printf("done in %s; load average %s", res.WallTime, res.LoadEnd)
+	log.Printf("done in %s; load average %s", time.Since(start).Round(time.Second), loadAvg())
 }
 
 // results is everything one run measured.
@@ -125,6 +208,66 @@ type results struct {
 	Settings  map[string]any  `json:"settings"`
 	Ingest    []ingestResult  `json:"ingest,omitempty"`
 	Liveness  *livenessResult `json:"liveness,omitempty"`
+	// Scale has its own date, flags and machine: it is run apart.
+	Scale *scaleResult `json:"scale,omitempty"`
+}
+
+// readResults returns the results file at path, or nil.
+func readResults(path string) *results {
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var r results
+	if json.Unmarshal(b, &r) != nil {
+		return nil
+	}
+	return &r
+}
+
+// keepAllBut returns prev without its scale results, for a run of the scale
+// phase alone; cur if there is no prev.
+func keepAllBut(prev, cur *results) *results {
+	if prev == nil {
+		return cur
+	}
+	r := *prev
+	r.Scale = nil
+	return &r
+}
+
+// mergeScale returns cur, with the sizes or the cluster run it did not run
+// kept from prev.
+func mergeScale(prev *results, cur *scaleResult) *scaleResult {
+	if prev == nil || prev.Scale == nil {
+		return cur
+	}
+	if len(cur.Rows) == 0 {
+		cur.Rows = prev.Scale.Rows
+	}
+	if cur.Cluster == nil {
+		cur.Cluster = prev.Scale.Cluster
+	}
+	return cur
+}
+
+// parseSizes reads a comma-separated list of positive counts.
+func parseSizes(s string, emptyOK bool) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f == "" && emptyOK {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive count", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func (o options) settings() map[string]any {
@@ -151,6 +294,15 @@ func describeMachine() string {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	return fmt.Sprintf("%d CPUs, %s, %s, %s %s/%s, Linux %s", runtime.NumCPU(), model, ram,
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.TrimSpace(string(kernel)))
+}
+
+// totalRAM returns the machine's memory in bytes, or 0.
+func totalRAM() int64 {
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) != nil {
+		return 0
+	}
+	return int64(si.Totalram) * int64(si.Unit)
 }
 
 // loadAvg returns the 1, 5 and 15 minute load averages, as /proc/loadavg has them.

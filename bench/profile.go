@@ -27,7 +27,7 @@ type share struct {
 
 // activities classify a sample by the functions on its stack: the first
 // activity one of whose names is a substring of a frame wins.
-var activities = []struct{ name, frames string }{
+var activities = []activity{
 	{"load generator (bench)", "main.(*gen).run"},
 	{"garbage collector (background)", "runtime.gcBgMarkWorker runtime.bgsweep runtime.bgscavenge"},
 	{"broker (nats-server, in-process)", "nats-server/v2/"},
@@ -95,8 +95,17 @@ func classify(p *profile.Profile) []share {
 	return out
 }
 
+// activity names what a CPU sample was spent on by the frames on its stack.
+type activity struct{ name, frames string }
+
 func activityOf(frames []string) string {
-	for _, a := range activities {
+	return activityIn(activities, frames, "other (runtime, scheduler, syscalls)")
+}
+
+// activityIn returns the first of acts one of whose frame names is a
+// substring of one of frames, or other.
+func activityIn(acts []activity, frames []string, other string) string {
+	for _, a := range acts {
 		for _, want := range strings.Fields(a.frames) {
 			for _, f := range frames {
 				if strings.Contains(f, want) {
@@ -105,5 +114,5 @@ func activityOf(frames []string) string {
 			}
 		}
 	}
-	return "other (runtime, scheduler, syscalls)"
+	return other
 }

@@ -36,6 +36,9 @@ func targets(res *results) []target {
 			target{"goodbye → left", "p99 ≤ 50 ms", got(l.Goodbye, l.Left), l.Goodbye.N == l.Left && l.Goodbye.P99ms <= 50},
 			target{"wrong events", "none", fmt.Sprint(l.Wrong), l.Wrong == 0})
 	}
+	if res.Scale != nil {
+		ts = append(ts, scaleTargets(res.Scale)...)
+	}
 	return ts
 }
 
@@ -57,12 +60,14 @@ func keptNotes(path string) string {
 	return notesMarker + "\n"
 }
 
-func markdown(res *results, notes string) string {
+func markdown(res *results, notes, plot string) string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
-	p("# Benchmarks\n\nWritten by `go run ./bench` down to the hand-written notes, which a new run keeps. Everything runs in\n")
-	p("one process over loopback: an embedded nats-server with JetStream and a temporary store (as `rbee queen` runs\n")
-	p("it), the queen, a load generator and, for comparison, an HTTP server.\n\n| | |\n|---|---|\n")
+	p("# Benchmarks\n\nWritten by `go run ./bench` down to the hand-written notes, which a new run keeps. The ingest and\n")
+	p("liveness phases run in one process over loopback: an embedded nats-server with JetStream and a temporary store\n")
+	p("(as `rbee queen` runs it), the queen, a load generator and, for comparison, an HTTP server. The scale phase (§3)\n")
+	p("runs each part in its own process and is run apart (`-only scale`), with its own date and flags; the table\n")
+	p("below is the ingest and liveness run's.\n\n| | |\n|---|---|\n")
 	p("| machine | %s |\n| flags | `%s` |\n| date | %s |\n| wall time | %s |\n", res.Machine, res.Command, res.Date, res.WallTime)
 	p("| load average (1, 5, 15 min) | %s at the start, %s at the end |\n\n", res.LoadStart, res.LoadEnd)
 	p("## Targets\n\n| target | goal | measured | |\n|---|---|---|---|\n")
@@ -76,8 +81,14 @@ func markdown(res *results, notes string) string {
 	if l := res.Liveness; l != nil {
 		livenessSection(p, l)
 	}
+	if s := res.Scale; s != nil {
+		scaleSection(p, s, plot)
+	}
 	p("## Reproduce\n\n```\n")
 	p("go run ./bench -cpuprofile bench/cpu.prof   # both phases; rewrites BENCHMARKS.md and bench/results.json\n")
+	p("go run ./bench -only scale   # §3: 10k to 1M workers at 30 s; keeps §1 and §2 as they are\n")
+	p("go run ./bench -only scale -scale-sizes '' -scale-cluster 100000   # §3's cluster run alone\n")
+	p("go run ./bench -only scale -scale-sizes 10000 -scale-interval 5s -md '' -json '' -scale-plot ''   # a quick look\n")
 	p("go run ./bench -only ingest -sizes 10000 -trials 1 -md '' -json ''   # a quick look\n")
 	p("go test -run '^$' -bench . -benchmem ./bench/ ./wire/   # payload sizes, encode/decode\n")
 	p("go tool pprof -top bench/cpu.prof\n```\n\n")

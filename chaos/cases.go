@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rbee/heartbeat/embedded"
+	"github.com/rbee/heartbeat/internal/harness"
 )
 
 // Names of the hives whose workers the cases tell apart.
@@ -24,7 +25,7 @@ func notLoad(k string) bool { return !strings.HasPrefix(k, hiveLoad+".") }
 
 // single starts one queen with an embedded broker and an observer on it.
 func (w *world) single(label string) (*queen, *observer, error) {
-	ports, err := freePorts(2)
+	ports, err := harness.FreePorts(2)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -34,7 +35,7 @@ func (w *world) single(label string) (*queen, *observer, error) {
 	}
 	o, err := newObserver(q.url(), notLoad)
 	if err != nil {
-		q.kill()
+		q.Kill()
 		return nil, nil, err
 	}
 	return q, o, nil
@@ -49,8 +50,8 @@ func counter(sub string) func(string) bool {
 func exact(name string) func(string) bool { return func(n string) bool { return n == name } }
 
 // queued sums the queen's gauges of work waiting: writes in flight, backlog.
-func queued(m metrics) float64 {
-	return m.sum(func(n string) bool {
+func queued(m harness.Metrics) float64 {
+	return m.Sum(func(n string) bool {
 		return !strings.HasSuffix(n, "_total") && (strings.Contains(n, "in_flight") || strings.Contains(n, "backlog"))
 	})
 }
@@ -67,13 +68,13 @@ func (a accounting) total() float64 { return a.accepted + a.rejected + a.dropped
 // taken is what the queen took off the connection and handled.
 func (a accounting) taken() float64 { return a.accepted + a.superseded }
 
-func account(m metrics) accounting {
+func account(m harness.Metrics) accounting {
 	return accounting{
-		accepted:   m.sum(exact("rbee_queen_beats_accepted_total"), `kind="worker"`),
-		rejected:   m.sum(counter("rejected"), `kind="worker"`),
-		dropped:    m.sum(exact("rbee_queen_beats_dropped_total")),
-		superseded: m.sum(exact("rbee_queen_beats_superseded_total"), `kind="worker"`),
-		coalesced:  m.sum(counter("coalesc")),
+		accepted:   m.Sum(exact("rbee_queen_beats_accepted_total"), `kind="worker"`),
+		rejected:   m.Sum(counter("rejected"), `kind="worker"`),
+		dropped:    m.Sum(exact("rbee_queen_beats_dropped_total")),
+		superseded: m.Sum(exact("rbee_queen_beats_superseded_total"), `kind="worker"`),
+		coalesced:  m.Sum(counter("coalesc")),
 	}
 }
 
@@ -85,7 +86,7 @@ func runCapacity(w *world, r *result) error {
 		return err
 	}
 	defer o.close()
-	defer q.stop(10 * time.Second)
+	defer q.Stop(10 * time.Second)
 	rates := []int{5000, 10000, 15000, 20000, 25000, 30000, 40000, 60000, 80000, 120000, 160000}
 	step := 4 * time.Second
 	if w.opt.quick {
@@ -113,7 +114,7 @@ func runCapacity(w *world, r *result) error {
 			return
 		}
 		_, e := o.counts()
-		m, _ := scrape(q.httpAddr)
+		m, _ := harness.Scrape(q.httpAddr)
 		samples = append(samples, sample{time.Now(), seq, e, account(m).taken()})
 	}
 	rateIn := func(from, to time.Time) (writes, accepted float64, expired uint64) {
@@ -137,7 +138,7 @@ func runCapacity(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer l.kill()
+	defer l.Kill()
 	best, bestAcc := 0.0, 0.0
 	seen := 0
 	saturated := false
@@ -148,7 +149,7 @@ loop:
 	for {
 		select {
 		case <-t.C:
-		case <-l.done:
+		case <-l.Done():
 			take()
 			break loop
 		case <-limit:
@@ -175,8 +176,8 @@ loop:
 			}
 		}
 	}
-	l.kill()
-	peak, _ := q.rss.result()
+	l.Kill()
+	peak, _ := q.rss.Result()
 	if !saturated {
 		r.note("the queen kept up with every step; capacity is at least the best step")
 	}
@@ -248,7 +249,7 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 		return err
 	}
 	defer o.close()
-	defer q.stop(10 * time.Second)
+	defer q.Stop(10 * time.Second)
 	healthyBeats, err := o.countSubject("rbee.hb.worker." + hiveHealthy + ".>")
 	if err != nil {
 		return err
@@ -257,16 +258,16 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	if err != nil {
 		return err
 	}
-	defer f.kill()
+	defer f.Kill()
 	if err := waitPresent(o, hiveHealthy, healthy, 30*time.Second); err != nil {
 		return err
 	}
 	if burn {
-		b, err := startProc("burn", w.self, []string{"-role", "burn"})
+		b, err := harness.Start("burn", w.self, []string{"-role", "burn"}, harness.Options{})
 		if err != nil {
 			return err
 		}
-		defer b.kill()
+		defer b.Kill()
 		r.offer("another process burns one core from before the load until the end of the case")
 	}
 	r.offer("%d load workers beating once per %s = %d beats/s for %s (2 × %.0f writes/s: the capacity case's measurement, or -capacity, or -rate)",
@@ -302,11 +303,11 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	lastGap, lastChange := math.NaN(), time.Now()
 	drained := false
 	for deadline := time.Now().Add(drainMax); time.Now().Before(deadline); {
-		if q.exited() {
+		if q.Exited() {
 			break
 		}
 		hs := healthyBeats.Load()
-		m, err := scrape(q.httpAddr)
+		m, err := harness.Scrape(q.httpAddr)
 		if err == nil {
 			last = account(m)
 			gap := float64(rep.Sent+hs) - last.total()
@@ -329,20 +330,20 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	}
 	// The healthy workers leave with goodbyes.
 	tBye := time.Now()
-	f.stop(15 * time.Second)
-	_ = waitFor(ttl+5*time.Second, "healthy goodbyes", func() error {
+	f.Stop(15 * time.Second)
+	_ = harness.WaitFor(ttl+5*time.Second, "healthy goodbyes", func() error {
 		if p, _ := o.livePresent(prefixOf(hiveHealthy), time.Time{}); p > 0 {
 			return fmt.Errorf("%d still present", p)
 		}
 		return nil
 	})
 	healthySent := healthyBeats.Load()
-	m, merr := scrape(q.httpAddr)
+	m, merr := harness.Scrape(q.httpAddr)
 	final := account(m)
-	peak, rssKilled := q.rss.result()
-	slow, lines := q.count("slow consumer")
-	errs, _ := q.count("level=error")
-	reconn, _ := q.count("reconnected")
+	peak, rssKilled := q.rss.Result()
+	slow, lines := q.Count("slow consumer")
+	errs, _ := q.Count("level=error")
+	reconn, _ := q.Count("reconnected")
 
 	isLoad := prefixOf(hiveLoad)
 	isBye := func(k string) bool {
@@ -382,9 +383,9 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	r.fig("queen accounting (worker beats)", "accepted %.0f, rejected %.0f, counted as dropped %.0f, superseded before decoding %.0f; coalesced after accepting %.0f",
 		final.accepted, final.rejected, final.dropped, final.superseded, final.coalesced)
 	r.fig("registry writes", "%.0f acknowledged; failed: %.0f re-read (the key changed since the queen last saw it), %.0f refused after a re-read, %.0f retried, %.0f lost; %.0f shed stale",
-		m.sum(exact("rbee_queen_kv_write_seconds_count")), m.sum(counter("kv_write_failures"), `outcome="reread"`),
-		m.sum(counter("kv_write_failures"), `outcome="refused"`), m.sum(counter("kv_write_failures"), `outcome="retried"`),
-		m.sum(counter("kv_write_failures"), `outcome="lost"`), m.sum(counter("beats_shed"), `reason="stale"`))
+		m.Sum(exact("rbee_queen_kv_write_seconds_count")), m.Sum(counter("kv_write_failures"), `outcome="reread"`),
+		m.Sum(counter("kv_write_failures"), `outcome="refused"`), m.Sum(counter("kv_write_failures"), `outcome="retried"`),
+		m.Sum(counter("kv_write_failures"), `outcome="lost"`), m.Sum(counter("beats_shed"), `reason="stale"`))
 	r.fig("sent − (accepted + rejected + dropped + superseded)", "%.0f (%.1f %% of sent)", unaccounted, 100*unaccounted/math.Max(sent, 1))
 	if drained {
 		r.fig("queen's counts settled", "%s after the load's end", drainedIn.Round(100*time.Millisecond))
@@ -413,7 +414,7 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	r.expect("0 lost goodbyes (healthy, after load)", lostHealthyByes == 0, "%d of %d lost", lostHealthyByes, len(hs))
 	r.expect(fmt.Sprintf("bounded RSS (≤ %s)", mib(w.opt.rssLimit)), !rssKilled && peak <= w.opt.rssLimit, "%s", mib(peak))
 	if r.failed() {
-		r.note("last lines of the queen's log: `%s`", cell(lastLines(q.output(), 4)))
+		r.note("last lines of the queen's log: `%s`", cell(lastLines(q.Output(), 4)))
 	}
 	return nil
 }
@@ -493,7 +494,7 @@ func maxGapOf(o *observer, hive string) time.Duration {
 
 // runPause pauses one of two queens for 2 × TTL.
 func runPause(w *world, r *result) error {
-	ports, err := freePorts(3)
+	ports, err := harness.FreePorts(3)
 	if err != nil {
 		return err
 	}
@@ -501,12 +502,12 @@ func runPause(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer qa.stop(10 * time.Second)
+	defer qa.Stop(10 * time.Second)
 	qb, err := w.startQueen("queen-b", 0, qa.url(), ports[2], "")
 	if err != nil {
 		return err
 	}
-	defer qb.stop(10 * time.Second)
+	defer qb.Stop(10 * time.Second)
 	o, err := newObserver(qa.url(), notLoad)
 	if err != nil {
 		return err
@@ -516,7 +517,7 @@ func runPause(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer f.kill()
+	defer f.Kill()
 	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
 		return err
 	}
@@ -527,11 +528,11 @@ func runPause(w *world, r *result) error {
 	o.resetGaps()
 	o.resetLag()
 	tP := time.Now()
-	if err := qb.signal(syscall.SIGSTOP); err != nil {
+	if err := qb.Signal(syscall.SIGSTOP); err != nil {
 		return err
 	}
 	pause(held)
-	_ = qb.signal(syscall.SIGCONT)
+	_ = qb.Signal(syscall.SIGCONT)
 	pause(ttl + interval)
 	rem := purges(o.removalsBetween(prefixOf(hiveHealthy), tP, time.Now()))
 	acc, seen := o.lag()
@@ -539,7 +540,7 @@ func runPause(w *world, r *result) error {
 	r.fig("accept lag (received_at − sent_at)", "%s", acc)
 	r.fig("beat → visible in KV", "%s", seen)
 	r.fig("longest gap between two writes of a worker", "%s", maxGapOf(o, hiveHealthy).Round(time.Millisecond))
-	r.fig("queen B after SIGCONT", "%s", map[bool]string{true: "exited", false: "running"}[qb.exited()])
+	r.fig("queen B after SIGCONT", "%s", map[bool]string{true: "exited", false: "running"}[qb.Exited()])
 	r.expect("0 false expiries", len(rem) == 0, "%d", len(rem))
 	return nil
 }
@@ -552,12 +553,12 @@ func runKill9(w *world, r *result) error {
 		return err
 	}
 	defer o.close()
-	defer q.stop(10 * time.Second)
+	defer q.Stop(10 * time.Second)
 	f, err := w.fleet("healthy", q.url(), hiveHealthy, w.opt.healthy)
 	if err != nil {
 		return err
 	}
-	defer f.kill()
+	defer f.Kill()
 	rate := 5000
 	if w.capacity > 0 {
 		rate = int(0.7 * w.capacity)
@@ -567,7 +568,7 @@ func runKill9(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer l.kill()
+	defer l.Kill()
 	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
 		return err
 	}
@@ -580,8 +581,8 @@ func runKill9(w *world, r *result) error {
 	r.offer("the queen (with its embedded broker) killed with SIGKILL, started again %s later on the same data folder and ports", down)
 	o.resetGaps()
 	tK := time.Now()
-	q.kill()
-	q.rss.result()
+	q.Kill()
+	q.rss.Result()
 	pause(down)
 	tStart := time.Now()
 	if err := w.launch("queen", q); err != nil {
@@ -593,7 +594,7 @@ func runKill9(w *world, r *result) error {
 	end := time.Now()
 	fh := purges(o.removalsBetween(prefixOf(hiveHealthy), tK, end))
 	fl := purges(o.removalsBetween(prefixOf(hiveLoad), tK, end))
-	lr := l.exited()
+	lr := l.Exited()
 	r.fig("false expiries: healthy workers", "%d of %d", len(fh), w.opt.healthy)
 	r.fig("false expiries: load workers", "%d of %d", len(fl), rate)
 	r.fig("restarted queen answers /healthz", "%s after its start", ready.Round(time.Millisecond))
@@ -603,12 +604,12 @@ func runKill9(w *world, r *result) error {
 		r.fig("every healthy worker written again", "%s after the restart", rec.Round(time.Millisecond))
 	}
 	r.fig("longest gap between two writes of a healthy worker", "%s", maxGapOf(o, hiveHealthy).Round(time.Millisecond))
-	if m, err := scrape(q.httpAddr); err == nil {
+	if m, err := harness.Scrape(q.httpAddr); err == nil {
 		r.fig("restarted queen's registry writes", "%.0f acknowledged; failed: %.0f re-read, %.0f refused after a re-read; %.0f shed stale",
-			m.sum(exact("rbee_queen_kv_write_seconds_count")), m.sum(counter("kv_write_failures"), `outcome="reread"`),
-			m.sum(counter("kv_write_failures"), `outcome="refused"`), m.sum(counter("beats_shed"), `reason="stale"`))
+			m.Sum(exact("rbee_queen_kv_write_seconds_count")), m.Sum(counter("kv_write_failures"), `outcome="reread"`),
+			m.Sum(counter("kv_write_failures"), `outcome="refused"`), m.Sum(counter("beats_shed"), `reason="stale"`))
 	}
-	for _, line := range strings.Split(q.output(), "\n") {
+	for _, line := range strings.Split(q.Output(), "\n") {
 		if strings.Contains(line, "registry loaded") || strings.Contains(line, "registry not loaded") || strings.Contains(line, "accepting heartbeats") {
 			r.fig("restarted queen's log", "`%s`", cell(line))
 		}
@@ -627,7 +628,7 @@ func runKill9(w *world, r *result) error {
 // must report them as a disruption, and the registry must be whole again
 // within one interval of the resume.
 func runPauseSingle(w *world, r *result) error {
-	ports, err := freePorts(2)
+	ports, err := harness.FreePorts(2)
 	if err != nil {
 		return err
 	}
@@ -642,7 +643,7 @@ func runPauseSingle(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer q.stop(10 * time.Second)
+	defer q.Stop(10 * time.Second)
 	o, err := newObserver(srv.ClientURL(), notLoad)
 	if err != nil {
 		return err
@@ -652,7 +653,7 @@ func runPauseSingle(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer f.kill()
+	defer f.Kill()
 	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
 		return err
 	}
@@ -661,28 +662,28 @@ func runPauseSingle(w *world, r *result) error {
 	r.offer("one queen (`rbee queen --nats-url`) on a broker of its own; %d healthy workers beating every %s", w.opt.healthy, interval)
 	r.offer("the queen stopped with SIGSTOP for %s, then SIGCONT", held)
 	tP := time.Now()
-	if err := q.signal(syscall.SIGSTOP); err != nil {
+	if err := q.Signal(syscall.SIGSTOP); err != nil {
 		return err
 	}
 	pause(held)
-	_ = q.signal(syscall.SIGCONT)
+	_ = q.Signal(syscall.SIGCONT)
 	tR := time.Now()
 	// Whole again: every healthy worker present and written since the resume.
 	whole, werr := waitFresh(o, hiveHealthy, w.opt.healthy, tR, 20*time.Second)
 	// Disruption reported: the queen's beat, /healthz or rbee_queen_state.
 	var seen string
-	_ = waitFor(2*ttl+6*time.Second, "disruption reported", func() error {
+	_ = harness.WaitFor(2*ttl+6*time.Second, "disruption reported", func() error {
 		for id, b := range o.queenStates() {
 			if b.at.After(tR) && b.state == "disrupted" {
 				seen = "queen beat " + id + ": disrupted " + b.reason
 				return nil
 			}
 		}
-		if m, err := scrape(q.httpAddr); err == nil && stateGauge(m) == "disrupted" {
+		if m, err := harness.Scrape(q.httpAddr); err == nil && stateGauge(m) == "disrupted" {
 			seen = "rbee_queen_state{state=\"disrupted\"} 1"
 			return nil
 		}
-		if code, body, err := healthz(q.httpAddr); err == nil && code != 200 && strings.Contains(body, "disrupt") {
+		if code, body, err := harness.Healthz(q.httpAddr); err == nil && code != 200 && strings.Contains(body, "disrupt") {
 			seen = fmt.Sprintf("/healthz %d %s", code, body)
 			return nil
 		}

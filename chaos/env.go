@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/rbee/heartbeat/internal/harness"
 )
 
 // world is what every case shares: the rbee binary, the run's options and
@@ -37,7 +39,7 @@ func newWorld(opt options, log func(string, ...any)) (*world, error) {
 	if err != nil {
 		return nil, err
 	}
-	bin, err := buildRbee(tmp)
+	bin, err := harness.BuildRbee(tmp)
 	if err != nil {
 		return nil, err
 	}
@@ -69,11 +71,11 @@ func (w *world) ttlFlags() []string {
 
 // queen is one `rbee queen` child.
 type queen struct {
-	*proc
+	*harness.Proc
 	args     []string
 	natsAddr string // empty when it uses another queen's broker
 	httpAddr string
-	rss      *rssWatch
+	rss      *harness.RSSWatch
 }
 
 // Patterns counted in a queen's log.
@@ -98,17 +100,17 @@ func (w *world) startQueen(label string, natsPort int, natsURL string, httpPort 
 
 // launch starts (or restarts) q's process with its arguments.
 func (w *world) launch(label string, q *queen) error {
-	p, err := startProc(label, w.bin, q.args, queenPatterns...)
+	p, err := harness.Start(label, w.bin, q.args, harness.Options{Patterns: queenPatterns})
 	if err != nil {
 		return err
 	}
-	q.proc = p
-	q.rss = watchRSS(p, w.rssKill)
-	err = waitFor(60*time.Second, label+" /healthz", func() error {
-		if p.exited() {
-			return fmt.Errorf("exited:\n%s", p.output())
+	q.Proc = p
+	q.rss = harness.WatchRSS(p, w.rssKill)
+	err = harness.WaitFor(60*time.Second, label+" /healthz", func() error {
+		if p.Exited() {
+			return fmt.Errorf("exited:\n%s", p.Output())
 		}
-		code, _, err := healthz(q.httpAddr)
+		code, _, err := harness.Healthz(q.httpAddr)
 		if err != nil {
 			return err
 		}
@@ -118,7 +120,7 @@ func (w *world) launch(label string, q *queen) error {
 		return nil
 	})
 	if err != nil {
-		p.kill()
+		p.Kill()
 	}
 	return err
 }
@@ -127,19 +129,19 @@ func (w *world) launch(label string, q *queen) error {
 func (q *queen) url() string { return "nats://" + q.natsAddr }
 
 // fleet starts `rbee worker --simulate n` beating every interval.
-func (w *world) fleet(label, url, hive string, n int) (*proc, error) {
-	return startProc(label, w.bin, []string{"worker", "--nats-url", url, "--hive-id", hive, "--worker-id", "w",
-		"--simulate", strconv.Itoa(n), "--interval", interval.String()})
+func (w *world) fleet(label, url, hive string, n int) (*harness.Proc, error) {
+	return harness.Start(label, w.bin, []string{"worker", "--nats-url", url, "--hive-id", hive, "--worker-id", "w",
+		"--simulate", strconv.Itoa(n), "--interval", interval.String()}, harness.Options{})
 }
 
 // loadProc is a running load generator.
 type loadProc struct {
-	*proc
+	*harness.Proc
 }
 
 // load starts the load generator with args.
 func (w *world) load(url string, args ...string) (*loadProc, error) {
-	p, err := startProc("load", w.self, append([]string{"-role", "load", "-url", url}, args...))
+	p, err := harness.Start("load", w.self, append([]string{"-role", "load", "-url", url}, args...), harness.Options{})
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +151,7 @@ func (w *world) load(url string, args ...string) (*loadProc, error) {
 // reports returns the JSON lines the load generator printed so far.
 func (l *loadProc) reports() []loadReport {
 	var out []loadReport
-	s := bufio.NewScanner(strings.NewReader(l.output()))
+	s := bufio.NewScanner(strings.NewReader(l.Output()))
 	for s.Scan() {
 		var r loadReport
 		if json.Unmarshal(s.Bytes(), &r) == nil && (r.Step != 0 || r.Final) {
@@ -162,17 +164,17 @@ func (l *loadProc) reports() []loadReport {
 // wait waits up to timeout for the load generator to end and returns its final report.
 func (l *loadProc) wait(timeout time.Duration) (loadReport, error) {
 	select {
-	case <-l.done:
+	case <-l.Done():
 	case <-time.After(timeout):
-		l.kill()
-		return loadReport{}, fmt.Errorf("load generator did not end within %s:\n%s", timeout, l.output())
+		l.Kill()
+		return loadReport{}, fmt.Errorf("load generator did not end within %s:\n%s", timeout, l.Output())
 	}
 	for _, r := range l.reports() {
 		if r.Final {
 			return r, nil
 		}
 	}
-	return loadReport{}, fmt.Errorf("load generator printed no report:\n%s", l.output())
+	return loadReport{}, fmt.Errorf("load generator printed no report:\n%s", l.Output())
 }
 
 // prefixOf returns a key matcher for one hive.
@@ -183,7 +185,7 @@ func prefixOf(hive string) func(string) bool {
 
 // waitPresent waits until n keys of hive are present in the registry.
 func waitPresent(o *observer, hive string, n int, timeout time.Duration) error {
-	return waitFor(timeout, fmt.Sprintf("%d workers of %s registered", n, hive), func() error {
+	return harness.WaitFor(timeout, fmt.Sprintf("%d workers of %s registered", n, hive), func() error {
 		if p, _ := o.livePresent(prefixOf(hive), time.Time{}); p < n {
 			return fmt.Errorf("%d present", p)
 		}
@@ -194,7 +196,7 @@ func waitPresent(o *observer, hive string, n int, timeout time.Duration) error {
 // waitFresh waits until every one of n keys of hive was written after since,
 // and returns when that happened.
 func waitFresh(o *observer, hive string, n int, since time.Time, timeout time.Duration) (time.Duration, error) {
-	err := waitFor(timeout, fmt.Sprintf("%d workers of %s written again", n, hive), func() error {
+	err := harness.WaitFor(timeout, fmt.Sprintf("%d workers of %s written again", n, hive), func() error {
 		if _, f := o.livePresent(prefixOf(hive), since); f < n {
 			return fmt.Errorf("%d fresh", f)
 		}

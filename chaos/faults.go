@@ -15,6 +15,7 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/internal/harness"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/rs/zerolog"
 )
@@ -27,7 +28,7 @@ func runOutage(w *world, r *result) error {
 		return err
 	}
 	defer o.close()
-	defer q.stop(10 * time.Second)
+	defer q.Stop(10 * time.Second)
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
 	px := toxiproxy.NewProxy(srv, "nats", "127.0.0.1:0", q.natsAddr)
 	if err := px.Start(); err != nil {
@@ -38,7 +39,7 @@ func runOutage(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer f.kill()
+	defer f.Kill()
 	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
 		return err
 	}
@@ -97,7 +98,7 @@ func runFullDisk(w *world, r *result) error {
 		return nil
 	}
 	defer func() { _ = exec.Command("umount", "-l", mnt).Run() }()
-	ports, err := freePorts(2)
+	ports, err := harness.FreePorts(2)
 	if err != nil {
 		return err
 	}
@@ -105,7 +106,7 @@ func runFullDisk(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer q.stop(10 * time.Second)
+	defer q.Stop(10 * time.Second)
 	o, err := newObserver(q.url(), notLoad)
 	if err != nil {
 		return err
@@ -116,7 +117,7 @@ func runFullDisk(w *world, r *result) error {
 	if err != nil {
 		return err
 	}
-	defer f.kill()
+	defer f.Kill()
 	if err := waitPresent(o, hiveHealthy, n, 30*time.Second); err != nil {
 		return err
 	}
@@ -127,8 +128,8 @@ func runFullDisk(w *world, r *result) error {
 	}
 	r.offer("the queen's --data on a 64 MiB tmpfs; %d healthy workers beating every %s", n, interval)
 	r.offer("the tmpfs filled with a file until ENOSPC, held full for %s, then the file removed", hold)
-	m0, _ := scrape(q.httpAddr)
-	pid := q.pid()
+	m0, _ := harness.Scrape(q.httpAddr)
+	pid := q.Pid()
 	filler := filepath.Join(mnt, "filler")
 	tF := time.Now()
 	if err := fill(filler); err != nil {
@@ -154,19 +155,19 @@ func runFullDisk(w *world, r *result) error {
 			}
 		}
 		if healthAt.IsZero() {
-			if code, body, err := healthz(q.httpAddr); err == nil && code != 200 {
+			if code, body, err := harness.Healthz(q.httpAddr); err == nil && code != 200 {
 				healthAt, healthBody = time.Now(), fmt.Sprintf("%d %s", code, body)
 			}
 		}
 		if metricAt.IsZero() {
-			if m, err := scrape(q.httpAddr); err == nil {
+			if m, err := harness.Scrape(q.httpAddr); err == nil {
 				if st := stateGauge(m); st != "" && st != "ok" {
 					metricAt, metricState = time.Now(), st
 				}
 			}
 		}
 	}
-	mFull, _ := scrape(q.httpAddr)
+	mFull, _ := harness.Scrape(q.httpAddr)
 	_, freshWhileFull := o.livePresent(prefixOf(hiveHealthy), tF.Add(2*interval))
 	if err := os.Remove(filler); err != nil {
 		return err
@@ -183,11 +184,11 @@ func runFullDisk(w *world, r *result) error {
 	if w.opt.quick {
 		recBound = 10 * time.Second
 	}
-	recErr := waitFor(recBound, "recovery", func() error {
-		if q.exited() {
+	recErr := harness.WaitFor(recBound, "recovery", func() error {
+		if q.Exited() {
 			return errors.New("queen exited")
 		}
-		if code, body, err := healthz(q.httpAddr); err != nil || code != 200 {
+		if code, body, err := harness.Healthz(q.httpAddr); err != nil || code != 200 {
 			return fmt.Errorf("/healthz %d %s %v", code, body, err)
 		}
 		if s, bad := stateOf(time.Now().Add(-interval)); bad {
@@ -205,9 +206,11 @@ func runFullDisk(w *world, r *result) error {
 	// Failed and lost writes, by the names of the queen before and after its
 	// rewrite (kv_write_errors_total and kv_writes_lost_total, or
 	// kv_write_failures_total by outcome).
-	failures := func(m metrics) float64 { return m.sum(counter("write_errors")) + m.sum(counter("write_failures")) }
-	losses := func(m metrics) float64 {
-		return m.sum(counter("writes_lost")) + m.sum(counter("write_failures"), `outcome="lost"`)
+	failures := func(m harness.Metrics) float64 {
+		return m.Sum(counter("write_errors")) + m.Sum(counter("write_failures"))
+	}
+	losses := func(m harness.Metrics) float64 {
+		return m.Sum(counter("writes_lost")) + m.Sum(counter("write_failures"), `outcome="lost"`)
 	}
 	we := failures(mFull) - failures(m0)
 	lost := losses(mFull) - losses(m0)
@@ -228,7 +231,7 @@ func runFullDisk(w *world, r *result) error {
 	} else {
 		r.fig("recovery after the space returned", "%s (/healthz 200, every worker written again)", recovered.Round(time.Millisecond))
 	}
-	r.fig("queen process", "pid %d before, %d after (%s)", pid, q.pid(), map[bool]string{true: "exited", false: "not restarted"}[q.exited()])
+	r.fig("queen process", "pid %d before, %d after (%s)", pid, q.Pid(), map[bool]string{true: "exited", false: "not restarted"}[q.Exited()])
 	var first time.Time
 	for _, t := range []time.Time{beatAt, healthAt, metricAt} {
 		if !t.IsZero() && (first.IsZero() || t.Before(first)) {
@@ -236,11 +239,11 @@ func runFullDisk(w *world, r *result) error {
 		}
 	}
 	r.expect("`degraded` within one interval", !first.IsZero() && first.Sub(tF) <= interval, "%s", within(first))
-	r.expect("recovery without restart", recErr == nil && !q.exited() && q.pid() == pid, "%s", map[bool]string{true: "recovered in " + recovered.Round(time.Millisecond).String(), false: "not recovered within " + recBound.String()}[recErr == nil])
+	r.expect("recovery without restart", recErr == nil && !q.Exited() && q.Pid() == pid, "%s", map[bool]string{true: "recovered in " + recovered.Round(time.Millisecond).String(), false: "not recovered within " + recBound.String()}[recErr == nil])
 	if r.failed() {
-		n, _ := q.count("level=warn")
-		e, _ := q.count("level=error")
-		r.note("the queen's log had %d warnings and %d errors; its last lines: `%s`", n, e, cell(lastLines(q.output(), 6)))
+		n, _ := q.Count("level=warn")
+		e, _ := q.Count("level=error")
+		r.note("the queen's log had %d warnings and %d errors; its last lines: `%s`", n, e, cell(lastLines(q.Output(), 6)))
 	}
 	return nil
 }
@@ -285,12 +288,12 @@ func runForgery(w *world, r *result) error {
 		return err
 	}
 	defer o.close()
-	defer q.stop(10 * time.Second)
+	defer q.Stop(10 * time.Second)
 	f, err := w.fleet("victims", q.url(), hiveVictim, 3)
 	if err != nil {
 		return err
 	}
-	defer f.kill()
+	defer f.Kill()
 	if err := waitPresent(o, hiveVictim, 3, 30*time.Second); err != nil {
 		return err
 	}
@@ -301,7 +304,7 @@ func runForgery(w *world, r *result) error {
 		{key: hiveVictim + ".w-2", what: "a beat with a new instance ID", newInstance: true, seq: 1},
 	}
 	snap := o.snapshot(prefixOf(hiveVictim))
-	m0, _ := scrape(q.httpAddr)
+	m0, _ := harness.Scrape(q.httpAddr)
 	r.offer("three real workers (`rbee worker --simulate 3 --interval %s`); one forged message each, published straight on NATS", interval)
 	for _, x := range fs {
 		s := snap[x.key]
@@ -373,8 +376,8 @@ func runForgery(w *world, r *result) error {
 	}
 	pause(interval) // a conflict flag may follow the real worker's return
 	snap = o.snapshot(prefixOf(hiveVictim))
-	m1, _ := scrape(q.httpAddr)
-	conflicts := m1.sum(counter("conflict")) - m0.sum(counter("conflict"))
+	m1, _ := harness.Scrape(q.httpAddr)
+	conflicts := m1.Sum(counter("conflict")) - m0.Sum(counter("conflict"))
 	for _, x := range fs {
 		x.conflict = x.conflict || snap[x.key].conflict
 		got := "> " + bound.String() + " (not back within the bound)"
@@ -401,8 +404,8 @@ func runForgery(w *world, r *result) error {
 
 // stateGauge returns the state whose rbee_queen_state gauge is 1, or "" if
 // the queen exports none.
-func stateGauge(m metrics) string {
-	for full, v := range m.samples {
+func stateGauge(m harness.Metrics) string {
+	for full, v := range m.Samples {
 		if v == 1 && strings.HasPrefix(full, "rbee_queen_state{") {
 			if _, rest, ok := strings.Cut(full, `state="`); ok {
 				st, _, _ := strings.Cut(rest, `"`)

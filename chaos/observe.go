@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math"
-	"net/http"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -312,106 +308,4 @@ func ms(v float64) string {
 		return fmt.Sprintf("%.2f s", v/1000)
 	}
 	return fmt.Sprintf("%.0f ms", v)
-}
-
-// metrics is one scrape of a queen's /metrics: every sample by its full
-// name with labels, and sums by metric name.
-type metrics struct {
-	samples map[string]float64
-	byName  map[string]float64
-}
-
-// scrape reads http://addr/metrics.
-func scrape(addr string) (metrics, error) {
-	m := metrics{samples: map[string]float64{}, byName: map[string]float64{}}
-	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return m, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return m, fmt.Errorf("metrics: %s", resp.Status)
-	}
-	s := bufio.NewScanner(resp.Body)
-	s.Buffer(make([]byte, 1<<20), 1<<20)
-	for s.Scan() {
-		l := s.Text()
-		if l == "" || l[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(l, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(l[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		full := l[:i]
-		m.samples[full] = v
-		name := full
-		if j := strings.IndexByte(full, '{'); j >= 0 {
-			name = full[:j]
-		}
-		m.byName[name] += v
-	}
-	return m, s.Err()
-}
-
-// sum adds the samples whose name satisfies nameOK and whose labels contain every one of labels.
-func (m metrics) sum(nameOK func(string) bool, labels ...string) float64 {
-	var t float64
-	for full, v := range m.samples {
-		name, lab := full, ""
-		if j := strings.IndexByte(full, '{'); j >= 0 {
-			name, lab = full[:j], full[j:]
-		}
-		if !nameOK(name) {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			if !strings.Contains(lab, l) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			t += v
-		}
-	}
-	return t
-}
-
-// healthz returns the status code of GET /healthz and the body's first line.
-func healthz(addr string) (int, string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + addr + "/healthz")
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	s := bufio.NewScanner(resp.Body)
-	line := ""
-	for s.Scan() && line == "" {
-		line = strings.TrimSpace(s.Text())
-	}
-	return resp.StatusCode, line, nil
-}
-
-// waitFor polls cond every 50 ms until it returns nil or timeout passes; the
-// error names the last failure.
-func waitFor(timeout time.Duration, what string, cond func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: not within %s: %w", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
