@@ -228,8 +228,14 @@ func leadMs(o *op) int64 { return max(o.intervalMs/2, minLeadMs) }
 // shorter one is written at every beat).
 func lazyKind(o *op) bool { return o.kind == subjects.KindWorker && leadMs(o)+1000 < o.ttlMs }
 
-// dueMs is when s's waiting lazy refresh is written.
-func dueMs(s *slot) int64 { return s.deadlineMs - leadMs(s.pend) }
+// dueMs is when s's waiting refresh may be written by a lone queen: at
+// once, unless it is lazy.
+func dueMs(s *slot) int64 {
+	if !lazyKind(s.pend) {
+		return 0
+	}
+	return s.deadlineMs - leadMs(s.pend)
+}
 
 // nothingDue reports whether no write is due now: nothing waits but
 // refreshes a lone queen writes later. mu held.
@@ -429,7 +435,7 @@ func (w *writer) put(o *op) {
 	}
 	// A lone queen writes a worker's unchanged beat lazily: the stored
 	// entry is refreshed leadMs before it expires, with the newest beat.
-	s.urgent = s.urgent && s.pend != nil || notable(prev, o) || !w.eager && !lazyKind(o)
+	s.urgent = s.urgent && s.pend != nil || notable(prev, o)
 	if s.pend == nil {
 		s.since = o.acceptedMs
 	}
@@ -562,7 +568,7 @@ func (w *writer) schedule(s *slot) {
 			in[qNew] = s.urgent || s.deadlineMs == 0
 		}
 	}
-	lazy := in[qLive] && !in[qNew]
+	lazy := in[qLive] && !in[qNew] && lazyKind(s.pend)
 	if lazy != s.lazy {
 		s.lazy = lazy
 		if lazy {
@@ -902,7 +908,7 @@ func (w *writer) stats() writerStats {
 	if w.waiting > 0 {
 		st.LagMs = w.sentLagMs
 	}
-	if live := &w.qs[qLive]; live.Len() > 0 && !w.eager {
+	if live := &w.qs[qLive]; live.Len() > 0 && !w.eager && live.s[0].lazy {
 		st.LagMs = max(st.LagMs, now-dueMs(live.s[0])) // a refresh overdue
 	}
 	for _, q := range []*queue{&w.qs[qFirst], &w.qs[qNew]} {
