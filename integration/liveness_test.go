@@ -105,9 +105,12 @@ func TestCrashIsDisconnected(t *testing.T) {
 		marked, last = time.Since(killed), e
 		return nil
 	})
-	if _, ok := ev.find(registry.Disconnected, key); !ok {
-		t.Fatalf("no disconnected event for %s", key)
-	}
+	checkFor(t, 5*time.Second, func() error { // the watch follows the store
+		if _, ok := ev.find(registry.Disconnected, key); !ok {
+			return fmt.Errorf("no disconnected event for %s", key)
+		}
+		return nil
+	})
 	checkFor(t, 15*time.Second, func() error {
 		if _, ok := ev.find(registry.Expired, key); !ok {
 			return fmt.Errorf("%s not expired yet (%s after the kill)", key, time.Since(killed))

@@ -69,9 +69,10 @@ func TestPipeline(t *testing.T) {
 		t.Fatalf("hive entry fields: %+v", he)
 	}
 	for _, k := range []string{"hive-1.crash", "hive-1.leave", "hive-1.again"} {
-		if _, ok := ev.find(registry.Joined, k); !ok {
-			t.Fatalf("no joined event for %s", k)
-		}
+		testutil.Eventually(t, 5*time.Second, func() bool { // the watch follows the store
+			_, ok := ev.find(registry.Joined, k)
+			return ok
+		}, "joined event for %s", k)
 	}
 
 	// A crashed worker (no goodbye) is purged by its TTL; how late is a figure

@@ -138,20 +138,21 @@ type slot struct {
 	queued     bool
 	urgent     bool
 	// lazy: the waiting write is a refresh that changes nothing a reader
-	// sees; a lone queen writes it only when the stored entry is due to
-	// expire within urgentMs.
+	// sees, held in qLazy; a lone queen writes it only once it falls due
+	// (dueMs).
 	lazy bool
 	// since is the accept time of the oldest op waiting since the key's last
 	// write: a newer beat replacing a waiting one keeps the key's place.
 	since int64
 }
 
-// The writer's queues. A waiting key is in qFirst, or in qLive, qNew or
-// both.
+// The writer's queues. A waiting key is in qFirst, in qLazy, or in qLive,
+// qNew or both.
 const (
 	qFirst = iota // goodbyes and disconnected marks, by accept time
 	qLive         // keys with a stored entry, by the entry's expiry
 	qNew          // new or changed entries, by accept time
+	qLazy         // a lone queen's lazy refreshes, by when they fall due
 	nQueues
 )
 
@@ -164,8 +165,11 @@ type queue struct {
 func (q *queue) Len() int { return len(q.s) }
 func (q *queue) Less(i, j int) bool {
 	a, b := q.s[i], q.s[j]
-	if q.which == qLive {
+	switch q.which {
+	case qLive:
 		return a.deadlineMs < b.deadlineMs
+	case qLazy:
+		return dueMs(a) < dueMs(b)
 	}
 	return a.since < b.since
 }
@@ -196,20 +200,27 @@ func urgentMs(o *op) int64 { return max(o.intervalMs, urgentMinMs) }
 // keys ÷ TTL writes per second; new and changed entries take what is left.
 // Order: goodbyes and marks; refreshes of entries due to expire within
 // urgentMs; new and changed entries; other refreshes, earliest expiry
-// first. mu held.
+// first. A lone queen's lazy refresh takes part only once it falls due.
+// mu held.
 func (w *writer) next(nowMs int64) *slot {
 	first, live, fresh := &w.qs[qFirst], &w.qs[qLive], &w.qs[qNew]
+	var refresh *slot // the refresh that expires first, of those due
+	if live.Len() > 0 {
+		refresh = live.s[0]
+	}
+	if lz := &w.qs[qLazy]; lz.Len() > 0 && nowMs >= dueMs(lz.s[0]) &&
+		(refresh == nil || lz.s[0].deadlineMs < refresh.deadlineMs) {
+		refresh = lz.s[0]
+	}
 	switch {
 	case first.Len() > 0:
 		return first.s[0]
-	case live.Len() > 0 && live.s[0].deadlineMs-nowMs <= urgentMs(live.s[0].pend):
-		return live.s[0]
+	case refresh != nil && refresh.deadlineMs-nowMs <= urgentMs(refresh.pend):
+		return refresh
 	case fresh.Len() > 0:
 		return fresh.s[0]
-	case live.Len() > 0 && (w.eager || nowMs >= dueMs(live.s[0])):
-		return live.s[0]
 	}
-	return nil
+	return refresh
 }
 
 // minLeadMs is the least time a lazy refresh is written before its entry
@@ -228,23 +239,14 @@ func leadMs(o *op) int64 { return max(o.intervalMs/2, minLeadMs) }
 // shorter one is written at every beat).
 func lazyKind(o *op) bool { return o.kind == subjects.KindWorker && leadMs(o)+1000 < o.ttlMs }
 
-// dueMs is when s's waiting refresh may be written by a lone queen: at
-// once, unless it is lazy.
-func dueMs(s *slot) int64 {
-	if !lazyKind(s.pend) {
-		return 0
-	}
-	return s.deadlineMs - leadMs(s.pend)
-}
+// dueMs is when s's waiting lazy refresh falls due.
+func dueMs(s *slot) int64 { return s.deadlineMs - leadMs(s.pend) }
 
-// nothingDue reports whether no write is due now: nothing waits but
-// refreshes a lone queen writes later. mu held.
+// nothingDue reports whether no write is due now: nothing waits but lazy
+// refreshes not yet due. mu held.
 func (w *writer) nothingDue(nowMs int64) bool {
-	if w.waiting == 0 {
-		return true
-	}
-	live := &w.qs[qLive]
-	return !w.eager && w.waiting == w.lazies && (live.Len() == 0 || nowMs < dueMs(live.s[0]))
+	lz := &w.qs[qLazy]
+	return w.waiting == w.lazies && (lz.Len() == 0 || nowMs < dueMs(lz.s[0]))
 }
 
 // setEager makes every waiting write go as soon as the store takes it
@@ -253,10 +255,22 @@ func (w *writer) nothingDue(nowMs int64) bool {
 func (w *writer) setEager(eager bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.eager != eager {
-		w.eager = eager
-		w.cond.Broadcast()
+	if w.eager == eager {
+		return
 	}
+	w.eager = eager
+	var move []*slot // the refreshes that change queue
+	for _, q := range []*queue{&w.qs[qLive], &w.qs[qLazy]} {
+		for _, s := range q.s {
+			if s.lazy == eager {
+				move = append(move, s)
+			}
+		}
+	}
+	for _, s := range move {
+		w.schedule(s)
+	}
+	w.cond.Broadcast()
 }
 
 // writeMetrics is what the writer reports to; *metrics implements it.
@@ -452,7 +466,7 @@ func (w *writer) park(subject string, msg *nats.Msg, nowMs int64) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.slots[subject]
-	if w.decode == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark || s.lazy && !w.eager {
+	if w.decode == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark || s.lazy {
 		return false // a lazy refresh waits: the new beat is decoded now, so a change is written at once
 	}
 	if s.raw != nil {
@@ -563,13 +577,14 @@ func (w *writer) schedule(s *slot) {
 		switch {
 		case o.del || o.mark:
 			in[qFirst] = true
+		case !w.eager && s.deadlineMs != 0 && !s.urgent && lazyKind(o):
+			in[qLazy] = true
 		default:
 			in[qLive] = s.deadlineMs != 0
 			in[qNew] = s.urgent || s.deadlineMs == 0
 		}
 	}
-	lazy := in[qLive] && !in[qNew] && lazyKind(s.pend)
-	if lazy != s.lazy {
+	if lazy := in[qLazy]; lazy != s.lazy {
 		s.lazy = lazy
 		if lazy {
 			w.lazies++
@@ -618,8 +633,9 @@ func (w *writer) run() {
 				if s = w.next(nowMs); s != nil {
 					break
 				}
-				// Only lazy refreshes wait: sleep until the first falls due.
-				w.due.Reset(time.Duration(dueMs(w.qs[qLive].s[0])-nowMs) * time.Millisecond)
+				if lz := &w.qs[qLazy]; lz.Len() > 0 { // only lazy refreshes wait: sleep until the first falls due
+					w.due.Reset(time.Duration(dueMs(lz.s[0])-nowMs) * time.Millisecond)
+				}
 			}
 			w.cond.Wait()
 		}
@@ -637,7 +653,7 @@ func (w *writer) run() {
 		}
 		o, raw, rawAt := s.pend, s.raw, s.rawAtMs
 		nowMs := time.Now().UnixMilli()
-		lazy := s.lazy && !w.eager
+		lazy := s.lazy
 		if w.sentLagMs = nowMs - s.since; lazy {
 			w.sentLagMs = max(0, nowMs-dueMs(s)) // how late it is, not how long it waited on purpose
 		}
@@ -902,14 +918,12 @@ func (w *writer) stats() writerStats {
 	defer w.mu.Unlock()
 	st := writerStats{Backlog: w.waiting, InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
 		Failing: w.failingLocked()}
-	if !w.eager {
-		st.Backlog, st.Refreshes = w.waiting-w.lazies, w.lazies
-	}
+	st.Backlog, st.Refreshes = w.waiting-w.lazies, w.lazies
 	if w.waiting > 0 {
 		st.LagMs = w.sentLagMs
 	}
-	if live := &w.qs[qLive]; live.Len() > 0 && !w.eager && live.s[0].lazy {
-		st.LagMs = max(st.LagMs, now-dueMs(live.s[0])) // a refresh overdue
+	if lz := &w.qs[qLazy]; lz.Len() > 0 {
+		st.LagMs = max(st.LagMs, now-dueMs(lz.s[0])) // a refresh overdue
 	}
 	for _, q := range []*queue{&w.qs[qFirst], &w.qs[qNew]} {
 		if q.Len() > 0 {

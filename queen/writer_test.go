@@ -177,11 +177,19 @@ func TestLazyRefresh(t *testing.T) {
 	hive := beatOp("hive", "i", 2, now+2, "")
 	hive.kind, hive.worker, hive.hive = subjects.KindHive, nil, &wire.HiveEntry{}
 	w.put(hive)
-	if st := w.stats(); st.Backlog != 3 || st.Refreshes != 1 {
-		t.Fatalf("backlog %d, refreshes %d: want 3 and 1", st.Backlog, st.Refreshes)
+	// An unchanged hive beat whose entry expires after the waiting lazy
+	// refresh: a hive is refreshed at once all the same.
+	old := newSlot(subjects.KindHive, "old-hive", "$KV.h.old-hive")
+	old.last, old.deadlineMs = &op{kind: subjects.KindHive, key: "old-hive", instance: "i", hive: &wire.HiveEntry{}}, now+60_000
+	w.slots[old.subject] = old
+	o = beatOp("old-hive", "i", 2, now+3, "")
+	o.kind, o.worker, o.hive = subjects.KindHive, nil, &wire.HiveEntry{}
+	w.put(o)
+	if st := w.stats(); st.Backlog != 4 || st.Refreshes != 1 {
+		t.Fatalf("backlog %d, refreshes %d: want 4 and 1", st.Backlog, st.Refreshes)
 	}
-	if got := fmt.Sprint(order(popAll(w, now))); got != "[changed new-figure hive]" {
-		t.Fatalf("written now: %s, want the changed worker entries and the hive", got)
+	if got := fmt.Sprint(order(popAll(w, now))); got != "[changed new-figure hive old-hive]" {
+		t.Fatalf("written now: %s, want the changed worker entries and both hives", got)
 	}
 	if !w.nothingDue(now) || !w.nothingDue(now+50_000-minLeadMs-1) {
 		t.Fatal("a refresh not yet due counts as due")
