@@ -474,8 +474,8 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	args := []string{"-role", "scale-load", "-url", sys.urls[0],
 		"-workers", strconv.Itoa(n), "-per-hive", strconv.Itoa(o.perHive), "-interval", o.interval.String(),
 		"-hive-interval", shape.HiveInterval.String(), "-join-rate", strconv.FormatFloat(o.joinRate, 'f', -1, 64),
-		"-hold", hold.String(), "-changes", strconv.Itoa(o.changes), "-kills", strconv.Itoa(o.kills),
-		"-duration", (shape.joinTime() + hold + ttl(o.interval) + 3*time.Minute).String()}
+		"-settle", o.interval.String(), "-hold", hold.String(), "-changes", strconv.Itoa(o.changes), "-kills", strconv.Itoa(o.kills),
+		"-duration", (shape.joinTime() + o.interval + hold + ttl(o.interval) + 3*time.Minute).String()}
 	gen, err := harness.Start("load generator", o.self, args, harness.Options{OnLine: lines.add})
 	if err != nil {
 		return r, err
@@ -512,12 +512,18 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	if _, err := await("joined", shape.joinTime()+time.Minute); err != nil {
 		return r, err
 	}
+	// The window starts one interval later, once each worker's first
+	// refresh is due, so that its rates are those of the steady state.
+	o.logf("scale %d workers: all joined; settling %s", n, o.interval)
+	if _, err := await("start", o.interval+time.Minute); err != nil {
+		return r, err
+	}
 	a, err := sys.read(js)
 	if err != nil {
 		return r, err
 	}
 	genCPU, _ := harness.CPUTime(gen.Pid())
-	o.logf("scale %d workers: all joined; holding %s", n, hold)
+	o.logf("scale %d workers: holding %s", n, hold)
 	var perfs []*perfRun
 	if o.perf != "" {
 		for _, p := range append(append([]*harness.Proc{}, sys.brokers...), sys.queens...) {
@@ -667,7 +673,7 @@ func (e *scaleEnv) judge(r *scaleRow, s0, end snap, watch *sampleWatch, change [
 	for _, i := range change {
 		changeKeys = append(changeKeys, shape.key(i))
 	}
-	from := time.UnixMilli(ready.StartMs).Add(shape.joinTime())
+	from := time.UnixMilli(ready.StartMs).Add(shape.joinTime() + shape.Interval) // the window starts one interval after all joined
 	f := readSamples(ops, changeKeys, last, shape.Interval, ttl(shape.Interval), from, from.Add(hold))
 	r.ChangeLag, r.RefreshAge, r.Lateness = percentiles(f.changeLag), percentiles(f.refreshAge), percentiles(f.lateness)
 	r.Changes[1], r.ViaLater, r.Refreshes = f.changesSeen, f.viaLater, f.refreshes

@@ -214,7 +214,7 @@ func valueAt(b []byte, k string) (int, int, error) {
 
 // loadEvent is one line the scale generator prints.
 type loadEvent struct {
-	Event string `json:"event"` // ready, joined, killed, window, final
+	Event string `json:"event"` // ready, joined, killed, start, window, final
 	AtMs  int64  `json:"at_ms"`
 	// ready
 	StartMs     int64   `json:"start_ms,omitempty"`
@@ -261,7 +261,8 @@ func scaleLoadMain(args []string) error {
 	interval := fs.Duration("interval", 30*time.Second, "worker interval")
 	hiveInterval := fs.Duration("hive-interval", 15*time.Second, "hive interval")
 	joinRate := fs.Float64("join-rate", 10000, "most workers joining per second")
-	hold := fs.Duration("hold", 90*time.Second, "the measured window after all have joined")
+	settle := fs.Duration("settle", 30*time.Second, "how long after all have joined the measured window starts")
+	hold := fs.Duration("hold", 90*time.Second, "the measured window")
 	changes := fs.Int("changes", 200, "workers whose status changes every second beat")
 	kills := fs.Int("kills", 100, "workers that stop beating, without a goodbye, once all have joined")
 	dur := fs.Duration("duration", 10*time.Minute, "stop after this long whatever happens")
@@ -316,7 +317,7 @@ func scaleLoadMain(args []string) error {
 	hb, _ := wire.Marshal(g.hiveBeat(0, 0, g.start.Add(s.joinTime()))) // a whole view's size
 	_ = out.Encode(loadEvent{Event: "ready", AtMs: g.start.UnixMilli(), StartMs: g.start.UnixMilli(),
 		WorkerBytes: len(g.ready.data), HiveBytes: len(hb), JoinRate: float64(s.Workers) / s.joinTime().Seconds()})
-	g.winFrom, g.winUntil = s.joinTime(), s.joinTime()+*hold
+	g.winFrom, g.winUntil = s.joinTime()+*settle, s.joinTime()+*settle+*hold
 	g.run(ctx, out)
 	_ = g.nc.FlushTimeout(10 * time.Second)
 	return out.Encode(loadEvent{Event: "final", AtMs: time.Now().UnixMilli(), WorkerBeats: g.workers, HiveBeats: g.hives,
@@ -347,7 +348,7 @@ func (g *scaleLoad) check() error {
 func (g *scaleLoad) run(ctx context.Context, out *json.Encoder) {
 	s := g.s
 	var slot, hslot int // the next worker slot (interval × Slots + j) and hive slot
-	joined, windowDone := false, false
+	joined, started, windowDone := false, false, false
 	var w0, h0, c0, e0 uint64
 	slotTime := func(n int) time.Duration { return time.Duration(n/s.Slots)*s.Interval + s.slotAt(n%s.Slots) }
 	hiveTime := func(n int) time.Duration { return s.hiveAt(n%s.Hives, n/s.Hives) }
@@ -373,9 +374,13 @@ func (g *scaleLoad) run(ctx context.Context, out *json.Encoder) {
 		}
 		if !joined && el >= s.joinTime() {
 			joined = true
-			w0, h0, c0, e0 = g.workers, g.hives, g.changes, g.errs
 			g.kill(out)
 			_ = out.Encode(loadEvent{Event: "joined", AtMs: time.Now().UnixMilli()})
+		}
+		if !started && el >= g.winFrom {
+			started = true
+			w0, h0, c0, e0 = g.workers, g.hives, g.changes, g.errs
+			_ = out.Encode(loadEvent{Event: "start", AtMs: time.Now().UnixMilli()})
 		}
 		if !windowDone && el >= g.winUntil {
 			windowDone = true
