@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,6 +45,7 @@ type scaleOptions struct {
 	plot     string
 	rssLimit int64  // a queen or broker whose RSS passes this is killed and the run fails; 0: no limit
 	perf     string // folder for perf recordings of the queens and brokers over the window; empty: none
+	heap     string // folder for the queens' heap profiles at the window's end; empty: none
 	self     string // this program, re-executed as the load generator
 	logf     func(format string, args ...any)
 }
@@ -231,6 +234,7 @@ type scaleSystem struct {
 	urls    []string
 	queens  []*harness.Proc
 	https   []string
+	pprofs  []string // the queens' --pprof addresses
 }
 
 // stop ends the queens, then the brokers, each within a bound.
@@ -271,7 +275,7 @@ var queenPatterns = []string{"level=warn", "level=error", "no connection advisor
 // queen on each, with replicas as many as servers.
 func (e *scaleEnv) start(dir string, servers int) (*scaleSystem, error) {
 	s := &scaleSystem{}
-	ports, err := harness.FreePorts(3 * servers)
+	ports, err := harness.FreePorts(4 * servers)
 	if err != nil {
 		return nil, err
 	}
@@ -302,6 +306,11 @@ func (e *scaleEnv) start(dir string, servers int) (*scaleSystem, error) {
 		addr := fmt.Sprintf("127.0.0.1:%d", ports[2*servers+i])
 		args := []string{"queen", "--nats-url", s.urls[i], "--http", addr, "--queen-id", "bench-" + name,
 			"--replicas", strconv.Itoa(servers)}
+		if e.o.heap != "" {
+			paddr := fmt.Sprintf("127.0.0.1:%d", ports[3*servers+i])
+			args = append(args, "--pprof", paddr)
+			s.pprofs = append(s.pprofs, paddr)
+		}
 		p, err := harness.Start(name, e.rbee, args, harness.Options{Patterns: queenPatterns})
 		if err != nil {
 			s.stop()
@@ -555,6 +564,13 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	if c, err := harness.CPUTime(gen.Pid()); err == nil {
 		r.Generator.Cores = (c - genCPU).Seconds() / b.at.Sub(a.at).Seconds()
 	}
+	for i, addr := range sys.pprofs {
+		path := filepath.Join(o.heap, fmt.Sprintf("%s-%s.heap.pb.gz", sizeName(n), sys.queens[i].Name))
+		if err := saveHeap(addr, path); err != nil {
+			return r, err
+		}
+		o.logf("scale %d workers: heap profile of %s in %s (go tool pprof -sample_index=inuse_space %s)", n, sys.queens[i].Name, path, path)
+	}
 	for _, pr := range perfs {
 		prof, err := pr.stop()
 		if err != nil {
@@ -722,3 +738,28 @@ func lastLines(s string, n int) string {
 
 // logScale is the default progress log.
 func logScale(format string, args ...any) { log.Printf(format, args...) }
+
+// saveHeap writes the heap profile a queen serves at addr (--pprof) to
+// path, after a garbage collection so that it shows what is live.
+func saveHeap(addr, path string) error {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: status %s", resp.Status)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return f.Close()
+}

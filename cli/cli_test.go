@@ -46,6 +46,7 @@ func TestBadInvocations(t *testing.T) {
 		{"bad prefix", []string{"status", "--prefix", "a.b"}, "invalid prefix"},
 		{"bad log level", []string{"status", "--log-level", "loud"}, "--log-level"},
 		{"routes without cluster", []string{"queen", "--routes", "nats-route://127.0.0.1:1", "--http", "off", "--data", "/tmp/x"}, "--routes needs --cluster"},
+		{"bad pprof", []string{"queen", "--pprof", "6060", "--http", "off", "--data", "/tmp/x"}, "--pprof"},
 		{"bad simulate", []string{"worker", "--hive-id", "h", "--worker-id", "w", "--simulate", "-1"}, "--simulate"},
 	}
 	for _, tt := range tests {

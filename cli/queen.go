@@ -43,6 +43,7 @@ type queenFlags struct {
 	evMaxBytes  string
 	authCallout bool
 	httpTLS     string
+	pprof       string
 }
 
 func runQueen(e *env, args []string) error {
@@ -67,6 +68,7 @@ func runQueen(e *env, args []string) error {
 	fs.StringVar(&f.evMaxBytes, "events-max-bytes", "1GiB", "the most the event history may store, e.g. 512MiB or 1GiB")
 	fs.BoolVar(&f.authCallout, "auth-callout", false, "serve the broker's auth callout (docs/security.md); on by itself for an embedded broker beyond loopback")
 	fs.StringVar(&f.httpTLS, "http-tls", "", "serve the HTTP API over TLS: CERT,KEY (PEM files)")
+	fs.StringVar(&f.pprof, "pprof", "off", "serve Go's runtime profiles (net/http/pprof, /debug/pprof/) on this host:port, or off; keep it on loopback")
 	if err := f.parse(fs, args); err != nil {
 		return err
 	}
@@ -101,6 +103,11 @@ func runQueen(e *env, args []string) error {
 	if f.http != "off" {
 		if _, _, err := net.SplitHostPort(f.http); err != nil {
 			return usagef("--http %q: want host:port or off", f.http)
+		}
+	}
+	if f.pprof != "off" {
+		if _, _, err := net.SplitHostPort(f.pprof); err != nil {
+			return usagef("--pprof %q: want host:port or off", f.pprof)
 		}
 	}
 
@@ -249,6 +256,13 @@ func runQueen(e *env, args []string) error {
 			return listenHint(err, "--http", f.http)
 		}
 		defer hs.Close()
+	}
+	if f.pprof != "off" {
+		ps, err := startPprof(f.pprof, log)
+		if err != nil {
+			return listenHint(err, "--pprof", f.pprof)
+		}
+		defer ps.Close()
 	}
 	<-e.ctx.Done()
 	log.Info("stopping")

@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -84,5 +86,40 @@ func TestQueenNamesInheritedNATSURL(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "secret") {
 		t.Fatalf("the password is logged:\n%s", out.String())
+	}
+}
+
+// TestQueenPprof: --pprof serves the runtime's profiles on a listener of
+// its own; the heap profile is a real one (gzip-compressed protobuf).
+func TestQueenPprof(t *testing.T) {
+	ports := testutil.FreePorts(t, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out testutil.Buffer
+	done := make(chan int, 1)
+	paddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	go func() {
+		done <- Main(ctx, []string{"queen", "--data", t.TempDir(), "--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]),
+			"--http", "off", "--pprof", paddr}, strings.NewReader(""), &out, &out)
+	}()
+	var body []byte
+	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		resp, err := http.Get("http://" + paddr + "/debug/pprof/heap")
+		if err != nil {
+			return fmt.Errorf("%v\n%s", err, out.String())
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		body, err = io.ReadAll(resp.Body)
+		return err
+	})
+	if len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+		t.Fatalf("heap profile is not gzip: %q", body[:min(len(body), 32)])
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out.String())
 	}
 }
