@@ -45,7 +45,7 @@ type scaleOptions struct {
 	plot     string
 	rssLimit int64  // a queen or broker whose RSS passes this is killed and the run fails; 0: no limit
 	perf     string // folder for perf recordings of the queens and brokers over the window; empty: none
-	heap     string // folder for the queens' heap profiles at the window's end; empty: none
+	heap     string // folder for the queens' heap profiles at the window's end and CPU profiles over its first 30 s; empty: none
 	self     string // this program, re-executed as the load generator
 	logf     func(format string, args ...any)
 }
@@ -544,6 +544,14 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 			perfs = append(perfs, pr)
 		}
 	}
+	cpuProfiles := make(chan error, len(sys.pprofs))
+	for i, addr := range sys.pprofs {
+		path := filepath.Join(o.heap, fmt.Sprintf("%s-%s.cpu.pb.gz", sizeName(n), sys.queens[i].Name))
+		secs := int(min(hold, 30*time.Second).Seconds())
+		go func() {
+			cpuProfiles <- saveProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs), path)
+		}()
+	}
 	// The window is a measurement, not a wait for a condition: the fleet is
 	// held for it whatever happens, and any process ending cuts it short.
 	if err := harness.WaitFor(hold+time.Minute, "the window", func() error {
@@ -564,9 +572,14 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	if c, err := harness.CPUTime(gen.Pid()); err == nil {
 		r.Generator.Cores = (c - genCPU).Seconds() / b.at.Sub(a.at).Seconds()
 	}
+	for range sys.pprofs {
+		if err := <-cpuProfiles; err != nil {
+			return r, err
+		}
+	}
 	for i, addr := range sys.pprofs {
 		path := filepath.Join(o.heap, fmt.Sprintf("%s-%s.heap.pb.gz", sizeName(n), sys.queens[i].Name))
-		if err := saveHeap(addr, path); err != nil {
+		if err := saveProfile("http://"+addr+"/debug/pprof/heap?gc=1", path); err != nil {
 			return r, err
 		}
 		o.logf("scale %d workers: heap profile of %s in %s (go tool pprof -sample_index=inuse_space %s)", n, sys.queens[i].Name, path, path)
@@ -739,16 +752,15 @@ func lastLines(s string, n int) string {
 // logScale is the default progress log.
 func logScale(format string, args ...any) { log.Printf(format, args...) }
 
-// saveHeap writes the heap profile a queen serves at addr (--pprof) to
-// path, after a garbage collection so that it shows what is live.
-func saveHeap(addr, path string) error {
-	resp, err := http.Get("http://" + addr + "/debug/pprof/heap?gc=1")
+// saveProfile writes the profile a queen serves (--pprof) at url to path.
+func saveProfile(url, path string) error {
+	resp, err := http.Get(url)
 	if err != nil {
-		return fmt.Errorf("heap profile: %w", err)
+		return fmt.Errorf("profile: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("heap profile: status %s", resp.Status)
+		return fmt.Errorf("profile %s: status %s", url, resp.Status)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
@@ -759,7 +771,7 @@ func saveHeap(addr, path string) error {
 	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		f.Close()
-		return fmt.Errorf("heap profile: %w", err)
+		return fmt.Errorf("profile %s: %w", url, err)
 	}
 	return f.Close()
 }
