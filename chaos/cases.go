@@ -412,7 +412,12 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	r.expect("0 silent drops", merr == nil && drained && math.Abs(unaccounted) < 0.5, "%.0f unaccounted", unaccounted)
 	r.expect("0 lost goodbyes (under load)", lostLoadByes == 0, "%d of %d lost", lostLoadByes, byes)
 	r.expect("0 lost goodbyes (healthy, after load)", lostHealthyByes == 0, "%d of %d lost", lostHealthyByes, len(hs))
-	r.expect(fmt.Sprintf("bounded RSS (≤ %s)", mib(w.opt.rssLimit)), !rssKilled && peak <= w.opt.rssLimit, "%s", mib(peak))
+	limit := w.opt.rssLimit
+	if limit == 0 {
+		limit = int64(rate+healthy) * w.opt.rssPerKey
+	}
+	r.expect(fmt.Sprintf("bounded RSS (≤ %s: %s per key offered)", mib(limit), kib(limit/int64(rate+healthy))),
+		!rssKilled && peak <= limit, "%s (%s per key)", mib(peak), kib(peak/int64(rate+healthy)))
 	if r.failed() {
 		r.note("last lines of the queen's log: `%s`", cell(lastLines(q.Output(), 4)))
 	}

@@ -24,17 +24,18 @@ import (
 )
 
 type options struct {
-	cases    string
-	quick    bool
-	out      string
-	capacity float64       // writes/s; 0: measure with the ramp
-	rate     int           // offered beats/s in the overload case; 0: 2 × capacity
-	outage   time.Duration // blackhole length in the outage case
-	rssLimit int64         // the bounded-memory target, bytes
-	note     string
-	baseline string // an earlier report whose summary is quoted for comparison
-	healthy  int    // healthy workers whose false expiries are counted
-	repeat   int    // runs of each case
+	cases     string
+	quick     bool
+	out       string
+	capacity  float64       // writes/s; 0: measure with the ramp
+	rate      int           // offered beats/s in the overload case; 0: 2 × capacity
+	outage    time.Duration // blackhole length in the outage case
+	rssLimit  int64         // the bounded-memory target, bytes; 0: rssPerKey × keys
+	rssPerKey int64         // the bounded-memory target per key offered, bytes
+	note      string
+	baseline  string // an earlier report whose summary is quoted for comparison
+	healthy   int    // healthy workers whose false expiries are counted
+	repeat    int    // runs of each case
 }
 
 // kase is one attack.
@@ -49,7 +50,7 @@ func cases() []kase {
 	return []kase{
 		{"capacity", "What the queen can write", "(measured; sets the overload case's offered load)", runCapacity},
 		{"overload", "Offered load 2× what the queen can write, TTL of 3 beats",
-			"0 false expiries, 0 silent drops, 0 lost goodbyes, bounded RSS", runOverload},
+			"0 false expiries, 0 silent drops, 0 lost goodbyes, RSS bounded per key offered", runOverload},
 		{"busy", "50k workers at 1 s (one process) and 50 probe workers (another), TTL of 3 beats, quiet machine",
 			"0 false expiries, goodbyes arrive as left", runBusy(false)},
 		{"busyburn", "As busy, with another process burning one core beside them",
@@ -85,11 +86,12 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 0, "offered beats/s in the overload case (default 2 × capacity)")
 	flag.DurationVar(&o.outage, "outage", missed*interval-2200*time.Millisecond,
 		"blackhole length in the outage case: docs/operations.md's margin, (missed − 2.2) × interval")
-	rss := flag.Int("rss-limit-mib", 1024, "the overload case's bound on the queen's peak RSS, MiB")
+	rss := flag.Int("rss-limit-mib", 0, "the overload and busy cases' bound on the queen's peak RSS, MiB (0: -rss-per-key-kib × the keys offered)")
+	perKey := flag.Int("rss-per-key-kib", 24, "the overload and busy cases' bound on the queen's peak RSS per key offered (load and healthy workers), KiB")
 	flag.StringVar(&o.note, "note", "", "a line for the top of the report")
 	flag.StringVar(&o.baseline, "baseline", "", "an earlier report (e.g. of the queen before a change) whose summary is quoted for comparison")
 	flag.Parse()
-	o.rssLimit = int64(*rss) << 20
+	o.rssLimit, o.rssPerKey = int64(*rss)<<20, int64(*perKey)<<10
 	o.healthy = 200
 	if o.quick {
 		o.healthy = 100
@@ -123,9 +125,10 @@ func run(o options) int {
 			continue
 		}
 		for i := range max(1, o.repeat) {
-			r := &result{name: c.name, title: c.title, target: c.target, loadBefore: loadAvg(), command: command(o, c.name)}
+			r := &result{name: c.name, anchor: c.name, title: c.title, target: c.target, loadBefore: loadAvg(), command: command(o, c.name)}
 			if o.repeat > 1 {
-				r.name = fmt.Sprintf("%s (%d of %d)", c.name, i+1, o.repeat)
+				r.round = fmt.Sprintf("%d of %d", i+1, o.repeat)
+				r.name, r.anchor = c.name+" ("+r.round+")", fmt.Sprintf("%s-%d", c.name, i+1)
 			}
 			logf("case %s: %s", r.name, c.title)
 			t0 := time.Now()

@@ -10,6 +10,8 @@ import (
 // result is what one case measured and how it compares with its target.
 type result struct {
 	name, title, target string
+	anchor              string // the report's link target: the case's name, and its round when repeated
+	round               string // "2 of 3" when repeated, else empty
 	command             string
 	offered             []string
 	figures             [][2]string
@@ -108,14 +110,18 @@ func (p report) markdown() string {
 
 	b.WriteString("## Summary\n\n| case | target | result |\n|---|---|---|\n")
 	for _, r := range p.results {
-		fmt.Fprintf(&b, "| [%s](#%s) | %s | %s |\n", r.title, r.name, r.target, r.summary())
+		title := r.title
+		if r.round != "" {
+			title += " (" + r.round + ")"
+		}
+		fmt.Fprintf(&b, "| [%s](#%s) | %s | %s |\n", title, r.anchor, r.target, r.summary())
 	}
 	b.WriteString("\n")
 	if p.opt.baseline != "" {
 		b.WriteString(baseline(p.opt.baseline))
 	}
 	for _, r := range p.results {
-		fmt.Fprintf(&b, "<a id=\"%s\"></a>\n## %s: %s\n\n", r.name, r.name, r.title)
+		fmt.Fprintf(&b, "<a id=\"%s\"></a>\n## %s: %s\n\n", r.anchor, r.name, r.title)
 		fmt.Fprintf(&b, "Target: %s. Result: **%s**. Reproduce: `%s`. Took %s; load average %s before, %s after.\n\n",
 			r.target, r.verdict(), r.command, r.took.Round(time.Second), r.loadBefore, r.loadAfter)
 		if r.skipped != "" {

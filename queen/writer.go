@@ -320,6 +320,7 @@ type writer struct {
 	slots     map[string]*slot // by subject
 	qs        [nQueues]queue
 	waiting   int  // keys in the queues
+	signals   int  // wakes of run by schedule (a test reads it)
 	lazies    int  // of which lazy refreshes
 	eager     bool // other queens share the group: no lazy refreshes
 	due       *time.Timer
@@ -613,7 +614,11 @@ func (w *writer) schedule(s *slot) {
 			w.waiting--
 		}
 	}
-	if queued {
+	if queued && (!in[qLazy] || s.idx[qLazy] == 0) {
+		// run sleeps until the first lazy refresh falls due: a lazy one
+		// wakes it only when it becomes that first one, so a lone queen's
+		// unchanged beats cost no wake of run each.
+		w.signals++
 		w.cond.Signal()
 	}
 }

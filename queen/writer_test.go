@@ -210,6 +210,36 @@ func TestLazyRefresh(t *testing.T) {
 	}
 }
 
+// TestLazyRefreshNoWake: an unchanged beat whose refresh is not the first
+// to fall due does not wake the writer's goroutine (it sleeps until the
+// first one is due); a change, or a refresh that becomes the first, does.
+func TestLazyRefreshNoWake(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	const now = 10_000
+	liveSlot(w, "first", now+50_000)
+	liveSlot(w, "second", now+60_000)
+	w.put(lazyOp("first", "i", 2, now, wire.StatusReady))
+	w.put(lazyOp("second", "i", 2, now, wire.StatusReady))
+	before := w.signals
+	for seq := uint64(3); seq < 13; seq++ {
+		w.put(lazyOp("second", "i", seq, now+int64(seq), wire.StatusReady))
+	}
+	if w.signals != before {
+		t.Fatalf("10 unchanged beats of a refresh not first due woke the writer %d times", w.signals-before)
+	}
+	if st := w.stats(); st.Refreshes != 2 || st.Backlog != 0 {
+		t.Fatalf("refreshes %d, backlog %d: want 2 and 0", st.Refreshes, st.Backlog)
+	}
+	w.put(lazyOp("first", "i", 3, now+20, wire.StatusReady))
+	if w.signals != before+1 {
+		t.Fatalf("a beat of the first refresh due: %d wakes, want 1", w.signals-before)
+	}
+	w.put(lazyOp("second", "i", 13, now+30, wire.StatusBusy))
+	if w.signals != before+2 {
+		t.Fatalf("a change: %d wakes in all, want 2", w.signals-before)
+	}
+}
+
 // lazyOp is a worker beat with the default TTL (90 s), refreshed lazily.
 func lazyOp(key, inst string, seq uint64, acceptedMs int64, status wire.Status) *op {
 	o := beatOp(key, inst, seq, acceptedMs, status)
