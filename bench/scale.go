@@ -529,7 +529,7 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	}
 	a, err := sys.read(js)
 	if err != nil {
-		return r, err
+		return r, cmp.Or(sys.exited(), err) // a process ended: say why
 	}
 	genCPU, _ := harness.CPUTime(gen.Pid())
 	o.logf("scale %d workers: holding %s", n, hold)
@@ -567,7 +567,7 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	}
 	b, err := sys.read(js)
 	if err != nil {
-		return r, err
+		return r, cmp.Or(sys.exited(), err)
 	}
 	if c, err := harness.CPUTime(gen.Pid()); err == nil {
 		r.Generator.Cores = (c - genCPU).Seconds() / b.at.Sub(a.at).Seconds()

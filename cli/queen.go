@@ -367,11 +367,54 @@ func (f *queenFlags) brokerConfig(log *slog.Logger) (embedded.Config, error) {
 // GOGC is set: the embedded broker and the queen share one heap, and under
 // overload the collector took CPU the registry writes needed (RELIABILITY.md,
 // the overload case). The live heap grows with keys, not with the beat rate,
-// so memory stays bounded; it is about twice the live heap instead of once.
+// so memory stays bounded; it is about three times the live heap instead of
+// twice, up to the soft memory limit (queenMemoryLimit).
 const queenGCPercent = 200
+
+// queenMemoryShare is the share of the machine's memory (or of its cgroup's
+// limit, if lower) the queen's heap may reach before the collector works
+// harder, unless GOMEMLIMIT is set: with a large registry, three times the
+// live heap would otherwise pass what the machine has (BENCHMARKS.md §3).
+const queenMemoryShare = 0.5
 
 func queenGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(queenGCPercent)
 	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		if total := memoryAvailable(); total > 0 {
+			debug.SetMemoryLimit(int64(float64(total) * queenMemoryShare))
+		}
+	}
+}
+
+// memoryAvailable returns the machine's memory (MemTotal), or its cgroup's
+// limit (cgroup v2 memory.max) if lower; 0 if neither can be read.
+func memoryAvailable() int64 {
+	var total int64
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		total = meminfoTotal(string(b))
+	}
+	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+		if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 && (total == 0 || v < total) {
+			total = v
+		}
+	}
+	return total
+}
+
+// meminfoTotal returns MemTotal of /proc/meminfo's text in bytes, 0 if absent.
+func meminfoTotal(meminfo string) int64 {
+	for line := range strings.Lines(meminfo) {
+		rest, ok := strings.CutPrefix(line, "MemTotal:")
+		if !ok {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		if err != nil {
+			return 0
+		}
+		return kb << 10
+	}
+	return 0
 }

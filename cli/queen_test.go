@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +122,34 @@ func TestQueenPprof(t *testing.T) {
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out.String())
+	}
+}
+
+// TestQueenMemoryLimit: unless GOMEMLIMIT is set, the queen's heap has a
+// soft limit of half the machine's memory; MemTotal is read in bytes.
+func TestQueenMemoryLimit(t *testing.T) {
+	if got := meminfoTotal("MemFree: 5 kB\nMemTotal:       24683784 kB\n"); got != 24683784<<10 {
+		t.Fatalf("MemTotal: %d", got)
+	}
+	if got := meminfoTotal("MemTotal: lots\n"); got != 0 {
+		t.Fatalf("bad MemTotal read as %d", got)
+	}
+	prevGC, prevLimit := debug.SetGCPercent(100), debug.SetMemoryLimit(-1)
+	defer func() { debug.SetGCPercent(prevGC); debug.SetMemoryLimit(prevLimit) }()
+	t.Setenv("GOGC", "")
+	t.Setenv("GOMEMLIMIT", "")
+	total := memoryAvailable()
+	if total <= 0 {
+		t.Skip("no /proc/meminfo here")
+	}
+	queenGC()
+	if got, want := debug.SetMemoryLimit(-1), int64(float64(total)*queenMemoryShare); got != want {
+		t.Fatalf("memory limit %d, want %d (half of %d)", got, want, total)
+	}
+	debug.SetMemoryLimit(prevLimit)
+	t.Setenv("GOMEMLIMIT", "1GiB")
+	queenGC()
+	if got := debug.SetMemoryLimit(-1); got != prevLimit {
+		t.Fatalf("GOMEMLIMIT set, yet the queen changed the limit to %d", got)
 	}
 }
