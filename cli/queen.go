@@ -375,7 +375,9 @@ const queenGCPercent = 200
 // limit, if lower) the queen's heap may reach before the collector works
 // harder, unless GOMEMLIMIT is set: with a large registry, three times the
 // live heap would otherwise pass what the machine has (BENCHMARKS.md §3).
-const queenMemoryShare = 0.5
+// The rest is left to what runs beside it: a broker of its own, the page
+// cache of the JetStream store.
+const queenMemoryShare = 0.4
 
 func queenGC() {
 	if os.Getenv("GOGC") == "" {

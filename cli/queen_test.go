@@ -126,7 +126,7 @@ func TestQueenPprof(t *testing.T) {
 }
 
 // TestQueenMemoryLimit: unless GOMEMLIMIT is set, the queen's heap has a
-// soft limit of half the machine's memory; MemTotal is read in bytes.
+// soft limit of two fifths of the machine's memory; MemTotal is read in bytes.
 func TestQueenMemoryLimit(t *testing.T) {
 	if got := meminfoTotal("MemFree: 5 kB\nMemTotal:       24683784 kB\n"); got != 24683784<<10 {
 		t.Fatalf("MemTotal: %d", got)
@@ -144,7 +144,7 @@ func TestQueenMemoryLimit(t *testing.T) {
 	}
 	queenGC()
 	if got, want := debug.SetMemoryLimit(-1), int64(float64(total)*queenMemoryShare); got != want {
-		t.Fatalf("memory limit %d, want %d (half of %d)", got, want, total)
+		t.Fatalf("memory limit %d, want %d (two fifths of %d)", got, want, total)
 	}
 	debug.SetMemoryLimit(prevLimit)
 	t.Setenv("GOMEMLIMIT", "1GiB")
