@@ -262,3 +262,26 @@ func TestStopDrains(t *testing.T) {
 		t.Fatalf("after Stop %d of %d workers are still present, and %d beats were counted as dropped", present, n, dropped)
 	}
 }
+
+// TestMirrorSharesWrittenEntry: the registry mirror holds the entry this
+// queen wrote, not a decoded copy of it, whether the watch delivers the
+// write before or after the store's acknowledgement comes.
+func TestMirrorSharesWrittenEntry(t *testing.T) {
+	srv := testutil.Server(t)
+	q := startTestQueen(t, srv.ClientURL(), testConfig(t))
+	for seq := uint64(1); seq <= 5; seq++ {
+		o := condBeat("i1", seq, "")
+		o.worker.Status = []wire.Status{wire.StatusReady, wire.StatusBusy}[seq%2] // a change: written at once
+		written(t, q, o)
+		_, rev := storedAs(t, q)
+		testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			if _, r, ok := q.Registry().Worker("h.w"); !ok || r != rev {
+				return fmt.Errorf("mirror at revision %d (present %v), want %d", r, ok, rev)
+			}
+			return nil
+		})
+		if e, _, _ := q.Registry().Worker("h.w"); e != o.worker {
+			t.Fatalf("seq %d: the mirror holds a decoded copy (seq %d) of the entry this queen wrote", seq, e.Seq)
+		}
+	}
+}

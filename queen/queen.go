@@ -215,7 +215,7 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 	}
 
 	watcher, err := registry.Watch(runCtx, js, registry.Config{
-		Scheme: q.scheme, OnEvent: q.onEvent, Refreshes: true, Logger: q.log,
+		Scheme: q.scheme, OnEvent: q.onEvent, Refreshes: true, Logger: q.log, Known: q.w.known,
 	})
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package queen
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -117,7 +118,8 @@ type slot struct {
 	raw      *nats.Msg
 	rawAtMs  int64
 	inflight *op
-	last     *op // last op the store acknowledged (not a delete)
+	sent     []byte // the bytes of inflight's value as sent; nil for a delete or none
+	last     *op    // last op the store acknowledged (not a delete)
 	// stored is the newest message of the key's subject this queen knows
 	// (a value, a goodbye's DEL, an expiry's marker), from its own
 	// acknowledgements, the registry mirror and watch, and re-reads. Every
@@ -404,6 +406,39 @@ func (w *writer) setMirror(f func(kind subjects.Kind, key string) (stored, *wire
 	w.mu.Unlock()
 }
 
+// known returns the entry of key this queen wrote as value: the write in
+// flight, if its bytes are value's (the watch often delivers a write before
+// its acknowledgement comes), or the last write the store acknowledged, if
+// it is revision rev. Else nil. The registry mirror shares it
+// (registry.Config.Known) rather than decode the put again. A written op's
+// entry is never modified (a mark clones it).
+func (w *writer) known(kind subjects.Kind, key string, rev uint64, value []byte) any {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.slots[w.subjectOf(kind, key)]
+	if s == nil {
+		return nil
+	}
+	var o *op
+	switch {
+	case s.inflight != nil && s.sent != nil && bytes.Equal(s.sent, value):
+		o = s.inflight
+	case s.last != nil && s.stored.rev == rev && s.stored.is(s.last):
+		o = s.last
+	default:
+		return nil
+	}
+	switch {
+	case o.worker != nil:
+		return o.worker
+	case o.hive != nil:
+		return o.hive
+	case o.queen != nil:
+		return o.queen
+	}
+	return nil
+}
+
 // subjectOf returns the KV subject of key: "$KV.<bucket>.<key>" (ADR-8).
 func (w *writer) subjectOf(kind subjects.Kind, key string) string { return w.buckets[kind] + key }
 
@@ -678,7 +713,7 @@ func (w *writer) run() {
 		}
 		msg, ok := w.build(s, o, lazy)
 		if ok {
-			w.inflight[msg] = s
+			w.inflight[msg], s.sent = s, msg.Data
 		} else {
 			s.inflight = nil
 			w.finish(s) // a shed write may be the last one a Stop waits for
@@ -778,7 +813,7 @@ func (w *writer) complete(msg *nats.Msg) (*slot, *op) {
 	}
 	delete(w.inflight, msg)
 	o := s.inflight
-	s.inflight = nil
+	s.inflight, s.sent = nil, nil
 	return s, o
 }
 

@@ -84,6 +84,14 @@ type Config struct {
 	Refreshes bool
 	// Logger receives undecodable values (rate-limited); nil discards.
 	Logger *slog.Logger
+	// Known, if set, returns the decoded value of a put the caller already
+	// holds: what value (key's value at revision rev) decodes to, as a
+	// *wire.WorkerEntry, *wire.HiveEntry or *wire.QueenEntry (as kind), or
+	// nil. The watcher then mirrors that value instead of decoding the put,
+	// so a queen's own writes are neither decoded twice nor held twice. The
+	// value is shared: no one may modify it. Called without the watcher's
+	// locks held.
+	Known func(kind subjects.Kind, key string, rev uint64, value []byte) any
 }
 
 // Watcher mirrors the registry buckets and emits events. Its methods may be
@@ -277,11 +285,20 @@ func (w *Watcher) apply(kind subjects.Kind, e Change) {
 		}
 		return
 	}
-	var err error
+	var (
+		err   error
+		known any
+	)
+	if w.cfg.Known != nil {
+		known = w.cfg.Known(kind, e.Key, e.Revision, e.Value)
+	}
 	switch kind {
 	case subjects.KindWorker:
-		var v *wire.WorkerEntry
-		if v, err = wire.DecodeWorkerEntry(e.Value); err == nil {
+		v, _ := known.(*wire.WorkerEntry)
+		if v == nil {
+			v, err = wire.DecodeWorkerEntry(e.Value)
+		}
+		if err == nil {
 			w.mu.Lock()
 			prev := w.workers[e.Key]
 			w.workers[e.Key] = &item[wire.WorkerEntry]{v, e.Revision}
@@ -294,8 +311,11 @@ func (w *Watcher) apply(kind subjects.Kind, e Change) {
 			}
 		}
 	case subjects.KindHive:
-		var v *wire.HiveEntry
-		if v, err = wire.DecodeHiveEntry(e.Value); err == nil {
+		v, _ := known.(*wire.HiveEntry)
+		if v == nil {
+			v, err = wire.DecodeHiveEntry(e.Value)
+		}
+		if err == nil {
 			w.mu.Lock()
 			prev := w.hives[e.Key]
 			w.hives[e.Key] = &item[wire.HiveEntry]{v, e.Revision}
@@ -308,8 +328,11 @@ func (w *Watcher) apply(kind subjects.Kind, e Change) {
 			}
 		}
 	case subjects.KindQueen:
-		var v *wire.QueenEntry
-		if v, err = wire.DecodeQueenEntry(e.Value); err == nil {
+		v, _ := known.(*wire.QueenEntry)
+		if v == nil {
+			v, err = wire.DecodeQueenEntry(e.Value)
+		}
+		if err == nil {
 			w.mu.Lock()
 			prev := w.queens[e.Key]
 			w.queens[e.Key] = &item[wire.QueenEntry]{v, e.Revision}

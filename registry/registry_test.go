@@ -235,3 +235,54 @@ func TestEventsOneAtATime(t *testing.T) {
 		t.Fatalf("OnEvent entered concurrently %d times", o)
 	}
 }
+
+// TestKnownShared: a put whose decoded value Config.Known returns is
+// mirrored as that value, not decoded again; other puts are decoded.
+func TestKnownShared(t *testing.T) {
+	js, wkv, _ := buckets(t)
+	ctx := t.Context()
+	var (
+		mu        sync.Mutex
+		sharedRev uint64
+	)
+	shared := &wire.WorkerEntry{Worker: wire.Worker{Meta: wire.Meta{InstanceID: "shared", Seq: 9}, HiveID: "h", WorkerID: "w"}}
+	w, err := registry.Watch(ctx, js, registry.Config{Scheme: subjects.Default(),
+		Known: func(kind subjects.Kind, key string, rev uint64, _ []byte) any {
+			mu.Lock()
+			defer mu.Unlock()
+			if kind == subjects.KindWorker && key == "h.w" && rev == sharedRev {
+				return shared
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	if err := w.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock() // the put's revision is known before the watch can deliver it
+	rev, err := wkv.Put(ctx, "h.w", workerValue(t, "stored", 1, wire.StatusReady, ""))
+	sharedRev = rev
+	mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wkv.Put(ctx, "h.other", workerValue(t, "stored", 1, wire.StatusReady, "")); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, func() error {
+		e, r, ok := w.Worker("h.w")
+		if !ok || r != rev {
+			return fmt.Errorf("h.w: present %v at %d, want revision %d", ok, r, rev)
+		}
+		if e != shared {
+			return fmt.Errorf("h.w mirrored as a decoded copy (instance %q), not the known value", e.InstanceID)
+		}
+		if o, _, ok := w.Worker("h.other"); !ok || o.InstanceID != "stored" {
+			return fmt.Errorf("h.other: %v %+v", ok, o)
+		}
+		return nil
+	})
+}
