@@ -28,6 +28,9 @@ func TestFleetPatch(t *testing.T) {
 		if w.Seq != seqOf(uint64(i)+3) || w.SentAtMs != sentAtBase+int64(i) || jw.Seq != w.Seq || jw.SentAtMs != w.SentAtMs {
 			t.Errorf("worker %d: msgpack seq %d sent %d, JSON seq %d sent %d", i, w.Seq, w.SentAtMs, jw.Seq, jw.SentAtMs)
 		}
+		if w.SlotsBusy != busyOf(i, uint64(i)+3) || jw.SlotsBusy != w.SlotsBusy || busyOf(i, uint64(i)+4) == w.SlotsBusy {
+			t.Errorf("worker %d: slots_busy %d (JSON %d), want %d, another the next round", i, w.SlotsBusy, jw.SlotsBusy, busyOf(i, uint64(i)+3))
+		}
 		if w.HiveID+"."+w.WorkerID != f.keys[i] {
 			t.Errorf("worker %d: key %s.%s, fleet says %s", i, w.HiveID, w.WorkerID, f.keys[i])
 		}

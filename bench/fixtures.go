@@ -79,8 +79,8 @@ func sampleHive() wire.Hive {
 }
 
 // fleet is n fixture workers with their subjects and payloads in both
-// encodings, patched in place per round (seq and sent_at_ms), so that every
-// beat is fresh without being encoded again.
+// encodings, patched in place per round (seq, sent_at_ms and slots_busy),
+// so that every beat is fresh and a change without being encoded again.
 type fleet struct {
 	n        int
 	subjects []string // rbee.hb.worker.<hive>.<worker>
@@ -88,8 +88,10 @@ type fleet struct {
 	keys     []string
 	mp, js   [][]byte
 	// Where seq and sent_at_ms sit in each payload, and how wide the
-	// msgpack integers are (4 or 8 bytes).
+	// msgpack integers are (4 or 8 bytes); where slots_busy's one byte
+	// (a msgpack fixint, a JSON digit) sits.
 	mpSeq, mpSent, jsSeq, jsSent []int
+	mpBusy, jsBusy               []int
 	seqW, sentW                  int
 	header                       nats.Header
 }
@@ -116,6 +118,11 @@ func newFleet(n int) (*fleet, error) {
 		if seqW == 0 || sentW == 0 || jsSeq < 0 || jsSent < 0 || f.seqW != 0 && (seqW != f.seqW || sentW != f.sentW) {
 			return nil, fmt.Errorf("fixture %d: seq or sent_at_ms not in a fixed-width form", i)
 		}
+		mpBusy, jsBusy := bytes.Index(mp, []byte("\xaaslots_busy")), bytes.Index(js, []byte(`"slots_busy":`))
+		if mpBusy < 0 || jsBusy < 0 || mp[mpBusy+11] > 7 || js[jsBusy+13] < '0' || js[jsBusy+13] > '7' {
+			return nil, fmt.Errorf("fixture %d: slots_busy not one byte", i)
+		}
+		f.mpBusy, f.jsBusy = append(f.mpBusy, mpBusy+11), append(f.jsBusy, jsBusy+13)
 		f.seqW, f.sentW = seqW, sentW
 		f.subjects = append(f.subjects, s.Worker(w.HiveID, w.WorkerID))
 		f.kvSubj = append(f.kvSubj, "$KV."+s.WorkersBucket()+"."+key)
@@ -147,8 +154,15 @@ func intAt(mp []byte, k string) (int, int) {
 // seqOf returns the seq of round r.
 func seqOf(r uint64) uint64 { return seqBase + r }
 
-// patch sets worker i's payloads to round r sent at sentAtMs.
+// busyOf returns worker i's slots_busy in round r: another in every round.
+func busyOf(i int, r uint64) int { return int((uint64(i) + r) % 8) }
+
+// patch sets worker i's payloads to round r sent at sentAtMs, with the
+// round's slots_busy, so that each round's beat changes what a reader sees.
 func (f *fleet) patch(i int, r uint64, sentAtMs int64) {
+	busy := byte(busyOf(i, r))
+	f.mp[i][f.mpBusy[i]] = busy
+	f.js[i][f.jsBusy[i]] = '0' + busy
 	putInt(f.mp[i][f.mpSeq[i]:], f.seqW, seqOf(r))
 	putInt(f.mp[i][f.mpSent[i]:], f.sentW, uint64(sentAtMs))
 	putDigits(f.js[i][f.jsSeq[i]:f.jsSeq[i]+10], seqOf(r))

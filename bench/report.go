@@ -100,8 +100,10 @@ func ingestSection(p func(string, ...any), res *results) {
 	r0 := res.Ingest[0]
 	p("## 1. Ingest\n\n")
 	p("Beats per second: median of %v timed trials (min–max), each of %d beats, after one warm-up beat per worker.\n", res.Settings["trials"], r0.Beats)
-	p("Every system gets the same pre-encoded worker beats (`wire.Marshal`, %.0f B; seq and sent_at_ms patched in place\n", r0.PayloadBytes)
-	p("each round, so every beat is fresh, at a 30 s interval: TTL 90 s) from one generator goroutine on its own\n")
+	p("Every system gets the same pre-encoded worker beats (`wire.Marshal`, %.0f B; seq, sent_at_ms and slots_busy\n", r0.PayloadBytes)
+	p("patched in place each round, so every beat is fresh and changes what a reader sees, and a lone queen, which\n")
+	p("writes unchanged beats only as a refresh before the entry is due, writes every one; at a 30 s interval: TTL\n")
+	p("90 s) from one generator goroutine on its own\n")
 	p("connection, never more than %v beats ahead of what the system has handled. Each system runs on a fresh broker.\n\n", res.Settings["generator_window"])
 	rows := []struct {
 		name string
