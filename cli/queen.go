@@ -368,7 +368,7 @@ func (f *queenFlags) brokerConfig(log *slog.Logger) (embedded.Config, error) {
 // overload the collector took CPU the registry writes needed (RELIABILITY.md,
 // the overload case). The live heap grows with keys, not with the beat rate,
 // so memory stays bounded; it is about three times the live heap instead of
-// twice, up to the soft memory limit (queenMemoryLimit).
+// twice, up to the soft memory limit (queenMemoryShare).
 const queenGCPercent = 200
 
 // queenMemoryShare is the share of the machine's memory (or of its cgroup's

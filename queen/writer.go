@@ -545,6 +545,7 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 		if s.pend.conn != conn {
 			return // a beat from another connection: alive
 		}
+		s.pend = own(s.pend) // a retried write's entry may be the mirror's (known)
 		setDisconnected(s.pend, nowMs)
 	case s.inflight != nil:
 		if s.inflight.conn != conn || s.inflight.del {
@@ -571,14 +572,11 @@ func setDisconnected(o *op, nowMs int64) {
 	}
 }
 
-// cloneMark returns a mark op carrying a copy of o's entry, marked
-// disconnected, that keeps o's expiry.
-func cloneMark(o *op, nowMs int64) *op {
+// own returns a copy of o with a copy of its entry, to modify: an entry
+// once sent may be shared with the registry mirror (known), and no one may
+// modify it.
+func own(o *op) *op {
 	c := *o
-	c.mark, c.attempts = true, 0
-	if c.expiresMs == 0 {
-		c.expiresMs = o.acceptedMs + o.ttlMs
-	}
 	switch {
 	case o.worker != nil:
 		e := *o.worker
@@ -590,8 +588,19 @@ func cloneMark(o *op, nowMs int64) *op {
 		e := *o.queen
 		c.queen = &e
 	}
-	setDisconnected(&c, nowMs)
 	return &c
+}
+
+// cloneMark returns a mark op carrying a copy of o's entry, marked
+// disconnected, that keeps o's expiry.
+func cloneMark(o *op, nowMs int64) *op {
+	c := own(o)
+	c.mark, c.attempts = true, 0
+	if c.expiresMs == 0 {
+		c.expiresMs = o.acceptedMs + o.ttlMs
+	}
+	setDisconnected(c, nowMs)
+	return c
 }
 
 func newSlot(kind subjects.Kind, key, subject string) *slot {

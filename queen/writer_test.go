@@ -398,3 +398,22 @@ func TestStallOnMonotonicClock(t *testing.T) {
 		t.Fatal("a wall-clock step was taken for a stopped queen: registry disrupted")
 	}
 }
+
+// TestMarkCopiesSharedEntry: a disconnected mark on a waiting beat marks a
+// copy of its entry: the waiting beat may be a retried write whose entry the
+// registry mirror already shares (known), and that one must not change.
+func TestMarkCopiesSharedEntry(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	o := beatOp("k", "i", 2, 1000, wire.StatusReady)
+	o.conn = "c1"
+	shared := o.worker
+	w.put(o)
+	w.mark(subjects.KindWorker, "k", "c1", nil, 0, 2000)
+	s := w.slots["$KV.w.k"]
+	if shared.Liveness != "" {
+		t.Fatalf("the mark changed the shared entry in place: liveness %q", shared.Liveness)
+	}
+	if s.pend == nil || s.pend.worker == shared || s.pend.worker.Liveness != wire.LivenessDisconnected {
+		t.Fatalf("waiting write not marked on a copy: %+v", s.pend)
+	}
+}
