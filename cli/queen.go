@@ -21,6 +21,7 @@ import (
 	"github.com/rbee/heartbeat/natsconn"
 	"github.com/rbee/heartbeat/queen"
 	"github.com/rbee/heartbeat/subjects"
+	"github.com/shirou/gopsutil/v4/mem"
 )
 
 type queenFlags struct {
@@ -390,12 +391,13 @@ func queenGC() {
 	}
 }
 
-// memoryAvailable returns the machine's memory (MemTotal), or its cgroup's
-// limit (cgroup v2 memory.max) if lower; 0 if neither can be read.
+// memoryAvailable returns the machine's memory (gopsutil, as the hive reads
+// it), or its cgroup's limit (cgroup v2 memory.max) if lower; 0 if neither
+// can be read.
 func memoryAvailable() int64 {
 	var total int64
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		total = meminfoTotal(string(b))
+	if vm, err := mem.VirtualMemory(); err == nil {
+		total = int64(vm.Total)
 	}
 	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
 		if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 && (total == 0 || v < total) {
@@ -403,20 +405,4 @@ func memoryAvailable() int64 {
 		}
 	}
 	return total
-}
-
-// meminfoTotal returns MemTotal of /proc/meminfo's text in bytes, 0 if absent.
-func meminfoTotal(meminfo string) int64 {
-	for line := range strings.Lines(meminfo) {
-		rest, ok := strings.CutPrefix(line, "MemTotal:")
-		if !ok {
-			continue
-		}
-		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		if err != nil {
-			return 0
-		}
-		return kb << 10
-	}
-	return 0
 }

@@ -126,21 +126,15 @@ func TestQueenPprof(t *testing.T) {
 }
 
 // TestQueenMemoryLimit: unless GOMEMLIMIT is set, the queen's heap has a
-// soft limit of two fifths of the machine's memory; MemTotal is read in bytes.
+// soft limit of two fifths of the machine's memory.
 func TestQueenMemoryLimit(t *testing.T) {
-	if got := meminfoTotal("MemFree: 5 kB\nMemTotal:       24683784 kB\n"); got != 24683784<<10 {
-		t.Fatalf("MemTotal: %d", got)
-	}
-	if got := meminfoTotal("MemTotal: lots\n"); got != 0 {
-		t.Fatalf("bad MemTotal read as %d", got)
-	}
 	prevGC, prevLimit := debug.SetGCPercent(100), debug.SetMemoryLimit(-1)
 	defer func() { debug.SetGCPercent(prevGC); debug.SetMemoryLimit(prevLimit) }()
 	t.Setenv("GOGC", "")
 	t.Setenv("GOMEMLIMIT", "")
 	total := memoryAvailable()
 	if total <= 0 {
-		t.Skip("no /proc/meminfo here")
+		t.Fatal("the machine's memory cannot be read")
 	}
 	queenGC()
 	if got, want := debug.SetMemoryLimit(-1), int64(float64(total)*queenMemoryShare); got != want {

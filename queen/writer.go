@@ -545,8 +545,7 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 		if s.pend.conn != conn {
 			return // a beat from another connection: alive
 		}
-		s.pend = own(s.pend) // a retried write's entry may be the mirror's (known)
-		setDisconnected(s.pend, nowMs)
+		s.pend = disconnected(s.pend, nowMs)
 	case s.inflight != nil:
 		if s.inflight.conn != conn || s.inflight.del {
 			return
@@ -566,16 +565,10 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 	w.schedule(s)
 }
 
-func setDisconnected(o *op, nowMs int64) {
-	if r := o.received(); r != nil && r.Liveness != wire.LivenessDisconnected {
-		r.Liveness, r.LivenessSinceMs = wire.LivenessDisconnected, nowMs
-	}
-}
-
-// own returns a copy of o with a copy of its entry, to modify: an entry
-// once sent may be shared with the registry mirror (known), and no one may
-// modify it.
-func own(o *op) *op {
+// disconnected returns a copy of o whose entry, a copy too, is marked
+// disconnected. Entries are never modified in place: one sent may be shared
+// with the registry mirror (known).
+func disconnected(o *op, nowMs int64) *op {
 	c := *o
 	switch {
 	case o.worker != nil:
@@ -588,18 +581,20 @@ func own(o *op) *op {
 		e := *o.queen
 		c.queen = &e
 	}
+	if r := c.received(); r != nil && r.Liveness != wire.LivenessDisconnected {
+		r.Liveness, r.LivenessSinceMs = wire.LivenessDisconnected, nowMs
+	}
 	return &c
 }
 
 // cloneMark returns a mark op carrying a copy of o's entry, marked
 // disconnected, that keeps o's expiry.
 func cloneMark(o *op, nowMs int64) *op {
-	c := own(o)
+	c := disconnected(o, nowMs)
 	c.mark, c.attempts = true, 0
 	if c.expiresMs == 0 {
 		c.expiresMs = o.acceptedMs + o.ttlMs
 	}
-	setDisconnected(c, nowMs)
 	return c
 }
 
