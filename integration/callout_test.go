@@ -461,7 +461,14 @@ func TestCalloutRevocationAcrossQueens(t *testing.T) {
 	}
 	testutil.Eventually(t, 15*time.Second, func() bool { return b.svc.Stats().Kicked == 1 },
 		"queen b ends the hive's connection on its broker (a kicked %d, b kicked %d)", a.svc.Stats().Kicked, b.svc.Stats().Kicked)
-	testutil.Eventually(t, 10*time.Second, func() bool { return !hnc.IsConnected() }, "the hive stays out")
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if hnc.IsConnected() {
+			return fmt.Errorf("the hive is connected again, to %s as %q (refused at a %v, at b %v; kicked a %d, b %d)",
+				hnc.ConnectedUrlRedacted(), embedded.ConnID(hnc), a.svc.Stats().Refused, b.svc.Stats().Refused,
+				a.svc.Stats().Kicked, b.svc.Stats().Kicked)
+		}
+		return nil
+	})
 	for _, url := range []string{a.url, b.url} {
 		if err := refusedConnect(t, url, h); !errors.Is(err, nats.ErrAuthorization) {
 			t.Fatalf("revoked hive at %s: %v", url, err)
