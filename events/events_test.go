@@ -35,7 +35,7 @@ func waitFor(t *testing.T, timeout time.Duration, check func() error) {
 	}
 }
 
-func jsOn(t *testing.T, url string) jetstream.JetStream {
+func jsOn(t testing.TB, url string) jetstream.JetStream {
 	t.Helper()
 	js, err := jetstream.New(testutil.Connect(t, url))
 	if err != nil {
@@ -44,7 +44,7 @@ func jsOn(t *testing.T, url string) jetstream.JetStream {
 	return js
 }
 
-func ensure(t *testing.T, js jetstream.JetStream, c events.StreamConfig) jetstream.Stream {
+func ensure(t testing.TB, js jetstream.JetStream, c events.StreamConfig) jetstream.Stream {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -86,7 +86,7 @@ func hiveEvent(typ registry.EventType, hive string, rev uint64) registry.Event {
 	return registry.Event{Type: typ, Kind: subjects.KindHive, Key: hive, HiveID: hive, At: time.UnixMilli(1_700_000_000_000), Revision: rev, Hive: h}
 }
 
-func streamMsgs(t *testing.T, st jetstream.Stream) uint64 {
+func streamMsgs(t testing.TB, st jetstream.Stream) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -544,4 +544,66 @@ func TestCollector(t *testing.T) {
 	if fams[0].GetName() != "rbee_events_total" || got["published"] != 1 || got["duplicate"] != 1 || got["dropped"] != 0 || got["failed"] != 0 {
 		t.Fatalf("%s %v", fams[0].GetName(), got)
 	}
+}
+
+// TestPublisherBurstInOrder hands over a burst of joins far larger than the
+// window and stops at once: Stop stores every one, in the order handed over.
+func TestPublisherBurstInOrder(t *testing.T) {
+	srv := testutil.Server(t)
+	js := jsOn(t, srv.ClientURL())
+	st := ensure(t, js, events.DefaultStreamConfig())
+	c := events.DefaultConfig("q")
+	c.Logger = testutil.Logger(t)
+	p, err := events.NewPublisher(js, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000
+	for i := range uint64(n) {
+		p.OnEvent(workerEvent(registry.Joined, "h", fmt.Sprintf("w%d", i), i+1))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p.Stop(ctx)
+	if s := p.Stats(); s.Published != n || s.Failed != 0 || s.Dropped != 0 {
+		t.Fatalf("stats %+v, want %d published", s, n)
+	}
+	if got := streamMsgs(t, st); got != n {
+		t.Fatalf("stream holds %d events, want %d", got, n)
+	}
+	for i, r := range readAll(t, js, events.Query{}) {
+		if r.Event.Revision != uint64(i+1) {
+			t.Fatalf("event %d of the stream is revision %d: out of order", i+1, r.Event.Revision)
+		}
+	}
+}
+
+// BenchmarkPublisher measures how many events a publisher stores per second
+// (an embedded server on loopback).
+func BenchmarkPublisher(b *testing.B) {
+	srv := testutil.Server(b)
+	js := jsOn(b, srv.ClientURL())
+	st := ensure(b, js, events.DefaultStreamConfig())
+	c := events.DefaultConfig("q")
+	c.Buffer = b.N + 1
+	p, err := events.NewPublisher(js, c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	if err := p.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	for i := range uint64(b.N) {
+		p.OnEvent(workerEvent(registry.Joined, "h", fmt.Sprintf("w%d", i), i+1))
+	}
+	p.Stop(context.Background())
+	b.StopTimer()
+	if s := p.Stats(); s.Published != uint64(b.N) {
+		b.Fatalf("stats %+v, want %d published", s, b.N)
+	}
+	b.ReportMetric(float64(streamMsgs(b, st))/b.Elapsed().Seconds(), "events/s")
 }

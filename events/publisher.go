@@ -79,11 +79,17 @@ type Stats struct {
 	Failed uint64
 }
 
-// Publisher publishes registry events to the event stream, one at a time in
-// the order they were handed over. Its methods may be called concurrently;
-// it keeps the lifecycle contract (package lifecycle).
+// window is how many events may await the stream's acknowledgement at
+// once: a burst of joins or expiries (a fleet starting, a partition) is
+// stored at the rate the stream takes it, not one round trip per event.
+const window = 256
+
+// Publisher publishes registry events to the event stream in the order they
+// were handed over, pipelined (an event retried after a failure may land
+// after later ones). Its methods may be called concurrently; it keeps the
+// lifecycle contract (package lifecycle).
 type Publisher struct {
-	js  jetstream.JetStream
+	js  jetstream.JetStream // its own context: asynchronous publishes, their timeout
 	cfg Config
 	log *slog.Logger
 	q   chan registry.Event
@@ -107,8 +113,13 @@ func NewPublisher(js jetstream.JetStream, cfg Config) (*Publisher, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	ajs, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncMaxPending(2*window),
+		jetstream.WithPublishAsyncTimeout(cfg.Timeout))
+	if err != nil {
+		return nil, err
+	}
 	return &Publisher{
-		js: js, cfg: cfg, log: log.With("component", "events"),
+		js: ajs, cfg: cfg, log: log.With("component", "events"),
 		q:       make(chan registry.Event, cfg.Buffer),
 		dropLog: rate.NewLimiter(rate.Every(5*time.Second), 1),
 	}, nil
@@ -178,9 +189,26 @@ func (p *Publisher) Stats() Stats {
 	}
 }
 
+// sent is an event awaiting its acknowledgement.
+type sent struct {
+	msg *nats.Msg
+	f   jetstream.PubAckFuture
+}
+
 func (p *Publisher) run(ctx context.Context, done, stopping chan struct{}) {
 	defer close(done)
+	var win []sent
+	defer func() { p.abandon(win) }()
 	for {
+		var ok <-chan *jetstream.PubAck
+		var fail <-chan error
+		if len(win) > 0 {
+			ok, fail = win[0].f.Ok(), win[0].f.Err()
+		}
+		in := p.q
+		if len(win) >= window {
+			in = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -188,45 +216,103 @@ func (p *Publisher) run(ctx context.Context, done, stopping chan struct{}) {
 			for {
 				select {
 				case ev := <-p.q:
-					p.publish(ctx, ev)
+					win = p.send(ctx, win, ev)
+					continue
 				default:
-					return
 				}
+				break
 			}
-		case ev := <-p.q:
-			p.publish(ctx, ev)
+			for len(win) > 0 && ctx.Err() == nil {
+				win = p.settle(ctx, win)
+			}
+			return
+		case ev := <-in:
+			win = p.send(ctx, win, ev)
+		case ack := <-ok:
+			p.stored(win[0].msg, ack)
+			win = win[1:]
+		case err := <-fail:
+			p.retry(ctx, win[0].msg, err)
+			win = win[1:]
 		}
 	}
 }
 
-func (p *Publisher) publish(ctx context.Context, ev registry.Event) {
+// send publishes ev asynchronously, settling the oldest event first while
+// the window is full.
+func (p *Publisher) send(ctx context.Context, win []sent, ev registry.Event) []sent {
 	msg, err := Message(p.cfg.Scheme, p.cfg.QueenID, ev)
 	if err != nil {
 		p.failed.Add(1)
 		p.log.Error("encode event", "key", ev.Key, "event", ev.Type, "err", err)
+		return win
+	}
+	for len(win) >= window && ctx.Err() == nil {
+		win = p.settle(ctx, win)
+	}
+	f, err := p.js.PublishMsgAsync(msg)
+	if err != nil {
+		p.retry(ctx, msg, err)
+		return win
+	}
+	return append(win, sent{msg, f})
+}
+
+// settle waits for the oldest event's acknowledgement (or failure, then
+// retried) and returns the window without it.
+func (p *Publisher) settle(ctx context.Context, win []sent) []sent {
+	select {
+	case ack := <-win[0].f.Ok():
+		p.stored(win[0].msg, ack)
+	case err := <-win[0].f.Err():
+		p.retry(ctx, win[0].msg, err)
+	case <-ctx.Done():
+		return win
+	}
+	return win[1:]
+}
+
+// abandon counts the events still buffered or awaiting acknowledgement when
+// the publisher stops without time to settle them.
+func (p *Publisher) abandon(win []sent) {
+	n := len(win) + len(p.q)
+	if n == 0 {
 		return
 	}
-	for attempt := 0; ; attempt++ {
-		pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
-		ack, err := p.js.PublishMsg(pctx, msg)
-		cancel()
-		if err == nil {
-			if ack.Duplicate {
-				p.duplicates.Add(1)
-			} else {
-				p.published.Add(1)
-			}
-			p.log.Debug("event stored", "subject", msg.Subject, "seq", ack.Sequence, "duplicate", ack.Duplicate)
-			return
-		}
-		if ctx.Err() != nil || attempt >= p.cfg.Retries {
+	p.failed.Add(uint64(n))
+	p.log.Warn("stopping before every event was stored", "not_stored", n)
+}
+
+func (p *Publisher) stored(msg *nats.Msg, ack *jetstream.PubAck) {
+	if ack.Duplicate {
+		p.duplicates.Add(1)
+	} else {
+		p.published.Add(1)
+	}
+	p.log.Debug("event stored", "subject", msg.Subject, "seq", ack.Sequence, "duplicate", ack.Duplicate)
+}
+
+// retry publishes msg again, synchronously, up to Config.Retries times after
+// its first attempt failed with err.
+func (p *Publisher) retry(ctx context.Context, msg *nats.Msg, err error) {
+	for attempt := 1; ; attempt++ {
+		if ctx.Err() != nil || attempt > p.cfg.Retries {
 			p.failed.Add(1)
-			p.log.Error("event not stored", "subject", msg.Subject, "attempts", attempt+1, "err", err)
+			p.log.Error("event not stored", "subject", msg.Subject, "attempts", attempt, "err", err)
 			return
 		}
 		select {
 		case <-ctx.Done():
+			continue
 		case <-time.After(p.cfg.RetryWait):
+		}
+		pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+		var ack *jetstream.PubAck
+		ack, err = p.js.PublishMsg(pctx, msg)
+		cancel()
+		if err == nil {
+			p.stored(msg, ack)
+			return
 		}
 	}
 }
