@@ -365,8 +365,46 @@ func TestQueenLeaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if op := m.Header.Get("KV-Operation"); op != "DEL" {
-		t.Fatalf("the stopped queen's last entry: KV-Operation %q, want DEL (left); headers %v", op, m.Header)
+	if op, inst := m.Header.Get("KV-Operation"), m.Header.Get(HeaderInstance); op != "DEL" || inst == "" {
+		t.Fatalf("the stopped queen's last entry: KV-Operation %q, instance %q; want a DEL naming the instance that left; headers %v",
+			op, inst, m.Header)
+	}
+}
+
+// TestQueenLeaveNamesInstance: a queen's own delete of its entry (the path
+// taken when no queen writes its goodbye beat) is conditional and names the
+// instance that left, so another queen's reserve cannot write an older beat
+// of it back.
+func TestQueenLeaveNamesInstance(t *testing.T) {
+	srv := testutil.Server(t)
+	cfg := testConfig(t)
+	cfg.QueenID = "q-leave"
+	q, err := New(testutil.Connect(t, srv.ClientURL()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Stop(context.Background()) })
+	js, err := jetstream.New(testutil.Connect(t, srv.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		_, err := lastMsg(js, "rbee_queens", "q-leave")
+		return err
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q.leave(ctx)
+	m, err := lastMsg(js, "rbee_queens", "q-leave")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op, inst := m.Header.Get("KV-Operation"), m.Header.Get(HeaderInstance); op != "DEL" || inst != q.self.InstanceID() ||
+		m.Header.Get(jetstream.ExpectedLastSubjSeqHeader) == "" {
+		t.Fatalf("leave wrote %v; want a conditional DEL naming instance %s", m.Header, q.self.InstanceID())
 	}
 }
 

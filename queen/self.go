@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rbee/heartbeat/publisher"
+	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
 
@@ -32,22 +36,33 @@ func (q *Queen) newSelfPublisher() (*publisher.Publisher[*wire.Queen], error) {
 
 // leave deletes this queen's own entry in the queens bucket once it has
 // stopped: the goodbye of a queen, so that consumers see it left, not
-// expired, even when no queen is left to write its goodbye beat. An entry
-// already gone (the goodbye beat was written) is left alone.
+// expired, even when no queen is left to write its goodbye beat. Like every
+// registry write it is conditional on the revision read, and its DEL names
+// the instance that left, so no other queen writes an older beat of it over
+// the DEL. An entry already gone (the goodbye beat was written), or another
+// instance's, is left alone.
 func (q *Queen) leave(ctx context.Context) {
 	q.mu.Lock()
 	js := q.js
 	q.mu.Unlock()
-	if js == nil || !q.nc.IsConnected() {
+	if js == nil || q.self == nil || !q.nc.IsConnected() {
 		return
 	}
 	kv, err := js.KeyValue(ctx, q.scheme.QueensBucket())
 	if err == nil {
-		if _, err = kv.Get(ctx, q.cfg.QueenID); err == nil {
-			err = kv.Delete(ctx, q.cfg.QueenID)
+		var e jetstream.KeyValueEntry
+		if e, err = kv.Get(ctx, q.cfg.QueenID); err == nil {
+			if inst, _, _, _ := storedIdent(subjects.KindQueen, e.Value()); inst != q.self.InstanceID() {
+				return
+			}
+			msg := nats.NewMsg(q.w.subjectOf(subjects.KindQueen, q.cfg.QueenID))
+			msg.Header.Set(kvOperation, "DEL")
+			msg.Header.Set(HeaderInstance, q.self.InstanceID())
+			msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.Revision(), 10))
+			_, err = js.PublishMsg(ctx, msg)
 		}
 	}
-	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
 		q.log.Warn("queen entry not deleted: it expires instead", "bucket", q.scheme.QueensBucket(), "err", err)
 	}
 }
