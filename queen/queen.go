@@ -83,7 +83,7 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		subjects.KindHive:   "$KV." + scheme.HivesBucket() + ".",
 		subjects.KindQueen:  "$KV." + scheme.QueensBucket() + ".",
 	})
-	q.w.decode = func(msg *nats.Msg, atMs int64) *op { return q.decode(msg, atMs, false) }
+	q.w.decode = q.decode
 	return q, nil
 }
 
@@ -422,12 +422,14 @@ func (q *Queen) take(msg *nats.Msg, now int64) {
 			return
 		}
 	}
-	q.decode(msg, now, true)
+	if o := q.decode(msg, now); o != nil {
+		q.w.put(o)
+	}
 }
 
-// decode decodes and admits a beat that arrived at nowMs: its registry
-// write, queued with put, or nil if it was refused (counted and logged).
-func (q *Queen) decode(msg *nats.Msg, nowMs int64, put bool) *op {
+// decode decodes and admits a beat that arrived at nowMs: the registry write
+// to queue, or nil if it was refused (counted and logged).
+func (q *Queen) decode(msg *nats.Msg, nowMs int64) *op {
 	hb, err := subscriber.Decode(q.scheme, msg)
 	if err != nil {
 		var re *subscriber.RejectError
@@ -436,7 +438,7 @@ func (q *Queen) decode(msg *nats.Msg, nowMs int64, put bool) *op {
 		}
 		return nil
 	}
-	return q.admit(hb, nowMs, put)
+	return q.admit(hb, nowMs)
 }
 
 // reasons maps admit's refusals to rejection reasons.
@@ -447,9 +449,8 @@ var reasons = map[string]subscriber.Reason{
 }
 
 // admit applies a decoded heartbeat that arrived at now: TTL, freshness and
-// conflicts. It returns the registry write, queued with put, or nil if
-// refused.
-func (q *Queen) admit(hb *subscriber.Heartbeat, now int64, put bool) *op {
+// conflicts. It returns the registry write to queue, or nil if refused.
+func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	m := hb.Meta()
 	kind, key := hb.Addr.Kind, keyOf(hb.Addr)
 	ttlMs := q.cfg.ttlMs(m.IntervalMs)
@@ -466,21 +467,7 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64, put bool) *op {
 		busy = hb.Worker.SlotsBusy > 0 || hb.Worker.Status == wire.StatusBusy
 		progress = hb.Worker.Progress
 	}
-	mk := func(v verdict) *op {
-		o := &op{kind: kind, key: key, ttlMs: ttlMs, intervalMs: m.IntervalMs, acceptedMs: now,
-			instance: m.InstanceID, seq: m.Seq, conn: m.Conn, del: hb.Goodbye}
-		switch {
-		case hb.Goodbye:
-		case kind == subjects.KindWorker:
-			o.worker = &wire.WorkerEntry{Worker: *hb.Worker, Received: v.rec}
-		case kind == subjects.KindHive:
-			o.hive = &wire.HiveEntry{Hive: *hb.Hive, Received: v.rec}
-		default:
-			o.queen = &wire.QueenEntry{Queen: *hb.Queen, Received: v.rec}
-		}
-		return o
-	}
-	v, o := q.w.accept(target{kind, key}, m, hb.Goodbye, busy, progress, now, mk, put)
+	v := q.w.admit(target{kind, key}, m, hb.Goodbye, busy, progress, now)
 	if v.reason == "superseded" {
 		q.metrics.superseded(kind)
 		return nil
@@ -499,8 +486,20 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64, put bool) *op {
 	}
 	q.metrics.accepted.WithLabelValues(string(kind)).Inc()
 	q.metrics.skew(wire.SkewMs(now, m.SentAtMs))
+	o := &op{kind: kind, key: key, ttlMs: ttlMs, intervalMs: m.IntervalMs, acceptedMs: now,
+		instance: m.InstanceID, seq: m.Seq, conn: m.Conn}
 	if hb.Goodbye {
 		q.metrics.goodbyes.WithLabelValues(string(kind)).Inc()
+		o.del = true
+		return o
+	}
+	switch kind {
+	case subjects.KindWorker:
+		o.worker = &wire.WorkerEntry{Worker: *hb.Worker, Received: v.rec}
+	case subjects.KindHive:
+		o.hive = &wire.HiveEntry{Hive: *hb.Hive, Received: v.rec}
+	default:
+		o.queen = &wire.QueenEntry{Queen: *hb.Queen, Received: v.rec}
 	}
 	return o
 }

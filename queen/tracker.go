@@ -80,30 +80,8 @@ func maxJump(elapsedMs int64) uint64 {
 // busy and progress describe a worker beat (progress nil: none sent). It
 // returns the queen-owned keys to store with the beat.
 func (w *writer) admit(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
-	v, _ := w.accept(tg, m, goodbye, busy, progress, nowMs, nil, false)
-	return v
-}
-
-// accept admits a beat as admit does and, if it is accepted, makes its
-// registry write with mk and, with put, queues it: under one hold of the
-// writer's lock, since the beat path takes it once per beat.
-func (w *writer) accept(tg target, m *wire.Meta, goodbye, busy bool, progress *uint64, nowMs int64,
-	mk func(verdict) *op, put bool) (verdict, *op) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	v := w.admitLocked(tg, m, goodbye, busy, progress, nowMs)
-	if !v.ok || mk == nil {
-		return v, nil
-	}
-	o := mk(v)
-	if put {
-		w.putLocked(o)
-	}
-	return v, o
-}
-
-// admitLocked is admit with mu held.
-func (w *writer) admitLocked(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
 	s := w.slots[w.subjectOf(tg.kind, tg.key)]
 	if s == nil || s.holder.instance == "" {
 		if goodbye {

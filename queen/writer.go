@@ -450,11 +450,6 @@ func (w *writer) subjectOf(kind subjects.Kind, key string) string { return w.buc
 func (w *writer) put(o *op) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.putLocked(o)
-}
-
-// putLocked is put with mu held.
-func (w *writer) putLocked(o *op) {
 	s := w.slotOf(o.kind, o.key)
 	var mirrored *wire.WorkerEntry
 	if s.inflight == nil && w.mirror != nil {
