@@ -30,7 +30,7 @@ var perfActivities = []activity{
 			"runtime.osyield runtime.usleep runtime.futex runtime.entersyscall runtime.exitsyscall runtime.handoffp"},
 	{"garbage collection", "runtime.gcBgMarkWorker runtime.gcAssistAlloc runtime.bgsweep runtime.bgscavenge runtime.gcStart runtime.markroot"},
 	{"socket reads and writes (syscalls)", "syscall.read syscall.write internal/poll.(*FD).Read internal/poll.(*FD).Write internal/poll.(*FD).Writev"},
-	{"queen: beat path (decode, validate, track)", "queen.(*Queen).onMsg queen.(*Queen).take queen.(*writer).admit"},
+	{"queen: beat path (decode, validate, track)", "queen.(*Queen).onMsg queen.(*Queen).take queen.(*tracker)"},
 	{"queen: writer (KV publishes)", "queen.(*writer)"},
 	{"queen: registry watch of its own buckets", "registry."},
 	{"nats.go jetstream: publish acks (JSON)", "jetstream.(*jetStream).handleAsyncReply"},

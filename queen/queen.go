@@ -31,6 +31,7 @@ type Queen struct {
 	cfg     Config
 	scheme  subjects.Scheme
 	log     *slog.Logger
+	tracker *tracker
 	metrics *metrics
 	w       *writer
 	health  *healthState
@@ -71,6 +72,7 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		cfg:       cfg,
 		scheme:    scheme,
 		log:       log,
+		tracker:   newTracker(cfg),
 		metrics:   newMetrics(),
 		rejectLog: map[subscriber.Reason]*rate.Sometimes{},
 	}
@@ -78,7 +80,7 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 	for _, r := range subscriber.Reasons {
 		q.rejectLog[r] = &rate.Sometimes{Interval: 5 * time.Second}
 	}
-	q.w = newWriter(cfg, log.With("component", "queen-writer"), q.metrics, map[subjects.Kind]string{
+	q.w = newWriter(log.With("component", "queen-writer"), q.metrics, cfg.MaxInFlight, map[subjects.Kind]string{
 		subjects.KindWorker: "$KV." + scheme.WorkersBucket() + ".",
 		subjects.KindHive:   "$KV." + scheme.HivesBucket() + ".",
 		subjects.KindQueen:  "$KV." + scheme.QueensBucket() + ".",
@@ -382,7 +384,8 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 			reserveDropped = q.reserve.dropped()
 			if now.Sub(lastSweep) > q.cfg.MaxTTL {
 				lastSweep = now
-				if n := q.w.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli()); n > 0 {
+				q.w.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli())
+				if n := q.tracker.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli()); n > 0 {
 					q.log.Debug("forgot departed senders", "count", n)
 				}
 			}
@@ -441,7 +444,7 @@ func (q *Queen) decode(msg *nats.Msg, nowMs int64) *op {
 	return q.admit(hb, nowMs)
 }
 
-// reasons maps admit's refusals to rejection reasons.
+// reasons maps the tracker's refusals to rejection reasons.
 var reasons = map[string]subscriber.Reason{
 	"replay":   subscriber.ReasonReplay,
 	"seq":      subscriber.ReasonReplay,
@@ -453,6 +456,7 @@ var reasons = map[string]subscriber.Reason{
 func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	m := hb.Meta()
 	kind, key := hb.Addr.Kind, keyOf(hb.Addr)
+	id := q.w.subjectOf(kind, key)
 	ttlMs := q.cfg.ttlMs(m.IntervalMs)
 	if ttlMs > q.cfg.MaxTTL.Milliseconds() {
 		q.reject(kind, &subscriber.RejectError{Reason: subscriber.ReasonInterval, Subject: hb.Subject,
@@ -467,7 +471,7 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 		busy = hb.Worker.SlotsBusy > 0 || hb.Worker.Status == wire.StatusBusy
 		progress = hb.Worker.Progress
 	}
-	v := q.w.admit(target{kind, key}, m, hb.Goodbye, busy, progress, now)
+	v := q.tracker.admit(id, target{kind, key}, m, hb.Goodbye, busy, progress, now)
 	if v.reason == "superseded" {
 		q.metrics.superseded(kind)
 		return nil
@@ -541,18 +545,21 @@ func metaOf(ev registry.Event) wire.Meta {
 // onEvent learns from every registry change (the watcher's goroutine, one
 // at a time): what other queens wrote, departures, expiries.
 func (q *Queen) onEvent(ev registry.Event) {
+	id := q.w.subjectOf(ev.Kind, ev.Key)
 	tg := target{ev.Kind, ev.Key}
 	switch ev.Type {
 	case registry.Left, registry.Expired:
-		q.w.forget(ev.Kind, ev.Key, ev.Revision, ev.Type == registry.Left, metaOf(ev).InstanceID, time.Now().UnixMilli())
+		inst := metaOf(ev).InstanceID
+		q.tracker.forget(id, ev.Type == registry.Left, inst, time.Now().UnixMilli())
+		q.w.forget(ev.Kind, ev.Key, ev.Revision, ev.Type == registry.Left, inst)
 	default:
 		switch {
 		case ev.Worker != nil:
-			q.w.observe(tg, &ev.Worker.Meta, &ev.Worker.Received, ev.Worker.Progress)
+			q.tracker.observe(id, tg, &ev.Worker.Meta, &ev.Worker.Received, ev.Worker.Progress)
 		case ev.Hive != nil:
-			q.w.observe(tg, &ev.Hive.Meta, &ev.Hive.Received, nil)
+			q.tracker.observe(id, tg, &ev.Hive.Meta, &ev.Hive.Received, nil)
 		case ev.Queen != nil:
-			q.w.observe(tg, &ev.Queen.Meta, &ev.Queen.Received, nil)
+			q.tracker.observe(id, tg, &ev.Queen.Meta, &ev.Queen.Received, nil)
 		}
 	}
 	if ev.Type == registry.Refreshed {

@@ -18,7 +18,7 @@ import (
 // So while other queens are in the group, every queen also receives every
 // beat on a plain subscription and holds the newest of each key for a
 // moment. A held beat that no queen took by then (its seq is not in this
-// queen's state of the key, which learns from this queen's own share and from every
+// queen's tracker, which learns from this queen's own share and from every
 // write in the registry) was swallowed by a queen that is not working, and
 // this queen takes it. A frozen queen's share is then written with at most
 // half an interval of delay. With one queen there is no reserve.
@@ -187,7 +187,7 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 	for _, h := range due {
 		msg := h.msg
 		a, err := q.scheme.Parse(msg.Subject)
-		if err != nil || q.w.seen(target{a.Kind, keyOf(a)}, h.id.InstanceID, h.id.Seq,
+		if err != nil || q.tracker.seen(q.w.subjectOf(a.Kind, keyOf(a)), h.id.InstanceID, h.id.Seq,
 			msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye) {
 			continue
 		}

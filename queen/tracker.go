@@ -2,6 +2,7 @@ package queen
 
 import (
 	"strings"
+	"sync"
 
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
@@ -21,12 +22,10 @@ type claim struct {
 	lastMs   int64
 }
 
-// sender is what the queen remembers of a registry key's senders: the
-// claimants and liveness state that decide whether a beat is fresh. It is
-// part of the key's slot (one state per key, under the writer's lock), fed
-// by accepted beats and by the registry watch (what every queen wrote), so
-// a restarted queen and a queue group of queens agree.
+// sender is what the queen remembers of one registry key.
 type sender struct {
+	kind        subjects.Kind
+	key         string
 	holder      claim // the instance whose beats the entry shows
 	intervalMs  int64 // the holder's interval
 	firstSeenMs int64 // queen clock at the holder's first accepted beat
@@ -60,6 +59,24 @@ type verdict struct {
 	rec      wire.Received
 }
 
+// tracker holds, per registry key, the claimants and liveness state that
+// decide whether a beat is fresh. It keeps its own copies of keys and
+// instance IDs: those share memory with the beat's other strings. It is fed
+// by accepted beats and by the registry watcher (what every queen wrote), so
+// a restarted queen and a queue group of queens agree. Its methods may be
+// called concurrently.
+type tracker struct {
+	cfg Config
+	mu  sync.Mutex
+	m   map[string]*sender
+	// byConn indexes keys by the connection their holder last beat on.
+	byConn map[string]map[string]struct{}
+}
+
+func newTracker(cfg Config) *tracker {
+	return &tracker{cfg: cfg, m: map[string]*sender{}, byConn: map[string]map[string]struct{}{}}
+}
+
 // Seq sanity: a sender's seq grows by one per beat plus one per triggered
 // beat (at most one per publisher MinGap, 100 ms by default). A jump beyond
 // this allowance is refused, so one forged beat with a huge seq cannot make
@@ -76,25 +93,28 @@ func maxJump(elapsedMs int64) uint64 {
 	return seqSlack + uint64(elapsedMs/seqPerMsRate)
 }
 
-// admit decides whether a beat of tg is fresh and, if it is, records it;
-// busy and progress describe a worker beat (progress nil: none sent). It
-// returns the queen-owned keys to store with the beat.
-func (w *writer) admit(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := w.slots[w.subjectOf(tg.kind, tg.key)]
-	if s == nil || s.holder.instance == "" {
+// admit decides whether a beat is fresh and, if it is, records it. id is
+// the entry's KV subject (unique across buckets); busy and progress describe
+// a worker beat (progress nil: none sent). It returns the queen-owned keys to
+// store with the beat.
+func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := id
+	s := t.m[key]
+	if s == nil {
 		if goodbye {
 			// A goodbye for a key the queen never saw: let it delete (a
 			// restarted queen may not have loaded the key yet).
 			return verdict{ok: true}
 		}
-		s = w.slotOf(tg.kind, tg.key)
-		s.holder, s.intervalMs, s.firstSeenMs = claim{strings.Clone(m.InstanceID), m.Seq, nowMs}, m.IntervalMs, nowMs
-		w.setConn(s, m.Conn)
-		return w.stamp(s, m, busy, progress, nowMs, verdict{ok: true, newInst: true})
+		s = &sender{kind: tg.kind, key: strings.Clone(tg.key), holder: claim{strings.Clone(m.InstanceID), m.Seq, nowMs},
+			intervalMs: m.IntervalMs, firstSeenMs: nowMs}
+		t.m[strings.Clone(key)] = s
+		t.setConn(key, s, m.Conn)
+		return t.stamp(s, m, busy, progress, nowMs, verdict{ok: true, newInst: true})
 	}
-	ttl := w.cfg.ttlMs(max(s.intervalMs, m.IntervalMs))
+	ttl := t.cfg.ttlMs(max(s.intervalMs, m.IntervalMs))
 	var v verdict
 	if s.left != "" && m.InstanceID == s.left {
 		return verdict{reason: "replay", detail: "the instance said goodbye already"}
@@ -164,11 +184,11 @@ func (w *writer) admit(tg target, m *wire.Meta, goodbye bool, busy bool, progres
 	if goodbye {
 		// Gone at once, so a close of its connection after the goodbye marks nothing.
 		s.goneAtMs, s.left = nowMs, s.holder.instance
-		w.setConn(s, "")
+		t.setConn(key, s, "")
 		return v
 	}
-	w.setConn(s, m.Conn)
-	return w.stamp(s, m, busy, progress, nowMs, v)
+	t.setConn(key, s, m.Conn)
+	return t.stamp(s, m, busy, progress, nowMs, v)
 }
 
 func (s *sender) ousterIndex(instance string) int {
@@ -181,9 +201,9 @@ func (s *sender) ousterIndex(instance string) int {
 }
 
 // stamp fills the queen-owned keys for an accepted beat: first seen,
-// progress and stall, conflict. mu held.
-func (w *writer) stamp(s *slot, m *wire.Meta, busy bool, progress *uint64, nowMs int64, v verdict) verdict {
-	ttl := w.cfg.ttlMs(s.intervalMs)
+// progress and stall, conflict. Called with mu held.
+func (t *tracker) stamp(s *sender, m *wire.Meta, busy bool, progress *uint64, nowMs int64, v verdict) verdict {
+	ttl := t.cfg.ttlMs(s.intervalMs)
 	v.conflict = s.conflictMs != 0 && nowMs-s.conflictMs <= ttl
 	live := wire.LivenessAlive
 	if progress != nil {
@@ -191,7 +211,7 @@ func (w *writer) stamp(s *slot, m *wire.Meta, busy bool, progress *uint64, nowMs
 			s.progressAtMs = nowMs
 		}
 		s.progress, s.hasProgress = *progress, true
-		if busy && nowMs-s.progressAtMs >= int64(w.cfg.StallAfter)*s.intervalMs {
+		if busy && nowMs-s.progressAtMs >= int64(t.cfg.StallAfter)*s.intervalMs {
 			live = wire.LivenessStalled
 		}
 	} else {
@@ -217,16 +237,16 @@ func (w *writer) stamp(s *slot, m *wire.Meta, busy bool, progress *uint64, nowMs
 	return v
 }
 
-// setConn records the connection the holder beat on. mu held.
-func (w *writer) setConn(s *slot, conn string) {
+// setConn records the connection the holder beat on. Called with mu held.
+func (t *tracker) setConn(key string, s *sender, conn string) {
 	if s.conn == conn {
 		return
 	}
 	if s.conn != "" {
-		if slots := w.byConn[s.conn]; slots != nil {
-			delete(slots, s)
-			if len(slots) == 0 {
-				delete(w.byConn, s.conn)
+		if keys := t.byConn[s.conn]; keys != nil {
+			delete(keys, key)
+			if len(keys) == 0 {
+				delete(t.byConn, s.conn)
 			}
 		}
 	}
@@ -234,22 +254,25 @@ func (w *writer) setConn(s *slot, conn string) {
 	if conn == "" {
 		return
 	}
-	slots := w.byConn[s.conn]
-	if slots == nil {
-		slots = map[*slot]struct{}{}
-		w.byConn[s.conn] = slots
+	keys := t.byConn[s.conn]
+	if keys == nil {
+		keys = map[string]struct{}{}
+		t.byConn[s.conn] = keys
 	}
-	slots[s] = struct{}{}
+	if _, ok := keys[key]; !ok {
+		keys[strings.Clone(key)] = struct{}{}
+	}
 }
 
 // closed returns the live entries whose holder last beat on conn, and marks
 // them disconnected; the caller writes the mark.
-func (w *writer) closed(conn string, nowMs int64) []target {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+func (t *tracker) closed(conn string, nowMs int64) []target {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	var out []target
-	for s := range w.byConn[conn] {
-		if s.goneAtMs != 0 || s.conn != conn {
+	for key := range t.byConn[conn] {
+		s := t.m[key]
+		if s == nil || s.goneAtMs != 0 || s.conn != conn {
 			continue
 		}
 		if s.liveness != wire.LivenessDisconnected {
@@ -262,13 +285,16 @@ func (w *writer) closed(conn string, nowMs int64) []target {
 
 // observe records a value seen in the registry (written by this queen or
 // another). rec carries the queen-owned keys stored with it.
-func (w *writer) observe(tg target, m *wire.Meta, rec *wire.Received, progress *uint64) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := w.slotOf(tg.kind, tg.key)
+func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received, progress *uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := id
+	s := t.m[key]
 	switch {
-	case s.holder.instance == "":
-		s.holder, s.intervalMs, s.firstSeenMs = claim{m.InstanceID, m.Seq, rec.ReceivedAtMs}, m.IntervalMs, rec.FirstSeenMs
+	case s == nil:
+		s = &sender{kind: tg.kind, key: tg.key, holder: claim{m.InstanceID, m.Seq, rec.ReceivedAtMs},
+			intervalMs: m.IntervalMs, firstSeenMs: rec.FirstSeenMs}
+		t.m[key] = s
 	case s.holder.instance == m.InstanceID:
 		if rec.FirstSeenMs != 0 && rec.FirstSeenMs < s.firstSeenMs {
 			s.firstSeenMs = rec.FirstSeenMs // learnt from a value written before this queen started
@@ -303,17 +329,17 @@ func (w *writer) observe(tg target, m *wire.Meta, rec *wire.Received, progress *
 		s.progressAtMs = max(s.progressAtMs, rec.ProgressAtMs)
 	}
 	s.liveness, s.livenessSinceMs = rec.Liveness.OrAlive(), rec.LivenessSinceMs
-	w.setConn(s, m.Conn)
+	t.setConn(key, s, m.Conn)
 }
 
-// seen reports whether the queen has accepted or observed seq (or a later
-// one) of instance under tg, or, for a goodbye, that the entry is gone, or
+// seen reports whether the tracker has accepted or observed seq (or a later
+// one) of instance under id, or, for a goodbye, that the entry is gone, or
 // that instance said goodbye: some queen took that beat.
-func (w *writer) seen(tg target, instance string, seq uint64, goodbye bool) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := w.slots[w.subjectOf(tg.kind, tg.key)]
-	if s == nil || s.holder.instance == "" {
+func (t *tracker) seen(id, instance string, seq uint64, goodbye bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.m[id]
+	if s == nil {
 		return false
 	}
 	if goodbye && s.goneAtMs != 0 || s.left != "" && s.left == instance {
@@ -324,4 +350,44 @@ func (w *writer) seen(tg target, instance string, seq uint64, goodbye bool) bool
 	}
 	i := s.ousterIndex(instance)
 	return i >= 0 && s.ousted[i].seq >= seq
+}
+
+// forget marks a key whose entry left (a goodbye of instance, as far as the
+// registry showed it) or expired. Its claimants are kept so a replayed
+// goodbye or older beat is still refused, while a newer beat of an expired
+// instance (a sender back from a partition) is accepted; an instance that
+// left is never heard again.
+func (t *tracker) forget(key string, left bool, instance string, nowMs int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.m[key]
+	if s == nil {
+		return
+	}
+	if left && instance != "" {
+		s.left = strings.Clone(instance)
+	}
+	if s.goneAtMs == 0 {
+		s.goneAtMs = nowMs
+		t.setConn(key, s, "")
+	}
+}
+
+// sweep drops keys gone before cutoffMs, so departed senders do not pile up.
+func (t *tracker) sweep(cutoffMs int64) (dropped int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, s := range t.m {
+		if s.goneAtMs != 0 && s.goneAtMs < cutoffMs {
+			delete(t.m, k)
+			dropped++
+		}
+	}
+	return dropped
+}
+
+func (t *tracker) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
 }

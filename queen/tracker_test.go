@@ -1,20 +1,15 @@
 package queen
 
 import (
-	"log/slog"
 	"testing"
 
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
 
-var testTarget = target{subjects.KindWorker, "h.w"}
+const testKey = "$KV.rbee_workers.h.w"
 
-// newTestWriter returns a writer that only admits beats (no store).
-func newTestWriter() *writer {
-	return newWriter(DefaultConfig(), slog.New(slog.DiscardHandler), &nopMetrics{},
-		map[subjects.Kind]string{subjects.KindWorker: "$KV.rbee_workers."})
-}
+var testTarget = target{subjects.KindWorker, "h.w"}
 
 // beat is one step of a tracker table: a beat (or goodbye) of instance inst
 // with seq at queen time now (ms), every 1000 ms.
@@ -28,11 +23,11 @@ type beat struct {
 	reason  string
 }
 
-func runBeats(t *testing.T, tr *writer, steps []beat) {
+func runBeats(t *testing.T, tr *tracker, steps []beat) {
 	t.Helper()
 	for _, s := range steps {
 		m := &wire.Meta{InstanceID: s.inst, Seq: s.seq, IntervalMs: 1000, Conn: "srv/" + s.inst}
-		v := tr.admit(testTarget, m, s.goodbye, false, nil, s.now)
+		v := tr.admit(testKey, testTarget, m, s.goodbye, false, nil, s.now)
 		if v.ok != s.ok || (!v.ok && v.reason != s.reason) {
 			t.Fatalf("%s: admit = ok %v reason %q (%s); want ok %v reason %q", s.name, v.ok, v.reason, v.detail, s.ok, s.reason)
 		}
@@ -40,7 +35,7 @@ func runBeats(t *testing.T, tr *writer, steps []beat) {
 }
 
 func TestTrackerReplayAndRestart(t *testing.T) {
-	tr := newTestWriter()
+	tr := newTracker(DefaultConfig())
 	runBeats(t, tr, []beat{
 		{"first beat", "a", 1, 100, false, true, ""},
 		{"next beat", "a", 2, 1100, false, true, ""},
@@ -57,7 +52,7 @@ func TestTrackerReplayAndRestart(t *testing.T) {
 // accepted is superseded if it arrived before that one (it waited parked),
 // a replay if it arrived after.
 func TestTrackerSuperseded(t *testing.T) {
-	tr := newTestWriter()
+	tr := newTracker(DefaultConfig())
 	runBeats(t, tr, []beat{
 		{"first beat", "a", 1, 100, false, true, ""},
 		{"newer beat", "a", 3, 1100, false, true, ""},
@@ -71,7 +66,7 @@ func TestTrackerSuperseded(t *testing.T) {
 // under one key are reported as a conflict.
 func TestTrackerForgeryIsBounded(t *testing.T) {
 	t.Run("huge seq", func(t *testing.T) {
-		tr := newTestWriter()
+		tr := newTracker(DefaultConfig())
 		runBeats(t, tr, []beat{
 			{"real", "a", 5, 1000, false, true, ""},
 			{"forged seq 2^53", "a", 1 << 53, 1100, false, false, "seq"},
@@ -79,7 +74,7 @@ func TestTrackerForgeryIsBounded(t *testing.T) {
 		})
 	})
 	t.Run("goodbye with a new instance", func(t *testing.T) {
-		tr := newTestWriter()
+		tr := newTracker(DefaultConfig())
 		runBeats(t, tr, []beat{
 			{"real", "a", 5, 1000, false, true, ""},
 			{"forged goodbye", "x", 1, 1100, true, false, "conflict"},
@@ -87,7 +82,7 @@ func TestTrackerForgeryIsBounded(t *testing.T) {
 		})
 	})
 	t.Run("beat with a new instance", func(t *testing.T) {
-		tr := newTestWriter()
+		tr := newTracker(DefaultConfig())
 		runBeats(t, tr, []beat{
 			{"real", "a", 5, 1000, false, true, ""},
 			{"forged instance takes the key", "x", 1, 1100, false, true, ""},
@@ -96,16 +91,16 @@ func TestTrackerForgeryIsBounded(t *testing.T) {
 			{"forger replay", "x", 1, 2800, false, false, "replay"},
 		})
 		m := &wire.Meta{InstanceID: "a", Seq: 8, IntervalMs: 1000}
-		if v := tr.admit(testTarget, m, false, false, nil, 3700); !v.ok || !v.conflict {
+		if v := tr.admit(testKey, testTarget, m, false, false, nil, 3700); !v.ok || !v.conflict {
 			t.Fatalf("beat after a conflict: ok %v conflict %v, want the entry flagged", v.ok, v.conflict)
 		}
 		m.Seq = 12
-		if v := tr.admit(testTarget, m, false, false, nil, 8000); !v.ok || v.conflict {
+		if v := tr.admit(testKey, testTarget, m, false, false, nil, 8000); !v.ok || v.conflict {
 			t.Fatalf("a TTL after the conflict: ok %v conflict %v, want it cleared", v.ok, v.conflict)
 		}
 	})
 	t.Run("same instance, next seq", func(t *testing.T) {
-		tr := newTestWriter()
+		tr := newTracker(DefaultConfig())
 		runBeats(t, tr, []beat{
 			{"real", "a", 5, 1000, false, true, ""},
 			{"forged next seq", "a", 6, 1100, false, true, ""},
@@ -114,7 +109,7 @@ func TestTrackerForgeryIsBounded(t *testing.T) {
 		})
 	})
 	t.Run("replay after a whole TTL of silence", func(t *testing.T) {
-		tr := newTestWriter()
+		tr := newTracker(DefaultConfig())
 		runBeats(t, tr, []beat{
 			{"forged high seq, plausible", "a", 900, 1000, false, true, ""},
 			{"real, low seq, refused", "a", 6, 2000, false, false, "replay"},
@@ -127,9 +122,9 @@ func TestTrackerForgeryIsBounded(t *testing.T) {
 // this queen accepted its goodbye, no beat of that instance is accepted again
 // (a reserve's late copy, a retry), while a new instance is.
 func TestTrackerLeftNeverReturns(t *testing.T) {
-	tr := newTestWriter()
+	tr := newTracker(DefaultConfig())
 	runBeats(t, tr, []beat{{"beat", "a", 5, 100, false, true, ""}})
-	tr.forget(testTarget.kind, testTarget.key, 0, true, "a", 200) // another queen wrote its goodbye
+	tr.forget(testKey, true, "a", 200) // another queen wrote its goodbye
 	runBeats(t, tr, []beat{
 		{"older beat of the left instance", "a", 5, 300, false, false, "replay"},
 		{"newer beat of the left instance", "a", 7, 400, false, false, "replay"},
@@ -137,32 +132,32 @@ func TestTrackerLeftNeverReturns(t *testing.T) {
 		{"its goodbye", "b", 2, 600, true, true, ""},
 		{"a late copy of b's last beat", "b", 1, 700, false, false, "replay"},
 	})
-	if !tr.seen(testTarget, "a", 1, false) || !tr.seen(testTarget, "b", 1, false) {
+	if !tr.seen(testKey, "a", 1, false) || !tr.seen(testKey, "b", 1, false) {
 		t.Fatal("a left instance's beats must count as taken, so no reserve rescues them")
 	}
 }
 
 func TestTrackerForgetAndReturn(t *testing.T) {
-	tr := newTestWriter()
+	tr := newTracker(DefaultConfig())
 	runBeats(t, tr, []beat{{"beat", "a", 5, 100, false, true, ""}})
-	tr.forget(testTarget.kind, testTarget.key, 0, false, "a", 200)
+	tr.forget(testKey, false, "a", 200)
 	runBeats(t, tr, []beat{
 		{"replayed goodbye of a departed sender", "a", 5, 300, true, false, "replay"},
 		{"back after expiry", "a", 6, 400, false, true, ""},
 	})
-	tr.forget(testTarget.kind, testTarget.key, 0, false, "a", 500)
-	if n := tr.sweep(501); n != 1 || len(tr.slots) != 0 {
-		t.Fatalf("sweep dropped %d, %d left", n, len(tr.slots))
+	tr.forget(testKey, false, "a", 500)
+	if n := tr.sweep(501); n != 1 || tr.len() != 0 {
+		t.Fatalf("sweep dropped %d, %d left", n, tr.len())
 	}
 }
 
 func TestTrackerObserve(t *testing.T) {
-	tr := newTestWriter()
+	tr := newTracker(DefaultConfig())
 	// Another queen accepted seq 7 of instance a: this queen refuses 7 and below.
-	tr.observe(testTarget, &wire.Meta{InstanceID: "a", Seq: 7, IntervalMs: 1000}, &wire.Received{ReceivedAtMs: 90, FirstSeenMs: 50}, nil)
+	tr.observe(testKey, testTarget, &wire.Meta{InstanceID: "a", Seq: 7, IntervalMs: 1000}, &wire.Received{ReceivedAtMs: 90, FirstSeenMs: 50}, nil)
 	runBeats(t, tr, []beat{{"seq accepted elsewhere", "a", 7, 100, false, false, "replay"}})
 	m := &wire.Meta{InstanceID: "a", Seq: 8, IntervalMs: 1000}
-	if v := tr.admit(testTarget, m, false, false, nil, 1100); !v.ok || v.rec.FirstSeenMs != 50 {
+	if v := tr.admit(testKey, testTarget, m, false, false, nil, 1100); !v.ok || v.rec.FirstSeenMs != 50 {
 		t.Fatalf("admit after observe = %+v, want first seen 50 from KV", v)
 	}
 }
@@ -171,7 +166,7 @@ func TestTrackerObserve(t *testing.T) {
 // StallAfter of its intervals is stalled; growth makes it alive again; a
 // worker that sends no progress is never stalled.
 func TestTrackerStall(t *testing.T) {
-	tr := newTestWriter() // StallAfter 3
+	tr := newTracker(DefaultConfig()) // StallAfter 3
 	p := func(n uint64) *uint64 { return &n }
 	steps := []struct {
 		name     string
@@ -191,7 +186,7 @@ func TestTrackerStall(t *testing.T) {
 	}
 	for i, s := range steps {
 		m := &wire.Meta{InstanceID: "a", Seq: uint64(i + 1), IntervalMs: 1000}
-		v := tr.admit(testTarget, m, false, s.busy, s.progress, s.now)
+		v := tr.admit(testKey, testTarget, m, false, s.busy, s.progress, s.now)
 		if !v.ok || v.rec.Liveness != s.want {
 			t.Fatalf("%s: ok %v liveness %q, want %q", s.name, v.ok, v.rec.Liveness, s.want)
 		}
@@ -201,23 +196,16 @@ func TestTrackerStall(t *testing.T) {
 // TestTrackerClosed: a closed connection names the live entries last beating
 // on it, and a goodbye before the close leaves nothing to mark.
 func TestTrackerClosed(t *testing.T) {
-	tr := newTestWriter()
+	tr := newTracker(DefaultConfig())
 	m := &wire.Meta{InstanceID: "a", Seq: 1, IntervalMs: 1000, Conn: "S/1"}
-	tr.admit(testTarget, m, false, false, nil, 0)
+	tr.admit(testKey, testTarget, m, false, false, nil, 0)
 	other := target{subjects.KindWorker, "h.v"}
-	tr.admit(other, &wire.Meta{InstanceID: "b", Seq: 1, IntervalMs: 1000, Conn: "S/2"}, false, false, nil, 0)
+	tr.admit("$KV.rbee_workers.h.v", other, &wire.Meta{InstanceID: "b", Seq: 1, IntervalMs: 1000, Conn: "S/2"}, false, false, nil, 0)
 	if got := tr.closed("S/1", 10); len(got) != 1 || got[0] != testTarget {
 		t.Fatalf("closed(S/1) = %v, want [%v]", got, testTarget)
 	}
-	tr.admit(other, &wire.Meta{InstanceID: "b", Seq: 2, IntervalMs: 1000, Conn: "S/2"}, true, false, nil, 20)
+	tr.admit("$KV.rbee_workers.h.v", other, &wire.Meta{InstanceID: "b", Seq: 2, IntervalMs: 1000, Conn: "S/2"}, true, false, nil, 20)
 	if got := tr.closed("S/2", 30); len(got) != 0 {
 		t.Fatalf("closed after a goodbye = %v, want none", got)
 	}
-}
-
-// testWriterConfig is the default Config with a window of 16 writes.
-func testWriterConfig() Config {
-	c := DefaultConfig()
-	c.MaxInFlight = 16
-	return c
 }

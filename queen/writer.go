@@ -7,7 +7,6 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -105,12 +104,10 @@ func eqPtr[T comparable](a, b *T) bool {
 	return a == nil && b == nil || a != nil && b != nil && *a == *b
 }
 
-// slot is all the queen keeps of one registry key, under the writer's lock:
-// its senders (sender, tracker.go) and its writes. At most one write of a
+// slot is one registry key with something to write. At most one write of a
 // key is in flight, so a key's writes land in the order they were accepted
 // and a beat is never written after a newer one.
 type slot struct {
-	sender
 	kind    subjects.Kind
 	key     string
 	subject string
@@ -131,6 +128,10 @@ type slot struct {
 	// rereading: the last write found the key changed by someone else; it
 	// waits for the stored value to be read again and the write decided anew.
 	rereading bool
+	// goneMs is when the key was last seen gone with nothing to write (queen
+	// clock): the slot is kept for what it knows of the stored message, so
+	// a sender that comes back is written over it at once, and swept later.
+	goneMs int64
 	// deadlineMs estimates when the stored entry expires (queen clock),
 	// never later than it does: from this queen's acknowledged write or
 	// from what the registry shows another queen wrote. 0: no entry known.
@@ -310,7 +311,6 @@ const (
 // and mark may be called concurrently with each other and with the
 // acknowledgement handlers; run is one goroutine.
 type writer struct {
-	cfg     Config
 	js      jetstream.JetStream
 	log     *slog.Logger
 	m       writeMetrics
@@ -319,8 +319,7 @@ type writer struct {
 
 	mu        sync.Mutex
 	cond      *sync.Cond
-	slots     map[string]*slot              // by subject
-	byConn    map[string]map[*slot]struct{} // keys by the connection their holder last beat on
+	slots     map[string]*slot // by subject
 	qs        [nQueues]queue
 	waiting   int  // keys in the queues
 	signals   int  // wakes of run by schedule (a test reads it)
@@ -353,15 +352,13 @@ type writer struct {
 	streams    map[subjects.Kind]jetstream.Stream
 }
 
-func newWriter(cfg Config, log *slog.Logger, m writeMetrics, buckets map[subjects.Kind]string) *writer {
+func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subjects.Kind]string) *writer {
 	w := &writer{
-		cfg:      cfg,
 		log:      log,
 		m:        m,
-		window:   cfg.MaxInFlight,
+		window:   window,
 		buckets:  buckets,
 		slots:    map[string]*slot{},
-		byConn:   map[string]map[*slot]struct{}{},
 		inflight: map[*nats.Msg]*slot{},
 		errLog:   rate.Sometimes{Interval: 5 * time.Second},
 		rereads:  map[*slot]struct{}{},
@@ -448,9 +445,15 @@ func (w *writer) subjectOf(kind subjects.Kind, key string) string { return w.buc
 // put queues o as the newest write of its key, replacing (coalescing) a
 // waiting one.
 func (w *writer) put(o *op) {
+	subject := w.subjectOf(o.kind, o.key)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slotOf(o.kind, o.key)
+	s := w.slots[subject]
+	if s == nil {
+		s = newSlot(o.kind, o.key, subject)
+		w.slots[subject] = s
+	}
+	s.goneMs = 0
 	var mirrored *wire.WorkerEntry
 	if s.inflight == nil && w.mirror != nil {
 		// Another queen's write, or one before a restart: the stored entry
@@ -523,9 +526,14 @@ func (w *writer) dropRaw(s *slot) {
 // write it is conditional: if the entry changed since, the stored value is
 // read again and the mark dropped unless it still shows that beat.
 func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64, nowMs int64) {
+	subject := w.subjectOf(kind, key)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slotOf(kind, key)
+	s := w.slots[subject]
+	if s == nil {
+		s = newSlot(kind, key, subject)
+		w.slots[subject] = s
+	}
 	if from != nil {
 		s.stored.learn(stored{rev: rev, what: sValue, instance: from.instance, seq: from.seq, atMs: from.acceptedMs})
 	}
@@ -594,17 +602,6 @@ func newSlot(kind subjects.Kind, key, subject string) *slot {
 	s := &slot{kind: kind, key: key, subject: subject}
 	for i := range s.idx {
 		s.idx[i] = -1
-	}
-	return s
-}
-
-// slotOf returns key's slot, made if there is none. mu held.
-func (w *writer) slotOf(kind subjects.Kind, key string) *slot {
-	subject := w.subjectOf(kind, key)
-	s := w.slots[subject]
-	if s == nil {
-		s = newSlot(kind, strings.Clone(key), subject)
-		w.slots[subject] = s
 	}
 	return s
 }
@@ -894,6 +891,9 @@ func (w *writer) failed(msg *nats.Msg, err error) {
 
 // finish requeues s after its write completed and wakes waiters. mu held.
 func (w *writer) finish(s *slot) {
+	if s.pend == nil && s.last == nil && !s.queued && !s.rereading && s.inflight == nil && s.goneMs == 0 {
+		s.goneMs = time.Now().UnixMilli() // a deleted key: kept for what it knows until swept
+	}
 	w.schedule(s)
 	w.cond.Signal()
 	w.wakeIdle()
@@ -908,34 +908,31 @@ func (w *writer) wakeIdle() {
 	}
 }
 
-// forget records that key's entry left (the goodbye of instance, if known)
-// or expired at revision rev. Its claimants are kept so a replayed goodbye
-// or older beat is still refused, while a newer beat of an expired instance
-// (a sender back from a partition) is accepted; an instance that left is
-// never heard again. A key with a beat still waiting is new again: its write
+// forget drops what the writer remembers of a key that left (the goodbye of
+// instance, if known) or expired at revision rev. A key with a beat still waiting is new again: its write
 // re-creates the entry (over rev) and goes with the new entries, not ahead
 // of the refreshes that keep live entries alive, so under overload writes
 // are not spent on entries already lost while others are about to be.
-func (w *writer) forget(kind subjects.Kind, key string, rev uint64, left bool, instance string, nowMs int64) {
+func (w *writer) forget(kind subjects.Kind, key string, rev uint64, left bool, instance string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.slots[w.subjectOf(kind, key)]
 	if s == nil {
 		return
 	}
-	if left && instance != "" {
-		s.left = strings.Clone(instance)
-	}
-	if s.goneAtMs == 0 {
-		s.goneAtMs = nowMs
-		w.setConn(s, "")
-	}
 	if left {
 		s.stored.learn(stored{rev: rev, what: sLeft, instance: instance})
 	} else {
 		s.stored.learn(stored{rev: rev, what: sGone})
 	}
-	if s.inflight == nil && !s.rereading {
+	switch {
+	case s.inflight != nil || s.rereading:
+	case s.pend == nil:
+		s.last, s.deadlineMs = nil, 0
+		if s.goneMs == 0 {
+			s.goneMs = time.Now().UnixMilli()
+		}
+	default:
 		s.last, s.deadlineMs = nil, 0
 		w.schedule(s)
 	}
@@ -947,8 +944,7 @@ func (w *writer) sweep(cutoffMs int64) (dropped int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for subject, s := range w.slots {
-		if s.goneAtMs != 0 && s.goneAtMs < cutoffMs && s.pend == nil && s.inflight == nil && !s.rereading && !s.queued {
-			w.setConn(s, "")
+		if s.goneMs != 0 && s.goneMs < cutoffMs && s.pend == nil && s.inflight == nil && !s.rereading && !s.queued {
 			delete(w.slots, subject)
 			dropped++
 		}

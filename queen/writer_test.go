@@ -61,7 +61,7 @@ func order(slots []*slot) (keys []string) {
 // entries expire.
 func TestQueueOrder(t *testing.T) {
 	m := &nopMetrics{}
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), m, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	w.eager = true // other queens share the group
 	w.put(beatOp("a", "i", 1, 100, wire.StatusReady))
 	w.put(beatOp("b", "i", 1, 200, wire.StatusReady))
@@ -99,7 +99,7 @@ func TestQueueOrder(t *testing.T) {
 // newcomers cannot expire what is already alive; a changed live entry keeps
 // its place among the new ones and is still protected by its expiry.
 func TestQueueLiveFirst(t *testing.T) {
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), &nopMetrics{}, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	w.eager = true // other queens share the group
 	const now = 10_000
 	for i := range 100 {
@@ -121,7 +121,7 @@ func TestQueueLiveFirst(t *testing.T) {
 // longer than one interval loses the excess; one that waited TTL + one
 // interval is shed; a mark keeps the expiry it marks.
 func TestBuildTTL(t *testing.T) {
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), &nopMetrics{}, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	now := time.Now().UnixMilli()
 	for _, c := range []struct {
 		waited  int64
@@ -161,7 +161,7 @@ func TestBuildTTL(t *testing.T) {
 // before), with the newest beat; a hive is written at once; wait does not
 // wait for refreshes that are not due, and Backlog leaves them out.
 func TestLazyRefresh(t *testing.T) {
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), &nopMetrics{}, map[subjects.Kind]string{
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{
 		subjects.KindWorker: "$KV.w.", subjects.KindHive: "$KV.h."})
 	const now = 10_000
 	liveSlot(w, "same", now+50_000)
@@ -214,7 +214,7 @@ func TestLazyRefresh(t *testing.T) {
 // to fall due does not wake the writer's goroutine (it sleeps until the
 // first one is due); a change, or a refresh that becomes the first, does.
 func TestLazyRefreshNoWake(t *testing.T) {
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), &nopMetrics{}, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	const now = 10_000
 	liveSlot(w, "first", now+50_000)
 	liveSlot(w, "second", now+60_000)
@@ -251,7 +251,7 @@ func lazyOp(key, inst string, seq uint64, acceptedMs int64, status wire.Status) 
 // its registry mirror shows, so beats that change nothing cost no write
 // until their entries are due, and a changed one is written at once.
 func TestLazyRefreshAfterRestart(t *testing.T) {
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), &nopMetrics{}, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	const now = 100_000
 	shown := beatOp("k", "i", 1, now-1000, wire.StatusReady).worker
 	shown.InstanceID, shown.Seq, shown.ReceivedAtMs = "i", 1, now-1000
@@ -317,7 +317,7 @@ func (m *countMetrics) superseded(subjects.Kind) { m.nSuperseded++ }
 // accepted op (a goodbye, a mark) supersedes a parked one.
 func TestPark(t *testing.T) {
 	m := &countMetrics{}
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), m, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	w.decode = func(*nats.Msg, int64) *op { return nil }
 	a, b := &nats.Msg{Subject: "a1"}, &nats.Msg{Subject: "a2"}
 	if w.park("$KV.w.k", a, 1) {
@@ -344,12 +344,12 @@ func TestPark(t *testing.T) {
 // TestForgetWaiting: a key whose entry expired while a beat of it waited
 // moves from the refreshes to the new entries.
 func TestForgetWaiting(t *testing.T) {
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), &nopMetrics{}, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	liveSlot(w, "lost", 900)
 	w.put(beatOp("lost", "i", 2, 500, wire.StatusReady))
 	liveSlot(w, "due", 1200)
 	w.put(beatOp("due", "i", 2, 600, wire.StatusReady))
-	w.forget(subjects.KindWorker, "lost", 0, false, "", 1000)
+	w.forget(subjects.KindWorker, "lost", 0, false, "")
 	if got := fmt.Sprint(order(popAll(w, 1000))); got != "[due lost]" {
 		t.Fatalf("write order %s: want the live entry due to expire first, then the lost one", got)
 	}
@@ -358,7 +358,7 @@ func TestForgetWaiting(t *testing.T) {
 // TestShedWakesWait: a write shed because its TTL ran out while it waited
 // is the last one a Stop waits for; wait returns instead of hanging.
 func TestShedWakesWait(t *testing.T) {
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), &nopMetrics{}, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	stale := beatOp("a", "i", 1, time.Now().Add(-time.Minute).UnixMilli(), wire.StatusReady) // TTL 3 s, a minute old
 	w.put(stale)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
@@ -403,7 +403,7 @@ func TestStallOnMonotonicClock(t *testing.T) {
 // copy of its entry: the waiting beat may be a retried write whose entry the
 // registry mirror already shares (known), and that one must not change.
 func TestMarkCopiesSharedEntry(t *testing.T) {
-	w := newWriter(testWriterConfig(), slog.New(slog.DiscardHandler), &nopMetrics{}, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	o := beatOp("k", "i", 2, 1000, wire.StatusReady)
 	o.conn = "c1"
 	shared := o.worker
