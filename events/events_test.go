@@ -552,15 +552,7 @@ func TestPublisherBurstInOrder(t *testing.T) {
 	srv := testutil.Server(t)
 	js := jsOn(t, srv.ClientURL())
 	st := ensure(t, js, events.DefaultStreamConfig())
-	c := events.DefaultConfig("q")
-	c.Logger = testutil.Logger(t)
-	p, err := events.NewPublisher(js, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	p := startPublisher(t, js, "q")
 	const n = 3000
 	for i := range uint64(n) {
 		p.OnEvent(workerEvent(registry.Joined, "h", fmt.Sprintf("w%d", i), i+1))

@@ -336,13 +336,13 @@ func TestReplicasOnOneServer(t *testing.T) {
 	}
 }
 
-// TestQueenLeaves: a queen that stops cleanly deletes its own entry in the
-// queens bucket, so the registry shows it left (a delete marker), not
-// expired, even as the only queen, with no one to write its goodbye beat.
-func TestQueenLeaves(t *testing.T) {
+// startListedQueen starts queen id on a server of its own and returns it,
+// once its entry is in the queens bucket, with a JetStream context.
+func startListedQueen(t *testing.T, id string) (*Queen, jetstream.JetStream) {
+	t.Helper()
 	srv := testutil.Server(t)
 	cfg := testConfig(t)
-	cfg.QueenID = "q-leaves"
+	cfg.QueenID = id
 	q, err := New(testutil.Connect(t, srv.ClientURL()), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -350,14 +350,23 @@ func TestQueenLeaves(t *testing.T) {
 	if err := q.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { q.Stop(context.Background()) })
 	js, err := jetstream.New(testutil.Connect(t, srv.ClientURL()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkFor(t, 10*time.Second, func() error {
-		_, err := lastMsg(js, "rbee_queens", "q-leaves")
+		_, err := lastMsg(js, "rbee_queens", id)
 		return err
 	})
+	return q, js
+}
+
+// TestQueenLeaves: a queen that stops cleanly deletes its own entry in the
+// queens bucket, so the registry shows it left (a delete marker), not
+// expired, even as the only queen, with no one to write its goodbye beat.
+func TestQueenLeaves(t *testing.T) {
+	q, js := startListedQueen(t, "q-leaves")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	q.Stop(ctx)
@@ -376,25 +385,7 @@ func TestQueenLeaves(t *testing.T) {
 // instance that left, so another queen's reserve cannot write an older beat
 // of it back.
 func TestQueenLeaveNamesInstance(t *testing.T) {
-	srv := testutil.Server(t)
-	cfg := testConfig(t)
-	cfg.QueenID = "q-leave"
-	q, err := New(testutil.Connect(t, srv.ClientURL()), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Stop(context.Background()) })
-	js, err := jetstream.New(testutil.Connect(t, srv.ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkFor(t, 10*time.Second, func() error {
-		_, err := lastMsg(js, "rbee_queens", "q-leave")
-		return err
-	})
+	q, js := startListedQueen(t, "q-leave")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	q.leave(ctx)
