@@ -190,10 +190,12 @@ func (r *result) summary() string {
 
 func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", "\\|"), "\n", " ") }
 
+// oneLine puts s on one line, keeping its start and its end when it is
+// long: an exited process's last lines say why it exited.
 func oneLine(s string) string {
 	s = strings.TrimSpace(s)
-	if len(s) > 600 {
-		s = s[:600] + "…"
+	if len(s) > 1200 {
+		s = strings.ToValidUTF8(s[:300], "") + " … " + strings.ToValidUTF8(s[len(s)-900:], "")
 	}
 	return strings.ReplaceAll(s, "\n", " ⏎ ")
 }
