@@ -293,9 +293,12 @@ type writerStats struct {
 	LastWriteMs int64 // queen clock of the last acknowledged write
 	Failing     bool  // the last write failed and none succeeded since
 	LastErr     string
-	// AckWaitMs is how long the oldest write in flight has waited for its
-	// acknowledgement: a store that stops answering (a full disk, a lost
-	// stream leader) shows here before any write times out.
+	// AckWaitMs is how long the store has not answered while writes await
+	// its answer: since its last answer (an acknowledgement or an error), or
+	// since the first of them was sent if it answered nothing since. A store
+	// that stops answering (a full disk, a lost stream leader) shows here
+	// before any write times out. Kept in constant time, since stats is read
+	// often.
 	AckWaitMs int64
 }
 
@@ -330,6 +333,7 @@ type writer struct {
 	stopping  bool
 	lastOKMs  int64
 	lastErrMs int64
+	answerMs  int64 // the store's last answer to a write, or when one was sent with none in flight
 	lastErr   error
 	sentLagMs int64 // how long the write sent last had waited
 	idle      chan struct{}
@@ -717,6 +721,9 @@ func (w *writer) run() {
 		}
 		msg, ok := w.build(s, o, lazy)
 		if ok {
+			if len(w.inflight) == 0 {
+				w.answerMs = time.Now().UnixMilli() // the wait for an answer starts here
+			}
 			w.inflight[msg], s.sent = s, msg.Data
 		} else {
 			s.inflight = nil
@@ -816,6 +823,7 @@ func (w *writer) complete(msg *nats.Msg) (*slot, *op) {
 		return nil, nil
 	}
 	delete(w.inflight, msg)
+	w.answerMs = time.Now().UnixMilli()
 	o := s.inflight
 	s.inflight, s.sent = nil, nil
 	return s, o
@@ -974,10 +982,8 @@ func (w *writer) stats() writerStats {
 			st.LagMs = max(st.LagMs, now-q.s[0].since)
 		}
 	}
-	for _, s := range w.inflight {
-		if o := s.inflight; o != nil {
-			st.AckWaitMs = max(st.AckWaitMs, now-o.sentAt.UnixMilli())
-		}
+	if len(w.inflight) > 0 {
+		st.AckWaitMs = max(0, now-w.answerMs)
 	}
 	if w.lastErr != nil && st.Failing {
 		st.LastErr = w.lastErr.Error()

@@ -417,3 +417,48 @@ func TestMarkCopiesSharedEntry(t *testing.T) {
 		t.Fatalf("waiting write not marked on a copy: %+v", s.pend)
 	}
 }
+
+// TestAckWaitSilentStore: writes sent to a store that takes them and never
+// answers (a subscriber that swallows them, where a stream would store and
+// acknowledge) show as a growing wait for an answer; once the store answers
+// again the wait is over.
+func TestAckWaitSilentStore(t *testing.T) {
+	srv := testutil.Server(t)
+	nc := testutil.Connect(t, srv.ClientURL())
+	swallow, err := nc.SubscribeSync("$KV.w.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(time.Hour),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, pa *jetstream.PubAck) { w.acked(m, pa) }),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { w.failed(m, err) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.js = js
+	w.put(beatOp("a", "i", 1, time.Now().UnixMilli(), wire.StatusReady))
+	done := make(chan struct{})
+	go func() { defer close(done); w.run() }()
+	t.Cleanup(func() { w.stop(); <-done })
+	msg, err := swallow.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("the write never reached the store: %v", err)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if st := w.stats(); st.InFlight != 1 || st.AckWaitMs <= 2*storeSilence.Milliseconds() {
+			return fmt.Errorf("want one write waiting past %v, got %+v", 2*storeSilence, st)
+		}
+		return nil
+	})
+	// The store answers: a stream's acknowledgement of the write.
+	if err := msg.Respond([]byte(`{"stream":"KV_w","seq":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if st := w.stats(); st.InFlight != 0 || st.AckWaitMs != 0 || st.Failing {
+			return fmt.Errorf("want the write acknowledged and no wait, got %+v", st)
+		}
+		return nil
+	})
+}
