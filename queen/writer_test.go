@@ -462,3 +462,50 @@ func TestAckWaitSilentStore(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRacedWriteAfterWatch: a write refused because the key changed, when
+// the registry watch has already shown the newer message (the marker of the
+// key's expiry), is decided again from it and sent again expecting it,
+// without a read; one refused with nothing newer known is read again.
+func TestRacedWriteAfterWatch(t *testing.T) {
+	for _, watched := range []bool{true, false} {
+		w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+		o := beatOp("a", "i", 2, time.Now().UnixMilli(), wire.StatusReady)
+		w.put(o)
+		s := w.slots["$KV.w.a"]
+		s.stored = stored{rev: 5, what: sValue, instance: "i", seq: 1}
+		if got := w.next(time.Now().UnixMilli()); got != s {
+			t.Fatalf("next = %v, want the key", got)
+		}
+		s.pend, s.inflight = nil, o
+		w.schedule(s)
+		msg, ok := w.build(s, o, false)
+		if !ok {
+			t.Fatal("the write was not built")
+		}
+		w.inflight[msg] = s
+		if watched {
+			w.forget(subjects.KindWorker, "a", 9, false, "") // the expiry's marker, at revision 9
+		}
+		w.failed(msg, &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence, Description: "wrong last sequence: 9"})
+		w.mu.Lock()
+		rereading, queued := s.rereading, s.queued
+		w.mu.Unlock()
+		if rereading == watched || queued != watched {
+			t.Fatalf("watched %v: rereading %v, queued %v; want a read only when nothing newer is known", watched, rereading, queued)
+		}
+		if !watched {
+			continue
+		}
+		if got := w.next(time.Now().UnixMilli()); got != s {
+			t.Fatalf("next = %v, want the key again", got)
+		}
+		again, ok := w.build(s, s.pend, false)
+		if !ok {
+			t.Fatal("not sent again: want the beat to re-create the expired entry")
+		}
+		if exp := again.Header.Get(jetstream.ExpectedLastSubjSeqHeader); exp != "9" {
+			t.Fatalf("sent again expecting revision %q, want the marker's 9", exp)
+		}
+	}
+}
