@@ -509,3 +509,55 @@ func TestRacedWriteAfterWatch(t *testing.T) {
 		}
 	}
 }
+
+// TestHeldUntilLoaded: while the registry mirror loads, a key whose stored
+// message is unknown is not written; the load bringing it releases it at
+// once, expecting the loaded revision, while keys not loaded yet still
+// wait; the end of the load releases those, expecting no message.
+func TestHeldUntilLoaded(t *testing.T) {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w.eager = true
+	w.holdUntilLoaded()
+	loaded := condBeat("i", 2, "c")
+	other := condBeat("i", 2, "c")
+	other.key = "h.x"
+	w.put(loaded)
+	w.put(other)
+	now := time.Now().UnixMilli()
+	if s := w.next(now); s != nil {
+		t.Fatalf("%s is written before its stored message is known", s.key)
+	}
+	if st := w.stats(); st.Backlog != 2 {
+		t.Fatalf("backlog %d, want the 2 held keys", st.Backlog)
+	}
+	value, err := wire.Marshal(condBeat("i", 1, "c").worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.known(subjects.KindWorker, "h.w", 7, value); got != nil {
+		t.Fatalf("known shared %v for another writer's entry", got)
+	}
+	expect := func(key, rev string) {
+		t.Helper()
+		s := w.next(now)
+		if s == nil || s.key != key {
+			t.Fatalf("next = %v, want %s", s, key)
+		}
+		msg, ok := w.build(s, s.pend, false)
+		if !ok {
+			t.Fatalf("%s not built", key)
+		}
+		if exp := msg.Header.Get(jetstream.ExpectedLastSubjSeqHeader); exp != rev {
+			t.Fatalf("%s expects revision %s, want %s", key, exp, rev)
+		}
+		p := s.pend
+		s.pend, s.inflight = nil, p
+		w.schedule(s)
+	}
+	expect("h.w", "7")
+	if s := w.next(now); s != nil {
+		t.Fatalf("%s is written before the load ends", s.key)
+	}
+	w.loaded()
+	expect("h.x", "0")
+}
