@@ -231,9 +231,9 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 		}
 	}()
 	go func() {
-		// A key's write waits until the mirror's load brings the key, at
-		// most loadWait: it then expects the revision the mirror shows
-		// instead of failing and being read again, one key at a time.
+		// Writes wait for the mirror, at most loadWait: a key's first
+		// write then expects the revision the mirror shows instead of
+		// failing and being read again, one key at a time.
 		defer q.wg.Done()
 		defer q.w.loaded()
 		t := time.NewTimer(loadWait)

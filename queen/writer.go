@@ -143,10 +143,6 @@ type slot struct {
 	// sees, held in qLazy; a lone queen writes it only once it falls due
 	// (dueMs).
 	lazy bool
-	// held: the waiting write's key is not in the registry mirror yet,
-	// which is still loading; it waits out of the queues until the load
-	// brings the key's stored message (known, forget) or ends (loaded).
-	held bool
 	// since is the accept time of the oldest op waiting since the key's last
 	// write: a newer beat replacing a waiting one keeps the key's place.
 	since int64
@@ -252,7 +248,7 @@ func dueMs(s *slot) int64 { return s.deadlineMs - leadMs(s.pend) }
 // refreshes not yet due. mu held.
 func (w *writer) nothingDue(nowMs int64) bool {
 	lz := &w.qs[qLazy]
-	return w.waiting == w.lazies && w.held == 0 && (lz.Len() == 0 || nowMs < dueMs(lz.s[0]))
+	return w.waiting == w.lazies && (lz.Len() == 0 || nowMs < dueMs(lz.s[0]))
 }
 
 // setEager makes every waiting write go as soon as the store takes it
@@ -331,7 +327,6 @@ type writer struct {
 	waiting   int  // keys in the queues
 	signals   int  // wakes of run by schedule (a test reads it)
 	lazies    int  // of which lazy refreshes
-	held      int  // keys held until the mirror loads them (slot.held)
 	eager     bool // other queens share the group: no lazy refreshes
 	due       *time.Timer
 	inflight  map[*nats.Msg]*slot
@@ -351,8 +346,8 @@ type writer struct {
 	// exists. Called with mu held.
 	mirror func(kind subjects.Kind, key string) (stored, *wire.WorkerEntry)
 	// rereads are the keys waiting to be read again (conditional.go).
-	// loading: the registry mirror is loading (holdUntilLoaded, loaded);
-	// a key it has not brought yet is held (slot.held).
+	// loading holds every write until the registry mirror has loaded
+	// (holdUntilLoaded, loaded).
 	loading    bool
 	rereads    map[*slot]struct{}
 	rereadQ    [2][]*slot // goodbyes and marks first, then beats
@@ -388,38 +383,24 @@ func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subject
 	return w
 }
 
-// loadWait is the longest a write waits at start for the registry mirror to
-// load its key. A restarted queen's entries live a TTL (3 intervals by default) from
+// loadWait is the longest writes wait at start for the registry mirror to
+// load. A restarted queen's entries live a TTL (3 intervals by default) from
 // their last write; the mirror of 100k entries loads in well under a second.
 const loadWait = time.Second
 
-// holdUntilLoaded holds the write of each key whose stored message this
-// queen does not know until the registry mirror's load brings it, or until
-// loaded: its write then expects the revision the store holds instead of
-// failing and being read again. The keys loaded first are written first, so
-// a restarted queen refreshes the entries due to expire soonest while the
-// rest load.
+// holdUntilLoaded makes run wait for loaded before its first write.
 func (w *writer) holdUntilLoaded() {
 	w.mu.Lock()
 	w.loading = true
 	w.mu.Unlock()
 }
 
-// loaded releases every key still held: what the mirror did not bring
-// is written expecting no message, and read again if the store has one.
+// loaded lets run write.
 func (w *writer) loaded() {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.loading = false
-	if w.held > 0 {
-		for _, s := range w.slots {
-			if s.held {
-				w.schedule(s)
-			}
-		}
-	}
 	w.cond.Broadcast()
-	w.wakeIdle()
+	w.mu.Unlock()
 }
 
 // setMirror sets the lookup of the registry mirror.
@@ -440,15 +421,6 @@ func (w *writer) known(kind subjects.Kind, key string, rev uint64, value []byte)
 	defer w.mu.Unlock()
 	s := w.slots[w.subjectOf(kind, key)]
 	if s == nil {
-		return nil
-	}
-	if s.held && s.pend != nil {
-		// The mirror's load brings a key whose write waits for it.
-		if inst, seq, atMs, err := storedIdent(kind, value); err == nil {
-			s.stored.learn(stored{rev: rev, what: sValue, instance: inst, seq: seq, atMs: atMs})
-			s.deadlineMs = max(s.deadlineMs, atMs+s.pend.ttlMs-1000) // as put reckons it
-		}
-		w.schedule(s)
 		return nil
 	}
 	var o *op
@@ -642,14 +614,11 @@ func newSlot(kind subjects.Kind, key, subject string) *slot {
 // of them if nothing is waiting or a write is in flight. mu held.
 func (w *writer) schedule(s *slot) {
 	var in [nQueues]bool
-	held := false
 	if o := s.pend; o != nil && s.inflight == nil && !s.rereading {
 		if s.since == 0 {
 			s.since = o.acceptedMs
 		}
 		switch {
-		case w.loading && s.stored.what == sUnknown:
-			held = true
 		case o.del || o.mark:
 			in[qFirst] = true
 		case !w.eager && s.deadlineMs != 0 && !s.urgent && lazyKind(o):
@@ -657,14 +626,6 @@ func (w *writer) schedule(s *slot) {
 		default:
 			in[qLive] = s.deadlineMs != 0
 			in[qNew] = s.urgent || s.deadlineMs == 0
-		}
-	}
-	if held != s.held {
-		s.held = held
-		if held {
-			w.held++
-		} else {
-			w.held--
 		}
 	}
 	if lazy := in[qLazy]; lazy != s.lazy {
@@ -715,7 +676,7 @@ func (w *writer) run() {
 				w.mu.Unlock()
 				return
 			}
-			if w.waiting > 0 && len(w.inflight) < w.limit() {
+			if w.waiting > 0 && len(w.inflight) < w.limit() && !w.loading {
 				nowMs := time.Now().UnixMilli()
 				if s = w.next(nowMs); s != nil {
 					break
@@ -1014,7 +975,7 @@ func (w *writer) stats() writerStats {
 	defer w.mu.Unlock()
 	st := writerStats{Backlog: w.waiting, InFlight: len(w.inflight), LastWriteMs: w.lastOKMs,
 		Failing: w.failingLocked()}
-	st.Backlog, st.Refreshes = w.waiting-w.lazies+w.held, w.lazies
+	st.Backlog, st.Refreshes = w.waiting-w.lazies, w.lazies
 	if w.waiting > 0 {
 		st.LagMs = w.sentLagMs
 	}
