@@ -17,9 +17,8 @@ import (
 // queen knows (the Nats-Expected-Last-Subject-Sequence header, as KV Update
 // and Delete do). A write that finds the key changed (another queen wrote
 // it, a mark raced a beat, a timed-out write did land) is refused by the
-// server; the queen then decides the write again from the key's last
-// message: one its registry watch has shown since the write was sent, or
-// else one it reads (reread), so across any number of queens an older
+// server; the queen then reads the key's last message and decides the write
+// again from what it shows (judge), so across any number of queens an older
 // beat is never written over a newer one and a key that left never comes
 // back from its sender's older beat.
 

@@ -878,12 +878,7 @@ func (w *writer) failed(msg *nats.Msg, err error) {
 		} else {
 			w.m.coalesced(o.kind)
 		}
-		if exp, err := strconv.ParseUint(msg.Header.Get(jetstream.ExpectedLastSubjSeqHeader), 10, 64); err != nil || s.stored.rev <= exp {
-			w.rereadLocked(s)
-		}
-		// Else the registry watch has shown a newer message of the key
-		// since the write was sent (often the marker of its expiry): the
-		// write is decided again from it, without a read.
+		w.rereadLocked(s)
 	case s.pend != nil:
 		outcome = "superseded"
 	case o.del || !stale(o, nowMs):
