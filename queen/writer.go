@@ -628,14 +628,7 @@ func (w *writer) schedule(s *slot) {
 			in[qNew] = s.urgent || s.deadlineMs == 0
 		}
 	}
-	if lazy := in[qLazy]; lazy != s.lazy {
-		s.lazy = lazy
-		if lazy {
-			w.lazies++
-		} else {
-			w.lazies--
-		}
-	}
+	flip(&s.lazy, in[qLazy], &w.lazies)
 	queued := false
 	for i := range w.qs {
 		q := &w.qs[i]
@@ -649,20 +642,26 @@ func (w *writer) schedule(s *slot) {
 		}
 		queued = queued || in[i]
 	}
-	if queued != s.queued {
-		s.queued = queued
-		if queued {
-			w.waiting++
-		} else {
-			w.waiting--
-		}
-	}
+	flip(&s.queued, queued, &w.waiting)
 	if queued && (!in[qLazy] || s.idx[qLazy] == 0) {
 		// run sleeps until the first lazy refresh falls due: a lazy one
 		// wakes it only when it becomes that first one, so a lone queen's
 		// unchanged beats cost no wake of run each.
 		w.signals++
 		w.cond.Signal()
+	}
+}
+
+// flip sets *flag to v and keeps n, the count of keys whose flag is set,
+// in step.
+func flip(flag *bool, v bool, n *int) {
+	if *flag != v {
+		*flag = v
+		if v {
+			*n++
+		} else {
+			*n--
+		}
 	}
 }
 
