@@ -14,10 +14,16 @@ import (
 // `rbee worker --simulate` child, and starts it again on the same data folder
 // and port half an interval later. It asserts that no worker expires from the
 // kill until a TTL after the restart, and that every worker is written again.
+// The TTL is 6 beats: what this test checks is what the restarted queen
+// writes, not how fast a child process and its broker's store recovery start
+// on a busy test machine; with 3 beats that start alone once took the TTL. How
+// a restart fares against a TTL of 3 beats is the chaos program's kill9 case
+// (RELIABILITY.md), which reports its pass rate.
 func TestStressQueenKill9(t *testing.T) {
 	const (
+		missed   = 6
 		interval = time.Second
-		ttl      = 3 * interval
+		ttl      = missed * interval
 		healthy  = 20
 		load     = 1000
 	)
@@ -25,7 +31,7 @@ func TestStressQueenKill9(t *testing.T) {
 	port := testutil.FreePorts(t, 1)[0]
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	args := append([]string{"queen", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data", t.TempDir(), "--http", "off"},
-		queenTTLArgs(t, bin, 3)...)
+		queenTTLArgs(t, bin, missed)...)
 	qout, kill := startKillable(t, nil, bin, args...)
 	wout := start(t, nil, bin, "worker", "--nats-url", url, "--hive-id", "healthy", "--worker-id", "w",
 		"--simulate", fmt.Sprint(healthy), "--interval", interval.String())
