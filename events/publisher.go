@@ -205,10 +205,6 @@ func (p *Publisher) run(ctx context.Context, done, stopping chan struct{}) {
 		if len(win) > 0 {
 			ok, fail = win[0].f.Ok(), win[0].f.Err()
 		}
-		in := p.q
-		if len(win) >= window {
-			in = nil
-		}
 		select {
 		case <-ctx.Done():
 			return
@@ -226,7 +222,7 @@ func (p *Publisher) run(ctx context.Context, done, stopping chan struct{}) {
 				win = p.settle(ctx, win)
 			}
 			return
-		case ev := <-in:
+		case ev := <-p.q: // send settles the oldest first while the window is full
 			win = p.send(ctx, win, ev)
 		case ack := <-ok:
 			p.stored(win[0].msg, ack)
