@@ -202,7 +202,8 @@ func urgentMs(o *op) int64 { return max(o.intervalMs, urgentMinMs) }
 // keys ÷ TTL writes per second; new and changed entries take what is left.
 // Order: goodbyes and marks; refreshes of entries due to expire within
 // urgentMs; new and changed entries; other refreshes, earliest expiry
-// first. A lone queen's lazy refresh takes part only once it falls due.
+// first. A lone queen's lazy refresh takes part only once it falls due, in
+// batches (lazyBatchMs).
 // mu held.
 func (w *writer) next(nowMs int64) *slot {
 	first, live, fresh := &w.qs[qFirst], &w.qs[qLive], &w.qs[qNew]
@@ -210,7 +211,11 @@ func (w *writer) next(nowMs int64) *slot {
 	if live.Len() > 0 {
 		refresh = live.s[0]
 	}
-	if lz := &w.qs[qLazy]; lz.Len() > 0 && nowMs >= dueMs(lz.s[0]) &&
+	lz := &w.qs[qLazy]
+	if lz.Len() > 0 && nowMs-dueMs(lz.s[0]) >= lazyBatchMs {
+		w.lazyCutMs = nowMs
+	}
+	if lz.Len() > 0 && dueMs(lz.s[0]) <= w.lazyCutMs &&
 		(refresh == nil || lz.s[0].deadlineMs < refresh.deadlineMs) {
 		refresh = lz.s[0]
 	}
@@ -240,6 +245,15 @@ func leadMs(o *op) int64 { return max(o.intervalMs/2, minLeadMs) }
 // worker whose TTL leaves room for a refresh leadMs before it expires (a
 // shorter one is written at every beat).
 func lazyKind(o *op) bool { return o.kind == subjects.KindWorker && leadMs(o)+1000 < o.ttlMs }
+
+// lazyBatchMs is how long a lone queen's lazy refreshes wait past falling
+// due, so that those falling due meanwhile go out together: once the first
+// waited this long, every refresh due by then is written (lazyCutMs). One
+// wake of the writer then sends a batch, and the store reads it, answers it
+// and feeds the watch in a few system calls, where writing each as it falls
+// due cost a wake and a system call of each per refresh. Small against
+// minLeadMs, the least a lazy refresh has left when it falls due.
+const lazyBatchMs = 250
 
 // dueMs is when s's waiting lazy refresh falls due.
 func dueMs(s *slot) int64 { return s.deadlineMs - leadMs(s.pend) }
@@ -324,10 +338,11 @@ type writer struct {
 	cond      *sync.Cond
 	slots     map[string]*slot // by subject
 	qs        [nQueues]queue
-	waiting   int  // keys in the queues
-	signals   int  // wakes of run by schedule (a test reads it)
-	lazies    int  // of which lazy refreshes
-	eager     bool // other queens share the group: no lazy refreshes
+	waiting   int   // keys in the queues
+	signals   int   // wakes of run by schedule (a test reads it)
+	lazies    int   // of which lazy refreshes
+	eager     bool  // other queens share the group: no lazy refreshes
+	lazyCutMs int64 // lazy refreshes due by then are written (lazyBatchMs)
 	due       *time.Timer
 	inflight  map[*nats.Msg]*slot
 	stopping  bool
@@ -680,8 +695,8 @@ func (w *writer) run() {
 				if s = w.next(nowMs); s != nil {
 					break
 				}
-				if lz := &w.qs[qLazy]; lz.Len() > 0 { // only lazy refreshes wait: sleep until the first falls due
-					w.due.Reset(time.Duration(dueMs(lz.s[0])-nowMs) * time.Millisecond)
+				if lz := &w.qs[qLazy]; lz.Len() > 0 { // only lazy refreshes wait: sleep until the first is due for its batch
+					w.due.Reset(time.Duration(dueMs(lz.s[0])+lazyBatchMs-nowMs) * time.Millisecond)
 				}
 			}
 			w.cond.Wait()
@@ -702,7 +717,7 @@ func (w *writer) run() {
 		nowMs := time.Now().UnixMilli()
 		lazy := s.lazy
 		if w.sentLagMs = nowMs - s.since; lazy {
-			w.sentLagMs = max(0, nowMs-dueMs(s)) // how late it is, not how long it waited on purpose
+			w.sentLagMs = max(0, nowMs-dueMs(s)-lazyBatchMs) // how late it is, not how long it waited on purpose
 		}
 		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
 		w.schedule(s) // out of the queues while in flight
@@ -974,7 +989,7 @@ func (w *writer) stats() writerStats {
 		st.LagMs = w.sentLagMs
 	}
 	if lz := &w.qs[qLazy]; lz.Len() > 0 {
-		st.LagMs = max(st.LagMs, now-dueMs(lz.s[0])) // a refresh overdue
+		st.LagMs = max(st.LagMs, now-dueMs(lz.s[0])-lazyBatchMs) // a refresh overdue
 	}
 	for _, q := range []*queue{&w.qs[qFirst], &w.qs[qNew]} {
 		if q.Len() > 0 {
