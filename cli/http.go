@@ -86,7 +86,7 @@ func (a *httpAPI) source() registrySource {
 func (a *httpAPI) fleet() prometheus.Collector {
 	c, err := fleet.New(func() fleet.Source {
 		if w := a.q.Registry(); w != nil {
-			return w
+			return fleetSource{w}
 		}
 		return nil
 	}, fleet.DefaultConfig(Version))
@@ -95,6 +95,13 @@ func (a *httpAPI) fleet() prometheus.Collector {
 	}
 	return c
 }
+
+// fleetSource gives the fleet collector the mirror's workers in no order:
+// it aggregates them, and the sort of Workers took 0.4 s per scrape at a
+// million workers.
+type fleetSource struct{ *registry.Watcher }
+
+func (s fleetSource) Workers() []*wire.WorkerEntry { return s.WorkersAnyOrder() }
 
 // newHTTPHandler serves the API for q without a broker connection: no live
 // web view and no broker check in /healthz.

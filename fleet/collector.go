@@ -13,7 +13,7 @@ import (
 
 // Source is the registry the Collector reads: the queen's mirror
 // (*registry.Watcher). Its methods may be called concurrently; the entries
-// it returns are not modified.
+// it returns are not modified. Workers may return them in any order.
 type Source interface {
 	Workers() []*wire.WorkerEntry
 	Hives() []*wire.HiveEntry

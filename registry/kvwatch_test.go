@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -123,6 +124,16 @@ func TestWatchGapLongerThanMarkers(t *testing.T) {
 		}
 		return nil
 	})
+	// The unordered copy the fleet's /metrics aggregate holds the same entries.
+	sorted, unordered := w.Workers(), w.WorkersAnyOrder()
+	if len(unordered) != len(sorted) {
+		t.Errorf("WorkersAnyOrder has %d entries, Workers %d", len(unordered), len(sorted))
+	}
+	for _, e := range sorted {
+		if !slices.Contains(unordered, e) {
+			t.Errorf("WorkersAnyOrder lacks %s.%s", e.HiveID, e.WorkerID)
+		}
+	}
 	for key, want := range map[string]string{"h.expires": "expired", "h.leaves": "left", "h.joins": "joined", "h.stays": ""} {
 		if got := strings.Join(rec.types(key), ","); got != want {
 			t.Errorf("%s: events %q, want %q", key, got, want)

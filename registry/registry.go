@@ -438,6 +438,19 @@ func (w *Watcher) Workers() []*wire.WorkerEntry {
 	return out
 }
 
+// WorkersAnyOrder returns the mirrored worker entries in no particular
+// order, for what aggregates them (the fleet's /metrics families): Workers
+// sorts them by key, 0.4 s of CPU at a million entries. Do not modify them.
+func (w *Watcher) WorkersAnyOrder() []*wire.WorkerEntry {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	out := make([]*wire.WorkerEntry, 0, len(w.workers))
+	for _, it := range w.workers {
+		out = append(out, it.v)
+	}
+	return out
+}
+
 // Hives returns the mirrored hive entries sorted by ID. Do not modify them.
 func (w *Watcher) Hives() []*wire.HiveEntry {
 	w.mu.RLock()
