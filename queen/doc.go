@@ -21,8 +21,8 @@
 // it waited is shed rather than written, so a dead sender is not kept alive
 // by a backlog. A queen alone in its group writes a worker's unchanged beat
 // lazily: it waits, replaced by newer beats, until the stored entry is due
-// to expire within half an interval (at least 5 s), and is then written,
-// with the others falling due within a quarter second (one batch),
+// to expire within half an interval (at least 5 s), and is then written
+// (with those falling due within the next quarter second: one batch),
 // with the TTL left from its acceptance (rounded down), so a live worker
 // costs a write every Missed − 1 intervals and a dead one still expires one
 // TTL after its last beat. Writes are nats.go jetstream asynchronous publishes with a

@@ -212,8 +212,8 @@ func (w *writer) next(nowMs int64) *slot {
 		refresh = live.s[0]
 	}
 	lz := &w.qs[qLazy]
-	if lz.Len() > 0 && nowMs-dueMs(lz.s[0]) >= lazyBatchMs {
-		w.lazyCutMs = nowMs
+	if lz.Len() > 0 && nowMs >= dueMs(lz.s[0]) {
+		w.lazyCutMs = nowMs + lazyBatchMs // the batch: every refresh due by then
 	}
 	if lz.Len() > 0 && dueMs(lz.s[0]) <= w.lazyCutMs &&
 		(refresh == nil || lz.s[0].deadlineMs < refresh.deadlineMs) {
@@ -246,13 +246,13 @@ func leadMs(o *op) int64 { return max(o.intervalMs/2, minLeadMs) }
 // shorter one is written at every beat).
 func lazyKind(o *op) bool { return o.kind == subjects.KindWorker && leadMs(o)+1000 < o.ttlMs }
 
-// lazyBatchMs is how long a lone queen's lazy refreshes wait past falling
-// due, so that those falling due meanwhile go out together: once the first
-// waited this long, every refresh due by then is written (lazyCutMs). One
-// wake of the writer then sends a batch, and the store reads it, answers it
-// and feeds the watch in a few system calls, where writing each as it falls
-// due cost a wake and a system call of each per refresh. Small against
-// minLeadMs, the least a lazy refresh has left when it falls due.
+// lazyBatchMs is how far ahead of its due time a lone queen's lazy refresh
+// goes with the refresh that falls due first: when one falls due, every
+// refresh due within lazyBatchMs is written with it (lazyCutMs). One wake
+// of the writer then sends a batch, and the store reads it, answers it and
+// feeds the watch in a few system calls, where writing each as it fell due
+// cost a wake and a system call of each per refresh. Early, never late, so
+// an entry still has at least minLeadMs left when it is refreshed.
 const lazyBatchMs = 250
 
 // dueMs is when s's waiting lazy refresh falls due.
@@ -342,7 +342,7 @@ type writer struct {
 	signals   int   // wakes of run by schedule (a test reads it)
 	lazies    int   // of which lazy refreshes
 	eager     bool  // other queens share the group: no lazy refreshes
-	lazyCutMs int64 // lazy refreshes due by then are written (lazyBatchMs)
+	lazyCutMs int64 // lazy refreshes due by then are written now (lazyBatchMs)
 	due       *time.Timer
 	inflight  map[*nats.Msg]*slot
 	stopping  bool
@@ -695,8 +695,8 @@ func (w *writer) run() {
 				if s = w.next(nowMs); s != nil {
 					break
 				}
-				if lz := &w.qs[qLazy]; lz.Len() > 0 { // only lazy refreshes wait: sleep until the first is due for its batch
-					w.due.Reset(time.Duration(dueMs(lz.s[0])+lazyBatchMs-nowMs) * time.Millisecond)
+				if lz := &w.qs[qLazy]; lz.Len() > 0 { // only lazy refreshes wait: sleep until the first falls due
+					w.due.Reset(time.Duration(dueMs(lz.s[0])-nowMs) * time.Millisecond)
 				}
 			}
 			w.cond.Wait()
@@ -717,7 +717,7 @@ func (w *writer) run() {
 		nowMs := time.Now().UnixMilli()
 		lazy := s.lazy
 		if w.sentLagMs = nowMs - s.since; lazy {
-			w.sentLagMs = max(0, nowMs-dueMs(s)-lazyBatchMs) // how late it is, not how long it waited on purpose
+			w.sentLagMs = max(0, nowMs-dueMs(s)) // how late it is, not how long it waited on purpose
 		}
 		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
 		w.schedule(s) // out of the queues while in flight
@@ -989,7 +989,7 @@ func (w *writer) stats() writerStats {
 		st.LagMs = w.sentLagMs
 	}
 	if lz := &w.qs[qLazy]; lz.Len() > 0 {
-		st.LagMs = max(st.LagMs, now-dueMs(lz.s[0])-lazyBatchMs) // a refresh overdue
+		st.LagMs = max(st.LagMs, now-dueMs(lz.s[0])) // a refresh overdue
 	}
 	for _, q := range []*queue{&w.qs[qFirst], &w.qs[qNew]} {
 		if q.Len() > 0 {

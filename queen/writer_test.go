@@ -194,17 +194,22 @@ func TestLazyRefresh(t *testing.T) {
 	if !w.nothingDue(now) || !w.nothingDue(now+50_000-minLeadMs-1) {
 		t.Fatal("a refresh not yet due counts as due")
 	}
-	// Refreshes go out in batches: the first waits lazyBatchMs past falling
-	// due, and goes with every other due by then.
-	liveSlot(w, "same2", now+50_000+lazyBatchMs/2)
+	// Refreshes go out in batches: the first to fall due takes with it
+	// every refresh due within lazyBatchMs, and none due later.
+	liveSlot(w, "same2", now+50_000+lazyBatchMs)
 	w.put(lazyOp("same2", "i", 2, now, wire.StatusReady))
+	liveSlot(w, "same3", now+50_000+lazyBatchMs+1)
+	w.put(lazyOp("same3", "i", 2, now, wire.StatusReady))
 	due := int64(now + 50_000 - minLeadMs)
-	if got := popAll(w, due+lazyBatchMs-1); len(got) != 0 {
-		t.Fatalf("at %d, within the batch: %v written, want none", due+lazyBatchMs-1, order(got))
-	}
-	got := popAll(w, due+lazyBatchMs)
+	got := popAll(w, due)
 	if len(got) != 2 || got[0].key != "same" || got[0].pend.seq != 3 || got[1].key != "same2" {
-		t.Fatalf("at %d: %v, want same with seq 3 and same2", due+lazyBatchMs, order(got))
+		t.Fatalf("due at %d: %v, want same with seq 3 and same2", due, order(got))
+	}
+	if got := popAll(w, due+lazyBatchMs); len(got) != 0 {
+		t.Fatalf("at %d: %v written, want none until same3 falls due", due+lazyBatchMs, order(got))
+	}
+	if got := popAll(w, due+lazyBatchMs+1); len(got) != 1 || got[0].key != "same3" {
+		t.Fatalf("at %d: %v, want same3", due+lazyBatchMs+1, order(got))
 	}
 	// Once the queen has peers, every waiting refresh goes.
 	liveSlot(w, "later", now+500_000)
