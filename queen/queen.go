@@ -404,7 +404,9 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 // onMsg handles one heartbeat; it runs on the subscription's goroutine and
 // never blocks on the store: the writer queues per key.
 func (q *Queen) onMsg(msg *nats.Msg) {
-	q.reserve.took(msg)
+	if q.reserve.took(msg) {
+		return // taken from the reserve already: this queen's share was behind
+	}
 	if q.reserve.stalled() {
 		// This queen was frozen: its share waited in the socket while the
 		// other queens took those beats from their reserves. It discards

@@ -40,7 +40,16 @@ type heldBeat struct {
 	atMs  int64
 	id    *wire.Ident // read when the beat is first looked at
 	dueMs int64       // when the hold runs out
+	// rescued: the hold ran out and this queen takes the beat from its
+	// reserve. It is kept until rescuedKeepMs, so that its copy from this
+	// queen's own share, when that share is behind (an overloaded queen),
+	// is known as taken, not admitted again and refused as a replay.
+	rescued bool
 }
+
+// rescuedKeepMs is how long a rescued beat is kept for its copy from this
+// queen's share.
+const rescuedKeepMs = 10_000
 
 // Hold times: half the sender's interval, within these bounds.
 const (
@@ -145,15 +154,20 @@ func (r *reserve) hold(msg *nats.Msg) {
 }
 
 // took lets go of the held copy of a beat this queen took from its share.
-func (r *reserve) took(msg *nats.Msg) {
+// It returns true if this queen already took that beat from its reserve:
+// its share was behind by more than the hold.
+func (r *reserve) took(msg *nats.Msg) bool {
 	if !r.on.Load() {
-		return
+		return false
 	}
 	r.mu.Lock()
-	if h, ok := r.held[msg.Subject]; ok && bytes.Equal(h.msg.Data, msg.Data) {
+	defer r.mu.Unlock()
+	h, ok := r.held[msg.Subject]
+	if ok && bytes.Equal(h.msg.Data, msg.Data) {
 		delete(r.held, msg.Subject)
+		return h.rescued
 	}
-	r.mu.Unlock()
+	return false
 }
 
 // rescue takes the held beats whose hold ran out and that no queen took.
@@ -166,6 +180,12 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 	var due []heldBeat
 	r.mu.Lock()
 	for subject, h := range r.held {
+		if h.rescued {
+			if nowMs-h.atMs >= rescuedKeepMs {
+				delete(r.held, subject)
+			}
+			continue
+		}
 		if nowMs-h.atMs < holdMinMs {
 			continue
 		}
@@ -179,8 +199,11 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 			r.held[subject] = h
 		}
 		if nowMs >= h.dueMs {
+			// Taken from here on: a copy from this queen's share that comes
+			// now is not admitted again (took).
+			h.rescued = true
+			r.held[subject] = h
 			due = append(due, h)
-			delete(r.held, subject)
 		}
 	}
 	r.mu.Unlock()
@@ -189,6 +212,11 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 		a, err := q.scheme.Parse(msg.Subject)
 		if err != nil || q.tracker.seen(q.w.subjectOf(a.Kind, keyOf(a)), h.id.InstanceID, h.id.Seq,
 			msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye) {
+			r.mu.Lock()
+			if k, ok := r.held[msg.Subject]; ok && k.msg == msg {
+				delete(r.held, msg.Subject) // another queen took it
+			}
+			r.mu.Unlock()
 			continue
 		}
 		q.metrics.rescued.WithLabelValues(string(a.Kind)).Inc()

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/subscriber"
 	"github.com/rbee/heartbeat/wire"
 )
 
@@ -474,4 +475,49 @@ func TestAckWaitSilentStore(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestReserveShareBehind: a queen whose own share is behind by more than
+// the hold (overloaded) takes a beat from its reserve first; the copy from
+// its share that comes later is known as taken, not admitted again and
+// refused as a replay.
+func TestReserveShareBehind(t *testing.T) {
+	q, err := New(&nats.Conn{}, testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Parking off, as once the rescued beat's write has gone out: the copy
+	// from the share would be decoded and admitted.
+	q.w.decode = nil
+	q.reserve.held = map[string]heldBeat{}
+	q.reserve.on.Store(true)
+	q.reserve.awakeMs.Store(mono())
+	w := &wire.Worker{HiveID: "h", WorkerID: "w", Status: wire.StatusReady, SlotsTotal: 1,
+		Meta: wire.Meta{V: 1, InstanceID: "inst", Seq: 5, IntervalMs: 1000, Health: wire.Healthy}}
+	data, err := wire.Marshal(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := &nats.Msg{Subject: q.scheme.Worker("h", "w"), Data: data, Header: nats.Header{}}
+	msg.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
+	msg.Header.Set(wire.HeaderSchema, wire.SchemaWorker)
+	q.reserve.hold(msg)
+	q.reserve.rescue(q, time.Now().Add(2*time.Second))
+	q.reserve.awakeMs.Store(mono()) // housekeeping ran: no stall
+	q.onMsg(msg)                    // the copy from this queen's share, late
+	st := q.Stats()
+	rescued := value(q.metrics.rescued.WithLabelValues(string(subjects.KindWorker)))
+	if st.Accepted[subjects.KindWorker] != 1 || rescued != 1 || st.Rejected[subscriber.ReasonReplay] != 0 {
+		t.Fatalf("accepted %d, rescued %v, refused as replays %d: want 1, 1 and 0",
+			st.Accepted[subjects.KindWorker], rescued, st.Rejected[subscriber.ReasonReplay])
+	}
+	// A newer beat of the key is held as usual and let go when taken.
+	w.Seq = 6
+	if msg.Data, err = wire.Marshal(w); err != nil {
+		t.Fatal(err)
+	}
+	q.reserve.hold(msg)
+	if q.reserve.took(msg) {
+		t.Fatal("a newer beat counted as taken from the reserve")
+	}
 }
