@@ -30,6 +30,7 @@ type ingestResult struct {
 	Core       summary        `json:"core_nats"`
 	Store      summary        `json:"store_kv_publish_async_with_ttl"`
 	StoreNoTTL summary        `json:"store_kv_publish_async_without_ttl"`
+	StoreWatch summary        `json:"store_kv_publish_async_with_ttl_and_watch"`
 	HTTP       summary        `json:"http_json"`
 	Profile    *profileResult `json:"profile,omitempty"`
 
@@ -80,8 +81,9 @@ func measureIngest(o options, n int, profile bool) (ingestResult, error) {
 	if err := errors.Join(
 		run("queen", &r.Queen, func(st *stack) (sink, error) { return st.startQueen() }),
 		run("core NATS", &r.Core, func(st *stack) (sink, error) { return newCoreSink(st) }),
-		run("KV publishes with Nats-TTL", &r.Store, func(st *stack) (sink, error) { return newStoreSink(st, ttl) }),
-		run("KV publishes without TTL", &r.StoreNoTTL, func(st *stack) (sink, error) { return newStoreSink(st, "") }),
+		run("KV publishes with Nats-TTL", &r.Store, func(st *stack) (sink, error) { return newStoreSink(st, ttl, false) }),
+		run("KV publishes without TTL", &r.StoreNoTTL, func(st *stack) (sink, error) { return newStoreSink(st, "", false) }),
+		run("KV publishes with Nats-TTL, bucket watched", &r.StoreWatch, func(st *stack) (sink, error) { return newStoreSink(st, ttl, true) }),
 	); err != nil {
 		return r, err
 	}
@@ -324,15 +326,19 @@ func (c *coreSink) drained() bool              { return true }
 // storeSink is the store limit: the same payloads published straight into
 // the worker bucket's stream ($KV.rbee_workers.<key>) with nats.go's
 // PublishMsgAsync and the queen's in-flight bound, carrying the queen's
-// Nats-TTL (ttl; empty: none), nothing decoded.
+// Nats-TTL (ttl; empty: none), nothing decoded. With watch, an ordered
+// WatchAll on its own connection receives every write, as the queen's
+// registry mirror does: what the queen pays for seeing the bucket.
 type storeSink struct {
 	js         jetstream.JetStream
 	ttl        string
 	acked, bad atomic.Uint64
+	watch      bool
+	watched    atomic.Uint64 // writes the watch delivered
 }
 
-func newStoreSink(st *stack, ttl string) (*storeSink, error) {
-	s := &storeSink{ttl: ttl}
+func newStoreSink(st *stack, ttl string, watch bool) (*storeSink, error) {
+	s := &storeSink{ttl: ttl, watch: watch}
 	var err error
 	s.js, err = jetstream.New(st.gen,
 		jetstream.WithPublishAsyncMaxPending(st.cfg.MaxInFlight),
@@ -344,8 +350,34 @@ func newStoreSink(st *stack, ttl string) (*storeSink, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = s.js.CreateOrUpdateKeyValue(ctx, queen.BucketConfig(subjects.Default().WorkersBucket(), st.cfg.MaxTTL, 1))
-	return s, err
+	kv, err := s.js.CreateOrUpdateKeyValue(ctx, queen.BucketConfig(subjects.Default().WorkersBucket(), st.cfg.MaxTTL, 1))
+	if err != nil || !watch {
+		return s, err
+	}
+	if st.qc, err = st.connect("bench-watch"); err != nil { // closed with the stack
+		return s, err
+	}
+	wjs, err := jetstream.New(st.qc)
+	if err != nil {
+		return s, err
+	}
+	wkv, err := wjs.KeyValue(ctx, kv.Bucket())
+	if err != nil {
+		return s, err
+	}
+	// The queen's registry watch: nats.go's KV WatchAll, from now on.
+	kw, err := wkv.WatchAll(context.Background(), jetstream.UpdatesOnly())
+	if err != nil {
+		return s, err
+	}
+	go func() {
+		for e := range kw.Updates() {
+			if e != nil {
+				s.watched.Add(1)
+			}
+		}
+	}()
+	return s, nil
 }
 
 func (s *storeSink) send(f *fleet, i int) error {
@@ -357,8 +389,12 @@ func (s *storeSink) send(f *fleet, i int) error {
 	return err
 }
 
-func (s *storeSink) done() uint64  { return s.acked.Load() + s.bad.Load() }
-func (s *storeSink) drained() bool { return s.js.PublishAsyncPending() == 0 }
+func (s *storeSink) done() uint64 { return s.acked.Load() + s.bad.Load() }
+
+// drained: nothing in flight, and with a watch, every write seen by it.
+func (s *storeSink) drained() bool {
+	return s.js.PublishAsyncPending() == 0 && (!s.watch || s.watched.Load() >= s.acked.Load())
+}
 
 // queenSink feeds worker beats to the queen over core NATS. A beat is done
 // once the queen counted it accepted or rejected; drained once no registry

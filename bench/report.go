@@ -113,6 +113,7 @@ func ingestSection(p func(string, ...any), res *results) {
 		{"(a) bus limit: core NATS publish → subscriber", func(r ingestResult) summary { return r.Core }},
 		{"(b) store limit: `PublishMsgAsync` into `$KV.rbee_workers.<key>` with `Nats-TTL: 90s`", func(r ingestResult) summary { return r.Store }},
 		{"(b') the same without `Nats-TTL`", func(r ingestResult) summary { return r.StoreNoTTL }},
+		{"(b'') (b), with a watch of the bucket on its own connection (as the queen's registry mirror)", func(r ingestResult) summary { return r.StoreWatch }},
 		{"(c) seed design: HTTP POST of JSON → map", func(r ingestResult) summary { return r.HTTP }},
 	}
 	row := func(name string, cell func(ingestResult) string) {
@@ -138,6 +139,10 @@ func ingestSection(p func(string, ...any), res *results) {
 	}
 	row("**queen / (b)**", func(r ingestResult) string { return fmt.Sprintf("**%.2f** |", r.RatioStore) })
 	row("(b) / (b'): what `Nats-TTL` costs the store", func(r ingestResult) string { return fmt.Sprintf("%.2f |", r.Store.Median/r.StoreNoTTL.Median) })
+	row("(b'') / (b): what a watch of the bucket leaves of the store limit", func(r ingestResult) string {
+		return fmt.Sprintf("%.2f |", r.StoreWatch.Median/r.Store.Median)
+	})
+	row("queen / (b'')", func(r ingestResult) string { return fmt.Sprintf("%.2f |", r.Queen.Median/r.StoreWatch.Median) })
 	row("**queen / (c)**", func(r ingestResult) string { return fmt.Sprintf("**%.1f×** |", r.RatioHTTP) })
 	row("queen / (a)", func(r ingestResult) string { return fmt.Sprintf("%.2f |", r.RatioCore) })
 	p("\nCPU is the whole process's (system, broker, generator; `getrusage`). (c) uses %v keep-alive senders posting the\n", res.Settings["http_senders"])
