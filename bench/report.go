@@ -113,7 +113,7 @@ func ingestSection(p func(string, ...any), res *results) {
 		{"(a) bus limit: core NATS publish → subscriber", func(r ingestResult) summary { return r.Core }},
 		{"(b) store limit: `PublishMsgAsync` into `$KV.rbee_workers.<key>` with `Nats-TTL: 90s`", func(r ingestResult) summary { return r.Store }},
 		{"(b') the same without `Nats-TTL`", func(r ingestResult) summary { return r.StoreNoTTL }},
-		{"(b'') (b), with a watch of the bucket on its own connection (as the queen's registry mirror)", func(r ingestResult) summary { return r.StoreWatch }},
+		{"(b'') (b) watched: the same, with a watch of the bucket on its own connection (as the queen's registry mirror)", func(r ingestResult) summary { return r.StoreWatch }},
 		{"(c) seed design: HTTP POST of JSON → map", func(r ingestResult) summary { return r.HTTP }},
 	}
 	row := func(name string, cell func(ingestResult) string) {
