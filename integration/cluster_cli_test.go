@@ -107,18 +107,20 @@ func TestQueenCLICluster(t *testing.T) {
 	}
 	// Beats go on through the other two members: every worker's entry moves
 	// past the seq it had before the kill, and none expired in between.
-	testutil.Eventually(t, 30*time.Second, func() bool {
+	testutil.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		ws := status(strings.Join(survivors, ","))
 		if len(ws) != 3 {
-			return false
+			return fmt.Errorf("%d workers read through the surviving members, want 3", len(ws))
 		}
 		for _, w := range ws {
 			if w.Seq <= before[w.WorkerID]+2 {
-				return false
+				l, current := streamCluster(js, "rbee_workers")
+				return fmt.Errorf("worker %s at seq %d, liveness %q, %d before the kill (rbee_workers led by %q, %d current replicas): "+
+					"workers keep beating into the surviving members", w.WorkerID, w.Seq, w.Liveness, before[w.WorkerID], l, current)
 			}
 		}
-		return true
-	}, "workers keep beating into the surviving members")
+		return nil
+	})
 	l, _ := streamCluster(js, "rbee_workers")
 	t.Logf("rbee_workers now led by %s; workers kept beating: seqs before the kill %v", l, before)
 }
