@@ -207,16 +207,13 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 		}
 	}
 	r.mu.Unlock()
+	var taken []*nats.Msg // by another queen: let go in one pass below
 	for _, h := range due {
 		msg := h.msg
 		a, err := q.scheme.Parse(msg.Subject)
 		if err != nil || q.tracker.seen(q.w.subjectOf(a.Kind, keyOf(a)), h.id.InstanceID, h.id.Seq,
 			msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye) {
-			r.mu.Lock()
-			if k, ok := r.held[msg.Subject]; ok && k.msg == msg {
-				delete(r.held, msg.Subject) // another queen took it
-			}
-			r.mu.Unlock()
+			taken = append(taken, msg)
 			continue
 		}
 		q.metrics.rescued.WithLabelValues(string(a.Kind)).Inc()
@@ -226,6 +223,15 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 			// newer entry, or its goodbye, stays.
 			q.w.put(o)
 		}
+	}
+	if len(taken) > 0 {
+		r.mu.Lock()
+		for _, msg := range taken {
+			if k, ok := r.held[msg.Subject]; ok && k.msg == msg { // not replaced by a newer beat meanwhile
+				delete(r.held, msg.Subject)
+			}
+		}
+		r.mu.Unlock()
 	}
 }
 

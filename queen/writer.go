@@ -211,13 +211,14 @@ func (w *writer) next(nowMs int64) *slot {
 	if live.Len() > 0 {
 		refresh = live.s[0]
 	}
-	lz := &w.qs[qLazy]
-	if lz.Len() > 0 && nowMs >= dueMs(lz.s[0]) {
-		w.lazyCutMs = nowMs + lazyBatchMs // the batch: every refresh due by then
-	}
-	if lz.Len() > 0 && dueMs(lz.s[0]) <= w.lazyCutMs &&
-		(refresh == nil || lz.s[0].deadlineMs < refresh.deadlineMs) {
-		refresh = lz.s[0]
+	if lz := &w.qs[qLazy]; lz.Len() > 0 {
+		s, due := lz.s[0], dueMs(lz.s[0])
+		if nowMs >= due {
+			w.lazyCutMs = nowMs + lazyBatchMs // the batch: every refresh due by then
+		}
+		if due <= w.lazyCutMs && (refresh == nil || s.deadlineMs < refresh.deadlineMs) {
+			refresh = s
+		}
 	}
 	switch {
 	case first.Len() > 0:
