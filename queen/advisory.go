@@ -65,7 +65,7 @@ func (q *Queen) onDisconnect(msg *nats.Msg) {
 // markClosed marks the live entries last beating on conn disconnected.
 func (q *Queen) markClosed(conn string, at time.Time) {
 	now := time.Now()
-	targets := q.tracker.closed(conn, now.UnixMilli())
+	targets := q.w.closed(conn, now.UnixMilli())
 	for _, tg := range targets {
 		q.markDisconnected(tg, conn, now.UnixMilli())
 	}

@@ -31,7 +31,6 @@ type Queen struct {
 	cfg     Config
 	scheme  subjects.Scheme
 	log     *slog.Logger
-	tracker *tracker
 	metrics *metrics
 	w       *writer
 	health  *healthState
@@ -72,7 +71,6 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		cfg:       cfg,
 		scheme:    scheme,
 		log:       log,
-		tracker:   newTracker(cfg),
 		metrics:   newMetrics(),
 		rejectLog: map[subscriber.Reason]*rate.Sometimes{},
 	}
@@ -86,6 +84,7 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		subjects.KindQueen:  "$KV." + scheme.QueensBucket() + ".",
 	})
 	q.w.decode = q.decode
+	q.w.cfg = cfg
 	return q, nil
 }
 
@@ -384,8 +383,7 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 			reserveDropped = q.reserve.dropped()
 			if now.Sub(lastSweep) > q.cfg.MaxTTL {
 				lastSweep = now
-				q.w.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli())
-				if n := q.tracker.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli()); n > 0 {
+				if n := q.w.sweep(now.Add(-q.cfg.MaxTTL).UnixMilli()); n > 0 {
 					q.log.Debug("forgot departed senders", "count", n)
 				}
 			}
@@ -458,7 +456,6 @@ var reasons = map[string]subscriber.Reason{
 func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	m := hb.Meta()
 	kind, key := hb.Addr.Kind, keyOf(hb.Addr)
-	id := q.w.subjectOf(kind, key)
 	ttlMs := q.cfg.ttlMs(m.IntervalMs)
 	if ttlMs > q.cfg.MaxTTL.Milliseconds() {
 		q.reject(kind, &subscriber.RejectError{Reason: subscriber.ReasonInterval, Subject: hb.Subject,
@@ -473,7 +470,7 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 		busy = hb.Worker.SlotsBusy > 0 || hb.Worker.Status == wire.StatusBusy
 		progress = hb.Worker.Progress
 	}
-	v := q.tracker.admit(id, target{kind, key}, m, hb.Goodbye, busy, progress, now)
+	v := q.w.admit(target{kind, key}, m, hb.Goodbye, busy, progress, now)
 	if v.reason == "superseded" {
 		q.metrics.superseded(kind)
 		return nil
@@ -493,7 +490,7 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	q.metrics.accepted.WithLabelValues(string(kind)).Inc()
 	q.metrics.skew(wire.SkewMs(now, m.SentAtMs))
 	o := &op{kind: kind, key: key, ttlMs: ttlMs, intervalMs: m.IntervalMs, acceptedMs: now,
-		instance: m.InstanceID, seq: m.Seq, conn: m.Conn}
+		instance: m.InstanceID, seq: m.Seq, conn: m.Conn, slot: v.slot}
 	if hb.Goodbye {
 		q.metrics.goodbyes.WithLabelValues(string(kind)).Inc()
 		o.del = true
@@ -547,21 +544,18 @@ func metaOf(ev registry.Event) wire.Meta {
 // onEvent learns from every registry change (the watcher's goroutine, one
 // at a time): what other queens wrote, departures, expiries.
 func (q *Queen) onEvent(ev registry.Event) {
-	id := q.w.subjectOf(ev.Kind, ev.Key)
 	tg := target{ev.Kind, ev.Key}
 	switch ev.Type {
 	case registry.Left, registry.Expired:
-		inst := metaOf(ev).InstanceID
-		q.tracker.forget(id, ev.Type == registry.Left, inst, time.Now().UnixMilli())
-		q.w.forget(ev.Kind, ev.Key, ev.Revision, ev.Type == registry.Left, inst)
+		q.w.forget(tg, ev.Revision, ev.Type == registry.Left, metaOf(ev).InstanceID, time.Now().UnixMilli())
 	default:
 		switch {
 		case ev.Worker != nil:
-			q.tracker.observe(id, tg, &ev.Worker.Meta, &ev.Worker.Received, ev.Worker.Progress)
+			q.w.observe(tg, ev.Revision, &ev.Worker.Meta, &ev.Worker.Received, ev.Worker.Progress)
 		case ev.Hive != nil:
-			q.tracker.observe(id, tg, &ev.Hive.Meta, &ev.Hive.Received, nil)
+			q.w.observe(tg, ev.Revision, &ev.Hive.Meta, &ev.Hive.Received, nil)
 		case ev.Queen != nil:
-			q.tracker.observe(id, tg, &ev.Queen.Meta, &ev.Queen.Received, nil)
+			q.w.observe(tg, ev.Revision, &ev.Queen.Meta, &ev.Queen.Received, nil)
 		}
 	}
 	if ev.Type == registry.Refreshed {

@@ -211,7 +211,7 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 	for _, h := range due {
 		msg := h.msg
 		a, err := q.scheme.Parse(msg.Subject)
-		if err != nil || q.tracker.seen(q.w.subjectOf(a.Kind, keyOf(a)), h.id.InstanceID, h.id.Seq,
+		if err != nil || q.w.seen(target{a.Kind, keyOf(a)}, h.id.InstanceID, h.id.Seq,
 			msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye) {
 			taken = append(taken, msg)
 			continue

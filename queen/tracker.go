@@ -2,11 +2,16 @@ package queen
 
 import (
 	"strings"
-	"sync"
 
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
+
+// The tracker decides whether a beat is fresh: per key, the claimants and
+// liveness state it learns from accepted beats and from the registry watch
+// (what every queen wrote), so a restarted queen and a queue group of queens
+// agree. Its state is the key's slot's (slot.snd), under the writer's lock:
+// a key has one state, looked up once per beat.
 
 // target names a registry entry: its kind and key.
 type target struct {
@@ -22,10 +27,8 @@ type claim struct {
 	lastMs   int64
 }
 
-// sender is what the queen remembers of one registry key.
+// sender is what the queen remembers of a key's senders.
 type sender struct {
-	kind        subjects.Kind
-	key         string
 	holder      claim // the instance whose beats the entry shows
 	intervalMs  int64 // the holder's interval
 	firstSeenMs int64 // queen clock at the holder's first accepted beat
@@ -53,28 +56,11 @@ type verdict struct {
 	ok       bool
 	reason   string // why not ok: "replay", "conflict", "seq" or "superseded"
 	detail   string
-	takeover bool // an ousted instance regained the key
-	newInst  bool // a new instance took the key (a restart)
 	conflict bool // two instances are beating under the key
 	rec      wire.Received
-}
-
-// tracker holds, per registry key, the claimants and liveness state that
-// decide whether a beat is fresh. It keeps its own copies of keys and
-// instance IDs: those share memory with the beat's other strings. It is fed
-// by accepted beats and by the registry watcher (what every queen wrote), so
-// a restarted queen and a queue group of queens agree. Its methods may be
-// called concurrently.
-type tracker struct {
-	cfg Config
-	mu  sync.Mutex
-	m   map[string]*sender
-	// byConn indexes keys by the connection their holder last beat on.
-	byConn map[string]map[string]struct{}
-}
-
-func newTracker(cfg Config) *tracker {
-	return &tracker{cfg: cfg, m: map[string]*sender{}, byConn: map[string]map[string]struct{}{}}
+	// slot is the key's, for the write of an accepted beat (put): sweep
+	// keeps a key whose beat was just accepted, so it stays the key's.
+	slot *slot
 }
 
 // Seq sanity: a sender's seq grows by one per beat plus one per triggered
@@ -93,61 +79,69 @@ func maxJump(elapsedMs int64) uint64 {
 	return seqSlack + uint64(elapsedMs/seqPerMsRate)
 }
 
-// admit decides whether a beat is fresh and, if it is, records it. id is
-// the entry's KV subject (unique across buckets); busy and progress describe
-// a worker beat (progress nil: none sent). It returns the queen-owned keys to
-// store with the beat.
-func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	key := id
-	s := t.m[key]
+// slotOf returns tg's slot, created if absent. mu held.
+func (w *writer) slotOf(tg target) *slot {
+	subject := w.subjectOf(tg.kind, tg.key)
+	s := w.slots[subject]
 	if s == nil {
+		s = newSlot(tg.kind, strings.Clone(tg.key), subject)
+		w.slots[subject] = s
+	}
+	return s
+}
+
+// admit decides whether a beat of tg is fresh and, if it is, records it;
+// busy and progress describe a worker beat (progress nil: none sent). It
+// returns the queen-owned keys to store with the beat.
+func (w *writer) admit(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.slots[w.subjectOf(tg.kind, tg.key)]
+	if s == nil || !s.tracked {
 		if goodbye {
 			// A goodbye for a key the queen never saw: let it delete (a
 			// restarted queen may not have loaded the key yet).
 			return verdict{ok: true}
 		}
-		s = &sender{kind: tg.kind, key: strings.Clone(tg.key), holder: claim{strings.Clone(m.InstanceID), m.Seq, nowMs},
-			intervalMs: m.IntervalMs, firstSeenMs: nowMs}
-		t.m[strings.Clone(key)] = s
-		t.setConn(key, s, m.Conn)
-		return t.stamp(s, m, busy, progress, nowMs, verdict{ok: true, newInst: true})
+		s = w.slotOf(tg)
+		s.tracked = true
+		s.snd = sender{holder: claim{strings.Clone(m.InstanceID), m.Seq, nowMs}, intervalMs: m.IntervalMs, firstSeenMs: nowMs}
+		w.setConn(s, m.Conn)
+		return w.stamp(s, m, busy, progress, nowMs, verdict{ok: true, slot: s})
 	}
-	ttl := t.cfg.ttlMs(max(s.intervalMs, m.IntervalMs))
-	var v verdict
-	if s.left != "" && m.InstanceID == s.left {
+	t := &s.snd
+	ttl := w.cfg.ttlMs(max(t.intervalMs, m.IntervalMs))
+	if t.left != "" && m.InstanceID == t.left {
 		return verdict{reason: "replay", detail: "the instance said goodbye already"}
 	}
 	switch {
-	case m.InstanceID == s.holder.instance:
-		elapsed := nowMs - s.holder.lastMs
+	case m.InstanceID == t.holder.instance:
+		elapsed := nowMs - t.holder.lastMs
 		switch {
-		case m.Seq <= s.holder.seq && elapsed < 0:
+		case m.Seq <= t.holder.seq && elapsed < 0:
 			// It arrived before the newest beat accepted, and was decoded
 			// after it (it waited parked): replaced, not replayed.
 			return verdict{reason: "superseded", detail: "a newer beat of the instance was accepted after it arrived"}
-		case m.Seq <= s.holder.seq && elapsed <= ttl:
+		case m.Seq <= t.holder.seq && elapsed <= ttl:
 			return verdict{reason: "replay", detail: "seq is not newer than the last accepted"}
-		case m.Seq > s.holder.seq && m.Seq-s.holder.seq > maxJump(elapsed):
+		case m.Seq > t.holder.seq && m.Seq-t.holder.seq > maxJump(elapsed):
 			return verdict{reason: "seq", detail: "seq jumps further than the sender can have beaten"}
 		}
 		// seq ≤ last after a whole TTL of silence (or after the entry left):
 		// whatever raised it is stale, so the sender is heard again.
-		s.holder.seq, s.holder.lastMs = m.Seq, nowMs
-		if s.goneAtMs != 0 && !goodbye { // back after leaving or expiring: a new stay
-			s.goneAtMs, s.firstSeenMs = 0, nowMs
+		t.holder.seq, t.holder.lastMs = m.Seq, nowMs
+		if t.goneAtMs != 0 && !goodbye { // back after leaving or expiring: a new stay
+			t.goneAtMs, t.firstSeenMs = 0, nowMs
 		}
-		v.ok = true
 	default:
-		i := s.ousterIndex(m.InstanceID)
-		live := s.goneAtMs == 0 && nowMs-s.holder.lastMs <= ttl
+		i := t.ousterIndex(m.InstanceID)
+		live := t.goneAtMs == 0 && nowMs-t.holder.lastMs <= ttl
 		if goodbye && live {
 			// Only the instance the entry shows may say goodbye for it.
 			return verdict{reason: "conflict", detail: "goodbye from an instance that is not the registered one"}
 		}
 		if i >= 0 {
-			c := &s.ousted[i]
+			c := &t.ousted[i]
 			if m.Seq <= c.seq {
 				return verdict{reason: "replay", detail: "seq is not newer than the last accepted from this instance"}
 			}
@@ -155,45 +149,39 @@ func (t *tracker) admit(id string, tg target, m *wire.Meta, goodbye bool, busy b
 			// The holder has had 1.5 of the challenger's own intervals to
 			// beat: the challenger cannot be kept out longer by a holder that
 			// forged an interval or fell silent.
-			silent := s.goneAtMs != 0 || 2*(nowMs-s.holder.lastMs) > 3*m.IntervalMs
+			silent := t.goneAtMs != 0 || 2*(nowMs-t.holder.lastMs) > 3*m.IntervalMs
 			if !silent {
-				s.conflictMs = nowMs
+				t.conflictMs = nowMs
 				return verdict{reason: "conflict", detail: "another instance holds the key and is beating", conflict: true}
 			}
 			if live {
-				s.conflictMs = nowMs
+				t.conflictMs = nowMs
 			}
-			old := s.holder
-			s.holder = *c
-			s.ousted[i] = old
-			v.takeover = true
+			t.holder, t.ousted[i] = *c, t.holder
 		} else {
 			// A new instance: a restart, or (while the first still beats) a
 			// second process under one ID. The newest wins now; the other
 			// regains the key if it keeps beating while this one is silent.
-			s.ousted[1] = s.ousted[0]
-			s.ousted[0] = s.holder
-			s.holder = claim{strings.Clone(m.InstanceID), m.Seq, nowMs}
-			v.newInst = true
+			t.ousted[1], t.ousted[0] = t.ousted[0], t.holder
+			t.holder = claim{strings.Clone(m.InstanceID), m.Seq, nowMs}
 		}
-		s.firstSeenMs, s.goneAtMs = nowMs, 0
-		s.hasProgress = false
-		v.ok = true
+		t.firstSeenMs, t.goneAtMs = nowMs, 0
+		t.hasProgress = false
 	}
-	s.intervalMs = m.IntervalMs
+	t.intervalMs = m.IntervalMs
 	if goodbye {
 		// Gone at once, so a close of its connection after the goodbye marks nothing.
-		s.goneAtMs, s.left = nowMs, s.holder.instance
-		t.setConn(key, s, "")
-		return v
+		t.goneAtMs, t.left = nowMs, t.holder.instance
+		w.setConn(s, "")
+		return verdict{ok: true, slot: s}
 	}
-	t.setConn(key, s, m.Conn)
-	return t.stamp(s, m, busy, progress, nowMs, v)
+	w.setConn(s, m.Conn)
+	return w.stamp(s, m, busy, progress, nowMs, verdict{ok: true, slot: s})
 }
 
-func (s *sender) ousterIndex(instance string) int {
-	for i := range s.ousted {
-		if s.ousted[i].instance != "" && s.ousted[i].instance == instance {
+func (t *sender) ousterIndex(instance string) int {
+	for i := range t.ousted {
+		if t.ousted[i].instance != "" && t.ousted[i].instance == instance {
 			return i
 		}
 	}
@@ -201,193 +189,162 @@ func (s *sender) ousterIndex(instance string) int {
 }
 
 // stamp fills the queen-owned keys for an accepted beat: first seen,
-// progress and stall, conflict. Called with mu held.
-func (t *tracker) stamp(s *sender, m *wire.Meta, busy bool, progress *uint64, nowMs int64, v verdict) verdict {
-	ttl := t.cfg.ttlMs(s.intervalMs)
-	v.conflict = s.conflictMs != 0 && nowMs-s.conflictMs <= ttl
+// progress and stall, conflict. mu held.
+func (w *writer) stamp(s *slot, m *wire.Meta, busy bool, progress *uint64, nowMs int64, v verdict) verdict {
+	t := &s.snd
+	ttl := w.cfg.ttlMs(t.intervalMs)
+	v.conflict = t.conflictMs != 0 && nowMs-t.conflictMs <= ttl
 	live := wire.LivenessAlive
 	if progress != nil {
-		if !s.hasProgress || *progress > s.progress || !busy {
-			s.progressAtMs = nowMs
+		if !t.hasProgress || *progress > t.progress || !busy {
+			t.progressAtMs = nowMs
 		}
-		s.progress, s.hasProgress = *progress, true
-		if busy && nowMs-s.progressAtMs >= int64(t.cfg.StallAfter)*s.intervalMs {
+		t.progress, t.hasProgress = *progress, true
+		if busy && nowMs-t.progressAtMs >= int64(w.cfg.StallAfter)*t.intervalMs {
 			live = wire.LivenessStalled
 		}
 	} else {
-		s.hasProgress, s.progressAtMs = false, 0
+		t.hasProgress, t.progressAtMs = false, 0
 	}
-	if live != s.liveness.OrAlive() || s.livenessSinceMs == 0 {
-		s.livenessSinceMs = nowMs
+	if live != t.liveness.OrAlive() || t.livenessSinceMs == 0 {
+		t.livenessSinceMs = nowMs
 	}
-	s.liveness = live
+	t.liveness = live
 	v.rec = wire.Received{
 		ReceivedAtMs:    nowMs,
-		FirstSeenMs:     s.firstSeenMs,
+		FirstSeenMs:     t.firstSeenMs,
 		SkewMs:          wire.SkewMs(nowMs, m.SentAtMs),
-		LivenessSinceMs: s.livenessSinceMs,
+		LivenessSinceMs: t.livenessSinceMs,
 		Conflict:        v.conflict,
 	}
 	if live != wire.LivenessAlive {
 		v.rec.Liveness = live
 	}
-	if s.hasProgress {
-		v.rec.ProgressAtMs = s.progressAtMs
+	if t.hasProgress {
+		v.rec.ProgressAtMs = t.progressAtMs
 	}
 	return v
 }
 
-// setConn records the connection the holder beat on. Called with mu held.
-func (t *tracker) setConn(key string, s *sender, conn string) {
-	if s.conn == conn {
+// setConn records the connection the holder beat on. mu held.
+func (w *writer) setConn(s *slot, conn string) {
+	t := &s.snd
+	if t.conn == conn {
 		return
 	}
-	if s.conn != "" {
-		if keys := t.byConn[s.conn]; keys != nil {
-			delete(keys, key)
-			if len(keys) == 0 {
-				delete(t.byConn, s.conn)
-			}
+	if keys := w.byConn[t.conn]; keys != nil {
+		delete(keys, s)
+		if len(keys) == 0 {
+			delete(w.byConn, t.conn)
 		}
 	}
-	s.conn = strings.Clone(conn)
+	t.conn = strings.Clone(conn)
 	if conn == "" {
 		return
 	}
-	keys := t.byConn[s.conn]
+	keys := w.byConn[t.conn]
 	if keys == nil {
-		keys = map[string]struct{}{}
-		t.byConn[s.conn] = keys
+		keys = map[*slot]struct{}{}
+		w.byConn[t.conn] = keys
 	}
-	if _, ok := keys[key]; !ok {
-		keys[strings.Clone(key)] = struct{}{}
-	}
+	keys[s] = struct{}{}
 }
 
 // closed returns the live entries whose holder last beat on conn, and marks
 // them disconnected; the caller writes the mark.
-func (t *tracker) closed(conn string, nowMs int64) []target {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+func (w *writer) closed(conn string, nowMs int64) []target {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	var out []target
-	for key := range t.byConn[conn] {
-		s := t.m[key]
-		if s == nil || s.goneAtMs != 0 || s.conn != conn {
+	for s := range w.byConn[conn] {
+		t := &s.snd
+		if t.goneAtMs != 0 || t.conn != conn {
 			continue
 		}
-		if s.liveness != wire.LivenessDisconnected {
-			s.liveness, s.livenessSinceMs = wire.LivenessDisconnected, nowMs
+		if t.liveness != wire.LivenessDisconnected {
+			t.liveness, t.livenessSinceMs = wire.LivenessDisconnected, nowMs
 		}
 		out = append(out, target{s.kind, s.key})
 	}
 	return out
 }
 
-// observe records a value seen in the registry (written by this queen or
-// another). rec carries the queen-owned keys stored with it.
-func (t *tracker) observe(id string, tg target, m *wire.Meta, rec *wire.Received, progress *uint64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	key := id
-	s := t.m[key]
-	switch {
-	case s == nil:
-		s = &sender{kind: tg.kind, key: tg.key, holder: claim{m.InstanceID, m.Seq, rec.ReceivedAtMs},
-			intervalMs: m.IntervalMs, firstSeenMs: rec.FirstSeenMs}
-		t.m[key] = s
-	case s.holder.instance == m.InstanceID:
-		if rec.FirstSeenMs != 0 && rec.FirstSeenMs < s.firstSeenMs {
-			s.firstSeenMs = rec.FirstSeenMs // learnt from a value written before this queen started
+// observe records a value seen in the registry at revision rev (written by
+// this queen or another). rec carries the queen-owned keys stored with it.
+// The writer learns the stored message from it too: the write that follows
+// expects its revision, and a value another queen wrote expires a TTL after
+// it was accepted, less the second a lazy refresh rounds off, at the
+// earliest.
+func (w *writer) observe(tg target, rev uint64, m *wire.Meta, rec *wire.Received, progress *uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.slotOf(tg)
+	if s.stored.learn(stored{rev: rev, what: sValue, instance: m.InstanceID, seq: m.Seq, atMs: rec.ReceivedAtMs}); s.stored.rev == rev && s.inflight == nil {
+		if d := rec.ReceivedAtMs + w.cfg.ttlMs(m.IntervalMs) - 1000; d > s.deadlineMs {
+			s.deadlineMs = d
+			if s.queued {
+				w.schedule(s)
+			}
 		}
-		if m.Seq < s.holder.seq {
+	}
+	t := &s.snd
+	switch {
+	case !s.tracked:
+		s.tracked = true
+		*t = sender{holder: claim{m.InstanceID, m.Seq, rec.ReceivedAtMs}, intervalMs: m.IntervalMs, firstSeenMs: rec.FirstSeenMs}
+	case t.holder.instance == m.InstanceID:
+		if rec.FirstSeenMs != 0 && rec.FirstSeenMs < t.firstSeenMs {
+			t.firstSeenMs = rec.FirstSeenMs // learnt from a value written before this queen started
+		}
+		if m.Seq < t.holder.seq {
 			return
 		}
-		s.holder.seq = m.Seq
-		s.holder.lastMs = max(s.holder.lastMs, rec.ReceivedAtMs)
-		s.goneAtMs = 0
+		t.holder.seq = m.Seq
+		t.holder.lastMs = max(t.holder.lastMs, rec.ReceivedAtMs)
+		t.goneAtMs = 0
 	default:
-		if i := s.ousterIndex(m.InstanceID); i >= 0 {
-			if rec.ReceivedAtMs < s.holder.lastMs {
+		if i := t.ousterIndex(m.InstanceID); i >= 0 {
+			if rec.ReceivedAtMs < t.holder.lastMs {
 				return // an older instance's value landing late; keep the newer holder
 			}
-			c := s.ousted[i]
-			s.ousted[i] = s.holder
-			s.holder = claim{c.instance, max(c.seq, m.Seq), rec.ReceivedAtMs}
+			c := t.ousted[i]
+			t.ousted[i] = t.holder
+			t.holder = claim{c.instance, max(c.seq, m.Seq), rec.ReceivedAtMs}
 		} else {
-			s.ousted[1] = s.ousted[0]
-			s.ousted[0] = s.holder
-			s.holder = claim{m.InstanceID, m.Seq, rec.ReceivedAtMs}
+			t.ousted[1], t.ousted[0] = t.ousted[0], t.holder
+			t.holder = claim{m.InstanceID, m.Seq, rec.ReceivedAtMs}
 		}
-		s.firstSeenMs, s.goneAtMs = rec.FirstSeenMs, 0
+		t.firstSeenMs, t.goneAtMs = rec.FirstSeenMs, 0
 	}
-	s.intervalMs = m.IntervalMs
+	t.intervalMs = m.IntervalMs
 	if rec.Conflict {
-		s.conflictMs = max(s.conflictMs, rec.ReceivedAtMs)
+		t.conflictMs = max(t.conflictMs, rec.ReceivedAtMs)
 	}
 	if progress != nil {
-		s.progress, s.hasProgress = *progress, true
-		s.progressAtMs = max(s.progressAtMs, rec.ProgressAtMs)
+		t.progress, t.hasProgress = *progress, true
+		t.progressAtMs = max(t.progressAtMs, rec.ProgressAtMs)
 	}
-	s.liveness, s.livenessSinceMs = rec.Liveness.OrAlive(), rec.LivenessSinceMs
-	t.setConn(key, s, m.Conn)
+	t.liveness, t.livenessSinceMs = rec.Liveness.OrAlive(), rec.LivenessSinceMs
+	w.setConn(s, m.Conn)
 }
 
 // seen reports whether the tracker has accepted or observed seq (or a later
-// one) of instance under id, or, for a goodbye, that the entry is gone, or
+// one) of instance under tg, or, for a goodbye, that the entry is gone, or
 // that instance said goodbye: some queen took that beat.
-func (t *tracker) seen(id, instance string, seq uint64, goodbye bool) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.m[id]
-	if s == nil {
+func (w *writer) seen(tg target, instance string, seq uint64, goodbye bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.slots[w.subjectOf(tg.kind, tg.key)]
+	if s == nil || !s.tracked {
 		return false
 	}
-	if goodbye && s.goneAtMs != 0 || s.left != "" && s.left == instance {
+	t := &s.snd
+	if goodbye && t.goneAtMs != 0 || t.left != "" && t.left == instance {
 		return true
 	}
-	if s.holder.instance == instance {
-		return s.holder.seq >= seq
+	if t.holder.instance == instance {
+		return t.holder.seq >= seq
 	}
-	i := s.ousterIndex(instance)
-	return i >= 0 && s.ousted[i].seq >= seq
-}
-
-// forget marks a key whose entry left (a goodbye of instance, as far as the
-// registry showed it) or expired. Its claimants are kept so a replayed
-// goodbye or older beat is still refused, while a newer beat of an expired
-// instance (a sender back from a partition) is accepted; an instance that
-// left is never heard again.
-func (t *tracker) forget(key string, left bool, instance string, nowMs int64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.m[key]
-	if s == nil {
-		return
-	}
-	if left && instance != "" {
-		s.left = strings.Clone(instance)
-	}
-	if s.goneAtMs == 0 {
-		s.goneAtMs = nowMs
-		t.setConn(key, s, "")
-	}
-}
-
-// sweep drops keys gone before cutoffMs, so departed senders do not pile up.
-func (t *tracker) sweep(cutoffMs int64) (dropped int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for k, s := range t.m {
-		if s.goneAtMs != 0 && s.goneAtMs < cutoffMs {
-			delete(t.m, k)
-			dropped++
-		}
-	}
-	return dropped
-}
-
-func (t *tracker) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.m)
+	i := t.ousterIndex(instance)
+	return i >= 0 && t.ousted[i].seq >= seq
 }

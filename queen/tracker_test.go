@@ -1,15 +1,22 @@
 package queen
 
 import (
+	"log/slog"
 	"testing"
 
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
 
-const testKey = "$KV.rbee_workers.h.w"
-
 var testTarget = target{subjects.KindWorker, "h.w"}
+
+// newTracker returns a writer to judge beats with: the tracker's state is
+// its slots'.
+func newTracker(cfg Config) *writer {
+	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.rbee_workers."})
+	w.cfg = cfg
+	return w
+}
 
 // beat is one step of a tracker table: a beat (or goodbye) of instance inst
 // with seq at queen time now (ms), every 1000 ms.
@@ -23,11 +30,11 @@ type beat struct {
 	reason  string
 }
 
-func runBeats(t *testing.T, tr *tracker, steps []beat) {
+func runBeats(t *testing.T, tr *writer, steps []beat) {
 	t.Helper()
 	for _, s := range steps {
 		m := &wire.Meta{InstanceID: s.inst, Seq: s.seq, IntervalMs: 1000, Conn: "srv/" + s.inst}
-		v := tr.admit(testKey, testTarget, m, s.goodbye, false, nil, s.now)
+		v := tr.admit(testTarget, m, s.goodbye, false, nil, s.now)
 		if v.ok != s.ok || (!v.ok && v.reason != s.reason) {
 			t.Fatalf("%s: admit = ok %v reason %q (%s); want ok %v reason %q", s.name, v.ok, v.reason, v.detail, s.ok, s.reason)
 		}
@@ -91,11 +98,11 @@ func TestTrackerForgeryIsBounded(t *testing.T) {
 			{"forger replay", "x", 1, 2800, false, false, "replay"},
 		})
 		m := &wire.Meta{InstanceID: "a", Seq: 8, IntervalMs: 1000}
-		if v := tr.admit(testKey, testTarget, m, false, false, nil, 3700); !v.ok || !v.conflict {
+		if v := tr.admit(testTarget, m, false, false, nil, 3700); !v.ok || !v.conflict {
 			t.Fatalf("beat after a conflict: ok %v conflict %v, want the entry flagged", v.ok, v.conflict)
 		}
 		m.Seq = 12
-		if v := tr.admit(testKey, testTarget, m, false, false, nil, 8000); !v.ok || v.conflict {
+		if v := tr.admit(testTarget, m, false, false, nil, 8000); !v.ok || v.conflict {
 			t.Fatalf("a TTL after the conflict: ok %v conflict %v, want it cleared", v.ok, v.conflict)
 		}
 	})
@@ -124,7 +131,7 @@ func TestTrackerForgeryIsBounded(t *testing.T) {
 func TestTrackerLeftNeverReturns(t *testing.T) {
 	tr := newTracker(DefaultConfig())
 	runBeats(t, tr, []beat{{"beat", "a", 5, 100, false, true, ""}})
-	tr.forget(testKey, true, "a", 200) // another queen wrote its goodbye
+	tr.forget(testTarget, 1, true, "a", 200) // another queen wrote its goodbye
 	runBeats(t, tr, []beat{
 		{"older beat of the left instance", "a", 5, 300, false, false, "replay"},
 		{"newer beat of the left instance", "a", 7, 400, false, false, "replay"},
@@ -132,7 +139,7 @@ func TestTrackerLeftNeverReturns(t *testing.T) {
 		{"its goodbye", "b", 2, 600, true, true, ""},
 		{"a late copy of b's last beat", "b", 1, 700, false, false, "replay"},
 	})
-	if !tr.seen(testKey, "a", 1, false) || !tr.seen(testKey, "b", 1, false) {
+	if !tr.seen(testTarget, "a", 1, false) || !tr.seen(testTarget, "b", 1, false) {
 		t.Fatal("a left instance's beats must count as taken, so no reserve rescues them")
 	}
 }
@@ -140,24 +147,24 @@ func TestTrackerLeftNeverReturns(t *testing.T) {
 func TestTrackerForgetAndReturn(t *testing.T) {
 	tr := newTracker(DefaultConfig())
 	runBeats(t, tr, []beat{{"beat", "a", 5, 100, false, true, ""}})
-	tr.forget(testKey, false, "a", 200)
+	tr.forget(testTarget, 1, false, "a", 200)
 	runBeats(t, tr, []beat{
 		{"replayed goodbye of a departed sender", "a", 5, 300, true, false, "replay"},
 		{"back after expiry", "a", 6, 400, false, true, ""},
 	})
-	tr.forget(testKey, false, "a", 500)
-	if n := tr.sweep(501); n != 1 || tr.len() != 0 {
-		t.Fatalf("sweep dropped %d, %d left", n, tr.len())
+	tr.forget(testTarget, 1, false, "a", 500)
+	if n := tr.sweep(501); n != 1 || len(tr.slots) != 0 {
+		t.Fatalf("sweep dropped %d, %d left", n, len(tr.slots))
 	}
 }
 
 func TestTrackerObserve(t *testing.T) {
 	tr := newTracker(DefaultConfig())
 	// Another queen accepted seq 7 of instance a: this queen refuses 7 and below.
-	tr.observe(testKey, testTarget, &wire.Meta{InstanceID: "a", Seq: 7, IntervalMs: 1000}, &wire.Received{ReceivedAtMs: 90, FirstSeenMs: 50}, nil)
+	tr.observe(testTarget, 1, &wire.Meta{InstanceID: "a", Seq: 7, IntervalMs: 1000}, &wire.Received{ReceivedAtMs: 90, FirstSeenMs: 50}, nil)
 	runBeats(t, tr, []beat{{"seq accepted elsewhere", "a", 7, 100, false, false, "replay"}})
 	m := &wire.Meta{InstanceID: "a", Seq: 8, IntervalMs: 1000}
-	if v := tr.admit(testKey, testTarget, m, false, false, nil, 1100); !v.ok || v.rec.FirstSeenMs != 50 {
+	if v := tr.admit(testTarget, m, false, false, nil, 1100); !v.ok || v.rec.FirstSeenMs != 50 {
 		t.Fatalf("admit after observe = %+v, want first seen 50 from KV", v)
 	}
 }
@@ -186,7 +193,7 @@ func TestTrackerStall(t *testing.T) {
 	}
 	for i, s := range steps {
 		m := &wire.Meta{InstanceID: "a", Seq: uint64(i + 1), IntervalMs: 1000}
-		v := tr.admit(testKey, testTarget, m, false, s.busy, s.progress, s.now)
+		v := tr.admit(testTarget, m, false, s.busy, s.progress, s.now)
 		if !v.ok || v.rec.Liveness != s.want {
 			t.Fatalf("%s: ok %v liveness %q, want %q", s.name, v.ok, v.rec.Liveness, s.want)
 		}
@@ -198,13 +205,13 @@ func TestTrackerStall(t *testing.T) {
 func TestTrackerClosed(t *testing.T) {
 	tr := newTracker(DefaultConfig())
 	m := &wire.Meta{InstanceID: "a", Seq: 1, IntervalMs: 1000, Conn: "S/1"}
-	tr.admit(testKey, testTarget, m, false, false, nil, 0)
+	tr.admit(testTarget, m, false, false, nil, 0)
 	other := target{subjects.KindWorker, "h.v"}
-	tr.admit("$KV.rbee_workers.h.v", other, &wire.Meta{InstanceID: "b", Seq: 1, IntervalMs: 1000, Conn: "S/2"}, false, false, nil, 0)
+	tr.admit(other, &wire.Meta{InstanceID: "b", Seq: 1, IntervalMs: 1000, Conn: "S/2"}, false, false, nil, 0)
 	if got := tr.closed("S/1", 10); len(got) != 1 || got[0] != testTarget {
 		t.Fatalf("closed(S/1) = %v, want [%v]", got, testTarget)
 	}
-	tr.admit("$KV.rbee_workers.h.v", other, &wire.Meta{InstanceID: "b", Seq: 2, IntervalMs: 1000, Conn: "S/2"}, true, false, nil, 20)
+	tr.admit(other, &wire.Meta{InstanceID: "b", Seq: 2, IntervalMs: 1000, Conn: "S/2"}, true, false, nil, 20)
 	if got := tr.closed("S/2", 30); len(got) != 0 {
 		t.Fatalf("closed after a goodbye = %v, want none", got)
 	}

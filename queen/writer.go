@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,7 @@ type op struct {
 	mark      bool // a liveness mark, not a beat
 	attempts  int
 	sentAt    time.Time
+	slot      *slot // the key's slot, if admit knew it; else put looks it up
 }
 
 func (o *op) received() *wire.Received {
@@ -146,6 +148,10 @@ type slot struct {
 	// since is the accept time of the oldest op waiting since the key's last
 	// write: a newer beat replacing a waiting one keeps the key's place.
 	since int64
+	// snd is what the tracker knows of the key's senders (tracker.go);
+	// tracked once a beat was accepted or a value observed.
+	snd     sender
+	tracked bool
 }
 
 // The writer's queues. A waiting key is in qFirst, in qLazy, or in qLive,
@@ -325,11 +331,14 @@ const (
 	storeProbe = 16
 )
 
-// writer owns the coalescing queue and the asynchronous KV publishes. put
-// and mark may be called concurrently with each other and with the
-// acknowledgement handlers; run is one goroutine.
+// writer owns every key's state (what its senders sent, tracker.go; what is
+// stored and waiting) under one lock, the coalescing queue and the
+// asynchronous KV publishes. admit, put, mark, observe, forget and seen may
+// be called concurrently with each other and with the acknowledgement
+// handlers; run is one goroutine.
 type writer struct {
 	js      jetstream.JetStream
+	cfg     Config
 	log     *slog.Logger
 	m       writeMetrics
 	window  int
@@ -337,7 +346,8 @@ type writer struct {
 
 	mu        sync.Mutex
 	cond      *sync.Cond
-	slots     map[string]*slot // by subject
+	slots     map[string]*slot              // by subject
+	byConn    map[string]map[*slot]struct{} // keys by the connection their holder last beat on
 	qs        [nQueues]queue
 	waiting   int   // keys in the queues
 	signals   int   // wakes of run by schedule (a test reads it)
@@ -379,6 +389,7 @@ func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subject
 		window:   window,
 		buckets:  buckets,
 		slots:    map[string]*slot{},
+		byConn:   map[string]map[*slot]struct{}{},
 		inflight: map[*nats.Msg]*slot{},
 		errLog:   rate.Sometimes{Interval: 5 * time.Second},
 		rereads:  map[*slot]struct{}{},
@@ -465,20 +476,19 @@ func (w *writer) subjectOf(kind subjects.Kind, key string) string { return w.buc
 // put queues o as the newest write of its key, replacing (coalescing) a
 // waiting one.
 func (w *writer) put(o *op) {
-	subject := w.subjectOf(o.kind, o.key)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slots[subject]
+	s := o.slot
 	if s == nil {
-		s = newSlot(o.kind, o.key, subject)
-		w.slots[subject] = s
+		s = w.slotOf(target{o.kind, o.key})
 	}
 	s.goneMs = 0
 	var mirrored *wire.WorkerEntry
-	if s.inflight == nil && w.mirror != nil {
-		// Another queen's write, or one before a restart: the stored entry
-		// expires a TTL after it was accepted, less the second a lazy
-		// refresh rounds off, at the earliest.
+	if s.inflight == nil && s.last == nil && s.pend == nil && w.mirror != nil {
+		// A key this queen has not written (the watch keeps what it knows
+		// of the others, observe): another queen's write, or one before a
+		// restart. The stored entry expires a TTL after it was accepted,
+		// less the second a lazy refresh rounds off, at the earliest.
 		st, e := w.mirror(o.kind, o.key)
 		if s.stored.learn(st); s.stored.what == sValue {
 			s.deadlineMs = max(s.deadlineMs, s.stored.atMs+o.ttlMs-1000)
@@ -546,14 +556,9 @@ func (w *writer) dropRaw(s *slot) {
 // write it is conditional: if the entry changed since, the stored value is
 // read again and the mark dropped unless it still shows that beat.
 func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64, nowMs int64) {
-	subject := w.subjectOf(kind, key)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slots[subject]
-	if s == nil {
-		s = newSlot(kind, key, subject)
-		w.slots[subject] = s
-	}
+	s := w.slotOf(target{kind, key})
 	if from != nil {
 		s.stored.learn(stored{rev: rev, what: sValue, instance: from.instance, seq: from.seq, atMs: from.acceptedMs})
 	}
@@ -703,8 +708,8 @@ func (w *writer) run() {
 			w.cond.Wait()
 		}
 		failing := w.failingLocked()
-		if w.mirror != nil {
-			st, _ := w.mirror(s.kind, s.key)
+		if w.mirror != nil && s.stored.what == sUnknown {
+			st, _ := w.mirror(s.kind, s.key) // the watch tells of later changes (observe, forget)
 			s.stored.learn(st)
 		}
 		if s.stored.what == sUnknown && (s.pend.del || s.pend.mark) {
@@ -931,17 +936,30 @@ func (w *writer) wakeIdle() {
 	}
 }
 
-// forget drops what the writer remembers of a key that left (the goodbye of
-// instance, if known) or expired at revision rev. A key with a beat still waiting is new again: its write
-// re-creates the entry (over rev) and goes with the new entries, not ahead
-// of the refreshes that keep live entries alive, so under overload writes
-// are not spent on entries already lost while others are about to be.
-func (w *writer) forget(kind subjects.Kind, key string, rev uint64, left bool, instance string) {
+// forget records that a key left (the goodbye of instance, as far as the
+// registry showed it) or expired at revision rev. The tracker keeps its
+// claimants, so a replayed goodbye or older beat is still refused, while a
+// newer beat of an expired instance (a sender back from a partition) is
+// accepted; an instance that left is never heard again. A key with a beat
+// still waiting is new again: its write re-creates the entry (over rev) and
+// goes with the new entries, not ahead of the refreshes that keep live
+// entries alive, so under overload writes are not spent on entries already
+// lost while others are about to be.
+func (w *writer) forget(tg target, rev uint64, left bool, instance string, nowMs int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slots[w.subjectOf(kind, key)]
+	s := w.slots[w.subjectOf(tg.kind, tg.key)]
 	if s == nil {
 		return
+	}
+	if t := &s.snd; s.tracked {
+		if left && instance != "" {
+			t.left = strings.Clone(instance)
+		}
+		if t.goneAtMs == 0 {
+			t.goneAtMs = nowMs
+			w.setConn(s, "")
+		}
 	}
 	if left {
 		s.stored.learn(stored{rev: rev, what: sLeft, instance: instance})
@@ -953,7 +971,7 @@ func (w *writer) forget(kind subjects.Kind, key string, rev uint64, left bool, i
 	case s.pend == nil:
 		s.last, s.deadlineMs = nil, 0
 		if s.goneMs == 0 {
-			s.goneMs = time.Now().UnixMilli()
+			s.goneMs = nowMs
 		}
 	default:
 		s.last, s.deadlineMs = nil, 0
@@ -967,7 +985,9 @@ func (w *writer) sweep(cutoffMs int64) (dropped int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for subject, s := range w.slots {
-		if s.goneMs != 0 && s.goneMs < cutoffMs && s.pend == nil && s.inflight == nil && !s.rereading && !s.queued {
+		idle := s.pend == nil && s.inflight == nil && !s.rereading && !s.queued && s.last == nil
+		if idle && s.goneMs < cutoffMs && (!s.tracked || s.snd.goneAtMs != 0 && s.snd.goneAtMs < cutoffMs) {
+			w.setConn(s, "")
 			delete(w.slots, subject)
 			dropped++
 		}

@@ -363,7 +363,7 @@ func TestForgetWaiting(t *testing.T) {
 	w.put(beatOp("lost", "i", 2, 500, wire.StatusReady))
 	liveSlot(w, "due", 1200)
 	w.put(beatOp("due", "i", 2, 600, wire.StatusReady))
-	w.forget(subjects.KindWorker, "lost", 0, false, "")
+	w.forget(target{subjects.KindWorker, "lost"}, 0, false, "", time.Now().UnixMilli())
 	if got := fmt.Sprint(order(popAll(w, 1000))); got != "[due lost]" {
 		t.Fatalf("write order %s: want the live entry due to expire first, then the lost one", got)
 	}
