@@ -421,7 +421,7 @@ func (q *Queen) take(msg *nats.Msg, now int64) {
 	if msg.Header.Get(wire.HeaderEvent) != wire.EventGoodbye {
 		// A key whose last beat still waits for its write takes the new
 		// one undecoded: under overload, decoding follows writes, not beats.
-		if a, err := q.scheme.Parse(msg.Subject); err == nil && q.w.park(q.w.subjectOf(a.Kind, keyOf(a)), msg, now) {
+		if a, err := q.scheme.Parse(msg.Subject); err == nil && q.w.park(target{a.Kind, keyOf(msg.Subject, a)}, msg, now) {
 			return
 		}
 	}
@@ -455,7 +455,7 @@ var reasons = map[string]subscriber.Reason{
 // conflicts. It returns the registry write to queue, or nil if refused.
 func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	m := hb.Meta()
-	kind, key := hb.Addr.Kind, keyOf(hb.Addr)
+	kind, key := hb.Addr.Kind, keyOf(hb.Subject, hb.Addr)
 	ttlMs := q.cfg.ttlMs(m.IntervalMs)
 	if ttlMs > q.cfg.MaxTTL.Milliseconds() {
 		q.reject(kind, &subscriber.RejectError{Reason: subscriber.ReasonInterval, Subject: hb.Subject,

@@ -211,7 +211,7 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 	for _, h := range due {
 		msg := h.msg
 		a, err := q.scheme.Parse(msg.Subject)
-		if err != nil || q.w.seen(target{a.Kind, keyOf(a)}, h.id.InstanceID, h.id.Seq,
+		if err != nil || q.w.seen(target{a.Kind, keyOf(msg.Subject, a)}, h.id.InstanceID, h.id.Seq,
 			msg.Header.Get(wire.HeaderEvent) == wire.EventGoodbye) {
 			taken = append(taken, msg)
 			continue
@@ -235,15 +235,18 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 	}
 }
 
-// keyOf returns the registry key of a beat's address.
-func keyOf(a subjects.Address) string {
+// keyOf returns the registry key of a beat's address a, parsed from
+// subject: the subject's tail (<hive_id>.<worker_id>, <hive_id> or
+// <queen_id>), so no key is built per beat.
+func keyOf(subject string, a subjects.Address) string {
+	n := len(a.QueenID)
 	switch a.Kind {
 	case subjects.KindWorker:
-		return subjects.WorkerKey(a.HiveID, a.WorkerID)
+		n = len(a.HiveID) + 1 + len(a.WorkerID)
 	case subjects.KindHive:
-		return subjects.HiveKey(a.HiveID)
+		n = len(a.HiveID)
 	}
-	return a.QueenID
+	return subject[len(subject)-n:]
 }
 
 // peers returns how many other queens the registry shows.

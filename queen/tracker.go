@@ -81,11 +81,10 @@ func maxJump(elapsedMs int64) uint64 {
 
 // slotOf returns tg's slot, created if absent. mu held.
 func (w *writer) slotOf(tg target) *slot {
-	subject := w.subjectOf(tg.kind, tg.key)
-	s := w.slots[subject]
+	s := w.slots[tg]
 	if s == nil {
-		s = newSlot(tg.kind, strings.Clone(tg.key), subject)
-		w.slots[subject] = s
+		s = newSlot(tg.kind, strings.Clone(tg.key), w.subjectOf(tg.kind, tg.key))
+		w.slots[target{s.kind, s.key}] = s
 	}
 	return s
 }
@@ -96,7 +95,7 @@ func (w *writer) slotOf(tg target) *slot {
 func (w *writer) admit(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slots[w.subjectOf(tg.kind, tg.key)]
+	s := w.slots[tg]
 	if s == nil || !s.tracked {
 		if goodbye {
 			// A goodbye for a key the queen never saw: let it delete (a
@@ -334,7 +333,7 @@ func (w *writer) observe(tg target, rev uint64, m *wire.Meta, rec *wire.Received
 func (w *writer) seen(tg target, instance string, seq uint64, goodbye bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slots[w.subjectOf(tg.kind, tg.key)]
+	s := w.slots[tg]
 	if s == nil || !s.tracked {
 		return false
 	}

@@ -346,7 +346,7 @@ type writer struct {
 
 	mu        sync.Mutex
 	cond      *sync.Cond
-	slots     map[string]*slot              // by subject
+	slots     map[target]*slot              // by kind and key
 	byConn    map[string]map[*slot]struct{} // keys by the connection their holder last beat on
 	qs        [nQueues]queue
 	waiting   int   // keys in the queues
@@ -388,7 +388,7 @@ func newWriter(log *slog.Logger, m writeMetrics, window int, buckets map[subject
 		m:        m,
 		window:   window,
 		buckets:  buckets,
-		slots:    map[string]*slot{},
+		slots:    map[target]*slot{},
 		byConn:   map[string]map[*slot]struct{}{},
 		inflight: map[*nats.Msg]*slot{},
 		errLog:   rate.Sometimes{Interval: 5 * time.Second},
@@ -446,7 +446,7 @@ func (w *writer) setMirror(f func(kind subjects.Kind, key string) (stored, *wire
 func (w *writer) known(kind subjects.Kind, key string, rev uint64, value []byte) any {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slots[w.subjectOf(kind, key)]
+	s := w.slots[target{kind, key}]
 	if s == nil {
 		return nil
 	}
@@ -528,10 +528,10 @@ func (w *writer) put(o *op) {
 // beat is decoded when the key's turn comes, so under overload decoding
 // follows writes, not beats. A beat parked over another supersedes it
 // (counted). It returns false if the beat must be decoded now.
-func (w *writer) park(subject string, msg *nats.Msg, nowMs int64) bool {
+func (w *writer) park(tg target, msg *nats.Msg, nowMs int64) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slots[subject]
+	s := w.slots[tg]
 	if w.decode == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark || s.lazy {
 		return false // a lazy refresh waits: the new beat is decoded now, so a change is written at once
 	}
@@ -948,7 +948,7 @@ func (w *writer) wakeIdle() {
 func (w *writer) forget(tg target, rev uint64, left bool, instance string, nowMs int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := w.slots[w.subjectOf(tg.kind, tg.key)]
+	s := w.slots[tg]
 	if s == nil {
 		return
 	}
@@ -984,11 +984,11 @@ func (w *writer) forget(tg target, rev uint64, left bool, instance string, nowMs
 func (w *writer) sweep(cutoffMs int64) (dropped int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for subject, s := range w.slots {
+	for k, s := range w.slots {
 		idle := s.pend == nil && s.inflight == nil && !s.rereading && !s.queued && s.last == nil
 		if idle && s.goneMs < cutoffMs && (!s.tracked || s.snd.goneAtMs != 0 && s.snd.goneAtMs < cutoffMs) {
 			w.setConn(s, "")
-			delete(w.slots, subject)
+			delete(w.slots, k)
 			dropped++
 		}
 	}

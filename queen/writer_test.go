@@ -46,7 +46,7 @@ func popAll(w *writer, nowMs int64) []*slot {
 func liveSlot(w *writer, key string, deadline int64) {
 	s := newSlot(subjects.KindWorker, key, "$KV.w."+key)
 	s.last, s.deadlineMs = beatOp(key, "i", 1, 0, wire.StatusReady), deadline
-	w.slots[s.subject] = s
+	w.slots[target{s.kind, s.key}] = s
 }
 
 func order(slots []*slot) (keys []string) {
@@ -182,7 +182,7 @@ func TestLazyRefresh(t *testing.T) {
 	// refresh: a hive is refreshed at once all the same.
 	old := newSlot(subjects.KindHive, "old-hive", "$KV.h.old-hive")
 	old.last, old.deadlineMs = &op{kind: subjects.KindHive, key: "old-hive", instance: "i", hive: &wire.HiveEntry{}}, now+60_000
-	w.slots[old.subject] = old
+	w.slots[target{old.kind, old.key}] = old
 	o = beatOp("old-hive", "i", 2, now+3, "")
 	o.kind, o.worker, o.hive = subjects.KindHive, nil, &wire.HiveEntry{}
 	w.put(o)
@@ -334,23 +334,23 @@ func TestPark(t *testing.T) {
 	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
 	w.decode = func(*nats.Msg, int64) *op { return nil }
 	a, b := &nats.Msg{Subject: "a1"}, &nats.Msg{Subject: "a2"}
-	if w.park("$KV.w.k", a, 1) {
+	if w.park(target{subjects.KindWorker, "k"}, a, 1) {
 		t.Fatal("parked a beat of a key with nothing waiting")
 	}
 	w.put(beatOp("k", "i", 1, 100, wire.StatusReady))
-	if !w.park("$KV.w.k", a, 200) || !w.park("$KV.w.k", b, 300) {
+	if !w.park(target{subjects.KindWorker, "k"}, a, 200) || !w.park(target{subjects.KindWorker, "k"}, b, 300) {
 		t.Fatal("a beat of a key with a waiting beat was not parked")
 	}
-	if s := w.slots["$KV.w.k"]; s.raw != b || m.nSuperseded != 1 {
+	if s := w.slots[target{subjects.KindWorker, "k"}]; s.raw != b || m.nSuperseded != 1 {
 		t.Fatalf("parked %v, superseded %d: want the newest parked and one superseded", s.raw, m.nSuperseded)
 	}
 	bye := beatOp("k", "i", 2, 400, wire.StatusReady)
 	bye.del = true
 	w.put(bye)
-	if s := w.slots["$KV.w.k"]; s.raw != nil || m.nSuperseded != 2 {
+	if s := w.slots[target{subjects.KindWorker, "k"}]; s.raw != nil || m.nSuperseded != 2 {
 		t.Fatalf("after a goodbye: parked %v, superseded %d", s.raw, m.nSuperseded)
 	}
-	if w.park("$KV.w.k", a, 500) {
+	if w.park(target{subjects.KindWorker, "k"}, a, 500) {
 		t.Fatal("parked a beat behind a waiting goodbye")
 	}
 }
@@ -423,7 +423,7 @@ func TestMarkCopiesSharedEntry(t *testing.T) {
 	shared := o.worker
 	w.put(o)
 	w.mark(subjects.KindWorker, "k", "c1", nil, 0, 2000)
-	s := w.slots["$KV.w.k"]
+	s := w.slots[target{subjects.KindWorker, "k"}]
 	if shared.Liveness != "" {
 		t.Fatalf("the mark changed the shared entry in place: liveness %q", shared.Liveness)
 	}

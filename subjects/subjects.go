@@ -180,26 +180,29 @@ func (s Scheme) Parse(subject string) (Address, error) {
 	if !ok {
 		return Address{}, fmt.Errorf("%w: %q lacks prefix %q", ErrNotHeartbeat, subject, s.hb)
 	}
-	parts := strings.Split(rest, ".")
+	// Tokens cut in place, not split into a slice: every beat is parsed.
+	kind, rest, one := strings.Cut(rest, ".")
+	id1, id2, two := strings.Cut(rest, ".")
 	switch {
-	case parts[0] == string(KindWorker) && len(parts) == 3:
-		if err := ValidateID("hive id", parts[1]); err != nil {
+	case strings.Contains(id2, "."):
+	case kind == string(KindWorker) && two:
+		if err := ValidateID("hive id", id1); err != nil {
 			return Address{}, err
 		}
-		if err := ValidateID("worker id", parts[2]); err != nil {
+		if err := ValidateID("worker id", id2); err != nil {
 			return Address{}, err
 		}
-		return Address{Kind: KindWorker, HiveID: parts[1], WorkerID: parts[2]}, nil
-	case parts[0] == string(KindHive) && len(parts) == 2:
-		if err := ValidateID("hive id", parts[1]); err != nil {
+		return Address{Kind: KindWorker, HiveID: id1, WorkerID: id2}, nil
+	case kind == string(KindHive) && one && !two:
+		if err := ValidateID("hive id", id1); err != nil {
 			return Address{}, err
 		}
-		return Address{Kind: KindHive, HiveID: parts[1]}, nil
-	case parts[0] == string(KindQueen) && len(parts) == 2:
-		if err := ValidateID("queen id", parts[1]); err != nil {
+		return Address{Kind: KindHive, HiveID: id1}, nil
+	case kind == string(KindQueen) && one && !two:
+		if err := ValidateID("queen id", id1); err != nil {
 			return Address{}, err
 		}
-		return Address{Kind: KindQueen, QueenID: parts[1]}, nil
+		return Address{Kind: KindQueen, QueenID: id1}, nil
 	}
 	return Address{}, fmt.Errorf("%w: %q", ErrNotHeartbeat, subject)
 }
