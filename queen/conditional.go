@@ -44,6 +44,22 @@ func (w *writer) rereadLocked(s *slot) {
 	w.queueReread(s)
 }
 
+// watched ends s's re-read if the registry watch has told of a newer
+// message of the key than the refused write expected (observe, forget): the
+// waiting write is judged against it, as after a read, without a request to
+// the store. Under overload, when entries expire faster than they are
+// written, every expiry's marker refuses a write; the watch delivers each
+// marker anyway, and reading each key again as well would queue the keys
+// behind thousands of reads while their entries expire. mu held.
+func (w *writer) watched(s *slot) {
+	if !s.rereading || s.stored.what == sUnknown || s.stored.rev <= s.rereadOver {
+		return
+	}
+	delete(w.rereads, s)
+	s.rereading = false
+	w.finish(s)
+}
+
 // queueReread queues s for a reader: goodbyes and marks first. mu held.
 func (w *writer) queueReread(s *slot) {
 	i := 1
@@ -92,6 +108,10 @@ func (w *writer) runRereads(ctx context.Context) {
 				if s == nil {
 					w.mu.Unlock()
 					return
+				}
+				if !s.rereading { // the watch told of the change meanwhile (watched)
+					w.mu.Unlock()
+					continue
 				}
 				if len(w.rereadQ[0])+len(w.rereadQ[1]) > 0 {
 					select { // pass the wake on

@@ -34,7 +34,8 @@
 // Every write (beat, goodbye, mark, rescue, retry) is judged against the
 // newest message of its key the queen knows and sent conditional on that
 // message's revision; when another writer changed the key, the server refuses
-// it and the queen reads the key again and decides anew (conditional.go). So
+// it and the queen decides anew from the newer message, as its registry watch
+// delivers it or as it reads the key again (conditional.go). So
 // across queens an older beat is never written over a newer one, and a key
 // that left never comes back from an older beat: a goodbye's DEL names the
 // instance that left.

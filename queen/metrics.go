@@ -59,7 +59,7 @@ func newMetrics() *metrics {
 		shedC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_shed_total",
 			Help: "Beats not written, by reason (stale: its TTL ran out while it waited; stalled: it reached this queen while the queen was stopped, and the other queens' reserves took it)."}, []string{"kind", "reason"}),
 		writeOut: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_kv_write_failures_total",
-			Help: "Registry writes that failed, by outcome: retried, superseded (a newer write of the key replaced it), lost (its TTL ran out; each is logged), reread (the key changed since this queen last saw it: read again) or refused (after the re-read: the stored entry is newer, or the key left)."},
+			Help: "Registry writes that failed, by outcome: retried, superseded (a newer write of the key replaced it), lost (its TTL ran out; each is logged), reread (the key changed since this queen last saw it: judged again from the registry watch, or read again) or refused (after the re-read: the stored entry is newer, or the key left)."},
 			[]string{"kind", "outcome"}),
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_conflicts_total",
 			Help: "Beats from a second instance claiming a key another instance holds."}, []string{"kind"}),

@@ -285,6 +285,7 @@ func (w *writer) observe(tg target, rev uint64, m *wire.Meta, rec *wire.Received
 				w.schedule(s)
 			}
 		}
+		w.watched(s)
 	}
 	t := &s.snd
 	switch {

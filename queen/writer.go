@@ -129,7 +129,10 @@ type slot struct {
 	stored stored
 	// rereading: the last write found the key changed by someone else; it
 	// waits for the stored value to be read again and the write decided anew.
-	rereading bool
+	// rereadOver is the revision the refused write expected: the watch
+	// telling of a newer message ends the wait as a read does (watched).
+	rereading  bool
+	rereadOver uint64
 	// goneMs is when the key was last seen gone with nothing to write (queen
 	// clock): the slot is kept for what it knows of the stored message, so
 	// a sender that comes back is written over it at once, and swept later.
@@ -898,7 +901,9 @@ func (w *writer) failed(msg *nats.Msg, err error) {
 		} else {
 			w.m.coalesced(o.kind)
 		}
+		s.rereadOver, _ = strconv.ParseUint(msg.Header.Get(jetstream.ExpectedLastSubjSeqHeader), 10, 64)
 		w.rereadLocked(s)
+		w.watched(s) // the watch may have told of the change already
 	case s.pend != nil:
 		outcome = "superseded"
 	case o.del || !stale(o, nowMs):
@@ -966,6 +971,7 @@ func (w *writer) forget(tg target, rev uint64, left bool, instance string, nowMs
 	} else {
 		s.stored.learn(stored{rev: rev, what: sGone})
 	}
+	w.watched(s)
 	switch {
 	case s.inflight != nil || s.rereading:
 	case s.pend == nil:

@@ -521,3 +521,62 @@ func TestReserveShareBehind(t *testing.T) {
 		t.Fatal("a newer beat counted as taken from the reserve")
 	}
 }
+
+// TestRereadEndsOnWatch: a write refused because the key changed (here an
+// expiry's marker) is judged again as soon as the registry watch has told
+// of a newer message than the write expected, without a read of the key:
+// under overload every expiry refuses a write, and reading each key again
+// queued the keys behind thousands of reads while more entries expired.
+func TestRereadEndsOnWatch(t *testing.T) {
+	refused := &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}
+	tg := target{subjects.KindWorker, "h.w"}
+	setup := func(watchRev uint64) (*writer, *slot) {
+		w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+		w.cfg = DefaultConfig()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		s := w.slotOf(tg)
+		s.stored = stored{rev: 5, what: sValue, instance: "i1", seq: 1}
+		msg := &nats.Msg{Subject: s.subject, Header: nats.Header{}}
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "5")
+		s.inflight, w.inflight[msg] = condBeat("i1", 2, "s/1"), s
+		if watchRev > 5 { // the watch delivered the expiry before the refusal came
+			s.stored.learn(stored{rev: watchRev, what: sGone})
+		}
+		w.mu.Unlock()
+		w.failed(msg, refused)
+		w.mu.Lock()
+		return w, s
+	}
+	state := func(w *writer, s *slot) string {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return fmt.Sprintf("rereading %v, %d keys to read, queued %v", s.rereading, len(w.rereads), s.queued)
+	}
+	const judged = "rereading false, 0 keys to read, queued true"
+
+	w, s := setup(6)
+	if got := state(w, s); got != judged {
+		t.Fatalf("the watch told of the expiry before the refusal: %s, want %s", got, judged)
+	}
+
+	w, s = setup(0)
+	if got := state(w, s); got != "rereading true, 1 keys to read, queued false" {
+		t.Fatalf("refused with nothing newer known: %s, want the key read again", got)
+	}
+	w.forget(tg, 5, false, "", time.Now().UnixMilli()) // not newer than the refused write expected
+	if got := state(w, s); got != "rereading true, 1 keys to read, queued false" {
+		t.Fatalf("after a watch event of revision 5: %s, want the key still read again", got)
+	}
+	w.forget(tg, 6, false, "", time.Now().UnixMilli())
+	if got := state(w, s); got != judged {
+		t.Fatalf("after the watch delivered the expiry (revision 6): %s, want %s", got, judged)
+	}
+
+	w, s = setup(0)
+	now := time.Now().UnixMilli()
+	w.observe(tg, 7, &wire.Meta{InstanceID: "i1", Seq: 3, IntervalMs: 10_000}, &wire.Received{ReceivedAtMs: now, FirstSeenMs: now}, nil)
+	if got := state(w, s); got != judged {
+		t.Fatalf("after the watch delivered another queen's newer beat: %s, want %s", got, judged)
+	}
+}
