@@ -83,7 +83,8 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		subjects.KindHive:   "$KV." + scheme.HivesBucket() + ".",
 		subjects.KindQueen:  "$KV." + scheme.QueensBucket() + ".",
 	})
-	q.w.decode = q.decode
+	q.w.check = q.check
+	q.w.judge = func(hb *subscriber.Heartbeat, atMs int64) *op { return q.admitWith(hb, atMs, q.w.admitLocked) }
 	q.w.cfg = cfg
 	return q, nil
 }
@@ -425,14 +426,30 @@ func (q *Queen) take(msg *nats.Msg, now int64) {
 			return
 		}
 	}
-	if o := q.decode(msg, now); o != nil {
-		q.w.put(o)
+	hb := q.check(msg)
+	if hb == nil {
+		return
+	}
+	// Admitted and queued under one hold of the writer's lock.
+	q.w.mu.Lock()
+	defer q.w.mu.Unlock()
+	if o := q.admitWith(hb, now, q.w.admitLocked); o != nil {
+		q.w.putLocked(o)
 	}
 }
 
 // decode decodes and admits a beat that arrived at nowMs: the registry write
 // to queue, or nil if it was refused (counted and logged).
 func (q *Queen) decode(msg *nats.Msg, nowMs int64) *op {
+	if hb := q.check(msg); hb != nil {
+		return q.admitWith(hb, nowMs, q.w.admit)
+	}
+	return nil
+}
+
+// check decodes and validates a beat; nil if it was refused (counted and
+// logged).
+func (q *Queen) check(msg *nats.Msg) *subscriber.Heartbeat {
 	hb, err := subscriber.Decode(q.scheme, msg)
 	if err != nil {
 		var re *subscriber.RejectError
@@ -441,7 +458,7 @@ func (q *Queen) decode(msg *nats.Msg, nowMs int64) *op {
 		}
 		return nil
 	}
-	return q.admit(hb, nowMs)
+	return hb
 }
 
 // reasons maps the tracker's refusals to rejection reasons.
@@ -451,9 +468,11 @@ var reasons = map[string]subscriber.Reason{
 	"conflict": subscriber.ReasonConflict,
 }
 
-// admit applies a decoded heartbeat that arrived at now: TTL, freshness and
-// conflicts. It returns the registry write to queue, or nil if refused.
-func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
+// admitWith applies a decoded heartbeat that arrived at now: TTL, and
+// freshness and conflicts as track (the writer's admit, or admitLocked with
+// its lock held) decides. It returns the registry write to queue, or nil if
+// refused.
+func (q *Queen) admitWith(hb *subscriber.Heartbeat, now int64, track func(target, *wire.Meta, bool, bool, *uint64, int64) verdict) *op {
 	m := hb.Meta()
 	kind, key := hb.Addr.Kind, keyOf(hb.Subject, hb.Addr)
 	ttlMs := q.cfg.ttlMs(m.IntervalMs)
@@ -470,7 +489,7 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 		busy = hb.Worker.SlotsBusy > 0 || hb.Worker.Status == wire.StatusBusy
 		progress = hb.Worker.Progress
 	}
-	v := q.w.admit(target{kind, key}, m, hb.Goodbye, busy, progress, now)
+	v := track(target{kind, key}, m, hb.Goodbye, busy, progress, now)
 	if v.reason == "superseded" {
 		q.metrics.superseded(kind)
 		return nil

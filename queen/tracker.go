@@ -95,6 +95,11 @@ func (w *writer) slotOf(tg target) *slot {
 func (w *writer) admit(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.admitLocked(tg, m, goodbye, busy, progress, nowMs)
+}
+
+// admitLocked is admit with mu held.
+func (w *writer) admitLocked(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
 	s := w.slots[tg]
 	if s == nil || !s.tracked {
 		if goodbye {

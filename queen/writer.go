@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
+	"github.com/rbee/heartbeat/subscriber"
 	"github.com/rbee/heartbeat/wire"
 	"golang.org/x/time/rate"
 )
@@ -367,9 +368,12 @@ type writer struct {
 	sentLagMs int64 // how long the write sent last had waited
 	idle      chan struct{}
 	errLog    rate.Sometimes
-	// decode decodes and admits a parked beat that arrived at atMs; nil if
-	// refused or superseded. Called without mu.
-	decode func(msg *nats.Msg, atMs int64) *op
+	// check decodes and validates a parked beat; nil if refused (counted).
+	// Called without mu. judge admits it, as arrived at atMs: its write,
+	// or nil if refused or superseded. Called with mu held, so the writer
+	// takes its lock once per write.
+	check func(msg *nats.Msg) *subscriber.Heartbeat
+	judge func(hb *subscriber.Heartbeat, atMs int64) *op
 	// mirror returns what the registry mirror holds for key (what: sNone
 	// if nothing) and, for a worker, its entry; nil before the mirror
 	// exists. Called with mu held.
@@ -481,6 +485,11 @@ func (w *writer) subjectOf(kind subjects.Kind, key string) string { return w.buc
 func (w *writer) put(o *op) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.putLocked(o)
+}
+
+// putLocked is put with mu held.
+func (w *writer) putLocked(o *op) {
 	s := o.slot
 	if s == nil {
 		s = w.slotOf(target{o.kind, o.key})
@@ -535,7 +544,7 @@ func (w *writer) park(tg target, msg *nats.Msg, nowMs int64) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.slots[tg]
-	if w.decode == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark || s.lazy {
+	if w.check == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark || s.lazy {
 		return false // a lazy refresh waits: the new beat is decoded now, so a change is written at once
 	}
 	if s.raw != nil {
@@ -543,6 +552,15 @@ func (w *writer) park(tg target, msg *nats.Msg, nowMs int64) bool {
 	}
 	s.raw, s.rawAtMs = msg, nowMs
 	return true
+}
+
+// judgeLocked admits hb, decoded from a parked beat (nil: refused), with mu
+// held.
+func (w *writer) judgeLocked(hb *subscriber.Heartbeat, atMs int64) *op {
+	if hb == nil || w.judge == nil {
+		return nil
+	}
+	return w.judge(hb, atMs)
 }
 
 // dropRaw discards a parked beat that an op accepted since supersedes. mu held.
@@ -734,9 +752,9 @@ func (w *writer) run() {
 			// Decoded outside mu, beside the subscription's goroutine. A
 			// newer beat admitted meanwhile makes this one superseded.
 			w.mu.Unlock()
-			d := w.decode(raw, rawAt)
+			hb := w.check(raw)
 			w.mu.Lock()
-			if d != nil { // else the waiting beat, admitted before, is written
+			if d := w.judgeLocked(hb, rawAt); d != nil { // else the waiting beat, admitted before, is written
 				o = d
 				w.m.coalesced(o.kind)
 			}

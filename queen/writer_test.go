@@ -332,7 +332,7 @@ func (m *countMetrics) superseded(subjects.Kind) { m.nSuperseded++ }
 func TestPark(t *testing.T) {
 	m := &countMetrics{}
 	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
-	w.decode = func(*nats.Msg, int64) *op { return nil }
+	w.check = func(*nats.Msg) *subscriber.Heartbeat { return nil }
 	a, b := &nats.Msg{Subject: "a1"}, &nats.Msg{Subject: "a2"}
 	if w.park(target{subjects.KindWorker, "k"}, a, 1) {
 		t.Fatal("parked a beat of a key with nothing waiting")
@@ -488,7 +488,7 @@ func TestReserveShareBehind(t *testing.T) {
 	}
 	// Parking off, as once the rescued beat's write has gone out: the copy
 	// from the share would be decoded and admitted.
-	q.w.decode = nil
+	q.w.check = nil
 	q.reserve.held = map[string]heldBeat{}
 	q.reserve.on.Store(true)
 	q.reserve.awakeMs.Store(mono())
