@@ -133,6 +133,7 @@ func runQueen(e *env, args []string) error {
 		f.natsURL = srv.ClientURL()
 		log.Info("embedded broker ready", "url", f.natsURL, "data", ec.StoreDir)
 		qc.Collectors = append(qc.Collectors, brokerRefusals(srv), brokerAuthFailures(srv))
+		qc.StoreFailed = srv.StoreFailed
 		qc.Repair = func(context.Context) error {
 			again, err := srv.RecoverJetStream()
 			if again {

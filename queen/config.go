@@ -74,6 +74,12 @@ type Config struct {
 	// fail, to bring the store back: the embedded broker re-enables a
 	// JetStream the server disabled after a storage failure.
 	Repair func(context.Context) error
+	// StoreFailed, if set, reports whether the broker has reported a store
+	// write that failed (the embedded broker's Server.StoreFailed, from
+	// nats-server's own report of a full disk or a write error). The queen
+	// then reports itself degraded at once, instead of after its writes went
+	// unanswered for half a second, and calls Repair.
+	StoreFailed func() bool
 }
 
 // DefaultConfig returns the contract's defaults.

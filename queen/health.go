@@ -141,6 +141,8 @@ func (q *Queen) state(st writerStats) (wire.QueenState, string) {
 		return wire.QueenDisrupted, dreason
 	case st.Failing:
 		return wire.QueenDegraded, "store failing: " + st.LastErr
+	case q.cfg.StoreFailed != nil && q.cfg.StoreFailed():
+		return wire.QueenDegraded, "store failing: the broker reported a failed store write"
 	case st.AckWaitMs > storeSilence.Milliseconds():
 		return wire.QueenDegraded, fmt.Sprintf("store failing: no acknowledgement for %.1fs", float64(st.AckWaitMs)/1000)
 	case q.nc.Status() != nats.CONNECTED:

@@ -388,7 +388,8 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 					q.log.Debug("forgot departed senders", "count", n)
 				}
 			}
-			if st := q.w.stats(); st.Failing && q.cfg.Repair != nil && now.Sub(lastFix) > 5*time.Second {
+			failed := q.cfg.StoreFailed != nil && q.cfg.StoreFailed()
+			if st := q.w.stats(); (st.Failing || failed) && q.cfg.Repair != nil && now.Sub(lastFix) > 5*time.Second {
 				lastFix = now
 				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				if err := q.cfg.Repair(rctx); err != nil {

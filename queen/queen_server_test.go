@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -212,6 +213,50 @@ func TestQueenBeats(t *testing.T) {
 		}
 		return q.Health()
 	})
+}
+
+// TestStoreFailedDegrades: a failed store write the broker reports makes the
+// queen degraded at once, in its beat and Health, before any write of its
+// goes unanswered, and brings Repair; it is ok again once repaired.
+func TestStoreFailedDegrades(t *testing.T) {
+	srv := testutil.Server(t)
+	var failed, fixable atomic.Bool
+	var repairs atomic.Int32
+	cfg := testConfig(t)
+	cfg.QueenID = "q-test"
+	cfg.StoreFailed = failed.Load
+	cfg.Repair = func(context.Context) error {
+		repairs.Add(1)
+		if fixable.Load() {
+			failed.Store(false)
+		}
+		return nil
+	}
+	q := startTestQueen(t, srv.ClientURL(), cfg)
+	state := func(want wire.QueenState, reason string) {
+		t.Helper()
+		checkFor(t, 10*time.Second, func() error {
+			qs := q.Registry().Queens()
+			if len(qs) != 1 || qs[0].State != want || !strings.Contains(qs[0].Reason, reason) {
+				return fmt.Errorf("queens = %+v, want q-test %s (%q); repairs %d", qs, want, reason, repairs.Load())
+			}
+			return nil
+		})
+	}
+	state(wire.QueenOK, "")
+	failed.Store(true)
+	state(wire.QueenDegraded, "the broker reported a failed store write")
+	if err := q.Health(); err == nil {
+		t.Error("Health is nil while the broker reports a failed store write")
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if repairs.Load() == 0 {
+			return errors.New("Repair not called while the broker reports a failed store write")
+		}
+		return nil
+	})
+	fixable.Store(true)
+	state(wire.QueenOK, "") // repaired
 }
 
 // TestGoodbyeAndExpiry: a goodbye deletes at once (left), silence expires the
