@@ -84,7 +84,7 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		subjects.KindQueen:  "$KV." + scheme.QueensBucket() + ".",
 	})
 	q.w.check = q.check
-	q.w.judge = func(hb *subscriber.Heartbeat, atMs int64) *op { return q.admitWith(hb, atMs, q.w.admitLocked) }
+	q.w.judge = q.admit
 	q.w.cfg = cfg
 	return q, nil
 }
@@ -427,25 +427,22 @@ func (q *Queen) take(msg *nats.Msg, now int64) {
 			return
 		}
 	}
+	q.decode(msg, now)
+}
+
+// decode decodes a beat that arrived at nowMs and, unless it is refused
+// (counted and logged), admits and queues its registry write under one hold
+// of the writer's lock.
+func (q *Queen) decode(msg *nats.Msg, nowMs int64) {
 	hb := q.check(msg)
 	if hb == nil {
 		return
 	}
-	// Admitted and queued under one hold of the writer's lock.
 	q.w.mu.Lock()
 	defer q.w.mu.Unlock()
-	if o := q.admitWith(hb, now, q.w.admitLocked); o != nil {
+	if o := q.admit(hb, nowMs); o != nil {
 		q.w.putLocked(o)
 	}
-}
-
-// decode decodes and admits a beat that arrived at nowMs: the registry write
-// to queue, or nil if it was refused (counted and logged).
-func (q *Queen) decode(msg *nats.Msg, nowMs int64) *op {
-	if hb := q.check(msg); hb != nil {
-		return q.admitWith(hb, nowMs, q.w.admit)
-	}
-	return nil
 }
 
 // check decodes and validates a beat; nil if it was refused (counted and
@@ -469,11 +466,10 @@ var reasons = map[string]subscriber.Reason{
 	"conflict": subscriber.ReasonConflict,
 }
 
-// admitWith applies a decoded heartbeat that arrived at now: TTL, and
-// freshness and conflicts as track (the writer's admit, or admitLocked with
-// its lock held) decides. It returns the registry write to queue, or nil if
-// refused.
-func (q *Queen) admitWith(hb *subscriber.Heartbeat, now int64, track func(target, *wire.Meta, bool, bool, *uint64, int64) verdict) *op {
+// admit applies a decoded heartbeat that arrived at now: TTL, freshness and
+// conflicts (the tracker's rules). It returns the registry write to queue,
+// or nil if refused. The writer's lock is held.
+func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	m := hb.Meta()
 	kind, key := hb.Addr.Kind, keyOf(hb.Subject, hb.Addr)
 	ttlMs := q.cfg.ttlMs(m.IntervalMs)
@@ -490,7 +486,7 @@ func (q *Queen) admitWith(hb *subscriber.Heartbeat, now int64, track func(target
 		busy = hb.Worker.SlotsBusy > 0 || hb.Worker.Status == wire.StatusBusy
 		progress = hb.Worker.Progress
 	}
-	v := track(target{kind, key}, m, hb.Goodbye, busy, progress, now)
+	v := q.w.admitLocked(target{kind, key}, m, hb.Goodbye, busy, progress, now)
 	if v.reason == "superseded" {
 		q.metrics.superseded(kind)
 		return nil

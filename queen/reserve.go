@@ -217,12 +217,10 @@ func (r *reserve) rescue(q *Queen, now time.Time) {
 			continue
 		}
 		q.metrics.rescued.WithLabelValues(string(a.Kind)).Inc()
-		if o := q.decode(msg, h.atMs); o != nil { // accepted when it arrived
-			// Conditional like every write: if another queen wrote the key
-			// since this queen last saw it, the key is read again and the
-			// newer entry, or its goodbye, stays.
-			q.w.put(o)
-		}
+		// Accepted as when it arrived; conditional like every write: if
+		// another queen wrote the key since this queen last saw it, the
+		// newer entry, or its goodbye, stays.
+		q.decode(msg, h.atMs)
 	}
 	if len(taken) > 0 {
 		r.mu.Lock()

@@ -89,16 +89,9 @@ func (w *writer) slotOf(tg target) *slot {
 	return s
 }
 
-// admit decides whether a beat of tg is fresh and, if it is, records it;
-// busy and progress describe a worker beat (progress nil: none sent). It
-// returns the queen-owned keys to store with the beat.
-func (w *writer) admit(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.admitLocked(tg, m, goodbye, busy, progress, nowMs)
-}
-
-// admitLocked is admit with mu held.
+// admitLocked decides whether a beat of tg is fresh and, if it is, records
+// it; busy and progress describe a worker beat (progress nil: none sent). It
+// returns the queen-owned keys to store with the beat. mu held.
 func (w *writer) admitLocked(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
 	s := w.slots[tg]
 	if s == nil || !s.tracked {

@@ -10,6 +10,13 @@ import (
 
 var testTarget = target{subjects.KindWorker, "h.w"}
 
+// admit is admitLocked under the writer's lock.
+func (w *writer) admit(tg target, m *wire.Meta, goodbye bool, busy bool, progress *uint64, nowMs int64) verdict {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.admitLocked(tg, m, goodbye, busy, progress, nowMs)
+}
+
 // newTracker returns a writer to judge beats with: the tracker's state is
 // its slots'.
 func newTracker(cfg Config) *writer {

@@ -337,9 +337,10 @@ const (
 
 // writer owns every key's state (what its senders sent, tracker.go; what is
 // stored and waiting) under one lock, the coalescing queue and the
-// asynchronous KV publishes. admit, put, mark, observe, forget and seen may
-// be called concurrently with each other and with the acknowledgement
-// handlers; run is one goroutine.
+// asynchronous KV publishes. put, mark, observe, forget and seen may be
+// called concurrently with each other and with the acknowledgement handlers
+// (the queen admits a beat with mu held: admitLocked, putLocked); run is one
+// goroutine.
 type writer struct {
 	js      jetstream.JetStream
 	cfg     Config
