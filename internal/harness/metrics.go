@@ -18,11 +18,14 @@ type Metrics struct {
 	ByName map[string]float64
 }
 
-// Scrape reads http://addr/metrics; it returns the HTTP status as an error
-// when it is not 200.
-func Scrape(addr string) (Metrics, error) {
+// Scrape reads http://addr/metrics within 5 s; it returns the HTTP status
+// as an error when it is not 200.
+func Scrape(addr string) (Metrics, error) { return ScrapeWithin(addr, 5*time.Second) }
+
+// ScrapeWithin is Scrape with its own time limit.
+func ScrapeWithin(addr string, limit time.Duration) (Metrics, error) {
 	m := Metrics{Samples: map[string]float64{}, ByName: map[string]float64{}}
-	c := http.Client{Timeout: 5 * time.Second}
+	c := http.Client{Timeout: limit}
 	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return m, err
