@@ -16,10 +16,7 @@
 // overload decoding follows writes, not beats (superseded). Goodbyes and
 // marks go first, then refreshes of entries due to expire within an
 // interval, then new or changed entries, then the other refreshes in the
-// order their stored entries would expire. A refresh whose entry has
-// expired by the writer's estimate goes with the new entries, so a writer
-// that fell behind saves the entries it still can instead of losing every
-// one in turn. An entry's TTL runs from its
+// order their stored entries would expire. An entry's TTL runs from its
 // write, less any wait beyond one interval; a beat whose TTL ran out while
 // it waited is shed rather than written, so a dead sender is not kept alive
 // by a backlog. A queen alone in its group writes a worker's unchanged beat

@@ -142,12 +142,9 @@ type slot struct {
 	// never later than it does: from this queen's acknowledged write or
 	// from what the registry shows another queen wrote. 0: no entry known.
 	deadlineMs int64
-	// lapsedMs is the deadline a waiting refresh was found past (next): it
-	// then waits with the new entries until the deadline changes.
-	lapsedMs int64
-	idx      [nQueues]int // index in each queue, -1 when not in it
-	queued   bool
-	urgent   bool
+	idx        [nQueues]int // index in each queue, -1 when not in it
+	queued     bool
+	urgent     bool
 	// lazy: the waiting write is a refresh that changes nothing a reader
 	// sees, held in qLazy; a lone queen writes it only once it falls due
 	// (dueMs).
@@ -214,13 +211,12 @@ func urgentMs(o *op) int64 { return max(o.intervalMs, urgentMinMs) }
 // under overload every entry stays alive as long as the store can take
 // keys ÷ TTL writes per second; new and changed entries take what is left.
 // Order: goodbyes and marks; refreshes of entries due to expire within
-// urgentMs; new and changed entries, with the refreshes that lapsed
-// (lapse); other refreshes, earliest expiry first. A lone queen's lazy
-// refresh takes part only once it falls due, in batches (lazyBatchMs).
+// urgentMs; new and changed entries; other refreshes, earliest expiry
+// first. A lone queen's lazy refresh takes part only once it falls due, in
+// batches (lazyBatchMs).
 // mu held.
 func (w *writer) next(nowMs int64) *slot {
 	first, live, fresh := &w.qs[qFirst], &w.qs[qLive], &w.qs[qNew]
-	w.lapse(nowMs)
 	var refresh *slot // the refresh that expires first, of those due
 	if live.Len() > 0 {
 		refresh = live.s[0]
@@ -243,27 +239,6 @@ func (w *writer) next(nowMs int64) *slot {
 		return fresh.s[0]
 	}
 	return refresh
-}
-
-// lapse moves the refreshes whose entries have expired by the writer's
-// estimate to the new entries. Earliest expiry first is the right order
-// only while the writer keeps up: once behind, the refresh that expires
-// first has often expired already, its write is refused (the server's
-// marker is newer) and read again, and the refreshes that could still be
-// saved wait behind it until they expire too, which costs the store a
-// marker each and makes the writer later still. So a lapsed refresh gives
-// way to those that can be saved and is written as a new entry (the marker
-// comes, or the entry was alive a little longer than estimated); a store
-// that writes C entries per second then keeps C × TTL of them alive, not
-// none. mu held.
-func (w *writer) lapse(nowMs int64) {
-	for _, q := range []*queue{&w.qs[qLive], &w.qs[qLazy]} {
-		for q.Len() > 0 && q.s[0].deadlineMs <= nowMs {
-			s := q.s[0]
-			s.lapsedMs = s.deadlineMs
-			w.schedule(s)
-		}
-	}
 }
 
 // minLeadMs is the least time a lazy refresh is written before its entry
@@ -689,8 +664,6 @@ func (w *writer) schedule(s *slot) {
 		switch {
 		case o.del || o.mark:
 			in[qFirst] = true
-		case s.deadlineMs != 0 && s.lapsedMs == s.deadlineMs:
-			in[qNew] = true // lapsed (lapse)
 		case !w.eager && s.deadlineMs != 0 && !s.urgent && lazyKind(o):
 			in[qLazy] = true
 		default:

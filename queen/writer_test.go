@@ -118,35 +118,6 @@ func TestQueueLiveFirst(t *testing.T) {
 	}
 }
 
-// TestLapsedRefresh: a refresh whose entry has expired by the writer's
-// estimate gives way to a refresh that can still be saved, and waits with
-// the new entries (in the order they waited) until its deadline changes.
-func TestLapsedRefresh(t *testing.T) {
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
-	w.eager = true
-	const now = 10_000
-	liveSlot(w, "lapsed", now)
-	w.put(beatOp("lapsed", "i", 2, now-2000, wire.StatusReady))
-	liveSlot(w, "due", now+100)
-	w.put(beatOp("due", "i", 2, now-10, wire.StatusReady))
-	w.put(beatOp("new", "i", 1, now-5, wire.StatusReady))
-	liveSlot(w, "later", now+5000)
-	w.put(beatOp("later", "i", 2, now-10, wire.StatusReady))
-	if got, want := fmt.Sprint(order(popAll(w, now))), "[due lapsed new later]"; got != want {
-		t.Fatalf("write order %s, want %s", got, want)
-	}
-	// Once its deadline changes (a write landed, the watch showed another
-	// queen's), a lapsed key is a refresh again.
-	s := w.slots[target{subjects.KindWorker, "lapsed"}]
-	w.mu.Lock()
-	s.deadlineMs = now + 4000
-	w.schedule(s)
-	w.mu.Unlock()
-	if s.idx[qLive] < 0 || s.idx[qNew] >= 0 {
-		t.Fatalf("a key with a new deadline is not back among the refreshes: queues %v", s.idx)
-	}
-}
-
 // TestBuildTTL: an entry's TTL runs from its write; a beat that waited
 // longer than one interval loses the excess; one that waited TTL + one
 // interval is shed; a mark keeps the expiry it marks.
