@@ -27,7 +27,10 @@ type View struct {
 	cancel  context.CancelFunc
 	watcher *registry.Watcher
 	clients map[*client]struct{}
-	recent  []wire.Event                          // oldest first, at most cfg.Events
+	// recent holds the last cfg.Events events: oldest first until it is
+	// full, then a ring whose oldest is at next.
+	recent  []wire.Event
+	next    int
 	dirty   map[subjects.Kind]map[string]struct{} // keys changed since the last update
 	dropped uint64                                // pages disconnected for falling behind
 
@@ -260,11 +263,14 @@ func (v *View) OnEvent(ev registry.Event) {
 	}
 	e := eventOf(ev)
 	if v.cfg.Events > 0 {
-		if len(v.recent) == v.cfg.Events {
-			copy(v.recent, v.recent[1:])
-			v.recent = v.recent[:len(v.recent)-1]
+		if len(v.recent) < v.cfg.Events {
+			v.recent = append(v.recent, e)
+		} else {
+			// Overwrite the oldest: one event costs the same whatever
+			// cfg.Events is (a burst of expiries at a million workers).
+			v.recent[v.next] = e
+			v.next = (v.next + 1) % len(v.recent)
 		}
-		v.recent = append(v.recent, e)
 	}
 	v.broadcastLocked("event", e, e.Event)
 }
@@ -332,9 +338,11 @@ func (v *View) subscribe(f events.Filter) (*client, []byte, error) {
 		Queens:  v.watcher.Queens(),
 		Events:  []wire.Event{},
 	}
-	for _, e := range v.recent {
-		if f.Match(e.Event) {
-			s.Events = append(s.Events, e)
+	for _, part := range [][]wire.Event{v.recent[v.next:], v.recent[:v.next]} { // oldest first
+		for _, e := range part {
+			if f.Match(e.Event) {
+				s.Events = append(s.Events, e)
+			}
 		}
 	}
 	msg, err := frame("snapshot", s)

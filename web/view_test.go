@@ -2,6 +2,7 @@ package web
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,8 @@ import (
 	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/lifecycle"
 	"github.com/rbee/heartbeat/queen"
+	"github.com/rbee/heartbeat/registry"
+	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 	"github.com/rbee/heartbeat/worker"
 )
@@ -237,6 +240,58 @@ func TestStream(t *testing.T) {
 	// A page connecting now gets the recent events in its snapshot.
 	s2 := follow(t, srv.URL)
 	waitFor(t, s2, has("snapshot", `"event":"joined"`, `"event":"left"`, `"queens":[{`, `"state":"ok"`))
+}
+
+// TestRecentEvents: a page gets the last Events events, oldest first, also
+// after more than Events came (the ring wrapped), and those its filter keeps.
+func TestRecentEvents(t *testing.T) {
+	_, js := system(t)
+	cfg := DefaultConfig(js)
+	cfg.Events = 3
+	v, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop()
+	keys := func(f events.Filter) []string {
+		_, msg, err := v.subscribe(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var snap snapshot
+		if err := json.Unmarshal(bytes.TrimSpace(bytes.TrimPrefix(msg, []byte("event: snapshot\ndata: "))), &snap); err != nil {
+			t.Fatalf("snapshot %q: %v", msg, err)
+		}
+		var out []string
+		for _, e := range snap.Events {
+			out = append(out, e.Key)
+		}
+		return out
+	}
+	for i := range 7 {
+		typ := registry.Joined
+		if i%2 == 1 {
+			typ = registry.Left
+		}
+		v.OnEvent(registry.Event{Type: typ, Kind: subjects.KindWorker, Key: fmt.Sprintf("h.w%d", i)})
+		want := []string{}
+		for j := max(0, i-2); j <= i; j++ {
+			want = append(want, fmt.Sprintf("h.w%d", j))
+		}
+		if got := keys(events.Filter{}); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("after %d events the snapshot's events are %v, want %v", i+1, got, want)
+		}
+	}
+	left, err := events.ParseFilter([]string{"left"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(left); fmt.Sprint(got) != "[h.w5]" {
+		t.Fatalf("filtered to left: %v, want [h.w5]", got)
+	}
 }
 
 // TestSlowPageDropped: a page whose queue is full is disconnected, not
