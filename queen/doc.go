@@ -9,25 +9,29 @@
 //
 // Only the newest beat of a key matters, and a key needs one write per TTL,
 // not one per beat. The writer keeps at most one waiting write per key
-// (newer beats replace it: coalesced) and at most one in flight, so memory is
-// bounded by the number of keys, a key's writes land in order, and a beat is
-// never written after a newer one. A beat of a key whose last beat still
-// waits is kept undecoded and decoded when the key's write comes, so under
-// overload decoding follows writes, not beats (superseded). Goodbyes and
-// marks go first, then refreshes of entries due to expire within an
+// (newer beats replace it: coalesced) and at most one in flight, so memory
+// is bounded by the number of keys, a key's writes land in order, and a
+// beat is never written after a newer one. A beat of a key whose last beat
+// still waits is kept undecoded and decoded when the key's write comes, so
+// under overload decoding follows writes, not beats (superseded). Goodbyes
+// and marks go first, then refreshes of entries due to expire within an
 // interval, then new or changed entries, then the other refreshes in the
-// order their stored entries would expire. An entry's TTL runs from its
-// write, less any wait beyond one interval; a beat whose TTL ran out while
-// it waited is shed rather than written, so a dead sender is not kept alive
-// by a backlog. A queen alone in its group writes a worker's unchanged beat
-// lazily: it waits, replaced by newer beats, until the stored entry is due
-// to expire within half an interval (at least 5 s), and is then written
-// (with those falling due within the next quarter second: one batch),
-// with the TTL left from its acceptance (rounded down), so a live worker
-// costs a write every Missed − 1 intervals and a dead one still expires one
-// TTL after its last beat. Writes are nats.go jetstream asynchronous publishes with a
-// bounded window; beats the subscription drops are counted. Every shed,
-// coalesced, superseded, failed or lost write is in /metrics.
+// order their stored entries would expire. A writer behind for 10 s is
+// overloaded, not catching up: from then on a refresh whose entry has
+// expired by its estimate goes with the new entries, so it saves the
+// entries it still can instead of losing every one in turn. An entry's TTL
+// runs from its write, less any wait beyond one interval; a beat whose TTL
+// ran out while it waited is shed rather than written, so a dead sender is
+// not kept alive by a backlog. A queen alone in its group writes a worker's
+// unchanged beat lazily: it waits, replaced by newer beats, until the
+// stored entry is due to expire within half an interval (at least 5 s), and
+// is then written (with those falling due within the next quarter second:
+// one batch), with the TTL left from its acceptance (rounded down), so a
+// live worker costs a write every Missed − 1 intervals and a dead one still
+// expires one TTL after its last beat. Writes are nats.go jetstream
+// asynchronous publishes with a bounded window; beats the subscription
+// drops are counted. Every shed, coalesced, superseded, failed or lost
+// write is in /metrics.
 //
 // # Conditional writes
 //

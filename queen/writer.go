@@ -142,9 +142,13 @@ type slot struct {
 	// never later than it does: from this queen's acknowledged write or
 	// from what the registry shows another queen wrote. 0: no entry known.
 	deadlineMs int64
-	idx        [nQueues]int // index in each queue, -1 when not in it
-	queued     bool
-	urgent     bool
+	// lapsedMs is the deadline a waiting refresh was found past while the
+	// writer was behind (lapse): it then waits with the new entries until
+	// the deadline changes.
+	lapsedMs int64
+	idx      [nQueues]int // index in each queue, -1 when not in it
+	queued   bool
+	urgent   bool
 	// lazy: the waiting write is a refresh that changes nothing a reader
 	// sees, held in qLazy; a lone queen writes it only once it falls due
 	// (dueMs).
@@ -211,12 +215,13 @@ func urgentMs(o *op) int64 { return max(o.intervalMs, urgentMinMs) }
 // under overload every entry stays alive as long as the store can take
 // keys ÷ TTL writes per second; new and changed entries take what is left.
 // Order: goodbyes and marks; refreshes of entries due to expire within
-// urgentMs; new and changed entries; other refreshes, earliest expiry
-// first. A lone queen's lazy refresh takes part only once it falls due, in
-// batches (lazyBatchMs).
+// urgentMs; new and changed entries, with the refreshes that lapsed
+// (lapse); other refreshes, earliest expiry first. A lone queen's lazy
+// refresh takes part only once it falls due, in batches (lazyBatchMs).
 // mu held.
 func (w *writer) next(nowMs int64) *slot {
 	first, live, fresh := &w.qs[qFirst], &w.qs[qLive], &w.qs[qNew]
+	w.lapse(nowMs)
 	var refresh *slot // the refresh that expires first, of those due
 	if live.Len() > 0 {
 		refresh = live.s[0]
@@ -239,6 +244,59 @@ func (w *writer) next(nowMs int64) *slot {
 		return fresh.s[0]
 	}
 	return refresh
+}
+
+// A writer is behind while it finds refreshes past their deadline, with
+// no lapseQuietMs free of them; once behind for lapseAfterMs, it is
+// overloaded, not catching up (a restarted queen, whose deadlines read from
+// the registry are up to a second early, catches up within a few seconds),
+// and stays so until lapseAfterMs pass free of them.
+const (
+	lapseAfterMs = 10_000
+	lapseQuietMs = 1000
+)
+
+// lapse, once the writer has been behind for lapseAfterMs, moves the
+// refreshes whose entries have expired by its estimate to the new entries.
+// Earliest expiry first is the right order only while the writer keeps up:
+// once it is overloaded, the refresh that expires first has often expired
+// already, its write is refused (the server's marker is newer) and read
+// again, and the refreshes that could still be saved wait behind it until
+// they expire too. A lapsed refresh gives way to those and is written as a
+// new entry, so a store that writes C entries per second keeps about C ×
+// TTL of them alive, not none. mu held.
+func (w *writer) lapse(nowMs int64) {
+	overdue := false
+	for _, q := range []*queue{&w.qs[qLive], &w.qs[qLazy]} {
+		overdue = overdue || q.Len() > 0 && q.s[0].deadlineMs <= nowMs
+	}
+	switch {
+	case overdue:
+		w.overdueMs = nowMs
+		if w.behindMs == 0 {
+			w.behindMs = nowMs
+		}
+	case w.lapsing && nowMs-w.overdueMs > lapseAfterMs:
+		w.lapsing, w.behindMs = false, 0
+		w.log.Info("the registry writer caught up: refreshes go in the order their entries expire")
+	case !w.lapsing && nowMs-w.overdueMs > lapseQuietMs:
+		w.behindMs = 0
+	}
+	if !overdue || nowMs-w.behindMs < lapseAfterMs {
+		return
+	}
+	if !w.lapsing {
+		w.lapsing = true
+		w.log.Warn("the registry writer is overloaded: refreshes past their entry's expiry now wait behind those it can still save",
+			"behind", time.Duration(nowMs-w.behindMs)*time.Millisecond, "waiting", w.waiting)
+	}
+	for _, q := range []*queue{&w.qs[qLive], &w.qs[qLazy]} {
+		for q.Len() > 0 && q.s[0].deadlineMs <= nowMs {
+			s := q.s[0]
+			s.lapsedMs = s.deadlineMs
+			w.schedule(s)
+		}
+	}
 }
 
 // minLeadMs is the least time a lazy refresh is written before its entry
@@ -359,6 +417,9 @@ type writer struct {
 	lazies    int   // of which lazy refreshes
 	eager     bool  // other queens share the group: no lazy refreshes
 	lazyCutMs int64 // lazy refreshes due by then are written now (lazyBatchMs)
+	behindMs  int64 // since when the writer is behind, 0 if not (lapse)
+	lapsing   bool  // behind for lapseAfterMs: refreshes past their deadline lapse
+	overdueMs int64 // when it last found a refresh past its deadline
 	due       *time.Timer
 	inflight  map[*nats.Msg]*slot
 	stopping  bool
@@ -664,6 +725,8 @@ func (w *writer) schedule(s *slot) {
 		switch {
 		case o.del || o.mark:
 			in[qFirst] = true
+		case s.deadlineMs != 0 && s.lapsedMs == s.deadlineMs:
+			in[qNew] = true // lapsed (lapse)
 		case !w.eager && s.deadlineMs != 0 && !s.urgent && lazyKind(o):
 			in[qLazy] = true
 		default:

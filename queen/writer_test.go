@@ -118,6 +118,98 @@ func TestQueueLiveFirst(t *testing.T) {
 	}
 }
 
+// TestLapsedRefresh: once the writer has been behind for lapseAfterMs, a
+// refresh whose entry has expired by its estimate gives way to a refresh
+// that can still be saved and waits with the new entries, until its
+// deadline changes. Behind for less (a restarted queen catching up), or
+// after lapseQuietMs free of overdue refreshes, the order is earliest
+// expiry first.
+func TestLapsedRefresh(t *testing.T) {
+	const now = 100_000
+	setup := func() *writer {
+		w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+		w.eager = true
+		liveSlot(w, "lapsed", now-lapseAfterMs)
+		w.put(beatOp("lapsed", "i", 2, now-lapseAfterMs-2000, wire.StatusReady))
+		liveSlot(w, "due", now+100)
+		w.put(beatOp("due", "i", 2, now-10, wire.StatusReady))
+		w.put(beatOp("new", "i", 1, now-5, wire.StatusReady))
+		liveSlot(w, "later", now+5000)
+		w.put(beatOp("later", "i", 2, now-10, wire.StatusReady))
+		return w
+	}
+	// behind steps the writer's clock from..to, finding the overdue refresh
+	// at every step.
+	behind := func(w *writer, from, to int64) {
+		for ms := from; ms <= to; ms += lapseQuietMs / 2 {
+			w.mu.Lock()
+			w.lapse(ms)
+			w.mu.Unlock()
+		}
+	}
+	earliest := "[lapsed due new later]"
+	if got := fmt.Sprint(order(popAll(setup(), now))); got != earliest {
+		t.Fatalf("just behind: write order %s, want %s", got, earliest)
+	}
+	w := setup()
+	behind(w, now-lapseAfterMs, now-lapseQuietMs)
+	if got := fmt.Sprint(order(popAll(w, now-1))); got != earliest {
+		t.Fatalf("behind for less than %d ms: write order %s, want %s", lapseAfterMs, got, earliest)
+	}
+	w = setup()
+	behind(w, now-lapseAfterMs, now)
+	if got, want := fmt.Sprint(order(popAll(w, now))), "[due lapsed new later]"; got != want {
+		t.Fatalf("behind for %d ms: write order %s, want %s", lapseAfterMs, got, want)
+	}
+	// Once its deadline changes (a write landed, the watch showed another
+	// queen's), a lapsed key is a refresh again.
+	s := w.slots[target{subjects.KindWorker, "lapsed"}]
+	w.mu.Lock()
+	s.deadlineMs = now + 4000
+	w.schedule(s)
+	w.mu.Unlock()
+	if s.idx[qLive] < 0 || s.idx[qNew] >= 0 {
+		t.Fatalf("a key with a new deadline is not back among the refreshes: queues %v", s.idx)
+	}
+	// A writer that caught up for more than lapseQuietMs is behind anew
+	// from the next overdue refresh.
+	w = newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w.eager = true
+	liveSlot(w, "k", now)
+	w.put(beatOp("k", "i", 2, now-10, wire.StatusReady))
+	s = w.slots[target{subjects.KindWorker, "k"}]
+	behind(w, now, now+4000)
+	w.mu.Lock()
+	s.deadlineMs = now + 6000 // its write landed
+	w.schedule(s)
+	w.lapse(now + 4000 + lapseQuietMs + 1)
+	w.mu.Unlock()
+	behind(w, now+6000, now+lapseAfterMs+1000)
+	if s.idx[qLive] < 0 || s.idx[qNew] >= 0 {
+		t.Fatalf("behind for %d ms after catching up, a refresh lapsed: queues %v", lapseAfterMs+1000-6000, s.idx)
+	}
+	// A writer that lapsed refreshes stays behind through a lull shorter
+	// than lapseAfterMs: overload comes in waves.
+	w = newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w.eager = true
+	liveSlot(w, "k", now)
+	w.put(beatOp("k", "i", 2, now-10, wire.StatusReady))
+	s = w.slots[target{subjects.KindWorker, "k"}]
+	behind(w, now, now+lapseAfterMs)
+	if s.idx[qNew] < 0 {
+		t.Fatalf("behind for %d ms, a refresh past its deadline did not lapse: queues %v", lapseAfterMs, s.idx)
+	}
+	w.mu.Lock()
+	s.deadlineMs = now + lapseAfterMs + 3000 // its write landed
+	w.schedule(s)
+	w.lapse(now + lapseAfterMs + 2500)
+	w.lapse(now + lapseAfterMs + 3000)
+	w.mu.Unlock()
+	if s.idx[qNew] < 0 {
+		t.Fatalf("after a lull of 3000 ms, a refresh past its deadline did not lapse: queues %v", s.idx)
+	}
+}
+
 // TestBuildTTL: an entry's TTL runs from its write; a beat that waited
 // longer than one interval loses the excess; one that waited TTL + one
 // interval is shed; a mark keeps the expiry it marks.
