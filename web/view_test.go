@@ -74,7 +74,13 @@ func startWorker(t *testing.T, url, hive, id string) *worker.Worker {
 
 func startView(t *testing.T, js jetstream.JetStream) *View {
 	t.Helper()
-	v, err := New(DefaultConfig(js))
+	return startViewWith(t, DefaultConfig(js))
+}
+
+// startViewWith starts a view with cfg, stopped when the test ends.
+func startViewWith(t *testing.T, cfg Config) *View {
+	t.Helper()
+	v, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,14 +254,7 @@ func TestRecentEvents(t *testing.T) {
 	_, js := system(t)
 	cfg := DefaultConfig(js)
 	cfg.Events = 3
-	v, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer v.Stop()
+	v := startViewWith(t, cfg)
 	keys := func(f events.Filter) []string {
 		_, msg, err := v.subscribe(f)
 		if err != nil {
@@ -300,14 +299,7 @@ func TestSlowPageDropped(t *testing.T) {
 	_, js := system(t)
 	cfg := DefaultConfig(js)
 	cfg.ClientBuffer = 1
-	v, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer v.Stop()
+	v := startViewWith(t, cfg)
 	c, _, err := v.subscribe(events.Filter{}) // nobody reads c.ch
 	if err != nil {
 		t.Fatal(err)
