@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/embedded"
 	"github.com/rbee/heartbeat/internal/harness"
 )
@@ -18,6 +19,7 @@ import (
 const (
 	hiveHealthy = "healthy"
 	hiveLoad    = "load"
+	hiveLeave   = "leave" // workers that say goodbye while a queen is paused
 	hiveVictim  = "victim"
 )
 
@@ -523,30 +525,60 @@ func runPause(w *world, r *result) error {
 		return err
 	}
 	defer f.Kill()
+	leavers := max(w.opt.healthy/4, 1)
+	lf, err := w.fleet("leavers", qa.url(), hiveLeave, leavers)
+	if err != nil {
+		return err
+	}
+	defer lf.Kill()
 	if err := waitPresent(o, hiveHealthy, w.opt.healthy, 30*time.Second); err != nil {
+		return err
+	}
+	if err := waitPresent(o, hiveLeave, leavers, 30*time.Second); err != nil {
 		return err
 	}
 	pause(2 * interval) // both queens take their share
 	held := 2 * ttl
 	r.offer("two queens in one queue group: queen A with the embedded broker, queen B on A's broker (`--nats-url`)")
 	r.offer("%d healthy workers beating every %s; queen B stopped with SIGSTOP for %s, then SIGCONT; watched for one TTL more", w.opt.healthy, interval, held)
+	r.offer("%d more workers (their own process) stopped with SIGTERM (goodbyes) halfway through the pause: the last beats and goodbyes the group hands queen B wait in its socket", leavers)
 	o.resetGaps()
 	o.resetLag()
 	tP := time.Now()
 	if err := qb.Signal(syscall.SIGSTOP); err != nil {
 		return err
 	}
-	pause(held)
+	pause(held / 2)
+	lf.Stop(10 * time.Second)
+	pause(held - time.Since(tP))
 	_ = qb.Signal(syscall.SIGCONT)
 	pause(ttl + interval)
 	rem := purges(o.removalsBetween(prefixOf(hiveHealthy), tP, time.Now()))
 	acc, seen := o.lag()
+	// The leavers' keys by how they ended; back: deleted, then written again.
+	var left, expired, alive, back int
+	for _, s := range o.snapshot(prefixOf(hiveLeave)) {
+		switch s.op {
+		case jetstream.KeyValueDelete:
+			left++
+		case jetstream.KeyValuePurge:
+			expired++
+		default:
+			alive++
+		}
+		if s.dels > 0 && s.op != jetstream.KeyValueDelete {
+			back++
+		}
+	}
 	r.fig("false expiries", "%d of %d", len(rem), w.opt.healthy)
+	r.fig("goodbyes during the pause", "%d workers: %d ended by a delete marker, %d by an expiry, %d still present; %d written again after their delete",
+		leavers, left, expired, alive, back)
 	r.fig("accept lag (received_at − sent_at)", "%s", acc)
 	r.fig("beat → visible in KV", "%s", seen)
 	r.fig("longest gap between two writes of a worker", "%s", maxGapOf(o, hiveHealthy).Round(time.Millisecond))
 	r.fig("queen B after SIGCONT", "%s", map[bool]string{true: "exited", false: "running"}[qb.Exited()])
 	r.expect("0 false expiries", len(rem) == 0, "%d", len(rem))
+	r.expect("goodbyes arrive as left", left == leavers, "%d of %d", left, leavers)
 	return nil
 }
 

@@ -55,7 +55,7 @@ func cases() []kase {
 			"0 false expiries, goodbyes arrive as left", runBusy(false)},
 		{"busyburn", "As busy, with another process burning one core beside them",
 			"0 false expiries, goodbyes arrive as left", runBusy(true)},
-		{"pause", "One of two queens paused (SIGSTOP) 2 × TTL", "0 false expiries", runPause},
+		{"pause", "One of two queens paused (SIGSTOP) 2 × TTL, goodbyes meanwhile", "0 false expiries, goodbyes arrive as left", runPause},
 		{"pause1", "The only queen paused (SIGSTOP) 2 × TTL, broker apart",
 			"expiries reported as a disruption, registry whole within one interval of the resume", runPauseSingle},
 		{"kill9", "kill -9 of the queen mid-ingest, restart within one interval", "0 false expiries", runKill9},
