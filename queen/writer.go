@@ -265,6 +265,11 @@ const (
 // they expire too. A lapsed refresh gives way to those and is written as a
 // new entry, so a store that writes C entries per second keeps about C ×
 // TTL of them alive, not none. mu held.
+//
+// Only the heads are looked at: qLazy is ordered by due time, which is the
+// deadline order while the lazy keys share one interval (lead); a key of a
+// shorter interval past its deadline behind the head waits for its turn
+// there, in the order of before.
 func (w *writer) lapse(nowMs int64) {
 	overdue := false
 	for _, q := range []*queue{&w.qs[qLive], &w.qs[qLazy]} {

@@ -29,6 +29,12 @@ func beatOp(key, inst string, seq uint64, acceptedMs int64, status wire.Status) 
 		worker: &wire.WorkerEntry{Worker: wire.Worker{Status: status}}}
 }
 
+// testWriter returns a writer of worker keys ("$KV.w.<key>") reporting to
+// m, not running.
+func testWriter(m writeMetrics) *writer {
+	return newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+}
+
 // popAll takes every waiting key in the order the writer would write them
 // at nowMs.
 func popAll(w *writer, nowMs int64) []*slot {
@@ -62,7 +68,7 @@ func order(slots []*slot) (keys []string) {
 // entries expire.
 func TestQueueOrder(t *testing.T) {
 	m := &nopMetrics{}
-	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(m)
 	w.eager = true // other queens share the group
 	w.put(beatOp("a", "i", 1, 100, wire.StatusReady))
 	w.put(beatOp("b", "i", 1, 200, wire.StatusReady))
@@ -100,7 +106,7 @@ func TestQueueOrder(t *testing.T) {
 // newcomers cannot expire what is already alive; a changed live entry keeps
 // its place among the new ones and is still protected by its expiry.
 func TestQueueLiveFirst(t *testing.T) {
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(&nopMetrics{})
 	w.eager = true // other queens share the group
 	const now = 10_000
 	for i := range 100 {
@@ -127,7 +133,7 @@ func TestQueueLiveFirst(t *testing.T) {
 func TestLapsedRefresh(t *testing.T) {
 	const now = 100_000
 	setup := func() *writer {
-		w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+		w := testWriter(&nopMetrics{})
 		w.eager = true
 		liveSlot(w, "lapsed", now-lapseAfterMs)
 		w.put(beatOp("lapsed", "i", 2, now-lapseAfterMs-2000, wire.StatusReady))
@@ -173,7 +179,7 @@ func TestLapsedRefresh(t *testing.T) {
 	}
 	// A writer that caught up for more than lapseQuietMs is behind anew
 	// from the next overdue refresh.
-	w = newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w = testWriter(&nopMetrics{})
 	w.eager = true
 	liveSlot(w, "k", now)
 	w.put(beatOp("k", "i", 2, now-10, wire.StatusReady))
@@ -190,7 +196,7 @@ func TestLapsedRefresh(t *testing.T) {
 	}
 	// A writer that lapsed refreshes stays behind through a lull shorter
 	// than lapseAfterMs: overload comes in waves.
-	w = newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w = testWriter(&nopMetrics{})
 	w.eager = true
 	liveSlot(w, "k", now)
 	w.put(beatOp("k", "i", 2, now-10, wire.StatusReady))
@@ -214,7 +220,7 @@ func TestLapsedRefresh(t *testing.T) {
 // longer than one interval loses the excess; one that waited TTL + one
 // interval is shed; a mark keeps the expiry it marks.
 func TestBuildTTL(t *testing.T) {
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(&nopMetrics{})
 	now := time.Now().UnixMilli()
 	for _, c := range []struct {
 		waited  int64
@@ -320,7 +326,7 @@ func TestLazyRefresh(t *testing.T) {
 // to fall due does not wake the writer's goroutine (it sleeps until the
 // first one is due); a change, or a refresh that becomes the first, does.
 func TestLazyRefreshNoWake(t *testing.T) {
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(&nopMetrics{})
 	const now = 10_000
 	liveSlot(w, "first", now+50_000)
 	liveSlot(w, "second", now+60_000)
@@ -357,7 +363,7 @@ func lazyOp(key, inst string, seq uint64, acceptedMs int64, status wire.Status) 
 // its registry mirror shows, so beats that change nothing cost no write
 // until their entries are due, and a changed one is written at once.
 func TestLazyRefreshAfterRestart(t *testing.T) {
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(&nopMetrics{})
 	const now = 100_000
 	shown := beatOp("k", "i", 1, now-1000, wire.StatusReady).worker
 	shown.InstanceID, shown.Seq, shown.ReceivedAtMs = "i", 1, now-1000
@@ -423,7 +429,7 @@ func (m *countMetrics) superseded(subjects.Kind) { m.nSuperseded++ }
 // accepted op (a goodbye, a mark) supersedes a parked one.
 func TestPark(t *testing.T) {
 	m := &countMetrics{}
-	w := newWriter(slog.New(slog.DiscardHandler), m, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(m)
 	w.check = func(*nats.Msg) *subscriber.Heartbeat { return nil }
 	a, b := &nats.Msg{Subject: "a1"}, &nats.Msg{Subject: "a2"}
 	if w.park(target{subjects.KindWorker, "k"}, a, 1) {
@@ -450,7 +456,7 @@ func TestPark(t *testing.T) {
 // TestForgetWaiting: a key whose entry expired while a beat of it waited
 // moves from the refreshes to the new entries.
 func TestForgetWaiting(t *testing.T) {
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(&nopMetrics{})
 	liveSlot(w, "lost", 900)
 	w.put(beatOp("lost", "i", 2, 500, wire.StatusReady))
 	liveSlot(w, "due", 1200)
@@ -464,7 +470,7 @@ func TestForgetWaiting(t *testing.T) {
 // TestShedWakesWait: a write shed because its TTL ran out while it waited
 // is the last one a Stop waits for; wait returns instead of hanging.
 func TestShedWakesWait(t *testing.T) {
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(&nopMetrics{})
 	stale := beatOp("a", "i", 1, time.Now().Add(-time.Minute).UnixMilli(), wire.StatusReady) // TTL 3 s, a minute old
 	w.put(stale)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
@@ -509,7 +515,7 @@ func TestStallOnMonotonicClock(t *testing.T) {
 // copy of its entry: the waiting beat may be a retried write whose entry the
 // registry mirror already shares (known), and that one must not change.
 func TestMarkCopiesSharedEntry(t *testing.T) {
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(&nopMetrics{})
 	o := beatOp("k", "i", 2, 1000, wire.StatusReady)
 	o.conn = "c1"
 	shared := o.worker
@@ -535,7 +541,7 @@ func TestAckWaitSilentStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+	w := testWriter(&nopMetrics{})
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(time.Hour),
 		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, pa *jetstream.PubAck) { w.acked(m, pa) }),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { w.failed(m, err) }))
@@ -623,7 +629,7 @@ func TestRereadEndsOnWatch(t *testing.T) {
 	refused := &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}
 	tg := target{subjects.KindWorker, "h.w"}
 	setup := func(watchRev uint64) (*writer, *slot) {
-		w := newWriter(slog.New(slog.DiscardHandler), &nopMetrics{}, 16, map[subjects.Kind]string{subjects.KindWorker: "$KV.w."})
+		w := testWriter(&nopMetrics{})
 		w.cfg = DefaultConfig()
 		w.mu.Lock()
 		defer w.mu.Unlock()
