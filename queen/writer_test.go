@@ -389,14 +389,20 @@ func TestLazyRefreshAfterRestart(t *testing.T) {
 func TestLazyRefreshWakes(t *testing.T) {
 	srv := testutil.Server(t)
 	cfg := testConfig(t)
+	cfg.Missed = 4 // a TTL of 8 s at 2 s: the refresh falls due 5 s before it ends, 3 s after the write
 	q := startTestQueen(t, srv.ClientURL(), cfg)
-	o := condBeat("i1", 1, "")
-	o.ttlMs, o.intervalMs = 8000, 2000
-	written(t, q, o)
+	// beat is a beat whose entry says the interval its op has: the registry
+	// watch then estimates the same expiry as the write (with another
+	// interval it pushed the deadline past the entry's TTL, whenever the
+	// watch delivered the write after its acknowledgement).
+	beat := func(seq uint64) *op {
+		o := condBeat("i1", seq, "")
+		o.ttlMs, o.intervalMs, o.worker.IntervalMs = 8000, 2000, 2000
+		return o
+	}
+	written(t, q, beat(1))
 	first, rev := storedAs(t, q)
-	o = condBeat("i1", 2, "")
-	o.ttlMs, o.intervalMs = 8000, 2000
-	q.w.put(o) // unchanged: waits until 5 s before the entry expires
+	q.w.put(beat(2)) // unchanged: waits until 5 s before the entry expires
 	settle(t, q)
 	if now, _ := storedAs(t, q); now != first {
 		t.Fatalf("an unchanged beat was written at once: %s", now)
