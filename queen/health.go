@@ -37,9 +37,13 @@ type healthState struct {
 	mu             sync.Mutex
 	expiries       map[time.Duration]*expiryLog // by TTL: within the last TTL
 	disruptedUntil time.Time
-	disruptReason  string
-	droppedAt      time.Time
-	conflictLog    rate.Sometimes
+	// What the disruption is made of, formatted only when asked (state):
+	// expired of the entries within one TTL, or how long the queen was
+	// stopped (0: it was not).
+	expiredN, expiredOf int
+	stoppedFor          time.Duration
+	droppedAt           time.Time
+	conflictLog         rate.Sometimes
 }
 
 // expiryLog holds the times of recent expiries of one TTL, oldest first,
@@ -96,8 +100,10 @@ func (h *healthState) expired(log *slog.Logger, now time.Time, ttlMs int64, live
 			log.Warn("registry disrupted: many entries expired at once; schedulers should hold rescheduling",
 				"expired", n, "live", live, "share", fmt.Sprintf("%.2f", share))
 		}
-		h.disruptedUntil = now.Add(ttl)
-		h.disruptReason = fmt.Sprintf("registry disrupted: %d of %d entries expired within one TTL", n, n+live)
+		if until := now.Add(ttl); until.After(h.disruptedUntil) {
+			h.disruptedUntil = until
+		}
+		h.expiredN, h.expiredOf, h.stoppedFor = n, n+live, 0
 	}
 }
 
@@ -109,8 +115,7 @@ func (h *healthState) stopped(log *slog.Logger, now time.Time, gap time.Duration
 	log.Warn("registry disrupted: this queen was stopped; entries with a shorter TTL expired meanwhile; schedulers should hold rescheduling",
 		"stopped", gap.Round(time.Millisecond))
 	if until := now.Add(gap); until.After(h.disruptedUntil) {
-		h.disruptedUntil = until
-		h.disruptReason = fmt.Sprintf("registry disrupted: the queen was stopped for %.1fs", gap.Seconds())
+		h.disruptedUntil, h.stoppedFor = until, gap
 	}
 }
 
@@ -134,11 +139,13 @@ func (q *Queen) state(st writerStats) (wire.QueenState, string) {
 	now := time.Now()
 	h := q.health
 	h.mu.Lock()
-	disrupted, dreason, droppedAt := now.Before(h.disruptedUntil), h.disruptReason, h.droppedAt
+	disrupted, n, of, stopped, droppedAt := now.Before(h.disruptedUntil), h.expiredN, h.expiredOf, h.stoppedFor, h.droppedAt
 	h.mu.Unlock()
 	switch {
+	case disrupted && stopped > 0:
+		return wire.QueenDisrupted, fmt.Sprintf("registry disrupted: the queen was stopped for %.1fs", stopped.Seconds())
 	case disrupted:
-		return wire.QueenDisrupted, dreason
+		return wire.QueenDisrupted, fmt.Sprintf("registry disrupted: %d of %d entries expired within one TTL", n, of)
 	case st.Failing:
 		return wire.QueenDegraded, "store failing: " + st.LastErr
 	case q.cfg.StoreFailed != nil && q.cfg.StoreFailed():

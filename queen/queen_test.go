@@ -4,6 +4,9 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/wire"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -42,5 +45,33 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := New(nil, DefaultConfig()); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("New without a connection: %v", err)
+	}
+}
+
+// TestDisruptionReason: a disrupted registry says its latest cause, many
+// expiries within one TTL or the queen's own stop, and expiries within a
+// stop's disruption do not end it sooner.
+func TestDisruptionReason(t *testing.T) {
+	q, err := New(&nats.Conn{}, testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := func(when, reason string) {
+		t.Helper()
+		if s, r := q.state(writerStats{}); s != wire.QueenDisrupted || r != reason {
+			t.Fatalf("%s: state %s (%q), want disrupted (%q)", when, s, r, reason)
+		}
+	}
+	now := time.Now()
+	for range 4 {
+		q.health.expired(q.log, now, 60_000, 6)
+	}
+	want("after 4 of 10 expired", "registry disrupted: 4 of 10 entries expired within one TTL")
+	q.health.stopped(q.log, now, 90*time.Second)
+	want("after a stop", "registry disrupted: the queen was stopped for 90.0s")
+	q.health.expired(q.log, now, 60_000, 5)
+	want("after one more expiry", "registry disrupted: 5 of 10 entries expired within one TTL")
+	if until := q.health.disruptedUntil; until.Before(now.Add(90 * time.Second)) {
+		t.Fatalf("an expiry ended the stop's disruption sooner: until %v, want %v", until, now.Add(90*time.Second))
 	}
 }
