@@ -157,7 +157,7 @@ var queenCounters = []struct {
 	{"rbee_queen_beats_accepted_total", "", "beats accepted", false},
 	{"rbee_queen_kv_write_seconds_count", "", "KV writes acknowledged", false},
 	{"rbee_queen_beats_coalesced_total", "", "beats coalesced", false},
-	{"rbee_queen_beats_superseded_total", "", "beats superseded before decoding", false},
+	{"rbee_queen_beats_superseded_total", "", "beats superseded before admitting", false},
 	{"rbee_queen_beats_rejected_total", "", "beats rejected", true},
 	{"rbee_queen_beats_shed_total", "", "beats shed", true},
 	{"rbee_queen_beats_dropped_total", "", "beats dropped (slow consumer)", true},

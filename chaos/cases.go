@@ -382,7 +382,7 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	if merr != nil {
 		r.fig("queen metrics at the end", "unreadable: %v", merr)
 	}
-	r.fig("queen accounting (worker beats)", "accepted %.0f, rejected %.0f, counted as dropped %.0f, superseded before decoding %.0f; coalesced after accepting %.0f",
+	r.fig("queen accounting (worker beats)", "accepted %.0f, rejected %.0f, counted as dropped %.0f, superseded before admitting %.0f; coalesced after accepting %.0f",
 		final.accepted, final.rejected, final.dropped, final.superseded, final.coalesced)
 	r.fig("registry writes", "%.0f acknowledged; failed: %.0f re-read (the key changed since the queen last saw it), %.0f refused after a re-read, %.0f retried, %.0f lost; %.0f shed stale",
 		m.Sum(exact("rbee_queen_kv_write_seconds_count")), m.Sum(counter("kv_write_failures"), `outcome="reread"`),

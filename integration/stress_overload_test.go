@@ -37,7 +37,7 @@ func startThrottledQueen(t *testing.T, url string, ttl, latency time.Duration, w
 //     those keys expires first, and the goodbyes overtake the backlog of
 //     beats (some beat sent before them is written after them);
 //   - no beat is written more than 2 TTLs after it was sent;
-//   - every beat sent is accepted, rejected, counted as dropped or superseded before decoding: none
+//   - every beat sent is accepted, rejected, counted as dropped or superseded before admitting: none
 //     vanishes silently.
 func TestStressOverloadThrottledStore(t *testing.T) {
 	const (
@@ -133,7 +133,7 @@ func TestStressOverloadThrottledStore(t *testing.T) {
 	}
 
 	// Accounting: the load's beats are all accepted, rejected, counted as
-	// dropped or superseded before decoding, once the queen has worked through what it holds.
+	// dropped or superseded before admitting, once the queen has worked through what it holds.
 	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		acc := counterSum(t, q.Collector(), "beats_accepted", "kind=worker")
 		rej := counterSum(t, q.Collector(), "rejected", "kind=worker")

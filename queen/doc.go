@@ -11,12 +11,10 @@
 // not one per beat. The writer keeps at most one waiting write per key
 // (newer beats replace it: coalesced) and at most one in flight, so memory
 // is bounded by the number of keys, a key's writes land in order, and a
-// beat is never written after a newer one. A beat of a key whose last beat
-// still waits is kept undecoded and decoded when the key's write comes, so
-// under overload decoding follows writes, not beats (superseded). Goodbyes
-// and marks go first, then refreshes of entries due to expire within an
-// interval, then new or changed entries, then the other refreshes in the
-// order their stored entries would expire. A writer behind for 10 s is
+// beat is never written after a newer one. Goodbyes and marks go first,
+// then refreshes of entries due to expire within an interval, then new or
+// changed entries, then the other refreshes in the order their stored
+// entries would expire. A writer behind for 10 s is
 // overloaded, not catching up: from then on a refresh whose entry has
 // expired by its estimate goes with the new entries, so it saves the
 // entries it still can instead of losing every one in turn. An entry's TTL

@@ -50,7 +50,7 @@ func newMetrics() *metrics {
 			Help: "Beats held in reserve that no queen took within half an interval, taken then: another queen's share (a frozen or failing peer), or this queen's own after it was stopped."},
 			[]string{"kind"}),
 		supersededC: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_queen_beats_superseded_total",
-			Help: "Beats replaced by a newer beat of the same key before the queen decoded them (it decodes the newest when the key's write comes: under overload, decoding follows writes, not beats)."},
+			Help: "Beats a newer beat of the same key overtook before the queen admitted them: one held in reserve whose key's newer beat came through this queen's own share first. Neither accepted nor rejected."},
 			[]string{"kind"}),
 		reserveDrop: prometheus.NewCounter(prometheus.CounterOpts{Name: "rbee_queen_reserve_dropped_total",
 			Help: "Beats the reserve's subscription (every beat, held while other queens share the group) dropped (slow consumer)."}),
@@ -109,7 +109,7 @@ func (m *metrics) superseded(k subjects.Kind) { m.supersededC.WithLabelValues(st
 
 // replaced counts beats replaced by a newer beat of their key before they
 // were written: coalesced after they were accepted, or superseded before
-// they were decoded.
+// they were admitted.
 func (m *metrics) replaced() uint64 {
 	var n float64
 	for _, k := range kinds {
@@ -151,8 +151,8 @@ type Stats struct {
 	// Backlog is the number of keys waiting to be written, lazy refreshes
 	// aside; Refreshes the lazy refreshes waiting for their entry to fall due.
 	Backlog, Refreshes int
-	// Superseded counts, by kind, beats replaced by a newer beat of their key
-	// before they were decoded (neither accepted nor rejected).
+	// Superseded counts, by kind, beats a newer beat of their key overtook
+	// before they were admitted (neither accepted nor rejected).
 	Superseded map[subjects.Kind]uint64
 	// Dropped counts beats the subscription dropped; Coalesced beats replaced
 	// before being written (superseded ones included); Lost writes given up.

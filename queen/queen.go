@@ -83,8 +83,6 @@ func New(nc *nats.Conn, cfg Config) (*Queen, error) {
 		subjects.KindHive:   "$KV." + scheme.HivesBucket() + ".",
 		subjects.KindQueen:  "$KV." + scheme.QueensBucket() + ".",
 	})
-	q.w.check = q.check
-	q.w.judge = q.admit
 	q.w.cfg = cfg
 	return q, nil
 }
@@ -415,19 +413,7 @@ func (q *Queen) onMsg(msg *nats.Msg) {
 		q.metrics.shed(kindOf(q.scheme, msg.Subject), "stalled")
 		return
 	}
-	q.take(msg, time.Now().UnixMilli())
-}
-
-// take queues the registry write of a beat that arrived at now.
-func (q *Queen) take(msg *nats.Msg, now int64) {
-	if msg.Header.Get(wire.HeaderEvent) != wire.EventGoodbye {
-		// A key whose last beat still waits for its write takes the new
-		// one undecoded: under overload, decoding follows writes, not beats.
-		if a, err := q.scheme.Parse(msg.Subject); err == nil && q.w.park(target{a.Kind, keyOf(msg.Subject, a)}, msg, now) {
-			return
-		}
-	}
-	q.decode(msg, now)
+	q.decode(msg, time.Now().UnixMilli())
 }
 
 // decode decodes a beat that arrived at nowMs and, unless it is refused

@@ -117,7 +117,7 @@ func (w *writer) admitLocked(tg target, m *wire.Meta, goodbye bool, busy bool, p
 		switch {
 		case m.Seq <= t.holder.seq && elapsed < 0:
 			// It arrived before the newest beat accepted, and was decoded
-			// after it (it waited parked): replaced, not replayed.
+			// after it (it waited in the reserve): replaced, not replayed.
 			return verdict{reason: "superseded", detail: "a newer beat of the instance was accepted after it arrived"}
 		case m.Seq <= t.holder.seq && elapsed <= ttl:
 			return verdict{reason: "replay", detail: "seq is not newer than the last accepted"}

@@ -63,14 +63,14 @@ func TestTrackerReplayAndRestart(t *testing.T) {
 }
 
 // TestTrackerSuperseded: an older beat decoded after a newer one was
-// accepted is superseded if it arrived before that one (it waited parked),
+// accepted is superseded if it arrived before that one (it waited in the reserve),
 // a replay if it arrived after.
 func TestTrackerSuperseded(t *testing.T) {
 	tr := newTracker(DefaultConfig())
 	runBeats(t, tr, []beat{
 		{"first beat", "a", 1, 100, false, true, ""},
 		{"newer beat", "a", 3, 1100, false, true, ""},
-		{"parked beat that arrived before it", "a", 2, 1000, false, false, "superseded"},
+		{"held beat that arrived before it", "a", 2, 1000, false, false, "superseded"},
 		{"the same seq arriving after it", "a", 2, 1200, false, false, "replay"},
 	})
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rbee/heartbeat/subjects"
-	"github.com/rbee/heartbeat/subscriber"
 	"github.com/rbee/heartbeat/wire"
 	"golang.org/x/time/rate"
 )
@@ -111,15 +110,10 @@ func eqPtr[T comparable](a, b *T) bool {
 // key is in flight, so a key's writes land in the order they were accepted
 // and a beat is never written after a newer one.
 type slot struct {
-	kind    subjects.Kind
-	key     string
-	subject string
-	pend    *op // newest op waiting; nil if none
-	// raw is a beat that arrived while pend waited, not yet decoded (so not
-	// yet admitted): it is decoded when the key's turn comes, and replaces
-	// pend then unless it is refused. rawAtMs is when it arrived.
-	raw      *nats.Msg
-	rawAtMs  int64
+	kind     subjects.Kind
+	key      string
+	subject  string
+	pend     *op // newest op waiting; nil if none
 	inflight *op
 	sent     []byte // the bytes of inflight's value as sent; nil for a delete or none
 	last     *op    // last op the store acknowledged (not a delete)
@@ -366,7 +360,6 @@ func (w *writer) setEager(eager bool) {
 // writeMetrics is what the writer reports to; *metrics implements it.
 type writeMetrics interface {
 	coalesced(k subjects.Kind)
-	superseded(k subjects.Kind)
 	shed(k subjects.Kind, reason string)
 	writeDone(d time.Duration)
 	writeFailed(k subjects.Kind, outcome string)
@@ -435,12 +428,6 @@ type writer struct {
 	sentLagMs int64 // how long the write sent last had waited
 	idle      chan struct{}
 	errLog    rate.Sometimes
-	// check decodes and validates a parked beat; nil if refused (counted).
-	// Called without mu. judge admits it, as arrived at atMs: its write,
-	// or nil if refused or superseded. Called with mu held, so the writer
-	// takes its lock once per write.
-	check func(msg *nats.Msg) *subscriber.Heartbeat
-	judge func(hb *subscriber.Heartbeat, atMs int64) *op
 	// mirror returns what the registry mirror holds for key (what: sNone
 	// if nothing) and, for a worker, its entry; nil before the mirror
 	// exists. Called with mu held.
@@ -576,7 +563,6 @@ func (w *writer) putLocked(o *op) {
 			mirrored = e
 		}
 	}
-	w.dropRaw(s) // o arrived after it
 	if s.pend != nil {
 		w.m.coalesced(o.kind)
 	}
@@ -602,42 +588,6 @@ func (w *writer) putLocked(o *op) {
 	w.schedule(s)
 }
 
-// park stores msg, a beat of key that arrived at nowMs, undecoded, if an
-// accepted beat of the key is already waiting for its write: the newest
-// beat is decoded when the key's turn comes, so under overload decoding
-// follows writes, not beats. A beat parked over another supersedes it
-// (counted). It returns false if the beat must be decoded now.
-func (w *writer) park(tg target, msg *nats.Msg, nowMs int64) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := w.slots[tg]
-	if w.check == nil || s == nil || s.pend == nil || s.pend.del || s.pend.mark || s.lazy {
-		return false // a lazy refresh waits: the new beat is decoded now, so a change is written at once
-	}
-	if s.raw != nil {
-		w.m.superseded(s.kind)
-	}
-	s.raw, s.rawAtMs = msg, nowMs
-	return true
-}
-
-// judgeLocked admits hb, decoded from a parked beat (nil: refused), with mu
-// held.
-func (w *writer) judgeLocked(hb *subscriber.Heartbeat, atMs int64) *op {
-	if hb == nil || w.judge == nil {
-		return nil
-	}
-	return w.judge(hb, atMs)
-}
-
-// dropRaw discards a parked beat that an op accepted since supersedes. mu held.
-func (w *writer) dropRaw(s *slot) {
-	if s.raw != nil {
-		s.raw = nil
-		w.m.superseded(s.kind)
-	}
-}
-
 // mark queues a disconnected mark for key, whose holder's connection conn
 // closed: applied to a waiting beat from conn, else written over the entry
 // last seen (from, at revision rev) with its original expiry. Like every
@@ -650,7 +600,6 @@ func (w *writer) mark(kind subjects.Kind, key, conn string, from *op, rev uint64
 	if from != nil {
 		s.stored.learn(stored{rev: rev, what: sValue, instance: from.instance, seq: from.seq, atMs: from.acceptedMs})
 	}
-	w.dropRaw(s) // from the closed connection, or a beat decides soon after
 	switch {
 	case s.pend != nil && s.pend.del:
 		return // a goodbye is on its way
@@ -809,26 +758,14 @@ func (w *writer) run() {
 			w.mu.Unlock()
 			continue
 		}
-		o, raw, rawAt := s.pend, s.raw, s.rawAtMs
+		o := s.pend
 		nowMs := time.Now().UnixMilli()
 		lazy := s.lazy
 		if w.sentLagMs = nowMs - s.since; lazy {
 			w.sentLagMs = max(0, nowMs-dueMs(s)) // how late it is, not how long it waited on purpose
 		}
-		s.pend, s.raw, s.inflight, s.since = nil, nil, o, 0
+		s.pend, s.inflight, s.since = nil, o, 0
 		w.schedule(s) // out of the queues while in flight
-		if raw != nil {
-			// Decoded outside mu, beside the subscription's goroutine. A
-			// newer beat admitted meanwhile makes this one superseded.
-			w.mu.Unlock()
-			hb := w.check(raw)
-			w.mu.Lock()
-			if d := w.judgeLocked(hb, rawAt); d != nil { // else the waiting beat, admitted before, is written
-				o = d
-				w.m.coalesced(o.kind)
-			}
-			s.inflight = o
-		}
 		msg, ok := w.build(s, o, lazy)
 		if ok {
 			if len(w.inflight) == 0 {

@@ -19,7 +19,6 @@ import (
 type nopMetrics struct{ coalesce int }
 
 func (m *nopMetrics) coalesced(subjects.Kind)           { m.coalesce++ }
-func (m *nopMetrics) superseded(subjects.Kind)          {}
 func (m *nopMetrics) shed(subjects.Kind, string)        {}
 func (m *nopMetrics) writeDone(time.Duration)           {}
 func (m *nopMetrics) writeFailed(subjects.Kind, string) {}
@@ -423,42 +422,6 @@ func TestLazyRefreshWakes(t *testing.T) {
 	}
 }
 
-type countMetrics struct {
-	nopMetrics
-	nSuperseded int
-}
-
-func (m *countMetrics) superseded(subjects.Kind) { m.nSuperseded++ }
-
-// TestPark: a beat is parked undecoded only while an accepted beat of its key
-// waits; a second parked beat supersedes the first (counted), and an
-// accepted op (a goodbye, a mark) supersedes a parked one.
-func TestPark(t *testing.T) {
-	m := &countMetrics{}
-	w := testWriter(m)
-	w.check = func(*nats.Msg) *subscriber.Heartbeat { return nil }
-	a, b := &nats.Msg{Subject: "a1"}, &nats.Msg{Subject: "a2"}
-	if w.park(target{subjects.KindWorker, "k"}, a, 1) {
-		t.Fatal("parked a beat of a key with nothing waiting")
-	}
-	w.put(beatOp("k", "i", 1, 100, wire.StatusReady))
-	if !w.park(target{subjects.KindWorker, "k"}, a, 200) || !w.park(target{subjects.KindWorker, "k"}, b, 300) {
-		t.Fatal("a beat of a key with a waiting beat was not parked")
-	}
-	if s := w.slots[target{subjects.KindWorker, "k"}]; s.raw != b || m.nSuperseded != 1 {
-		t.Fatalf("parked %v, superseded %d: want the newest parked and one superseded", s.raw, m.nSuperseded)
-	}
-	bye := beatOp("k", "i", 2, 400, wire.StatusReady)
-	bye.del = true
-	w.put(bye)
-	if s := w.slots[target{subjects.KindWorker, "k"}]; s.raw != nil || m.nSuperseded != 2 {
-		t.Fatalf("after a goodbye: parked %v, superseded %d", s.raw, m.nSuperseded)
-	}
-	if w.park(target{subjects.KindWorker, "k"}, a, 500) {
-		t.Fatal("parked a beat behind a waiting goodbye")
-	}
-}
-
 // TestForgetWaiting: a key whose entry expired while a beat of it waited
 // moves from the refreshes to the new entries.
 func TestForgetWaiting(t *testing.T) {
@@ -590,9 +553,6 @@ func TestReserveShareBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Parking off, as once the rescued beat's write has gone out: the copy
-	// from the share would be decoded and admitted.
-	q.w.check = nil
 	q.reserve.held = map[string]heldBeat{}
 	q.reserve.on.Store(true)
 	q.reserve.awakeMs.Store(mono())
