@@ -22,7 +22,7 @@ func targets(res *results) []target {
 		k := r.Workers / 1000
 		ts = append(ts,
 			target{fmt.Sprintf("ingest, %dk workers", k), "≥ 100k beats/s", kps(r.Queen.Median), r.Queen.Median >= 1e5},
-			target{fmt.Sprintf("ingest / store limit (Nats-TTL), %dk", k), "≥ 0.70", fmt.Sprintf("%.2f", r.RatioStore), r.RatioStore >= 0.7},
+			target{fmt.Sprintf("ingest / store limit (Nats-TTL), %dk", k), "≥ 0.80", fmt.Sprintf("%.2f", r.RatioStore), r.RatioStore >= 0.8},
 			target{fmt.Sprintf("ingest / HTTP-JSON, %dk", k), "≥ 10×", fmt.Sprintf("%.1f×", r.RatioHTTP), r.RatioHTTP >= 10})
 	}
 	if l := res.Liveness; l != nil {
