@@ -38,8 +38,8 @@ type healthState struct {
 	expiries       map[time.Duration]*expiryLog // by TTL: within the last TTL
 	disruptedUntil time.Time
 	// What the disruption is made of, formatted only when asked (state):
-	// expired of the entries within one TTL, or how long the queen was
-	// stopped (0: it was not).
+	// expiredN of expiredOf entries expired within one TTL, or the queen
+	// was stopped for stoppedFor (0: it was not).
 	expiredN, expiredOf int
 	stoppedFor          time.Duration
 	droppedAt           time.Time
