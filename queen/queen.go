@@ -416,12 +416,16 @@ func (q *Queen) onMsg(msg *nats.Msg) {
 	q.decode(msg, time.Now().UnixMilli())
 }
 
-// decode decodes a beat that arrived at nowMs and, unless it is refused
-// (counted and logged), admits and queues its registry write under one hold
-// of the writer's lock.
+// decode decodes and validates a beat that arrived at nowMs and, unless it
+// is refused (counted and logged), admits and queues its registry write
+// under one hold of the writer's lock.
 func (q *Queen) decode(msg *nats.Msg, nowMs int64) {
-	hb := q.check(msg)
-	if hb == nil {
+	hb, err := subscriber.Decode(q.scheme, msg)
+	if err != nil {
+		var re *subscriber.RejectError
+		if errors.As(err, &re) {
+			q.reject(kindOf(q.scheme, msg.Subject), re)
+		}
 		return
 	}
 	q.w.mu.Lock()
@@ -429,20 +433,6 @@ func (q *Queen) decode(msg *nats.Msg, nowMs int64) {
 	if o := q.admit(hb, nowMs); o != nil {
 		q.w.putLocked(o)
 	}
-}
-
-// check decodes and validates a beat; nil if it was refused (counted and
-// logged).
-func (q *Queen) check(msg *nats.Msg) *subscriber.Heartbeat {
-	hb, err := subscriber.Decode(q.scheme, msg)
-	if err != nil {
-		var re *subscriber.RejectError
-		if errors.As(err, &re) {
-			q.reject(kindOf(q.scheme, msg.Subject), re)
-		}
-		return nil
-	}
-	return hb
 }
 
 // reasons maps the tracker's refusals to rejection reasons.
