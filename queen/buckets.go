@@ -30,6 +30,80 @@ func BucketConfig(name string, maxTTL time.Duration, replicas int) jetstream.Key
 	}
 }
 
+// CreateBucket creates the registry bucket cfg describes (BucketConfig), or
+// updates it to cfg, and returns it.
+//
+// A new bucket of one replica keeps its writes in the server's memory for a
+// few milliseconds and writes them to disk together (the stream's async
+// persist mode), where a bucket in the default mode makes a system call per
+// write: a third less of the broker's time per registry write, which is
+// most of what a busy queen's broker does. What a crash of the server can
+// lose is the writes of those milliseconds: the registry is rewritten from
+// the senders' beats within an interval, and a queen whose acknowledged
+// write was lost finds the key's revision changed and reads it again
+// (conditional.go). A replicated bucket is written through its replicas'
+// log and has no such mode.
+//
+// The server cannot change a stream's persist mode: a bucket keeps the mode
+// it was made with, and one made in async mode cannot be given replicas.
+// nats.go's KV API cannot set the mode, so the stream is made here as that
+// API makes it (bucketStream) and read back as a bucket.
+func CreateBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	mode := jetstream.DefaultPersistMode
+	if cfg.Replicas <= 1 {
+		mode = jetstream.AsyncPersistMode
+	}
+	st, err := js.Stream(ctx, bucketStreamPrefix+cfg.Bucket)
+	switch {
+	case err == nil:
+		mode = st.CachedInfo().Config.PersistMode
+		if mode == jetstream.AsyncPersistMode && cfg.Replicas > 1 {
+			return nil, fmt.Errorf("%w: delete it (nats kv del %s) while no queen runs; the queens make it again, and it fills from the next beats",
+				ErrBucketUnreplicable, cfg.Bucket)
+		}
+	case !errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, err
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, bucketStream(cfg, mode)); err != nil {
+		return nil, err
+	}
+	return js.KeyValue(ctx, cfg.Bucket)
+}
+
+// bucketStreamPrefix begins the name of a bucket's stream (ADR-8).
+const bucketStreamPrefix = "KV_"
+
+// bucketStream returns the stream configuration nats.go's KV API makes for
+// cfg (its prepareKeyValueConfig, for the fields BucketConfig sets; a test
+// compares the two), in persist mode mode.
+func bucketStream(cfg jetstream.KeyValueConfig, mode jetstream.PersistModeType) jetstream.StreamConfig {
+	dup := 2 * time.Minute
+	if cfg.TTL > 0 && cfg.TTL < dup {
+		dup = cfg.TTL
+	}
+	return jetstream.StreamConfig{
+		Name:                   bucketStreamPrefix + cfg.Bucket,
+		Description:            cfg.Description,
+		Subjects:               []string{"$KV." + cfg.Bucket + ".>"},
+		MaxMsgsPerSubject:      int64(max(cfg.History, 1)),
+		MaxBytes:               -1,
+		MaxAge:                 cfg.TTL,
+		MaxMsgSize:             -1,
+		Storage:                cfg.Storage,
+		Replicas:               max(cfg.Replicas, 1),
+		AllowRollup:            true,
+		DenyDelete:             true,
+		Duplicates:             dup,
+		MaxMsgs:                -1,
+		MaxConsumers:           -1,
+		AllowDirect:            true,
+		Discard:                jetstream.DiscardNew,
+		AllowMsgTTL:            cfg.LimitMarkerTTL != 0,
+		SubjectDeleteMarkerTTL: cfg.LimitMarkerTTL,
+		PersistMode:            mode,
+	}
+}
+
 func (q *Queen) ensureBuckets(ctx context.Context) error {
 	for _, name := range []string{q.scheme.WorkersBucket(), q.scheme.HivesBucket(), q.scheme.QueensBucket()} {
 		var from time.Duration
@@ -75,7 +149,7 @@ func (q *Queen) ensureBucket(ctx context.Context, name string) (migrateFrom time
 	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return 0, fmt.Errorf("bucket %s: %w", name, err)
 	}
-	kv, err := q.js.CreateOrUpdateKeyValue(ctx, BucketConfig(name, q.cfg.MaxTTL, q.cfg.Replicas))
+	kv, err := CreateBucket(ctx, q.js, BucketConfig(name, q.cfg.MaxTTL, q.cfg.Replicas))
 	if err != nil {
 		return 0, fmt.Errorf("bucket %s: %w", name, explainBucketError(err, q.cfg.Replicas))
 	}
