@@ -31,10 +31,12 @@ type ingestResult struct {
 	Store      summary        `json:"store_kv_publish_async_with_ttl"`
 	StoreNoTTL summary        `json:"store_kv_publish_async_without_ttl"`
 	StoreWatch summary        `json:"store_kv_publish_async_with_ttl_and_watch"`
+	StoreAsync summary        `json:"store_kv_publish_async_with_ttl_async_persist"`
 	HTTP       summary        `json:"http_json"`
 	Profile    *profileResult `json:"profile,omitempty"`
 
 	RatioStore float64 `json:"queen_over_store"`
+	RatioAsync float64 `json:"queen_over_store_async_persist"`
 	RatioHTTP  float64 `json:"queen_over_http"`
 	RatioCore  float64 `json:"queen_over_core"`
 }
@@ -81,9 +83,10 @@ func measureIngest(o options, n int, profile bool) (ingestResult, error) {
 	if err := errors.Join(
 		run("queen", &r.Queen, func(st *stack) (sink, error) { return st.startQueen() }),
 		run("core NATS", &r.Core, func(st *stack) (sink, error) { return newCoreSink(st) }),
-		run("KV publishes with Nats-TTL", &r.Store, func(st *stack) (sink, error) { return newStoreSink(st, ttl, false) }),
-		run("KV publishes without TTL", &r.StoreNoTTL, func(st *stack) (sink, error) { return newStoreSink(st, "", false) }),
-		run("KV publishes with Nats-TTL, bucket watched", &r.StoreWatch, func(st *stack) (sink, error) { return newStoreSink(st, ttl, true) }),
+		run("KV publishes with Nats-TTL", &r.Store, func(st *stack) (sink, error) { return newStoreSink(st, ttl, false, false) }),
+		run("KV publishes without TTL", &r.StoreNoTTL, func(st *stack) (sink, error) { return newStoreSink(st, "", false, false) }),
+		run("KV publishes with Nats-TTL, bucket watched", &r.StoreWatch, func(st *stack) (sink, error) { return newStoreSink(st, ttl, true, false) }),
+		run("KV publishes with Nats-TTL, the queen's bucket", &r.StoreAsync, func(st *stack) (sink, error) { return newStoreSink(st, ttl, false, true) }),
 	); err != nil {
 		return r, err
 	}
@@ -92,6 +95,7 @@ func measureIngest(o options, n int, profile bool) (ingestResult, error) {
 		return r, fmt.Errorf("http: %w", err)
 	}
 	r.RatioStore, r.RatioHTTP, r.RatioCore = r.Queen.Median/r.Store.Median, r.Queen.Median/r.HTTP.Median, r.Queen.Median/r.Core.Median
+	r.RatioAsync = r.Queen.Median / r.StoreAsync.Median
 	return r, nil
 }
 
@@ -328,7 +332,9 @@ func (c *coreSink) drained() bool              { return true }
 // PublishMsgAsync and the queen's in-flight bound, carrying the queen's
 // Nats-TTL (ttl; empty: none), nothing decoded. With watch, an ordered
 // WatchAll on its own connection receives every write, as the queen's
-// registry mirror does: what the queen pays for seeing the bucket.
+// registry mirror does: what the queen pays for seeing the bucket. With
+// queens, the bucket is made as the queen makes it (queen.CreateBucket: async
+// persist mode); else with nats.go's KV API, as at the bench's start.
 type storeSink struct {
 	js         jetstream.JetStream
 	ttl        string
@@ -337,7 +343,7 @@ type storeSink struct {
 	watched    atomic.Uint64 // writes the watch delivered
 }
 
-func newStoreSink(st *stack, ttl string, watch bool) (*storeSink, error) {
+func newStoreSink(st *stack, ttl string, watch, queens bool) (*storeSink, error) {
 	s := &storeSink{ttl: ttl, watch: watch}
 	var err error
 	s.js, err = jetstream.New(st.gen,
@@ -350,7 +356,13 @@ func newStoreSink(st *stack, ttl string, watch bool) (*storeSink, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := s.js.CreateOrUpdateKeyValue(ctx, queen.BucketConfig(subjects.Default().WorkersBucket(), st.cfg.MaxTTL, 1))
+	cfg := queen.BucketConfig(subjects.Default().WorkersBucket(), st.cfg.MaxTTL, 1)
+	var kv jetstream.KeyValue
+	if queens {
+		kv, err = queen.CreateBucket(ctx, s.js, cfg) // async persist mode
+	} else {
+		kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg) // nats.go's KV API: the default mode
+	}
 	if err != nil || !watch {
 		return s, err
 	}

@@ -24,6 +24,10 @@ func targets(res *results) []target {
 			target{fmt.Sprintf("ingest, %dk workers", k), "≥ 100k beats/s", kps(r.Queen.Median), r.Queen.Median >= 1e5},
 			target{fmt.Sprintf("ingest / store limit (Nats-TTL), %dk", k), "≥ 0.80", fmt.Sprintf("%.2f", r.RatioStore), r.RatioStore >= 0.8},
 			target{fmt.Sprintf("ingest / HTTP-JSON, %dk", k), "≥ 10×", fmt.Sprintf("%.1f×", r.RatioHTTP), r.RatioHTTP >= 10})
+		if r.StoreAsync.Median > 0 {
+			ts = append(ts, target{fmt.Sprintf("ingest / store limit of the queen's own bucket (async persist), %dk", k), "≥ 0.80",
+				fmt.Sprintf("%.2f", r.RatioAsync), r.RatioAsync >= 0.8})
+		}
 	}
 	if l := res.Liveness; l != nil {
 		got := func(v percentile, n int) string {
@@ -114,6 +118,7 @@ func ingestSection(p func(string, ...any), res *results) {
 		{"(b) store limit: `PublishMsgAsync` into `$KV.rbee_workers.<key>` with `Nats-TTL: 90s`", func(r ingestResult) summary { return r.Store }},
 		{"(b') the same without `Nats-TTL`", func(r ingestResult) summary { return r.StoreNoTTL }},
 		{"(b'') (b) watched: the same, with a watch of the bucket on its own connection (as the queen's registry mirror)", func(r ingestResult) summary { return r.StoreWatch }},
+		{"(b‴) (b) into the bucket as the queen makes it: async persist mode (`queen.CreateBucket`)", func(r ingestResult) summary { return r.StoreAsync }},
 		{"(c) seed design: HTTP POST of JSON → map", func(r ingestResult) summary { return r.HTTP }},
 	}
 	row := func(name string, cell func(ingestResult) string) {
@@ -143,6 +148,10 @@ func ingestSection(p func(string, ...any), res *results) {
 		return fmt.Sprintf("%.2f |", r.StoreWatch.Median/r.Store.Median)
 	})
 	row("queen / (b'')", func(r ingestResult) string { return fmt.Sprintf("%.2f |", r.Queen.Median/r.StoreWatch.Median) })
+	row("(b‴) / (b): what async persist gives the store", func(r ingestResult) string {
+		return fmt.Sprintf("%.2f |", r.StoreAsync.Median/r.Store.Median)
+	})
+	row("queen / (b‴)", func(r ingestResult) string { return fmt.Sprintf("%.2f |", r.RatioAsync) })
 	row("**queen / (c)**", func(r ingestResult) string { return fmt.Sprintf("**%.1f×** |", r.RatioHTTP) })
 	row("queen / (a)", func(r ingestResult) string { return fmt.Sprintf("%.2f |", r.RatioCore) })
 	p("\nCPU is the whole process's (system, broker, generator; `getrusage`). (c) uses %v keep-alive senders posting the\n", res.Settings["http_senders"])
