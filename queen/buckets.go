@@ -33,21 +33,15 @@ func BucketConfig(name string, maxTTL time.Duration, replicas int) jetstream.Key
 // CreateBucket creates the registry bucket cfg describes (BucketConfig), or
 // updates it to cfg, and returns it.
 //
-// A new bucket of one replica keeps its writes in the server's memory for a
-// few milliseconds and writes them to disk together (the stream's async
-// persist mode), where a bucket in the default mode makes a system call per
-// write: a third less of the broker's time per registry write, which is
-// most of what a busy queen's broker does. What a crash of the server can
-// lose is the writes of those milliseconds: the registry is rewritten from
-// the senders' beats within an interval, and a queen whose acknowledged
-// write was lost finds the key's revision changed and reads it again
-// (conditional.go). A replicated bucket is written through its replicas'
-// log and has no such mode.
-//
-// The server cannot change a stream's persist mode: a bucket keeps the mode
-// it was made with, and one made in async mode cannot be given replicas.
-// nats.go's KV API cannot set the mode, so the stream is made here as that
-// API makes it (bucketStream) and read back as a bucket.
+// A new bucket of one replica is in the stream's async persist mode: the
+// server writes a few milliseconds of writes to disk together, where the
+// default mode makes a system call per write. A crash of the server loses
+// those milliseconds: the next beats write them again, and a queen whose
+// acknowledged write was lost finds the key's revision changed and reads
+// it again (conditional.go). The server cannot change the mode: a bucket
+// keeps its own, and an async one cannot be given replicas. nats.go's KV
+// API cannot set it, so the stream is made as that API makes it
+// (bucketStream) and read back as a bucket.
 func CreateBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	mode := jetstream.DefaultPersistMode
 	if cfg.Replicas <= 1 {
@@ -174,9 +168,6 @@ func explainBucketError(err error, replicas int) error {
 		if apiErr.ErrorCode == jsReplicasNotSupported {
 			return fmt.Errorf("--replicas %d needs a JetStream cluster of at least %d servers; this server is not clustered", replicas, replicas)
 		}
-	}
-	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
-		return fmt.Errorf("%w: %v; rbee needs nats-server %s or later", ErrServerTooOld, err, MinServerVersion)
 	}
 	return err
 }
