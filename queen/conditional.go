@@ -199,7 +199,7 @@ func (w *writer) stream(ctx context.Context, kind subjects.Kind) (jetstream.Stre
 	if st := w.streams[kind]; st != nil {
 		return st, nil
 	}
-	name := "KV_" + strings.TrimSuffix(strings.TrimPrefix(w.buckets[kind], "$KV."), ".")
+	name := bucketStreamPrefix + strings.TrimSuffix(strings.TrimPrefix(w.buckets[kind], "$KV."), ".")
 	st, err := w.js.Stream(ctx, name)
 	if err != nil {
 		return nil, err
