@@ -490,7 +490,7 @@ func (q *Queen) admit(hb *subscriber.Heartbeat, now int64) *op {
 	}
 	switch kind {
 	case subjects.KindWorker:
-		o.worker = &wire.WorkerEntry{Worker: *hb.Worker, Received: v.rec}
+		o.worker = hb.WorkerEntry(v.rec)
 	case subjects.KindHive:
 		o.hive = &wire.HiveEntry{Hive: *hb.Hive, Received: v.rec}
 	default:

@@ -57,6 +57,22 @@ type Heartbeat struct {
 	Worker *wire.Worker
 	Hive   *wire.Hive
 	Queen  *wire.Queen
+
+	entry *wire.WorkerEntry // Worker's container (WorkerEntry)
+}
+
+// WorkerEntry returns a worker beat as a registry entry with rec, nil for
+// another kind. For a beat Decode returned, the entry holds the beat's
+// Worker itself, not a copy: the two are one value from then on.
+func (h *Heartbeat) WorkerEntry(rec wire.Received) *wire.WorkerEntry {
+	switch {
+	case h.entry != nil && h.Worker == &h.entry.Worker:
+		h.entry.Received = rec
+		return h.entry
+	case h.Worker != nil:
+		return &wire.WorkerEntry{Worker: *h.Worker, Received: rec}
+	}
+	return nil
 }
 
 // Meta returns the common keys of whichever payload the beat carries.
@@ -109,7 +125,8 @@ func Decode(scheme subjects.Scheme, msg *nats.Msg) (*Heartbeat, error) {
 	var got subjects.Address
 	switch addr.Kind {
 	case subjects.KindWorker:
-		if hb.Worker, err = wire.DecodeWorker(msg.Data); err == nil {
+		if hb.entry, err = wire.DecodeWorkerBeat(msg.Data); err == nil {
+			hb.Worker = &hb.entry.Worker
 			got = subjects.Address{Kind: addr.Kind, HiveID: hb.Worker.HiveID, WorkerID: hb.Worker.WorkerID}
 		}
 	case subjects.KindQueen:

@@ -110,6 +110,36 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// TestWorkerEntry: a decoded worker beat becomes its registry entry without
+// a copy; a beat not from Decode is copied; other kinds have none.
+func TestWorkerEntry(t *testing.T) {
+	s := subjects.Default()
+	hb, err := subscriber.Decode(s, msg("rbee.hb.worker.h1.w1", wire.SchemaWorker, worker("h1", "w1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := wire.Received{ReceivedAtMs: 1234, FirstSeenMs: 1000}
+	e := hb.WorkerEntry(rec)
+	if e == nil || &e.Worker != hb.Worker || e.Received != rec || e.WorkerID != "w1" {
+		t.Fatalf("WorkerEntry = %+v, beat's Worker at %p", e, hb.Worker)
+	}
+	want, _ := wire.Marshal(&wire.WorkerEntry{Worker: *hb.Worker, Received: rec})
+	if got, _ := wire.Marshal(e); string(got) != string(want) {
+		t.Fatalf("entry encodes as %x, want %x", got, want)
+	}
+	lit := &subscriber.Heartbeat{Worker: hb.Worker}
+	if c := lit.WorkerEntry(rec); c == nil || &c.Worker == hb.Worker || c.WorkerID != "w1" || c.Received != rec {
+		t.Fatalf("a literal beat's WorkerEntry = %+v", c)
+	}
+	hv, err := subscriber.Decode(s, msg("rbee.hb.hive.h1", wire.SchemaHive, hive("h1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := hv.WorkerEntry(rec); c != nil {
+		t.Fatalf("a hive beat's WorkerEntry = %+v, want nil", c)
+	}
+}
+
 func TestSubscribe(t *testing.T) {
 	srv := testutil.Server(t)
 	nc := testutil.Connect(t, srv.ClientURL())

@@ -111,29 +111,39 @@ type unmarshaler[T any] interface {
 // Failures wrap ErrOversize, ErrUndecodable, ErrBadType or ErrInvalid (a
 // value outside its type's range, or an array longer than its limit).
 func decode[T any, P unmarshaler[T]](data []byte) (*T, error) {
+	v := new(T)
+	if err := decodeInto[T, P](data, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// decodeInto is decode into v, which it zeroes first.
+func decodeInto[T any, P unmarshaler[T]](data []byte, v *T) error {
 	if len(data) > MaxPayload {
-		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrOversize, len(data), MaxPayload)
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrOversize, len(data), MaxPayload)
 	}
 	if msgp.NextType(data) != msgp.MapType {
-		return nil, fmt.Errorf("%w: not a msgpack map", ErrUndecodable)
+		return fmt.Errorf("%w: not a msgpack map", ErrUndecodable)
 	}
-	v := P(new(T))
-	rest, err := v.UnmarshalMsg(data)
+	var zero T
+	*v = zero
+	rest, err := P(v).UnmarshalMsg(data)
 	if isNilValue(err) {
 		// nil reads as absent (docs/wire.md); msgp's readers of strings,
 		// integers and bools refuse it, so read the map again without them.
 		if clean, cerr := withoutNils(data); cerr == nil {
-			v = P(new(T))
-			rest, err = v.UnmarshalMsg(clean)
+			*v = zero
+			rest, err = P(v).UnmarshalMsg(clean)
 		}
 	}
 	if err != nil {
-		return nil, refused(data, classify(err))
+		return refused(data, classify(err))
 	}
 	if len(rest) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, len(rest))
+		return fmt.Errorf("%w: %d trailing bytes after the map", ErrUndecodable, len(rest))
 	}
-	return (*T)(v), nil
+	return nil
 }
 
 // refused returns the error for a payload that decode or validation refused
@@ -256,14 +266,25 @@ func appendWithoutNils(dst, b []byte, depth int) (out, rest []byte, err error) {
 // wrapping ErrOversize, ErrUndecodable, ErrBadType, ErrUnknownSchema or
 // ErrInvalid.
 func DecodeWorker(data []byte) (*Worker, error) {
-	w, err := decode[Worker](data)
+	e, err := DecodeWorkerBeat(data)
 	if err != nil {
 		return nil, err
 	}
-	if err := validated(data, w.Validate); err != nil {
+	return &e.Worker, nil
+}
+
+// DecodeWorkerBeat is DecodeWorker into the Worker of a new WorkerEntry,
+// its Received zero: a receiver that keeps the beat as a registry entry
+// allocates it once. The payload's own keys only are read.
+func DecodeWorkerBeat(data []byte) (*WorkerEntry, error) {
+	e := new(WorkerEntry)
+	if err := decodeInto(data, &e.Worker); err != nil {
 		return nil, err
 	}
-	return w, nil
+	if err := validated(data, e.Worker.Validate); err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
 // DecodeHive decodes and validates a hive payload. It returns an error

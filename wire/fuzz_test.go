@@ -97,6 +97,9 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("ident %+v (%v) of a worker beat %s/%d/%d", id, err, w.InstanceID, w.Seq, w.IntervalMs)
 			}
 		}
+		if e, err := DecodeWorkerBeat(data); err == nil && e.Received != (Received{}) {
+			t.Fatalf("a worker beat decoded with the queen's keys set: %+v", e.Received)
+		}
 		agreesWithReference(t, data, DecodeWorkerEntry)
 		agreesWithReference(t, data, DecodeHiveEntry)
 		agreesWithReference(t, data, DecodeQueenEntry)
