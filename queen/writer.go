@@ -102,6 +102,32 @@ func sameWorker(a, b *wire.Worker) bool {
 	return x == y
 }
 
+// shareStrings points w's strings at p's where they are equal, so a
+// waiting beat holds no second copy of what its key's previous op holds:
+// a lone queen keeps two ops of every key (the stored one and the newest
+// beat), and their strings were most of a key's memory. Strings are
+// immutable, so no value changes.
+func shareStrings(w, p *wire.Worker) {
+	share(&w.InstanceID, p.InstanceID)
+	share(&w.Health, p.Health)
+	share(&w.HealthReason, p.HealthReason)
+	share(&w.Conn, p.Conn)
+	share(&w.HiveID, p.HiveID)
+	share(&w.WorkerID, p.WorkerID)
+	share(&w.Status, p.Status)
+	share(&w.ModelID, p.ModelID)
+	share(&w.Device, p.Device)
+	share(&w.URL, p.URL)
+	share(&w.Version, p.Version)
+	share(&w.Engine, p.Engine)
+}
+
+func share[S ~string](a *S, b S) {
+	if *a == b {
+		*a = b
+	}
+}
+
 func eqPtr[T comparable](a, b *T) bool {
 	return a == nil && b == nil || a != nil && b != nil && *a == *b
 }
@@ -147,6 +173,9 @@ type slot struct {
 	// sees, held in qLazy; a lone queen writes it only once it falls due
 	// (dueMs).
 	lazy bool
+	// dueAt is dueMs while the key is in qLazy, set by schedule: the
+	// heap's order reads it without following pend.
+	dueAt int64
 	// since is the accept time of the oldest op waiting since the key's last
 	// write: a newer beat replacing a waiting one keeps the key's place.
 	since int64
@@ -179,7 +208,7 @@ func (q *queue) Less(i, j int) bool {
 	case qLive:
 		return a.deadlineMs < b.deadlineMs
 	case qLazy:
-		return dueMs(a) < dueMs(b)
+		return a.dueAt < b.dueAt
 	}
 	return a.since < b.since
 }
@@ -581,6 +610,9 @@ func (w *writer) putLocked(o *op) {
 	// A lone queen writes a worker's unchanged beat lazily: the stored
 	// entry is refreshed leadMs before it expires, with the newest beat.
 	s.urgent = s.urgent && s.pend != nil || notable(prev, o)
+	if prev != nil && prev.worker != nil && o.worker != nil {
+		shareStrings(&o.worker.Worker, &prev.worker.Worker)
+	}
 	if s.pend == nil {
 		s.since = o.acceptedMs
 	}
@@ -689,6 +721,9 @@ func (w *writer) schedule(s *slot) {
 		}
 	}
 	flip(&s.lazy, in[qLazy], &w.lazies)
+	if in[qLazy] {
+		s.dueAt = dueMs(s)
+	}
 	queued := false
 	for i := range w.qs {
 		q := &w.qs[i]

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -318,6 +320,29 @@ func TestLazyRefresh(t *testing.T) {
 	w.setEager(true)
 	if s := w.next(now); s == nil || s.key != "later" {
 		t.Fatalf("with peers: %v, want later", s)
+	}
+}
+
+// TestWaitingBeatSharesStrings: a waiting beat holds its key's previous
+// op's strings where they are equal, not copies of its own, and its own
+// where they differ.
+func TestWaitingBeatSharesStrings(t *testing.T) {
+	w := testWriter(&nopMetrics{})
+	const now = 10_000
+	liveSlot(w, "k", now+50_000)
+	s := w.slots[target{subjects.KindWorker, "k"}]
+	s.last.worker.ModelID, s.last.worker.URL, s.last.worker.Version = "model-a", "http://10.0.0.1:8080", "1.0"
+	o := lazyOp("k", "i", 2, now, wire.StatusReady)
+	// Equal values in other memory, as a decoder makes them.
+	o.worker.ModelID, o.worker.URL = strings.Clone("model-a"), strings.Clone("http://10.0.0.1:8080")
+	o.worker.Version = strings.Clone("1.1")
+	w.put(o)
+	p, l := &s.pend.worker.Worker, &s.last.worker.Worker
+	if unsafe.StringData(p.ModelID) != unsafe.StringData(l.ModelID) || unsafe.StringData(p.URL) != unsafe.StringData(l.URL) {
+		t.Fatal("the waiting beat keeps its own copies of strings equal to the stored op's")
+	}
+	if p.Version != "1.1" || l.Version != "1.0" {
+		t.Fatalf("versions %q and %q: a differing string was shared", p.Version, l.Version)
 	}
 }
 
