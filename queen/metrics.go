@@ -183,6 +183,7 @@ var (
 	descLiveness = prometheus.NewDesc("rbee_registry_entries_by_liveness", "Worker and hive entries by liveness.", []string{"kind", "liveness"}, nil)
 	descBacklog  = prometheus.NewDesc("rbee_queen_backlog", "Registry keys waiting to be written (lazy refreshes aside).", nil, nil)
 	descLazy     = prometheus.NewDesc("rbee_queen_refreshes_waiting", "Worker entries whose newest beat changes nothing and waits to be written until the entry is due to expire (a lone queen).", nil, nil)
+	descBuffered = prometheus.NewDesc("rbee_queen_beats_buffered", "Beats received and not yet decoded, in the subscription's buffer; at Config.PendingMsgs beats are dropped.", nil, nil)
 	descInFlight = prometheus.NewDesc("rbee_queen_kv_writes_in_flight", "Registry writes sent and not yet acknowledged.", nil, nil)
 	descLag      = prometheus.NewDesc("rbee_queen_write_lag_seconds", "How long the oldest waiting registry write has waited.", nil, nil)
 	descLastOK   = prometheus.NewDesc("rbee_queen_last_write_timestamp_seconds", "Time of the last acknowledged registry write.", nil, nil)
@@ -191,7 +192,7 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSize, descLiveness, descBacklog, descLazy, descInFlight, descLag, descLastOK, descState, descBad} {
+	for _, d := range []*prometheus.Desc{descSize, descLiveness, descBacklog, descLazy, descBuffered, descInFlight, descLag, descLastOK, descState, descBad} {
 		ch <- d
 	}
 	for _, x := range c.q.metrics.all {
@@ -207,6 +208,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	st := q.w.stats()
 	ch <- prometheus.MustNewConstMetric(descBacklog, prometheus.GaugeValue, float64(st.Backlog))
 	ch <- prometheus.MustNewConstMetric(descLazy, prometheus.GaugeValue, float64(st.Refreshes))
+	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(q.buffered()))
 	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight))
 	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(st.LagMs)/1000)
 	ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, float64(st.LastWriteMs)/1000)

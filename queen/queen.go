@@ -37,8 +37,9 @@ type Queen struct {
 
 	rejectLog map[subscriber.Reason]*rate.Sometimes
 
-	watcher atomic.Pointer[registry.Watcher] // set during Start
-	mu      sync.Mutex                       // guards js, set during Start
+	watcher atomic.Pointer[registry.Watcher]  // set during Start
+	beats   atomic.Pointer[nats.Subscription] // the beat subscription, set during Start
+	mu      sync.Mutex                        // guards js, set during Start
 	js      jetstream.JetStream
 
 	life    sync.Mutex
@@ -200,6 +201,7 @@ func (q *Queen) start(ctx, runCtx context.Context) error {
 		return fmt.Errorf("subscribe %s: %w", q.scheme.All(), err)
 	}
 	q.subs = append(q.subs, sub)
+	q.beats.Store(sub)
 	if err := sub.SetPendingLimits(q.cfg.PendingMsgs, q.cfg.PendingBytes); err != nil {
 		return fmt.Errorf("pending limits: %w", err)
 	}
@@ -433,6 +435,20 @@ func (q *Queen) decode(msg *nats.Msg, nowMs int64) {
 	if o := q.admit(hb, nowMs); o != nil {
 		q.w.putLocked(o)
 	}
+}
+
+// buffered returns how many beats wait in the subscription's buffer,
+// received and not yet decoded: the queen's ingest backlog.
+func (q *Queen) buffered() int {
+	sub := q.beats.Load()
+	if sub == nil {
+		return 0
+	}
+	n, _, err := sub.Pending()
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // reasons maps the tracker's refusals to rejection reasons.

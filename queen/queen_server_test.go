@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rbee/heartbeat/internal/testutil"
 	"github.com/rbee/heartbeat/publisher"
 	"github.com/rbee/heartbeat/registry"
@@ -454,4 +455,73 @@ func TestStableQueenID(t *testing.T) {
 	if err := subjects.ValidateID("queen id", a); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// gaugeOf returns the value of the queen's unlabelled gauge name.
+func gaugeOf(t *testing.T, q *Queen, name string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(q.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
+}
+
+// TestBeatsBuffered: beats that arrive while the queen cannot decode them
+// show in rbee_queen_beats_buffered, and leave it once decoded.
+func TestBeatsBuffered(t *testing.T) {
+	srv := testutil.Server(t)
+	q := startTestQueen(t, srv.ClientURL(), testConfig(t))
+	nc := testutil.Connect(t, srv.ClientURL())
+	s := subjects.Default()
+	const n = 50
+	q.w.mu.Lock() // decoding a beat takes the writer's lock: the first waits, the rest queue behind it
+	locked := true
+	defer func() {
+		if locked {
+			q.w.mu.Unlock()
+		}
+	}()
+	for i := range n {
+		id := fmt.Sprintf("w%d", i)
+		w := &wire.Worker{HiveID: "h", WorkerID: id, Status: wire.StatusReady, Meta: wire.Meta{Health: wire.Healthy}, SlotsTotal: 1}
+		w.Stamp("inst-"+id, 1, time.Now().UnixMilli(), 1000)
+		data, err := wire.Marshal(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := &nats.Msg{Subject: s.Worker("h", id), Data: data, Header: nats.Header{}}
+		msg.Header.Set(wire.HeaderContentType, wire.ContentTypeMsgpack)
+		msg.Header.Set(wire.HeaderSchema, wire.SchemaWorker)
+		if err := nc.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, func() error {
+		// The queen's own beats come through the same subscription. The
+		// collector takes the writer's lock: the figure is read as it does.
+		if v := q.buffered(); v < n-1 {
+			return fmt.Errorf("rbee_queen_beats_buffered = %v, want at least %d (one beat waits for the lock)", v, n-1)
+		}
+		return nil
+	})
+	q.w.mu.Unlock()
+	locked = false
+	checkFor(t, 5*time.Second, func() error {
+		if v := gaugeOf(t, q, "rbee_queen_beats_buffered"); v != 0 {
+			return fmt.Errorf("rbee_queen_beats_buffered = %v after the lock was released, want 0", v)
+		}
+		return nil
+	})
 }
