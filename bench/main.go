@@ -84,7 +84,7 @@ func main() {
 	flag.StringVar(&o.scale.plot, "scale-plot", "bench/scale.png", "PNG the scale phase draws its CPU and RSS into (empty: none)")
 	rssLimit := flag.Int64("scale-rss-limit-mib", totalRAM()>>21, "a queen or broker whose RSS passes this many MiB is killed and the scale run fails (default: half the machine's memory; 0: no limit)")
 	flag.StringVar(&o.scale.perf, "scale-perf", "", "record each queen and broker with Linux perf over the window into this folder, and split the samples by activity (perf adds its own load)")
-	flag.StringVar(&o.scale.heap, "scale-heap", "", "save each queen's CPU profile over the window's first 30 s and its heap profile at its end into this folder (the queens run with --pprof)")
+	flag.StringVar(&o.scale.heap, "scale-heap", "", "save each queen's and broker's CPU profile over the window's first 30 s, and each queen's heap profile at its end, into this folder (queens run with --pprof, brokers with --profile)")
 	flag.IntVar(&o.trials, "trials", 3, "timed trials per system and size (the median is reported)")
 	flag.IntVar(&o.beats, "beats", 300000, "beats per timed trial")
 	flag.Uint64Var(&o.window, "window", 16384, "most beats the generator has sent and the system has not yet handled")

@@ -235,6 +235,7 @@ type scaleSystem struct {
 	queens  []*harness.Proc
 	https   []string
 	pprofs  []string // the queens' --pprof addresses
+	bprofs  []string // the brokers' --profile addresses
 }
 
 // stop ends the queens, then the brokers, each within a bound.
@@ -275,7 +276,7 @@ var queenPatterns = []string{"level=warn", "level=error", "no connection advisor
 // queen on each, with replicas as many as servers.
 func (e *scaleEnv) start(dir string, servers int) (*scaleSystem, error) {
 	s := &scaleSystem{}
-	ports, err := harness.FreePorts(4 * servers)
+	ports, err := harness.FreePorts(5 * servers)
 	if err != nil {
 		return nil, err
 	}
@@ -288,6 +289,10 @@ func (e *scaleEnv) start(dir string, servers int) (*scaleSystem, error) {
 		args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[i]), "-js", "-sd", filepath.Join(dir, name), "-n", name}
 		if servers > 1 {
 			args = append(args, "--cluster_name", "rbee-bench", "--cluster", routes[i], "--routes", strings.Join(routes, ","))
+		}
+		if e.o.heap != "" {
+			args = append(args, "--profile", strconv.Itoa(ports[4*servers+i]))
+			s.bprofs = append(s.bprofs, fmt.Sprintf("127.0.0.1:%d", ports[4*servers+i]))
 		}
 		p, err := harness.Start(name, e.nats, args, harness.Options{})
 		if err != nil {
@@ -405,6 +410,15 @@ func (sn snap) counter(name string, labels ...string) float64 {
 	var v float64
 	for _, m := range sn.metrics {
 		v += m.Sum(harness.Named(name), labels...)
+	}
+	return v
+}
+
+// max returns the largest value of name over the queens.
+func (sn snap) max(name string, labels ...string) float64 {
+	var v float64
+	for _, m := range sn.metrics {
+		v = max(v, m.Sum(harness.Named(name), labels...))
 	}
 	return v
 }
@@ -549,9 +563,10 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 			perfs = append(perfs, pr)
 		}
 	}
-	cpuProfiles := make(chan error, len(sys.pprofs))
-	for i, addr := range sys.pprofs {
-		path := filepath.Join(o.heap, fmt.Sprintf("%s-%s.cpu.pb.gz", sizeName(n), sys.queens[i].Name))
+	cpuProfiles := make(chan error, len(sys.pprofs)+len(sys.bprofs))
+	profiled := append(append([]*harness.Proc{}, sys.queens[:len(sys.pprofs)]...), sys.brokers[:len(sys.bprofs)]...)
+	for i, addr := range append(append([]string{}, sys.pprofs...), sys.bprofs...) {
+		path := filepath.Join(o.heap, fmt.Sprintf("%s-%s.cpu.pb.gz", sizeName(n), profiled[i].Name))
 		secs := int(min(hold, 30*time.Second).Seconds())
 		go func() {
 			cpuProfiles <- saveProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs), path)
@@ -577,7 +592,7 @@ func (e *scaleEnv) measure(ctx context.Context, n, servers int) (scaleRow, error
 	if c, err := harness.CPUTime(gen.Pid()); err == nil {
 		r.Generator.Cores = (c - genCPU).Seconds() / b.at.Sub(a.at).Seconds()
 	}
-	for range sys.pprofs {
+	for range profiled {
 		if err := <-cpuProfiles; err != nil {
 			return r, err
 		}
@@ -730,6 +745,11 @@ func (e *scaleEnv) judge(r *scaleRow, s0, end snap, watch *sampleWatch, change [
 			r.Problems = append(r.Problems, fmt.Sprintf("%s: %.0f", c.show, v))
 		}
 	}
+	// How far behind the queens were as the window closed: beats not yet
+	// decoded, and the registry writes' wait.
+	r.Counters = append(r.Counters,
+		counterFig{Name: "beats buffered at the window's end", Value: end.counter("rbee_queen_beats_buffered")},
+		counterFig{Name: "write lag at the window's end (ms, the longest of the queens')", Value: 1000 * end.max("rbee_queen_write_lag_seconds")})
 	switch {
 	case r.False != 0 || r.SampleFalse != 0 || r.HiveExpired != 0:
 		r.Problems = append(r.Problems, fmt.Sprintf("false expiries: %d workers (by the queen's count), %d sampled, %d hives", r.False, r.SampleFalse, r.HiveExpired))

@@ -174,7 +174,7 @@ func scaleDetail(p func(string, ...any), r scaleRow, title string) {
 	row(fmt.Sprintf("killed: last beat + TTL %.0f s → purge marker (%d killed, %d expired)", r.TTLs, r.Killed[0], r.Killed[1]), r.Lateness)
 	p("\nKV writes/s over the window: workers bucket %.0f, hives bucket %.1f. False expiries: %d (queen's count less the\n", r.Writes, r.HiveWrites, r.False)
 	p("killed), %d among the changing sample, %d hives. Worker entries at the end: %d (want %d).\n\n", r.SampleFalse, r.HiveExpired, r.Live[1], r.Live[0])
-	p("Queen counters over the run (all queens):")
+	p("Queen counters over the run (all queens), then how far behind they were as the window closed:")
 	for i, c := range r.Counters {
 		sep := ","
 		if i == 0 {
