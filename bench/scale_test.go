@@ -88,6 +88,35 @@ func TestScaleShape(t *testing.T) {
 				}
 				seen[i] = true
 			}
+			// Whole hives, as few as the counts allow, the changing and the
+			// killed in hives of their own.
+			change, kill, err = s.samples(150, 120)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hivesOf := func(idx []int) map[int]bool {
+				m := map[int]bool{}
+				for _, i := range idx {
+					m[i%s.Hives] = true
+				}
+				return m
+			}
+			hc, hk := hivesOf(change), hivesOf(kill)
+			if len(change) != 150 || len(kill) != 120 || len(hc) != 2 || len(hk) != 2 {
+				t.Fatalf("%d changing workers in hives %v, %d killed in %v: want 150 and 120, two hives each", len(change), hc, len(kill), hk)
+			}
+			for h := range hc {
+				if hk[h] {
+					t.Fatalf("hive %d holds changing and killed workers", h)
+				}
+			}
+			one, err := newScaleShape(100, 100, tc.interval, tc.interval/2, tc.rate)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := one.samples(1, 1); err == nil {
+				t.Fatal("changing and killed workers from one hive: no error")
+			}
 		})
 	}
 	if _, err := newScaleShape(10, 1000, time.Second, time.Second, 1); err == nil {

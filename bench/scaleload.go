@@ -95,28 +95,40 @@ func (s scaleShape) key(i int) string {
 }
 
 // samples returns the workers whose status changes every second beat (their
-// lag is measured) and the workers killed once all have joined, spread over
-// the fleet, disjoint.
+// lag is measured) and the workers killed once all have joined, disjoint:
+// whole hives, spread over the fleet, so that a reader follows them with one
+// filter per hive. The broker matches every expiry against each filter of
+// each consumer; with one filter per sampled key the reader was the broker's
+// largest cost once entries expired.
 func (s scaleShape) samples(changes, kills int) (change, kill []int, err error) {
 	if changes < 0 || kills < 0 || changes+kills > s.Workers {
 		return nil, nil, fmt.Errorf("%d changed and %d killed workers out of %d", changes, kills, s.Workers)
 	}
-	taken := map[int]bool{}
-	pick := func(k, of int, shift float64) int {
-		i := int((float64(k) + shift) * float64(s.Workers) / float64(of))
-		for taken[i%s.Workers] {
-			i++
+	need := (changes+s.PerHive-1)/s.PerHive + (kills+s.PerHive-1)/s.PerHive
+	used := map[int]bool{}
+	next := 0 // hives handed out
+	fill := func(want int) ([]int, error) {
+		var out []int
+		for len(out) < want {
+			h := (2*next + 1) * s.Hives / (2 * max(need, 1)) // spread over the fleet
+			if next++; next > need || used[h] {
+				for h = 0; h < s.Hives && used[h]; h++ {
+				}
+			}
+			if h >= s.Hives {
+				return nil, fmt.Errorf("%d changed and %d killed workers: not enough hives among %d", changes, kills, s.Hives)
+			}
+			used[h] = true
+			for i := h; i < s.Workers && len(out) < want; i += s.Hives { // worker i is in hive i mod Hives
+				out = append(out, i)
+			}
 		}
-		taken[i%s.Workers] = true
-		return i % s.Workers
+		return out, nil
 	}
-	for k := range changes {
-		change = append(change, pick(k, changes, 0.5))
+	if change, err = fill(changes); err == nil {
+		kill, err = fill(kills)
 	}
-	for k := range kills {
-		kill = append(kill, pick(k, kills, 0.25))
-	}
-	return change, kill, nil
+	return change, kill, err
 }
 
 // statusOf returns the status a changing worker beats in its beat k (k from

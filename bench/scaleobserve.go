@@ -25,7 +25,7 @@ type kvOp struct {
 }
 
 // sampleWatch follows the sampled keys of the workers bucket through an
-// ordered consumer filtered to their subjects, the way an outside reader
+// ordered consumer filtered to their hives, the way an outside reader
 // would, so that it costs the broker little whatever the fleet's size.
 type sampleWatch struct {
 	nc *nats.Conn
@@ -46,9 +46,12 @@ func watchSamples(url string, keys []string) (*sampleWatch, error) {
 	w := &sampleWatch{nc: nc, ops: map[string][]kvOp{}}
 	s := subjects.Default()
 	prefix := "$KV." + s.WorkersBucket() + "."
-	var filter []string
+	var filter []string // one per hive: the broker matches each expiry against each
 	for _, k := range keys {
-		filter = append(filter, prefix+k)
+		hive, _, _ := subjects.ParseWorkerKey(k)
+		if f := prefix + hive + ".*"; !slices.Contains(filter, f) {
+			filter = append(filter, f)
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err == nil {

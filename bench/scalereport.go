@@ -67,7 +67,7 @@ func scaleSection(p func(string, ...any), s *scaleResult, plotPath string) {
 	p("- **RSS**: `VmRSS` at the window's end; peak is `VmHWM` over the process's life (joining included).\n")
 	p("- **KV writes/s**: the last sequence of each bucket's stream over the window (values and markers).\n")
 	p("- **change → KV**: %v workers change status (ready, ready, busy, busy, …) every second beat. A reader in the bench\n", s.Settings["change_sample"])
-	p("  (an ordered consumer filtered to the sampled keys) takes the stored message's server timestamp minus the\n")
+	p("  (an ordered consumer filtered to the sampled workers' hives) takes the stored message's server timestamp minus the\n")
 	p("  sent_at_ms of the beat that changed. **refresh age**: the same for the sample's unchanged writes (how old the\n")
 	p("  stored beat is when it is written).\n")
 	p("- **expiry beyond the TTL**: %v workers stop beating, without a goodbye, the moment all have joined; the purge\n", s.Settings["kill_sample"])
