@@ -105,8 +105,8 @@ func sameWorker(a, b *wire.Worker) bool {
 // shareStrings points w's strings at p's where they are equal, so a
 // waiting beat holds no second copy of what its key's previous op holds:
 // a lone queen keeps two ops of every key (the stored one and the newest
-// beat), and their strings were most of a key's memory. Strings are
-// immutable, so no value changes.
+// beat), and each held its own copy of the key's IDs, model, URL and
+// version. Strings are immutable, so no value changes.
 func shareStrings(w, p *wire.Worker) {
 	share(&w.InstanceID, p.InstanceID)
 	share(&w.Health, p.Health)
