@@ -607,12 +607,14 @@ func (w *writer) putLocked(o *op) {
 		// nothing of it needs no write before the entry is due.
 		prev = &op{instance: mirrored.InstanceID, worker: mirrored}
 	}
+	if prev != nil && prev.worker != nil && o.worker != nil {
+		// First, so that notable's comparisons of the shared strings
+		// find the same pointer and do not compare the bytes again.
+		shareStrings(&o.worker.Worker, &prev.worker.Worker)
+	}
 	// A lone queen writes a worker's unchanged beat lazily: the stored
 	// entry is refreshed leadMs before it expires, with the newest beat.
 	s.urgent = s.urgent && s.pend != nil || notable(prev, o)
-	if prev != nil && prev.worker != nil && o.worker != nil {
-		shareStrings(&o.worker.Worker, &prev.worker.Worker)
-	}
 	if s.pend == nil {
 		s.since = o.acceptedMs
 	}
