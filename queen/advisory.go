@@ -65,6 +65,7 @@ func (q *Queen) onDisconnect(msg *nats.Msg) {
 // markClosed marks the live entries last beating on conn disconnected.
 func (q *Queen) markClosed(conn string, at time.Time) {
 	now := time.Now()
+	q.reserve.peerClosed(q, conn)
 	targets := q.w.closed(conn, now.UnixMilli())
 	for _, tg := range targets {
 		q.markDisconnected(tg, conn, now.UnixMilli())

@@ -187,7 +187,8 @@ func waitEager(t *testing.T, q *Queen) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("queen %s sees no other queen: %d peers", q.ID(), q.peers())
+			live, _ := q.peers(time.Now())
+			t.Fatalf("queen %s sees no other queen: %d peers", q.ID(), live)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -56,6 +56,14 @@ type Config struct {
 	// queen counts, logs and reports.
 	PendingMsgs  int
 	PendingBytes int
+	// PeerLinger is how long after another queen's entry expired (no
+	// goodbye) this queen still holds every beat in reserve for it: a queen
+	// that is stopped or cut off keeps its place in the queue group, and is
+	// handed its share of the beats, until the broker drops its connection.
+	// nats-server's default pings (every 2 minutes, 2 unanswered) drop a
+	// silent client 6 to 8 minutes after its last message; the embedded
+	// broker's within 8 s. Zero: as soon as the entry expired.
+	PeerLinger time.Duration
 	// Advisories makes the queen listen to the server's client DISCONNECT
 	// advisories and mark the entries of a closed connection disconnected.
 	Advisories bool
@@ -95,7 +103,8 @@ func DefaultConfig() Config {
 		Version:         "dev",
 		Replicas:        1,
 		Queue:           "rbee-queen",
-		MaxInFlight:     2048, // enough to pipeline the store; small enough that an ack never waits long behind its own window
+		PeerLinger:      8 * time.Minute, // nats-server's default pings: (ping_max 2 + 2) × 2 min
+		MaxInFlight:     2048,            // enough to pipeline the store; small enough that an ack never waits long behind its own window
 		WriteTimeout:    5 * time.Second,
 		RequestTimeout:  10 * time.Second,
 		StartTimeout:    2 * time.Minute,
@@ -163,6 +172,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: replicas %d outside [1, 5]", ErrInvalidConfig, c.Replicas)
 	case c.Queue == "":
 		return fmt.Errorf("%w: queue group is required", ErrInvalidConfig)
+	case c.PeerLinger < 0:
+		return fmt.Errorf("%w: peer linger %s is negative", ErrInvalidConfig, c.PeerLinger)
 	case c.MaxInFlight < 1:
 		return fmt.Errorf("%w: MaxInFlight must be at least 1", ErrInvalidConfig)
 	case c.WriteTimeout <= 0 || c.RequestTimeout <= 0 || c.StartTimeout <= 0:

@@ -49,7 +49,9 @@
 // a stopped queen's share is written by the others long before the server
 // drops its connection. A queen that finds it was stopped (on the monotonic
 // clock) discards the beats of its share that waited meanwhile: the others
-// took them.
+// took them. A queen whose entry expired without a goodbye still counts as a
+// peer for Config.PeerLinger: the broker hands it its share until it drops
+// its connection.
 //
 // # The queen's own state
 //

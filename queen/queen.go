@@ -371,9 +371,11 @@ func (q *Queen) housekeeping(ctx context.Context, sub *nats.Subscription) {
 				})
 				dropped = d
 			}
-			peers := q.peers()
-			q.reserve.follow(q, peers)
-			q.w.setEager(peers > 0)
+			// A lingering peer is not writing: the reserve takes its share,
+			// and this queen's refreshes may stay lazy.
+			live, lingering := q.peers(now)
+			q.reserve.follow(q, live+lingering)
+			q.w.setEager(live > 0)
 			if d := q.reserve.dropped(); d > reserveDropped {
 				q.metrics.reserveDrop.Add(float64(d - reserveDropped))
 				n := d
@@ -553,6 +555,9 @@ func metaOf(ev registry.Event) wire.Meta {
 // at a time): what other queens wrote, departures, expiries.
 func (q *Queen) onEvent(ev registry.Event) {
 	tg := target{ev.Kind, ev.Key}
+	if ev.Kind == subjects.KindQueen && ev.Key != q.cfg.QueenID {
+		q.reserve.linger(q, ev, time.Now())
+	}
 	switch ev.Type {
 	case registry.Left, registry.Expired:
 		q.w.forget(tg, ev.Revision, ev.Type == registry.Left, metaOf(ev).InstanceID, time.Now().UnixMilli())

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rbee/heartbeat/registry"
 	"github.com/rbee/heartbeat/subjects"
 	"github.com/rbee/heartbeat/wire"
 )
@@ -21,7 +22,10 @@ import (
 // queen's tracker, which learns from this queen's own share and from every
 // write in the registry) was swallowed by a queen that is not working, and
 // this queen takes it. A frozen queen's share is then written with at most
-// half an interval of delay. With one queen there is no reserve.
+// half an interval of delay. With one queen there is no reserve; a queen
+// whose entry expired without a goodbye still counts for Config.PeerLinger
+// (linger), since the broker goes on handing it its share until it drops
+// its connection.
 type reserve struct {
 	on atomic.Bool
 	// awakeMs is when housekeeping last ran; discardUntilMs is the end of
@@ -33,6 +37,17 @@ type reserve struct {
 	mu   sync.Mutex
 	sub  *nats.Subscription
 	held map[string]heldBeat // by subject
+
+	lingerMu  sync.Mutex
+	lingering map[string]lingerer // by another queen's ID
+	closed    map[string]string   // another queen's ID → its connection the broker closed
+}
+
+// lingerer is another queen whose entry expired without a goodbye: it
+// counts as a peer until then, or until the broker closes conn.
+type lingerer struct {
+	until time.Time
+	conn  string
 }
 
 type heldBeat struct {
@@ -247,19 +262,85 @@ func keyOf(subject string, a subjects.Address) string {
 	return subject[len(subject)-n:]
 }
 
-// peers returns how many other queens the registry shows.
-func (q *Queen) peers() int {
-	w := q.Registry()
-	if w == nil {
-		return 0
+// linger learns from a registry event of another queen's entry. An entry
+// that expired while its queen's connection was open (no DISCONNECT
+// advisory, no disconnected mark) may be a queen that is stopped or cut off,
+// which the broker still hands its share: it counts as a peer for
+// Config.PeerLinger, or until the broker closes that connection
+// (peerClosed). Any other event of the key (a beat, a goodbye, a mark) ends
+// that.
+func (r *reserve) linger(q *Queen, ev registry.Event, now time.Time) {
+	r.lingerMu.Lock()
+	defer r.lingerMu.Unlock()
+	delete(r.lingering, ev.Key)
+	var conn string
+	if ev.Queen != nil {
+		conn = ev.Queen.Conn
 	}
-	n := 0
-	for _, e := range w.Queens() {
-		if e.QueenID != q.cfg.QueenID {
-			n++
+	closed := r.closed[ev.Key]
+	delete(r.closed, ev.Key)
+	if ev.Type != registry.Expired || q.cfg.PeerLinger <= 0 || closed != "" && closed == conn ||
+		ev.Queen != nil && ev.Queen.Liveness == wire.LivenessDisconnected {
+		return
+	}
+	if r.lingering == nil {
+		r.lingering = map[string]lingerer{}
+	}
+	r.lingering[ev.Key] = lingerer{until: now.Add(q.cfg.PeerLinger), conn: conn}
+	q.log.Warn("another queen's entry expired without a goodbye: the broker may still hand it beats, so this queen holds every beat in reserve for it",
+		"peer", ev.Key, "for", q.cfg.PeerLinger)
+}
+
+// peerClosed learns that the broker closed conn (a DISCONNECT advisory):
+// another queen on it is handed no more beats, so its linger ends, or does
+// not start when its entry expires.
+func (r *reserve) peerClosed(q *Queen, conn string) {
+	var ids []string
+	if w := q.Registry(); w != nil {
+		for _, e := range w.Queens() {
+			if e.Conn == conn && e.QueenID != q.cfg.QueenID {
+				ids = append(ids, e.QueenID)
+			}
 		}
 	}
-	return n
+	r.lingerMu.Lock()
+	defer r.lingerMu.Unlock()
+	for _, id := range ids {
+		if r.closed == nil {
+			r.closed = map[string]string{}
+		}
+		r.closed[id] = conn
+	}
+	for id, l := range r.lingering {
+		if l.conn == conn {
+			delete(r.lingering, id)
+			q.log.Info("the broker closed an expired queen's connection: it is handed no more beats", "peer", id)
+		}
+	}
+}
+
+// peers returns how many other queens the registry shows (live), and how
+// many more count while their expired entries linger.
+func (q *Queen) peers(now time.Time) (live, lingering int) {
+	if w := q.Registry(); w != nil {
+		for _, e := range w.Queens() {
+			if e.QueenID != q.cfg.QueenID {
+				live++
+			}
+		}
+	}
+	r := &q.reserve
+	r.lingerMu.Lock()
+	defer r.lingerMu.Unlock()
+	for id, l := range r.lingering {
+		if now.Before(l.until) {
+			lingering++
+		} else {
+			delete(r.lingering, id)
+			q.log.Info("an expired queen's linger ended", "peer", id)
+		}
+	}
+	return live, lingering
 }
 
 // mirrored returns what this queen's registry mirror holds for key: its
