@@ -45,6 +45,7 @@ type queenFlags struct {
 	authCallout bool
 	httpTLS     string
 	pprof       string
+	peerLinger  time.Duration
 }
 
 func runQueen(e *env, args []string) error {
@@ -69,6 +70,7 @@ func runQueen(e *env, args []string) error {
 	fs.StringVar(&f.evMaxBytes, "events-max-bytes", "1GiB", "the most the event history may store, e.g. 512MiB or 1GiB")
 	fs.BoolVar(&f.authCallout, "auth-callout", false, "serve the broker's auth callout (docs/security.md); on by itself for an embedded broker beyond loopback")
 	fs.StringVar(&f.httpTLS, "http-tls", "", "serve the HTTP API over TLS: CERT,KEY (PEM files)")
+	fs.DurationVar(&f.peerLinger, "peer-linger", 8*time.Minute, "how long another queen whose entry expired without a goodbye still counts as one (the broker may still hand it beats until it drops it: 6-8 min with nats-server's default pings); 0: not at all")
 	fs.StringVar(&f.pprof, "pprof", "off", "serve Go's runtime profiles (net/http/pprof, /debug/pprof/) on this host:port, or off; keep it on loopback")
 	if err := f.parse(fs, args); err != nil {
 		return err
@@ -92,7 +94,7 @@ func runQueen(e *env, args []string) error {
 	}
 	qc := queen.DefaultConfig()
 	qc.Prefix, qc.Missed, qc.MaxTTL, qc.StallAfter, qc.Replicas, qc.Logger = f.prefix, f.missed, f.maxTTL, f.stallAfter, f.replicas, log
-	qc.DisruptionShare, qc.Version = f.disruption, Version
+	qc.DisruptionShare, qc.Version, qc.PeerLinger = f.disruption, Version, f.peerLinger
 	if f.queenID != "" {
 		qc.QueenID = f.queenID
 	} else if dir, err := filepath.Abs(f.data); err == nil {
