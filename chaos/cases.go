@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -499,13 +501,33 @@ func maxGapOf(o *observer, hive string) time.Duration {
 	return g
 }
 
-// runPause pauses one of two queens for 2 × TTL.
-func runPause(w *world, r *result) error {
+// queenTTL is a queen's own entry's TTL: --missed × its 5 s interval.
+const queenTTL = missed * 5 * time.Second
+
+// runPause pauses one of two queens for 2 × TTL; long: for longer than the
+// paused queen's own entry's TTL, on a broker with nats-server's default
+// pings, which keeps handing it its share meanwhile, with the goodbyes after
+// its entry expired.
+func runPause(long bool) func(w *world, r *result) error {
+	return func(w *world, r *result) error { return pauseQueen(w, r, long) }
+}
+
+func pauseQueen(w *world, r *result, long bool) error {
 	ports, err := harness.FreePorts(3)
 	if err != nil {
 		return err
 	}
-	qa, err := w.startQueen("queen-a", ports[0], "", ports[1], w.dir("queen-a"))
+	var extra []string
+	held, byeAt := 2*ttl, ttl
+	if long {
+		conf := filepath.Join(w.dir("queen-a-conf"), "pings.conf")
+		if err := os.WriteFile(conf, []byte("ping_interval: \"2m\"\nping_max: 2\n"), 0o600); err != nil {
+			return err
+		}
+		extra = []string{"--config", conf}
+		held, byeAt = queenTTL+3*ttl, queenTTL+ttl
+	}
+	qa, err := w.startQueen("queen-a", ports[0], "", ports[1], w.dir("queen-a"), extra...)
 	if err != nil {
 		return err
 	}
@@ -538,17 +560,20 @@ func runPause(w *world, r *result) error {
 		return err
 	}
 	pause(2 * interval) // both queens take their share
-	held := 2 * ttl
 	r.offer("two queens in one queue group: queen A with the embedded broker, queen B on A's broker (`--nats-url`)")
-	r.offer("%d healthy workers beating every %s; queen B stopped with SIGSTOP for %s, then SIGCONT; watched for one TTL more", w.opt.healthy, interval, held)
-	r.offer("%d more workers (their own process) stopped with SIGTERM (goodbyes) halfway through the pause: the last beats and goodbyes the group hands queen B wait in its socket", leavers)
+	if long {
+		r.offer("the broker pings as nats-server does by default (`ping_interval: \"2m\"`, `ping_max: 2` in A's `--config`): it drops a stopped client after 6–8 minutes, not seconds")
+	}
+	r.offer("%d healthy workers beating every %s; queen B stopped with SIGSTOP for %s (its own entry's TTL is %s), then SIGCONT; watched for one TTL more",
+		w.opt.healthy, interval, held, queenTTL)
+	r.offer("%d more workers (their own process) stopped with SIGTERM (goodbyes) %s into the pause: the last beats and goodbyes the group hands queen B wait in its socket", leavers, byeAt)
 	o.resetGaps()
 	o.resetLag()
 	tP := time.Now()
 	if err := qb.Signal(syscall.SIGSTOP); err != nil {
 		return err
 	}
-	pause(held / 2)
+	pause(byeAt)
 	lf.Stop(10 * time.Second)
 	pause(held - time.Since(tP))
 	_ = qb.Signal(syscall.SIGCONT)

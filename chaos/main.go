@@ -55,7 +55,9 @@ func cases() []kase {
 			"0 false expiries, goodbyes arrive as left", runBusy(false)},
 		{"busyburn", "As busy, with another process burning one core beside them",
 			"0 false expiries, goodbyes arrive as left", runBusy(true)},
-		{"pause", "One of two queens paused (SIGSTOP) 2 × TTL, goodbyes meanwhile", "0 false expiries, goodbyes arrive as left", runPause},
+		{"pause", "One of two queens paused (SIGSTOP) 2 × TTL, goodbyes meanwhile", "0 false expiries, goodbyes arrive as left", runPause(false)},
+		{"pauselong", "One of two queens paused past its own entry's TTL on a broker with nats-server's default pings, goodbyes after the entry expired",
+			"0 false expiries, goodbyes arrive as left", runPause(true)},
 		{"pause1", "The only queen paused (SIGSTOP) 2 × TTL, broker apart",
 			"expiries reported as a disruption, registry whole within one interval of the resume", runPauseSingle},
 		{"kill9", "kill -9 of the queen mid-ingest, restart within one interval", "0 false expiries", runKill9},
@@ -78,7 +80,7 @@ func main() {
 		return
 	}
 	var o options
-	flag.StringVar(&o.cases, "case", "", "run only these cases (comma-separated): capacity, overload, busy, busyburn, pause, pause1, kill9, outage, fulldisk, forgery")
+	flag.StringVar(&o.cases, "case", "", "run only these cases (comma-separated): capacity, overload, busy, busyburn, pause, pauselong, pause1, kill9, outage, fulldisk, forgery")
 	flag.IntVar(&o.repeat, "repeat", 1, "run each case this many times")
 	flag.BoolVar(&o.quick, "quick", false, "shorter phases and smaller fleets (about 2 minutes in all)")
 	flag.StringVar(&o.out, "out", "RELIABILITY.md", "report file")
