@@ -577,6 +577,9 @@ func (w *writer) putLocked(o *op) {
 	if s == nil {
 		s = w.slotOf(target{o.kind, o.key})
 	}
+	// The key as the slot holds it: the beat's is a slice of its subject,
+	// which it would keep alive for as long as the op waits or is stored.
+	o.key = s.key
 	s.goneMs = 0
 	var mirrored *wire.WorkerEntry
 	if s.inflight == nil && s.last == nil && s.pend == nil && w.mirror != nil {
@@ -607,10 +610,14 @@ func (w *writer) putLocked(o *op) {
 		// nothing of it needs no write before the entry is due.
 		prev = &op{instance: mirrored.InstanceID, worker: mirrored}
 	}
-	if prev != nil && prev.worker != nil && o.worker != nil {
+	if prev != nil {
 		// First, so that notable's comparisons of the shared strings
 		// find the same pointer and do not compare the bytes again.
-		shareStrings(&o.worker.Worker, &prev.worker.Worker)
+		share(&o.instance, prev.instance)
+		share(&o.conn, prev.conn)
+		if prev.worker != nil && o.worker != nil {
+			shareStrings(&o.worker.Worker, &prev.worker.Worker)
+		}
 	}
 	// A lone queen writes a worker's unchanged beat lazily: the stored
 	// entry is refreshed leadMs before it expires, with the newest beat.

@@ -332,14 +332,21 @@ func TestWaitingBeatSharesStrings(t *testing.T) {
 	liveSlot(w, "k", now+50_000)
 	s := w.slots[target{subjects.KindWorker, "k"}]
 	s.last.worker.ModelID, s.last.worker.URL, s.last.worker.Version = "model-a", "http://10.0.0.1:8080", "1.0"
-	o := lazyOp("k", "i", 2, now, wire.StatusReady)
-	// Equal values in other memory, as a decoder makes them.
+	s.last.conn = "srv/7"
+	// The key a slice of the beat's subject, and equal values in other
+	// memory, as admit and a decoder make them.
+	o := lazyOp("rbee.hb.worker.k"[len("rbee.hb.worker."):], strings.Clone("i"), 2, now, wire.StatusReady)
+	o.conn = strings.Clone("srv/7")
 	o.worker.ModelID, o.worker.URL = strings.Clone("model-a"), strings.Clone("http://10.0.0.1:8080")
 	o.worker.Version = strings.Clone("1.1")
 	w.put(o)
 	p, l := &s.pend.worker.Worker, &s.last.worker.Worker
 	if unsafe.StringData(p.ModelID) != unsafe.StringData(l.ModelID) || unsafe.StringData(p.URL) != unsafe.StringData(l.URL) {
 		t.Fatal("the waiting beat keeps its own copies of strings equal to the stored op's")
+	}
+	if unsafe.StringData(s.pend.key) != unsafe.StringData(s.key) || unsafe.StringData(s.pend.instance) != unsafe.StringData(s.last.instance) ||
+		unsafe.StringData(s.pend.conn) != unsafe.StringData(s.last.conn) {
+		t.Fatal("the waiting op keeps its own key, instance or connection where the slot and the stored op hold equal ones")
 	}
 	if p.Version != "1.1" || l.Version != "1.0" {
 		t.Fatalf("versions %q and %q: a differing string was shared", p.Version, l.Version)
