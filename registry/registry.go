@@ -110,7 +110,28 @@ type Watcher struct {
 	emitMu  sync.Mutex // serialises OnEvent across the bucket goroutines
 	bad     atomic.Uint64
 	badLog  rate.Sometimes
+	// expired keeps the expiry events of the last expiredKeep (under
+	// emitMu), oldest first in expiredQ: a goodbye's delete marker written
+	// over an expiry's (a sender taken for dead that then said goodbye) is a
+	// left event, with the entry the expiry removed.
+	expired  map[kindKey]keptExpiry
+	expiredQ []keptExpiry
 }
+
+// keptExpiry is an expiry event and when it was kept.
+type keptExpiry struct {
+	ev   Event
+	kept time.Time
+}
+
+type kindKey struct {
+	kind subjects.Kind
+	key  string
+}
+
+// expiredKeep is how long after an entry expired its sender's goodbye
+// still makes a left event.
+const expiredKeep = 10 * time.Minute
 
 // item is one mirrored value and its KV revision.
 type item[T any] struct {
@@ -280,10 +301,26 @@ func (w *Watcher) apply(kind subjects.Kind, e Change) {
 			delete(w.queens, e.Key)
 		}
 		w.mu.Unlock()
-		if known && !initial {
+		switch {
+		case initial:
+			return
+		case known && op == jetstream.KeyValuePurge:
+			w.keepExpired(ev)
+		case !known && op == jetstream.KeyValueDelete:
+			var x keptExpiry
+			if x, known = w.expired[kindKey{kind, e.Key}]; known {
+				delete(w.expired, kindKey{kind, e.Key})
+				known = time.Since(x.kept) <= expiredKeep
+				ev.Worker, ev.Hive, ev.Queen = x.ev.Worker, x.ev.Hive, x.ev.Queen
+			}
+		}
+		if known {
 			w.emit(ev)
 		}
 		return
+	}
+	if len(w.expired) > 0 {
+		delete(w.expired, kindKey{kind, e.Key}) // back: a goodbye now leaves the new entry
 	}
 	var (
 		err   error
@@ -536,3 +573,23 @@ func Snapshot(ctx context.Context, js jetstream.JetStream, s subjects.Scheme) ([
 
 // IsNotFound reports whether err means the registry buckets do not exist.
 func IsNotFound(err error) bool { return errors.Is(err, jetstream.ErrBucketNotFound) }
+
+// keepExpired keeps ev, an expiry, for expiredKeep, and lets go of those
+// kept longer. emitMu held.
+func (w *Watcher) keepExpired(ev Event) {
+	now := time.Now()
+	for len(w.expiredQ) > 0 && now.Sub(w.expiredQ[0].kept) > expiredKeep {
+		old := w.expiredQ[0].ev
+		w.expiredQ[0] = keptExpiry{}
+		w.expiredQ = w.expiredQ[1:]
+		if k := (kindKey{old.Kind, old.Key}); w.expired[k].ev.Revision == old.Revision {
+			delete(w.expired, k)
+		}
+	}
+	if w.expired == nil {
+		w.expired = map[kindKey]keptExpiry{}
+	}
+	x := keptExpiry{ev, now}
+	w.expired[kindKey{ev.Kind, ev.Key}] = x
+	w.expiredQ = append(w.expiredQ, x)
+}

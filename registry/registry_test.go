@@ -42,6 +42,17 @@ func (r *recorder) types(key string) []string {
 	return out
 }
 
+func (r *recorder) last(key string) registry.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.evs) - 1; i >= 0; i-- {
+		if r.evs[i].Key == key {
+			return r.evs[i]
+		}
+	}
+	return registry.Event{}
+}
+
 func buckets(t *testing.T) (jetstream.JetStream, jetstream.KeyValue, jetstream.KeyValue) {
 	t.Helper()
 	srv := testutil.Server(t)
@@ -145,6 +156,31 @@ func TestEvents(t *testing.T) {
 		}
 		return nil
 	})
+	// A goodbye's delete marker over the expiry's (a sender taken for dead
+	// that then said goodbye) is a left event with the expired entry; a
+	// second delete marker is no event.
+	if err := wkv.Delete(ctx, "h.x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := wkv.Delete(ctx, "h.w"); err != nil {
+		t.Fatal(err)
+	}
+	put("h.y", workerValue(t, "d", 1, wire.StatusReady, "")) // the last change: its event ends the wait
+	checkFor(t, 5*time.Second, func() error {
+		if have := strings.Join(rec.types("h.y"), " "); have != "joined" {
+			return fmt.Errorf("h.y events %q, want joined", have)
+		}
+		return nil
+	})
+	if have := strings.Join(rec.types("h.x"), " "); have != "joined expired left" {
+		t.Fatalf("h.x events %q, want joined expired left", have)
+	}
+	if have := strings.Join(rec.types("h.w"), " "); have != want {
+		t.Fatalf("h.w events %q after a second delete marker, want %q", have, want)
+	}
+	if ev := rec.last("h.x"); ev.Worker == nil || ev.Worker.InstanceID != "c" {
+		t.Fatalf("the left event after the expiry carries %+v, want the expired entry (instance c)", ev.Worker)
+	}
 	if got := rec.types("h.before"); len(got) != 0 {
 		t.Fatalf("an entry present at the start produced %v", got)
 	}
