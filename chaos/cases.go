@@ -362,10 +362,15 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	fls := append(purges(o.removalsBetween(func(k string) bool { return isLoad(k) && !isBye(k) }, t0, tStop)),
 		purges(o.removalsBetween(isBye, t0, byeAtT))...)
 	falseHealthy, falseLoad := len(fhs), len(fls)
-	var byeDel, byePurge int
+	// A goodbye arrived when its key ends with a delete marker, also one
+	// written over an expiry's marker (the entry expired while it beat).
+	var byeDel, byeOverExpiry, byePurge int
 	for k, s := range loadKeys {
 		if isBye(k) {
-			byeDel += s.dels
+			if s.op == jetstream.KeyValueDelete {
+				byeDel++
+			}
+			byeOverExpiry += s.delsAfterExpiry
 			byePurge += s.purges
 		}
 	}
@@ -400,7 +405,20 @@ func overload(w *world, r *result, rate, healthy int, burn, changing bool) error
 	r.fig("false expiries: load workers while beating", "%d, of %d of the %d workers", falseLoad, distinct(fls), rate)
 	r.fig("when the false expiries happened (s after the load started: count)", "healthy %s; load %s; the load stopped at +%.1fs",
 		bySecond(fhs, t0), bySecond(fls, t0), tStop.Sub(t0).Seconds())
-	r.fig("load goodbyes", "%d sent at +%s: %d delete markers, %d expired", byes, byeAtT.Sub(t0).Round(time.Millisecond), byeDel, byePurge)
+	r.fig("load goodbyes", "%d sent at +%s: %d keys ended by a delete marker (%d written over an expiry's marker); %d expiry markers among them before",
+		byes, byeAtT.Sub(t0).Round(time.Millisecond), byeDel, byeOverExpiry, byePurge)
+	var byeKeys []string
+	for i := range byes {
+		byeKeys = append(byeKeys, fmt.Sprintf("%s.w%d", hiveLoad, i))
+	}
+	if d, p, v, n, err := o.lastOps(byeKeys); err != nil {
+		r.fig("load goodbyes' keys in the store", "unreadable: %v", err)
+	} else {
+		r.fig("load goodbyes' keys in the store (last message of each)", "%d delete markers, %d expiry markers, %d values, %d none", d, p, v, n)
+	}
+	r.fig("the queen's own count (worker goodbyes accepted; left and expired events of its registry watch)", "%.0f; %.0f left, %.0f expired",
+		m.Sum(exact("rbee_queen_goodbyes_total"), `kind="worker"`), m.Sum(exact("rbee_registry_events_total"), `kind="worker"`, `event="left"`),
+		m.Sum(exact("rbee_registry_events_total"), `kind="worker"`, `event="expired"`))
 	r.fig("healthy goodbyes (SIGTERM after the load)", "%d workers: %d delete markers", len(hs), len(hs)-lostHealthyByes)
 	r.fig("accept lag of healthy beats (received_at − sent_at)", "%s", accLag)
 	r.fig("beat → visible in KV, healthy workers", "%s", seenLag)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -23,7 +24,10 @@ type keyState struct {
 	puts    int
 	purges  int // expiries seen (a put followed by a purge marker)
 	dels    int // departures seen (a put followed by a delete marker)
-	maxGap  time.Duration
+	// delsAfterExpiry: delete markers over a purge marker (a goodbye of a
+	// sender whose entry had expired while it beat).
+	delsAfterExpiry int
+	maxGap          time.Duration
 	// Decoded from the value, for the keys the observer decodes:
 	instance   string
 	seq        uint64
@@ -181,6 +185,8 @@ func (o *observer) apply(e registry.Change) {
 				s.dels++
 			}
 			o.removals = append(o.removals, removal{key: e.Key, at: now, purge: purge})
+		} else if s.op == jetstream.KeyValuePurge && e.Op == jetstream.KeyValueDelete {
+			s.delsAfterExpiry++
 		}
 	}
 	s.op = e.Op
@@ -308,4 +314,31 @@ func ms(v float64) string {
 		return fmt.Sprintf("%.2f s", v/1000)
 	}
 	return fmt.Sprintf("%.0f ms", v)
+}
+
+// lastOps reads the last message of each worker key from the store itself,
+// not from the watch, and counts them by operation.
+func (o *observer) lastOps(keys []string) (dels, purges, puts, none int, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := o.js.Stream(ctx, "KV_rbee_workers")
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	for _, k := range keys {
+		m, err := st.GetLastMsgForSubject(ctx, "$KV.rbee_workers."+k)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			none++
+		case err != nil:
+			return dels, purges, puts, none, err
+		case m.Header.Get("KV-Operation") == "DEL":
+			dels++
+		case m.Header.Get("KV-Operation") == "PURGE":
+			purges++
+		default:
+			puts++
+		}
+	}
+	return dels, purges, puts, none, nil
 }
