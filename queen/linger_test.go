@@ -50,6 +50,9 @@ func TestPeerLinger(t *testing.T) {
 	checkFor(t, 10*time.Second, want("live 1, lingering 0"))
 	b.self.Abandon()
 	checkFor(t, 10*time.Second, want("live 0, lingering 1"))
+	if g := gaugeOf(t, a, "rbee_queen_peers_lingering"); g != 1 {
+		t.Fatalf("rbee_queen_peers_lingering %v, want 1", g)
+	}
 	// The broker closes its connection: the linger ends.
 	bnc.Close()
 	checkFor(t, 10*time.Second, want("live 0, lingering 0"))

@@ -184,6 +184,7 @@ var (
 	descBacklog  = prometheus.NewDesc("rbee_queen_backlog", "Registry keys waiting to be written (lazy refreshes aside).", nil, nil)
 	descLazy     = prometheus.NewDesc("rbee_queen_refreshes_waiting", "Worker entries whose newest beat changes nothing and waits to be written until the entry is due to expire (a lone queen).", nil, nil)
 	descBuffered = prometheus.NewDesc("rbee_queen_beats_buffered", "Beats received and not yet decoded, in the subscription's buffer; at Config.PendingMsgs beats are dropped.", nil, nil)
+	descLinger   = prometheus.NewDesc("rbee_queen_peers_lingering", "Other queens whose entries expired without a goodbye and that still count as members of the queue group (Config.PeerLinger): this queen holds every beat in reserve for them.", nil, nil)
 	descInFlight = prometheus.NewDesc("rbee_queen_kv_writes_in_flight", "Registry writes sent and not yet acknowledged.", nil, nil)
 	descLag      = prometheus.NewDesc("rbee_queen_write_lag_seconds", "How long the oldest waiting registry write has waited.", nil, nil)
 	descLastOK   = prometheus.NewDesc("rbee_queen_last_write_timestamp_seconds", "Time of the last acknowledged registry write.", nil, nil)
@@ -192,7 +193,7 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSize, descLiveness, descBacklog, descLazy, descBuffered, descInFlight, descLag, descLastOK, descState, descBad} {
+	for _, d := range []*prometheus.Desc{descSize, descLiveness, descBacklog, descLazy, descBuffered, descLinger, descInFlight, descLag, descLastOK, descState, descBad} {
 		ch <- d
 	}
 	for _, x := range c.q.metrics.all {
@@ -209,6 +210,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBacklog, prometheus.GaugeValue, float64(st.Backlog))
 	ch <- prometheus.MustNewConstMetric(descLazy, prometheus.GaugeValue, float64(st.Refreshes))
 	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(q.buffered()))
+	ch <- prometheus.MustNewConstMetric(descLinger, prometheus.GaugeValue, float64(q.reserve.lingerers(q, time.Now())))
 	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight))
 	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(st.LagMs)/1000)
 	ch <- prometheus.MustNewConstMetric(descLastOK, prometheus.GaugeValue, float64(st.LastWriteMs)/1000)

@@ -329,18 +329,24 @@ func (q *Queen) peers(now time.Time) (live, lingering int) {
 			}
 		}
 	}
-	r := &q.reserve
+	return live, q.reserve.lingerers(q, now)
+}
+
+// lingerers returns how many other queens linger at now, letting go of
+// those whose linger ended.
+func (r *reserve) lingerers(q *Queen, now time.Time) int {
 	r.lingerMu.Lock()
 	defer r.lingerMu.Unlock()
+	n := 0
 	for id, l := range r.lingering {
 		if now.Before(l.until) {
-			lingering++
+			n++
 		} else {
 			delete(r.lingering, id)
 			q.log.Info("an expired queen's linger ended", "peer", id)
 		}
 	}
-	return live, lingering
+	return n
 }
 
 // mirrored returns what this queen's registry mirror holds for key: its
