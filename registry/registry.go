@@ -110,18 +110,28 @@ type Watcher struct {
 	emitMu  sync.Mutex // serialises OnEvent across the bucket goroutines
 	bad     atomic.Uint64
 	badLog  rate.Sometimes
-	// expired keeps the expiry events of the last expiredKeep (under
+	// expired keeps the entries that expired in the last expiredKeep (under
 	// emitMu), oldest first in expiredQ: a goodbye's delete marker written
 	// over an expiry's (a sender taken for dead that then said goodbye) is a
 	// left event, with the entry the expiry removed.
 	expired  map[kindKey]keptExpiry
-	expiredQ []keptExpiry
+	expiredQ []queuedExpiry
 }
 
-// keptExpiry is an expiry event and when it was kept.
+// keptExpiry is what an expiry removed, and when.
 type keptExpiry struct {
-	ev   Event
-	kept time.Time
+	worker *wire.WorkerEntry
+	hive   *wire.HiveEntry
+	queen  *wire.QueenEntry
+	rev    uint64
+	at     time.Time
+}
+
+// queuedExpiry names a kept expiry, in the order they were kept.
+type queuedExpiry struct {
+	k   kindKey
+	rev uint64
+	at  time.Time
 }
 
 type kindKey struct {
@@ -307,11 +317,11 @@ func (w *Watcher) apply(kind subjects.Kind, e Change) {
 		case known && op == jetstream.KeyValuePurge:
 			w.keepExpired(ev)
 		case !known && op == jetstream.KeyValueDelete:
+			w.pruneExpired(time.Now())
 			var x keptExpiry
 			if x, known = w.expired[kindKey{kind, e.Key}]; known {
 				delete(w.expired, kindKey{kind, e.Key})
-				known = time.Since(x.kept) <= expiredKeep
-				ev.Worker, ev.Hive, ev.Queen = x.ev.Worker, x.ev.Hive, x.ev.Queen
+				ev.Worker, ev.Hive, ev.Queen = x.worker, x.hive, x.queen
 			}
 		}
 		if known {
@@ -319,8 +329,9 @@ func (w *Watcher) apply(kind subjects.Kind, e Change) {
 		}
 		return
 	}
-	if len(w.expired) > 0 {
+	if len(w.expiredQ) > 0 {
 		delete(w.expired, kindKey{kind, e.Key}) // back: a goodbye now leaves the new entry
+		w.pruneExpired(time.Now())
 	}
 	var (
 		err   error
@@ -574,22 +585,31 @@ func Snapshot(ctx context.Context, js jetstream.JetStream, s subjects.Scheme) ([
 // IsNotFound reports whether err means the registry buckets do not exist.
 func IsNotFound(err error) bool { return errors.Is(err, jetstream.ErrBucketNotFound) }
 
-// keepExpired keeps ev, an expiry, for expiredKeep, and lets go of those
-// kept longer. emitMu held.
+// keepExpired keeps what ev, an expiry, removed, for expiredKeep. emitMu
+// held.
 func (w *Watcher) keepExpired(ev Event) {
 	now := time.Now()
-	for len(w.expiredQ) > 0 && now.Sub(w.expiredQ[0].kept) > expiredKeep {
-		old := w.expiredQ[0].ev
-		w.expiredQ[0] = keptExpiry{}
-		w.expiredQ = w.expiredQ[1:]
-		if k := (kindKey{old.Kind, old.Key}); w.expired[k].ev.Revision == old.Revision {
-			delete(w.expired, k)
-		}
-	}
+	w.pruneExpired(now)
 	if w.expired == nil {
 		w.expired = map[kindKey]keptExpiry{}
 	}
-	x := keptExpiry{ev, now}
-	w.expired[kindKey{ev.Kind, ev.Key}] = x
-	w.expiredQ = append(w.expiredQ, x)
+	k := kindKey{ev.Kind, ev.Key}
+	w.expired[k] = keptExpiry{worker: ev.Worker, hive: ev.Hive, queen: ev.Queen, rev: ev.Revision, at: now}
+	w.expiredQ = append(w.expiredQ, queuedExpiry{k, ev.Revision, now})
+}
+
+// pruneExpired lets go of the expiries kept longer than expiredKeep.
+// emitMu held.
+func (w *Watcher) pruneExpired(now time.Time) {
+	for len(w.expiredQ) > 0 && now.Sub(w.expiredQ[0].at) > expiredKeep {
+		q := w.expiredQ[0]
+		w.expiredQ[0] = queuedExpiry{}
+		w.expiredQ = w.expiredQ[1:]
+		if x, ok := w.expired[q.k]; ok && x.rev == q.rev {
+			delete(w.expired, q.k)
+		}
+	}
+	if len(w.expiredQ) == 0 {
+		w.expiredQ = nil // let go of the array
+	}
 }
